@@ -1,0 +1,586 @@
+"""Python binding of the native mTCP core, shaped like ``socket`` and ``select.epoll``.
+
+    stack = mtcp_core.Stack(backend="afpacket", iface="eth0", ip="198.18.0.2/24")
+    ctx = stack.context(0)                    # starts core 0's mTCP thread
+    lsock = ctx.socket(); lsock.bind(("0.0.0.0", 80)); lsock.listen(4096)
+    ep = ctx.epoll(); ep.register(lsock, mtcp_core.EPOLLIN)
+    for sock, events in ep.poll(timeout=1.0): ...
+
+Every call into C is this design's system call: the batch calls (``Epoll.poll``,
+``Socket.accept_many``, ``Context.recv_many``/``send_many``/``close_many``) carry many
+sockets per crossing. Calls that can block release the GIL (cffi does so for every call).
+Errors come back as ``OSError`` (its errno subclasses: ``BlockingIOError``,
+``ConnectionResetError`` ...), like the socket module's.
+
+A context has one app thread: call a context's methods from one Python thread only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mtcp_core._native import ffi, lib
+
+__all__ = [
+    "EPOLLERR",
+    "EPOLLET",
+    "EPOLLHUP",
+    "EPOLLIN",
+    "EPOLLOUT",
+    "EPOLLRDHUP",
+    "Context",
+    "Epoll",
+    "PairLink",
+    "Socket",
+    "Stack",
+    "flow_core",
+    "read_stats_file",
+    "stat_names",
+]
+
+EPOLLIN: int = lib.MTCP_EPOLLIN
+EPOLLOUT: int = lib.MTCP_EPOLLOUT
+EPOLLERR: int = lib.MTCP_EPOLLERR
+EPOLLHUP: int = lib.MTCP_EPOLLHUP
+EPOLLRDHUP: int = lib.MTCP_EPOLLRDHUP
+EPOLLET: int = lib.MTCP_EPOLLET
+SHUT_RD: int = lib.MTCP_SHUT_RD
+SHUT_WR: int = lib.MTCP_SHUT_WR
+SHUT_RDWR: int = lib.MTCP_SHUT_RDWR
+SOL_SOCKET: int = lib.MTCP_SOL_SOCKET
+SO_REUSEADDR: int = lib.MTCP_SO_REUSEADDR
+SO_KEEPALIVE: int = lib.MTCP_SO_KEEPALIVE
+SO_SNDBUF: int = lib.MTCP_SO_SNDBUF
+SO_RCVBUF: int = lib.MTCP_SO_RCVBUF
+SO_LINGER: int = lib.MTCP_SO_LINGER
+SO_ERROR: int = lib.MTCP_SO_ERROR
+IPPROTO_TCP: int = lib.MTCP_IPPROTO_TCP
+TCP_NODELAY: int = lib.MTCP_TCP_NODELAY
+TCP_MAXSEG: int = lib.MTCP_TCP_MAXSEG
+
+TCP_STATES = (
+    "CLOSED",
+    "LISTEN",
+    "SYN_SENT",
+    "SYN_RECEIVED",
+    "ESTABLISHED",
+    "FIN_WAIT_1",
+    "FIN_WAIT_2",
+    "CLOSE_WAIT",
+    "CLOSING",
+    "LAST_ACK",
+    "TIME_WAIT",
+)
+
+_AF_INET = 2
+_SOCK_STREAM = 1
+_RECV_SCRATCH = 256 * 1024
+
+
+def _raise(what: str) -> None:
+    err = ffi.errno
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _ip_to_int(host: str) -> int:
+    if host in ("", "0.0.0.0"):
+        return 0
+    return int(ipaddress.IPv4Address(host))
+
+
+def _int_to_ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def stat_names() -> list[str]:
+    """Names of the per-core counters, in the stats block's order."""
+    return [ffi.string(lib.mtcp_stats_name(i)).decode() for i in range(lib.mtcp_stats_count())]
+
+
+def stat_is_gauge(name: str) -> bool:
+    return bool(lib.mtcp_stats_is_gauge(stat_names().index(name)))
+
+
+def read_stats_file(path: str) -> dict[str, Any]:
+    """Reads a core's shared stats block written by another process."""
+    n = lib.mtcp_stats_count()
+    buf = ffi.new("uint64_t[]", n)
+    core = ffi.new("unsigned *")
+    pid = ffi.new("unsigned *")
+    got = lib.mtcp_stats_read_file(path.encode(), buf, n, core, pid)
+    if got < 0:
+        _raise(f"read stats {path}")
+    names = stat_names()
+    counters = {names[i]: int(buf[i]) for i in range(got)}
+    return {"core": int(core[0]), "pid": int(pid[0]), "counters": counters}
+
+
+def flow_core(saddr: str, daddr: str, sport: int, dport: int, ncores: int) -> int:
+    """The core the afpacket fanout program sends this flow to (symmetric)."""
+    return int(lib.mtcp_flow_core(_ip_to_int(saddr), _ip_to_int(daddr), sport, dport, ncores))
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injector settings of a pair link; rates are probabilities."""
+
+    seed: int = 0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    delay_us: int = 0
+    jitter_us: int = 0
+
+    def _c(self) -> Any:
+        f = ffi.new("struct mtcp_pair_faults *")
+        f.seed = self.seed
+        f.loss = self.loss
+        f.duplicate = self.duplicate
+        f.reorder = self.reorder
+        f.corrupt = self.corrupt
+        f.delay_us = self.delay_us
+        f.jitter_us = self.jitter_us
+        return f
+
+
+class PairLink:
+    """In-memory link joining two stacks in one process (the ``pair`` backend)."""
+
+    def __init__(self, faults: Faults | None = None, **kw: Any) -> None:
+        self.faults = faults or Faults(**kw)
+        self._ptr = lib.mtcp_pair_create(self.faults._c())
+        if self._ptr == ffi.NULL:
+            raise MemoryError("mtcp_pair_create")
+
+    def set_faults(self, faults: Faults | None = None, **kw: Any) -> None:
+        self.faults = faults or Faults(**kw)
+        lib.mtcp_pair_set_faults(self._ptr, self.faults._c())
+
+    def counters(self, side: int) -> dict[str, int]:
+        c = ffi.new("struct mtcp_pair_counters *")
+        lib.mtcp_pair_counters(self._ptr, side, c)
+        keys = ("sent", "delivered", "lost", "duplicated", "reordered", "corrupted", "overflow")
+        return {k: int(getattr(c, k)) for k in keys}
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.mtcp_pair_destroy(self._ptr)
+            self._ptr = None
+
+
+class Stack:
+    """A user-level TCP/IP stack on one device: one core per worker.
+
+    Create it in the process that later forks the workers (device order = core order);
+    each worker then calls ``context(core)``.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        ip: str,
+        iface: str | None = None,
+        *,
+        gateway: str | None = None,
+        cores: int = 1,
+        mac: str | None = None,
+        fanout_group: int = 0,
+        tap_host: str | None = None,
+        pcap: str | None = None,
+        stats_path: str | None = None,
+        max_conns: int = 0,
+        rcvbuf: int = 0,
+        sndbuf: int = 0,
+        priority: bool = True,
+        time_wait_ms: int = 0,
+        hugepages: bool = True,
+        pair: PairLink | None = None,
+        pair_side: int = 0,
+        trace: bool = False,
+    ) -> None:
+        try:
+            iface_ip = ipaddress.IPv4Interface(ip)
+        except ValueError as e:
+            raise ValueError(f"ip: {e}") from None
+        if backend == "pair" and pair is None:
+            raise ValueError("pair: the pair backend needs a PairLink")
+        keep: list[Any] = []
+
+        def cstr(value: str | None) -> Any:
+            if value is None:
+                return ffi.NULL
+            s = ffi.new("char[]", value.encode())
+            keep.append(s)
+            return s
+
+        conf = ffi.new("struct mtcp_conf *")
+        conf.backend = cstr(backend)
+        conf.iface = cstr(iface)
+        conf.ip = cstr(str(iface_ip.ip))
+        conf.prefix = iface_ip.network.prefixlen
+        conf.gateway = cstr(gateway)
+        conf.mac = cstr(mac)
+        conf.ncores = cores
+        conf.fanout_group = fanout_group
+        conf.tap_host_cidr = cstr(tap_host)
+        conf.pcap_path = cstr(pcap)
+        conf.stats_path = cstr(stats_path)
+        conf.max_conns = max_conns
+        conf.rcvbuf = rcvbuf
+        conf.sndbuf = sndbuf
+        conf.no_priority = 0 if priority else 1
+        conf.time_wait_ms = time_wait_ms
+        conf.hugepages = 1 if hugepages else 0
+        conf.pair = pair._ptr if pair is not None else ffi.NULL
+        conf.pair_side = pair_side
+        conf.trace = 1 if trace else 0
+        err = ffi.new("char[]", 256)
+        ptr = lib.mtcp_stack_create(conf, err, 256)
+        if ptr == ffi.NULL:
+            e = ffi.errno
+            raise OSError(e, ffi.string(err).decode() or os.strerror(e))
+        self._ptr: Any = ptr
+        self.ip = str(iface_ip.ip)
+        self.backend = backend
+        self.pair = pair  # keep the link alive while the stack uses it
+        self._contexts: list[Context] = []
+
+    @property
+    def ncores(self) -> int:
+        return int(lib.mtcp_stack_ncores(self._ptr))
+
+    @property
+    def mac(self) -> str:
+        out = ffi.new("char[]", 18)
+        lib.mtcp_stack_mac(self._ptr, out, 18)
+        return ffi.string(out).decode()
+
+    def context(self, core: int = 0, cpu: int | None = None) -> Context:
+        """Starts core ``core``'s mTCP thread (pinned to ``cpu`` when given)."""
+        ptr = lib.mtcp_create_context(self._ptr, core, -1 if cpu is None else cpu)
+        if ptr == ffi.NULL:
+            _raise(f"context {core}")
+        ctx = Context(self, ptr, core)
+        self._contexts.append(ctx)
+        return ctx
+
+    def close(self) -> None:
+        for ctx in self._contexts:
+            ctx.close()
+        self._contexts.clear()
+        if self._ptr is not None:
+            lib.mtcp_stack_destroy(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Context:
+    """One core: its mTCP thread and the calling (app) thread."""
+
+    def __init__(self, stack: Stack, ptr: Any, core: int) -> None:
+        self.stack = stack
+        self.core = core
+        self._ptr: Any = ptr
+        self._scratch = ffi.new("char[]", _RECV_SCRATCH)
+        self._socks: dict[int, Socket] = {}
+
+    def _check(self) -> Any:
+        if self._ptr is None:
+            raise OSError(9, "context is closed")
+        return self._ptr
+
+    def socket(self) -> Socket:
+        sid = lib.mtcp_socket(self._check(), _AF_INET, _SOCK_STREAM, 0)
+        if sid < 0:
+            _raise("socket")
+        return self._wrap(sid)
+
+    def _wrap(self, sid: int) -> Socket:
+        s = Socket(self, sid)
+        self._socks[sid] = s
+        return s
+
+    def epoll(self) -> Epoll:
+        epid = lib.mtcp_epoll_create(self._check(), 1024)
+        if epid < 0:
+            _raise("epoll_create")
+        return Epoll(self, epid)
+
+    def stats(self) -> dict[str, int]:
+        """This core's counters as last published by its mTCP thread."""
+        n = lib.mtcp_stats_count()
+        buf = ffi.new("uint64_t[]", n)
+        got = lib.mtcp_ctx_stats(self._check(), buf, n)
+        names = stat_names()
+        return {names[i]: int(buf[i]) for i in range(got)}
+
+    def recv_many(self, socks: Sequence[Socket], bufsize: int = 65536) -> list[bytes | OSError]:
+        """Reads up to ``bufsize`` bytes from each socket in one crossing. Each result is
+        the data (b"" at end of stream) or the OSError that a recv() would raise."""
+        n = len(socks)
+        if n == 0:
+            return []
+        if n * bufsize > _RECV_SCRATCH:
+            bufsize = _RECV_SCRATCH // n
+            if bufsize == 0:
+                raise ValueError("recv_many: too many sockets for one crossing")
+        ids = ffi.new("int[]", [s.fd for s in socks])
+        lens = ffi.new("ssize_t[]", n)
+        lib.mtcp_read_batch(self._check(), ids, n, self._scratch, bufsize, lens)
+        out: list[bytes | OSError] = []
+        for i in range(n):
+            r = int(lens[i])
+            if r >= 0:
+                out.append(ffi.unpack(self._scratch + i * bufsize, r))
+            else:
+                out.append(OSError(-r, os.strerror(-r)))
+        return out
+
+    def send_many(self, items: Sequence[tuple[Socket, bytes]]) -> list[int | OSError]:
+        """Writes each buffer to its socket in one crossing; each result is the number
+        of bytes taken or the OSError a send() would raise."""
+        n = len(items)
+        if n == 0:
+            return []
+        ids = ffi.new("int[]", [s.fd for s, _ in items])
+        keep = [ffi.from_buffer(d) for _, d in items]
+        bufs = ffi.new("char *[]", keep)
+        lens = ffi.new("size_t[]", [len(d) for _, d in items])
+        out = ffi.new("ssize_t[]", n)
+        lib.mtcp_write_batch(self._check(), ids, bufs, lens, n, out)
+        res: list[int | OSError] = []
+        for i in range(n):
+            r = int(out[i])
+            res.append(r if r >= 0 else OSError(-r, os.strerror(-r)))
+        return res
+
+    def close_many(self, socks: Iterable[Socket]) -> None:
+        lst = [s for s in socks if s._open]
+        if not lst:
+            return
+        ids = ffi.new("int[]", [s.fd for s in lst])
+        for s in lst:
+            s._open = False
+            self._socks.pop(s.fd, None)
+        lib.mtcp_close_batch(self._check(), ids, len(lst))
+
+    def close(self) -> None:
+        """Stops the mTCP thread; open connections are reset."""
+        if self._ptr is not None:
+            lib.mtcp_destroy_context(self._ptr)
+            self._ptr = None
+            for s in self._socks.values():
+                s._open = False
+            self._socks.clear()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Socket:
+    """A TCP socket of one context. Non-blocking: operations that would wait raise
+    ``BlockingIOError``; use ``Epoll`` to wait."""
+
+    def __init__(self, ctx: Context, fd: int) -> None:
+        self.ctx = ctx
+        self.fd = fd
+        self._open = True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __repr__(self) -> str:
+        return f"<mtcp_core.Socket core={self.ctx.core} fd={self.fd}>"
+
+    def bind(self, address: tuple[str, int]) -> None:
+        if lib.mtcp_bind(self.ctx._check(), self.fd, _ip_to_int(address[0]), address[1]) < 0:
+            _raise("bind")
+
+    def listen(self, backlog: int = 128) -> None:
+        if lib.mtcp_listen(self.ctx._check(), self.fd, backlog) < 0:
+            _raise("listen")
+
+    def accept(self) -> tuple[Socket, tuple[str, int]]:
+        addr = ffi.new("uint32_t *")
+        port = ffi.new("uint16_t *")
+        sid = lib.mtcp_accept(self.ctx._check(), self.fd, addr, port)
+        if sid < 0:
+            _raise("accept")
+        return self.ctx._wrap(sid), (_int_to_ip(addr[0]), int(port[0]))
+
+    def accept_many(self, max_sockets: int = 256) -> list[Socket]:
+        """Every pending connection, up to ``max_sockets``, in one crossing ([] if none)."""
+        out = ffi.new("int[]", max_sockets)
+        n = lib.mtcp_accept_batch(self.ctx._check(), self.fd, out, max_sockets)
+        if n < 0:
+            if ffi.errno == 11:  # EAGAIN
+                return []
+            _raise("accept")
+        return [self.ctx._wrap(out[i]) for i in range(n)]
+
+    def connect_ex(self, address: tuple[str, int]) -> int:
+        """Starts an active open; returns an errno (EINPROGRESS when under way)."""
+        r = lib.mtcp_connect(self.ctx._check(), self.fd, _ip_to_int(address[0]), address[1])
+        return 0 if r == 0 else ffi.errno
+
+    def connect(self, address: tuple[str, int]) -> None:
+        """Non-blocking connect: raises BlockingIOError(EINPROGRESS) like a non-blocking
+        socket; EPOLLOUT (or EPOLLERR) tells the outcome."""
+        err = self.connect_ex(address)
+        if err:
+            raise OSError(err, f"connect: {os.strerror(err)}")
+
+    def recv(self, bufsize: int) -> bytes:
+        n = min(bufsize, _RECV_SCRATCH)
+        r = lib.mtcp_read(self.ctx._check(), self.fd, self.ctx._scratch, n)
+        if r < 0:
+            _raise("recv")
+        return ffi.unpack(self.ctx._scratch, r)
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        buf = ffi.from_buffer(data)
+        r = lib.mtcp_write(self.ctx._check(), self.fd, buf, len(buf))
+        if r < 0:
+            _raise("send")
+        return int(r)
+
+    def sendmsg(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+        """writev: several buffers in one crossing."""
+        keep = [ffi.from_buffer(b) for b in buffers]
+        iov = ffi.new("struct mtcp_iovec[]", len(keep))
+        for i, b in enumerate(keep):
+            iov[i].base = b
+            iov[i].len = len(b)
+        r = lib.mtcp_writev(self.ctx._check(), self.fd, iov, len(keep))
+        if r < 0:
+            _raise("sendmsg")
+        return int(r)
+
+    def shutdown(self, how: int) -> None:
+        if lib.mtcp_shutdown(self.ctx._check(), self.fd, how) < 0:
+            _raise("shutdown")
+
+    def close(self) -> None:
+        if self._open and self.ctx._ptr is not None:
+            self._open = False
+            self.ctx._socks.pop(self.fd, None)
+            if lib.mtcp_close(self.ctx._ptr, self.fd) < 0:
+                _raise("close")
+
+    def abort(self) -> None:
+        """Close with RST (SO_LINGER 0)."""
+        if self._open and self.ctx._ptr is not None:
+            self._open = False
+            self.ctx._socks.pop(self.fd, None)
+            if lib.mtcp_abort(self.ctx._ptr, self.fd) < 0:
+                _raise("abort")
+
+    def getsockname(self) -> tuple[str, int]:
+        addr = ffi.new("uint32_t *")
+        port = ffi.new("uint16_t *")
+        if lib.mtcp_getsockname(self.ctx._check(), self.fd, addr, port) < 0:
+            _raise("getsockname")
+        return _int_to_ip(addr[0]), int(port[0])
+
+    def getpeername(self) -> tuple[str, int]:
+        addr = ffi.new("uint32_t *")
+        port = ffi.new("uint16_t *")
+        if lib.mtcp_getpeername(self.ctx._check(), self.fd, addr, port) < 0:
+            _raise("getpeername")
+        return _int_to_ip(addr[0]), int(port[0])
+
+    def setsockopt(self, level: int, option: int, value: int | tuple[int, int]) -> None:
+        if isinstance(value, tuple):  # SO_LINGER (onoff, seconds)
+            v = ffi.new("int[2]", list(value))
+            size = ffi.sizeof("int[2]")
+        else:
+            v = ffi.new("int *", value)
+            size = ffi.sizeof("int")
+        if lib.mtcp_setsockopt(self.ctx._check(), self.fd, level, option, v, size) < 0:
+            _raise("setsockopt")
+
+    def getsockopt(self, level: int, option: int) -> int:
+        v = ffi.new("int *")
+        size = ffi.new("unsigned *", ffi.sizeof("int"))
+        if lib.mtcp_getsockopt(self.ctx._check(), self.fd, level, option, v, size) < 0:
+            _raise("getsockopt")
+        return int(v[0])
+
+    def tcp_info(self) -> dict[str, Any]:
+        info = ffi.new("struct mtcp_tcp_info *")
+        if lib.mtcp_get_tcp_info(self.ctx._check(), self.fd, info) < 0:
+            _raise("tcp_info")
+        fields = ("snd_una", "snd_nxt", "snd_wnd", "rcv_nxt", "rcv_wnd", "mss", "snd_wscale",
+                  "rcv_wscale", "cwnd", "ssthresh", "srtt_us", "rto_ms", "sndbuf_used",
+                  "rcvbuf_used", "retransmits")
+        out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
+        out["state"] = TCP_STATES[info.state]
+        return out
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Epoll:
+    """Like ``select.epoll`` on one context; ``poll`` returns (Socket, events) pairs,
+    the whole batch in one crossing."""
+
+    def __init__(self, ctx: Context, epid: int) -> None:
+        self.ctx = ctx
+        self.epid = epid
+        self._events = ffi.new("struct mtcp_epoll_event[]", 1024)
+
+    def _ctl(self, op: int, sock: Socket, events: int) -> None:
+        if lib.mtcp_epoll_ctl(self.ctx._check(), self.epid, op, sock.fd, events, sock.fd) < 0:
+            _raise("epoll_ctl")
+
+    def register(self, sock: Socket, events: int = EPOLLIN | EPOLLOUT) -> None:
+        self._ctl(lib.MTCP_EPOLL_CTL_ADD, sock, events)
+
+    def modify(self, sock: Socket, events: int) -> None:
+        self._ctl(lib.MTCP_EPOLL_CTL_MOD, sock, events)
+
+    def unregister(self, sock: Socket) -> None:
+        self._ctl(lib.MTCP_EPOLL_CTL_DEL, sock, 0)
+
+    def poll(self, timeout: float | None = -1.0, maxevents: int = -1) -> list[tuple[Socket, int]]:
+        """Waits up to ``timeout`` seconds (None or negative: forever)."""
+        ms = -1 if timeout is None or timeout < 0 else int(timeout * 1000)
+        maxev = 1024 if maxevents <= 0 else min(maxevents, 1024)
+        n = lib.mtcp_epoll_wait(self.ctx._check(), self.epid, self._events, maxev, ms)
+        if n < 0:
+            _raise("epoll_wait")
+        socks = self.ctx._socks
+        out: list[tuple[Socket, int]] = []
+        for i in range(n):
+            ev = self._events[i]
+            s = socks.get(int(ev.data))
+            if s is not None:
+                out.append((s, int(ev.events)))
+        return out
+
+    def interrupt(self) -> None:
+        """Wakes a poll() blocked in another thread."""
+        if self.ctx._ptr is not None:
+            lib.mtcp_epoll_interrupt(self.ctx._ptr)
+
+    def close(self) -> None:
+        if self.ctx._ptr is not None and self.epid >= 0:
+            lib.mtcp_epoll_close(self.ctx._ptr, self.epid)
+            self.epid = -1

@@ -1,0 +1,181 @@
+/* The public C API of the mTCP core, in mTCP's spirit (mtcp_api.h/mtcp_epoll.h).
+ *
+ * This file is read twice: by the C compiler (through mtcp.h) and by cffi's cdef,
+ * so it holds only declarations and "#define NAME number" lines: no #include,
+ * no #if, no macros with arguments. Addresses and ports are host byte order.
+ * Functions return -1 and set errno on failure, like the BSD calls they mirror. */
+
+/* epoll events: the Linux values, so code written for select.epoll reads the same */
+#define MTCP_EPOLLIN 1
+#define MTCP_EPOLLPRI 2
+#define MTCP_EPOLLOUT 4
+#define MTCP_EPOLLERR 8
+#define MTCP_EPOLLHUP 16
+#define MTCP_EPOLLRDHUP 8192
+#define MTCP_EPOLLET 2147483648
+#define MTCP_EPOLL_CTL_ADD 1
+#define MTCP_EPOLL_CTL_DEL 2
+#define MTCP_EPOLL_CTL_MOD 3
+
+#define MTCP_SHUT_RD 0
+#define MTCP_SHUT_WR 1
+#define MTCP_SHUT_RDWR 2
+
+/* setsockopt levels and names (Linux values) */
+#define MTCP_SOL_SOCKET 1
+#define MTCP_SO_REUSEADDR 2
+#define MTCP_SO_KEEPALIVE 9
+#define MTCP_SO_SNDBUF 7
+#define MTCP_SO_RCVBUF 8
+#define MTCP_SO_LINGER 13
+#define MTCP_SO_ERROR 4
+#define MTCP_IPPROTO_TCP 6
+#define MTCP_TCP_NODELAY 1
+#define MTCP_TCP_MAXSEG 2
+
+/* TCP states (RFC 9293 names), as reported by mtcp_get_tcp_info */
+#define MTCP_TCP_CLOSED 0
+#define MTCP_TCP_LISTEN 1
+#define MTCP_TCP_SYN_SENT 2
+#define MTCP_TCP_SYN_RECEIVED 3
+#define MTCP_TCP_ESTABLISHED 4
+#define MTCP_TCP_FIN_WAIT_1 5
+#define MTCP_TCP_FIN_WAIT_2 6
+#define MTCP_TCP_CLOSE_WAIT 7
+#define MTCP_TCP_CLOSING 8
+#define MTCP_TCP_LAST_ACK 9
+#define MTCP_TCP_TIME_WAIT 10
+
+struct mtcp_conf {
+    const char *backend;       /* "afpacket" | "tap" | "pair" */
+    const char *iface;         /* afpacket: interface; tap: device name */
+    const char *ip;            /* the stack's IPv4 address, dotted */
+    unsigned prefix;           /* subnet prefix length */
+    const char *gateway;       /* default gateway, dotted, or NULL */
+    const char *mac;           /* "aa:bb:.." or NULL: afpacket uses the interface's, tap/pair derive one */
+    unsigned ncores;           /* cores (workers) of this stack */
+    unsigned fanout_group;     /* afpacket fanout group id, 0 = derived from the pid */
+    const char *tap_host_cidr; /* tap: host side address to set, or NULL */
+    const char *pcap_path;     /* capture file, "%u" = core, or NULL */
+    const char *stats_path;    /* shared stats block file, "%u" = core, or NULL */
+    unsigned max_conns;        /* per core; 0 = default */
+    unsigned rcvbuf;           /* per socket bytes; 0 = default */
+    unsigned sndbuf;
+    int no_priority;           /* 1: one FIFO TX list instead of control/ACK/data */
+    unsigned time_wait_ms;     /* 0 = default */
+    int hugepages;             /* 1: try huge pages for pools, 0: never */
+    void *pair;                /* pair backend: from mtcp_pair_create */
+    int pair_side;             /* 0 or 1 */
+    int trace;                 /* 1: log every TCP state change to stderr */
+};
+
+struct mtcp_stack;
+struct mtcp_context;
+typedef struct mtcp_context *mctx_t;
+
+/* Opens the devices of every core (in the calling process, before workers fork).
+ * On failure returns NULL with errno set and a message in err. */
+struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, size_t errlen);
+void mtcp_stack_destroy(struct mtcp_stack *stack);
+unsigned mtcp_stack_ncores(struct mtcp_stack *stack);
+/* MAC the stack uses, "aa:bb:cc:dd:ee:ff" into out (18 bytes). */
+int mtcp_stack_mac(struct mtcp_stack *stack, char *out, size_t outlen);
+
+/* Starts core `core`'s mTCP thread (pinned to cpu when cpu >= 0). */
+mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu);
+/* Stops the thread, resets every open connection, frees the pools. */
+void mtcp_destroy_context(mctx_t mctx);
+
+int mtcp_socket(mctx_t mctx, int domain, int type, int protocol);
+int mtcp_bind(mctx_t mctx, int sockid, uint32_t addr, uint16_t port);
+int mtcp_listen(mctx_t mctx, int sockid, int backlog);
+/* Non-blocking (EAGAIN when nothing is pending). */
+int mtcp_accept(mctx_t mctx, int sockid, uint32_t *addr, uint16_t *port);
+/* Up to max accepted sockets into out; returns how many (0 and EAGAIN when none). */
+int mtcp_accept_batch(mctx_t mctx, int sockid, int *out, int max);
+/* Non-blocking: returns -1/EINPROGRESS; EPOLLOUT (or EPOLLERR) tells the outcome. */
+int mtcp_connect(mctx_t mctx, int sockid, uint32_t addr, uint16_t port);
+/* 0 = end of stream; -1/EAGAIN when nothing to read yet. */
+ssize_t mtcp_read(mctx_t mctx, int sockid, char *buf, size_t len);
+ssize_t mtcp_write(mctx_t mctx, int sockid, const char *buf, size_t len);
+struct mtcp_iovec {
+    const void *base;
+    size_t len;
+};
+ssize_t mtcp_writev(mctx_t mctx, int sockid, const struct mtcp_iovec *iov, int iovcnt);
+int mtcp_close(mctx_t mctx, int sockid);
+/* Close with RST (SO_LINGER 0 semantics). */
+int mtcp_abort(mctx_t mctx, int sockid);
+int mtcp_shutdown(mctx_t mctx, int sockid, int how);
+int mtcp_getsockname(mctx_t mctx, int sockid, uint32_t *addr, uint16_t *port);
+int mtcp_getpeername(mctx_t mctx, int sockid, uint32_t *addr, uint16_t *port);
+int mtcp_setsockopt(mctx_t mctx, int sockid, int level, int optname, const void *optval,
+                    unsigned optlen);
+int mtcp_getsockopt(mctx_t mctx, int sockid, int level, int optname, void *optval,
+                    unsigned *optlen);
+
+/* Batched crossings: one call reads (writes) several sockets.
+ * read: for socket i, up to cap bytes into buf + i*cap; out_len[i] = bytes, 0 at EOF,
+ * -errno on error (-EAGAIN when nothing yet). Returns n. */
+int mtcp_read_batch(mctx_t mctx, const int *sockids, int n, char *buf, size_t cap,
+                    ssize_t *out_len);
+/* write: bufs[i]/lens[i] to sockids[i]; out[i] = bytes taken or -errno. Returns n. */
+int mtcp_write_batch(mctx_t mctx, const int *sockids, const char *const *bufs,
+                     const size_t *lens, int n, ssize_t *out);
+/* close several sockets in one crossing. */
+int mtcp_close_batch(mctx_t mctx, const int *sockids, int n);
+
+struct mtcp_epoll_event {
+    uint32_t events;
+    uint64_t data;
+};
+int mtcp_epoll_create(mctx_t mctx, int size);
+int mtcp_epoll_close(mctx_t mctx, int epid);
+int mtcp_epoll_ctl(mctx_t mctx, int epid, int op, int sockid, uint32_t events, uint64_t data);
+/* timeout_ms < 0 waits forever; blocks on an eventfd, never spins. Call without
+ * holding the GIL (cffi releases it). */
+int mtcp_epoll_wait(mctx_t mctx, int epid, struct mtcp_epoll_event *events, int maxevents,
+                    int timeout_ms);
+/* Wakes a blocked mtcp_epoll_wait on this context (from any thread). */
+void mtcp_epoll_interrupt(mctx_t mctx);
+
+struct mtcp_tcp_info {
+    int state;
+    uint32_t snd_una, snd_nxt, snd_wnd, rcv_nxt, rcv_wnd;
+    uint32_t mss, snd_wscale, rcv_wscale;
+    uint32_t cwnd, ssthresh, srtt_us, rto_ms;
+    uint32_t sndbuf_used, rcvbuf_used;
+    uint64_t retransmits;
+};
+int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
+
+/* Counters: names and kinds of the per-core stats block (core/stats.h). */
+int mtcp_stats_count(void);
+const char *mtcp_stats_name(int i);
+int mtcp_stats_is_gauge(int i);
+/* A fresh snapshot of this context's counters (published once per round). */
+int mtcp_ctx_stats(mctx_t mctx, uint64_t *out, int n);
+/* Reads a stats block file written by another process; returns counters read or -1. */
+int mtcp_stats_read_file(const char *path, uint64_t *out, int n, unsigned *core, unsigned *pid);
+
+/* The in-memory link of the pair backend and its fault injector. */
+struct mtcp_pair_faults {
+    uint64_t seed;
+    double loss;
+    double duplicate;
+    double reorder;
+    double corrupt;
+    uint32_t delay_us;
+    uint32_t jitter_us;
+};
+struct mtcp_pair_counters {
+    uint64_t sent, delivered, lost, duplicated, reordered, corrupted, overflow;
+};
+void *mtcp_pair_create(const struct mtcp_pair_faults *faults);
+void mtcp_pair_destroy(void *pair);
+void mtcp_pair_set_faults(void *pair, const struct mtcp_pair_faults *faults);
+void mtcp_pair_counters(void *pair, int side, struct mtcp_pair_counters *out);
+
+/* The flow -> core function shared with the afpacket fanout program. */
+unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
+                        unsigned ncores);

@@ -1,0 +1,375 @@
+/* The per-core context and its mTCP thread loop (DESIGN.md "The mTCP thread loop"):
+ * receive a batch -> process every frame -> take the app's jobs -> run due timers
+ * -> transmit control, then ACK, then data lists -> one TX flush -> hand the
+ * round's events to the app in one batch -> sleep on the device and an eventfd
+ * when there is nothing to do. */
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "../core/clock.h"
+#include "../net/net.h"
+#include "../tcp/tcp.h"
+#include "ctx.h"
+
+#define JOBS_PER_ROUND 4096
+
+/* ---------------------------------------------------------------- events */
+
+void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events)
+{
+    if (atomic_load_explicit(&t->sockid, memory_order_acquire) < 0)
+        return;
+    if (!t->ev_pending) {
+        t->ev_next = ctx->ev_head;
+        ctx->ev_head = t;
+    }
+    t->ev_pending |= events;
+}
+
+void ctx_listener_event(struct mtcp_context *ctx, struct mtcp_listener *l)
+{
+    if (l->ev_queued)
+        return;
+    struct mtcp_event ev = {l->sockid, l->sock_gen, MTCP_EPOLLIN};
+    if (mtcp_spsc_push(&ctx->evq, &ev) == 0) {
+        /* one event per listener per round; cleared when the round's events flush */
+        l->ev_queued = 1;
+        STAT_INC(&ctx->stats, events);
+    }
+}
+
+static int flush_events(struct mtcp_context *ctx)
+{
+    int pushed = 0;
+    struct tcb *keep = NULL;
+    while (ctx->ev_head) {
+        struct tcb *t = ctx->ev_head;
+        ctx->ev_head = t->ev_next;
+        int sid = atomic_load_explicit(&t->sockid, memory_order_acquire);
+        if (t->in_use && sid >= 0) {
+            struct mtcp_event ev = {sid, atomic_load_explicit(&t->sock_gen, memory_order_relaxed),
+                                    t->ev_pending};
+            if (mtcp_spsc_push(&ctx->evq, &ev) < 0) {
+                /* queue full: try again next round */
+                t->ev_next = keep;
+                keep = t;
+                continue;
+            }
+            pushed++;
+        }
+        t->ev_pending = 0;
+        tcb_unlisted(ctx, t);
+    }
+    ctx->ev_head = keep;
+    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+        if (l->ev_queued) {
+            l->ev_queued = 0;
+            pushed++;
+        }
+    STAT_ADD(&ctx->stats, events, pushed);
+    return pushed;
+}
+
+static void wake_fd(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof(one));
+    (void)r; /* EAGAIN: the counter is already non-zero, the sleeper wakes anyway */
+}
+
+static void drain_fd(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof(v));
+    (void)r;
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+void ctx_push_job(struct mtcp_context *ctx, const struct mtcp_job *job)
+{
+    /* The job queue is large; when it is full the mTCP thread is behind, so let
+     * it run rather than drop a job. */
+    while (mtcp_spsc_push(&ctx->jobq, job) < 0) {
+        wake_fd(ctx->stack_efd);
+        sched_yield();
+    }
+}
+
+void ctx_kick(struct mtcp_context *ctx)
+{
+    /* Dekker-style handshake with the sleeping side: our push is visible before we
+     * read its flag; it sets its flag before it checks the queue. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&ctx->stack_sleeping))
+        wake_fd(ctx->stack_efd);
+}
+
+/* ---------------------------------------------------------------- loop */
+
+static void count_batch(struct mtcp_stats *st, int n)
+{
+    if (n <= 0)
+        return;
+    STAT_INC(st, rx_batches);
+    if (n == 1) STAT_INC(st, rx_batch_1);
+    else if (n < 4) STAT_INC(st, rx_batch_2_3);
+    else if (n < 8) STAT_INC(st, rx_batch_4_7);
+    else if (n < 16) STAT_INC(st, rx_batch_8_15);
+    else if (n < 32) STAT_INC(st, rx_batch_16_31);
+    else if (n < 64) STAT_INC(st, rx_batch_32_63);
+    else STAT_INC(st, rx_batch_64_up);
+}
+
+static void update_gauges(struct mtcp_context *ctx)
+{
+    struct mtcp_stats *st = &ctx->stats;
+    STAT_SET(st, pool_tcb_free, ctx->tcb_pool.nfree);
+    STAT_SET(st, pool_sndbuf_free, ctx->sndbuf_pool.nfree);
+    STAT_SET(st, pool_rcvbuf_free, ctx->rcvbuf_pool.nfree);
+    STAT_SET(st, flows, ctx->flow_count);
+    for (int s = 0; s < TCP_NSTATES; s++)
+        st->v[MTCP_STAT_state_closed + s] = ctx->state_count[s];
+}
+
+static void *ctx_loop(void *arg)
+{
+    struct mtcp_context *ctx = arg;
+    struct io_frame frames[MTCP_RX_BATCH];
+    struct pollfd pfd[2] = {{.fd = ctx->dev->ops->poll_fd(ctx->dev), .events = POLLIN},
+                            {.fd = ctx->stack_efd, .events = POLLIN}};
+    uint64_t last_publish = 0;
+
+    while (!atomic_load_explicit(&ctx->stop, memory_order_acquire)) {
+        uint64_t now_ns = mtcp_now_ns();
+        ctx->now_ms = now_ns / MTCP_NS_PER_MS;
+        ctx->tx_budget = MTCP_TX_BATCH;
+        STAT_INC(&ctx->stats, rounds);
+
+        int n = io_rx_burst(ctx->dev, frames, MTCP_RX_BATCH);
+        count_batch(&ctx->stats, n);
+        for (int i = 0; i < n; i++)
+            net_input(ctx, &frames[i]);
+        if (n > 0)
+            io_rx_done(ctx->dev);
+
+        int jobs = 0;
+        struct mtcp_job job;
+        while (jobs < JOBS_PER_ROUND && mtcp_spsc_pop(&ctx->jobq, &job)) {
+            tcp_handle_job(ctx, &job);
+            jobs++;
+        }
+
+        uint64_t next = tcp_timers(ctx);
+        uint64_t arp_next = arp_timer(ctx);
+        if (arp_next < next)
+            next = arp_next;
+
+        tcp_output_round(ctx);
+        net_tx_flush(ctx);
+
+        if (flush_events(ctx) && atomic_load(&ctx->app_waiting))
+            wake_fd(ctx->app_efd);
+
+        if (now_ns - last_publish >= MTCP_NS_PER_MS || n == 0) {
+            update_gauges(ctx);
+            mtcp_stats_publish(&ctx->stats, now_ns);
+            last_publish = now_ns;
+        }
+
+        int busy = n > 0 || jobs > 0 || ctx->ctrl_head || ctx->ack_head || ctx->data_head ||
+                   ctx->ev_head;
+        if (busy)
+            continue;
+        uint64_t due = ctx->dev->ops->next_due_ns ? ctx->dev->ops->next_due_ns(ctx->dev) : 0;
+        if (due) {
+            uint64_t now = mtcp_now_ns();
+            uint64_t d = due > now ? (due - now + MTCP_NS_PER_MS - 1) / MTCP_NS_PER_MS : 0;
+            if (d < next)
+                next = d;
+        }
+        if (next > 1000)
+            next = 1000; /* wake once a second at most to publish stats; no busy spinning */
+        if (next == 0)
+            continue;
+        atomic_store(&ctx->stack_sleeping, 1);
+        if (!mtcp_spsc_empty(&ctx->jobq) || atomic_load(&ctx->stop)) {
+            atomic_store(&ctx->stack_sleeping, 0);
+            continue;
+        }
+        STAT_INC(&ctx->stats, sleeps);
+        int pr = poll(pfd, 2, (int)next);
+        atomic_store(&ctx->stack_sleeping, 0);
+        if (pr > 0 && (pfd[1].revents & POLLIN)) {
+            drain_fd(ctx->stack_efd);
+            STAT_INC(&ctx->stats, wakeups_app);
+        }
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- create */
+
+static void ctx_free(struct mtcp_context *ctx)
+{
+    mtcp_pool_destroy(&ctx->tcb_pool);
+    mtcp_pool_destroy(&ctx->sndbuf_pool);
+    mtcp_pool_destroy(&ctx->rcvbuf_pool);
+    mtcp_spsc_destroy(&ctx->jobq);
+    mtcp_spsc_destroy(&ctx->evq);
+    free(ctx->flow);
+    free(ctx->wheel);
+    free(ctx->txbuf);
+    free(ctx->socks);
+    free(ctx->evbuf);
+    if (ctx->stack_efd >= 0)
+        close(ctx->stack_efd);
+    if (ctx->app_efd >= 0)
+        close(ctx->app_efd);
+    mtcp_stats_close(&ctx->stats);
+    free(ctx);
+}
+
+mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
+{
+    if (!stack || core >= stack->ncores) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct mtcp_context *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ctx->stack_efd = ctx->app_efd = -1;
+    ctx->stats.shm_fd = -1;
+    ctx->stack = stack;
+    ctx->core = core;
+    ctx->ncores = stack->ncores;
+    ctx->dev = &stack->io.devs[core];
+    ctx->ip = stack->ip;
+    ctx->netmask = stack->netmask;
+    ctx->gateway = stack->gateway;
+    memcpy(ctx->mac, ctx->dev->mac, 6);
+    ctx->priority = !stack->conf.no_priority;
+    ctx->trace = stack->conf.trace;
+    ctx->cpu = cpu;
+    ctx->now_ms = mtcp_now_ns() / MTCP_NS_PER_MS;
+    ctx->wheel_ms = ctx->now_ms;
+
+    int rc = io_dev_start(ctx->dev);
+    if (rc < 0) {
+        ctx_free(ctx);
+        errno = -rc;
+        return NULL;
+    }
+    uint32_t n = stack->max_conns;
+    int huge = stack->conf.hugepages;
+    if (mtcp_pool_init(&ctx->tcb_pool, sizeof(struct tcb), n, huge) < 0 ||
+        mtcp_pool_init(&ctx->sndbuf_pool, stack->sndbuf, n, huge) < 0 ||
+        mtcp_pool_init(&ctx->rcvbuf_pool, stack->rcvbuf, n, huge) < 0 ||
+        mtcp_spsc_init(&ctx->jobq, MTCP_JOBQ_SIZE, sizeof(struct mtcp_job)) < 0 ||
+        mtcp_spsc_init(&ctx->evq, MTCP_EVQ_SIZE, sizeof(struct mtcp_event)) < 0)
+        goto nomem;
+    ctx->flow = calloc(MTCP_FLOW_BUCKETS, sizeof(*ctx->flow));
+    ctx->wheel = calloc(MTCP_WHEEL_SLOTS, sizeof(*ctx->wheel));
+    ctx->txbuf = malloc((size_t)MTCP_TX_BATCH * MTCP_MAX_FRAME);
+    ctx->nsocks = (int)n + 64;
+    ctx->socks = calloc((size_t)ctx->nsocks, sizeof(*ctx->socks));
+    ctx->evbuf = calloc(1024, sizeof(*ctx->evbuf));
+    if (!ctx->flow || !ctx->wheel || !ctx->txbuf || !ctx->socks || !ctx->evbuf)
+        goto nomem;
+    /* socket ids come from a free list (the paper: any free id, not the lowest) */
+    for (int i = 0; i < ctx->nsocks; i++) {
+        ctx->socks[i].next_free = i + 1 < ctx->nsocks ? i + 1 : -1;
+        ctx->socks[i].epid = -1;
+        ctx->socks[i].ep_ready_next = -2;
+    }
+    ctx->sock_free_head = 0;
+    ctx->stack_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ctx->app_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ctx->stack_efd < 0 || ctx->app_efd < 0) {
+        rc = errno;
+        ctx_free(ctx);
+        errno = rc;
+        return NULL;
+    }
+    rc = mtcp_stats_open(&ctx->stats, stack->conf.stats_path, core);
+    if (rc < 0) {
+        ctx_free(ctx);
+        errno = -rc;
+        return NULL;
+    }
+    STAT_SET(&ctx->stats, pool_tcb_total, n);
+    STAT_SET(&ctx->stats, pool_sndbuf_total, n);
+    STAT_SET(&ctx->stats, pool_rcvbuf_total, n);
+    STAT_SET(&ctx->stats, hugepages, ctx->tcb_pool.huge + ctx->sndbuf_pool.huge + ctx->rcvbuf_pool.huge);
+    update_gauges(ctx);
+    mtcp_stats_publish(&ctx->stats, mtcp_now_ns());
+
+    if (pthread_create(&ctx->thread, NULL, ctx_loop, ctx) != 0) {
+        ctx_free(ctx);
+        errno = EAGAIN;
+        return NULL;
+    }
+    ctx->thread_started = 1;
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        pthread_setaffinity_np(ctx->thread, sizeof(set), &set);
+    }
+    char name[16]; /* the kernel keeps 15 characters of a thread name */
+    snprintf(name, sizeof(name), "mtcp-core%u", core % 100000u);
+    pthread_setname_np(ctx->thread, name);
+    return ctx;
+nomem:
+    ctx_free(ctx);
+    errno = ENOMEM;
+    return NULL;
+}
+
+void mtcp_destroy_context(mctx_t ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->thread_started) {
+        atomic_store(&ctx->stop, 1);
+        wake_fd(ctx->stack_efd);
+        pthread_join(ctx->thread, NULL);
+        /* the thread is gone: this thread may act as the mTCP thread now */
+        struct mtcp_job job;
+        while (mtcp_spsc_pop(&ctx->jobq, &job))
+            tcp_handle_job(ctx, &job);
+        ctx->tx_budget = 1 << 30;
+        tcp_abort_all(ctx);
+        while (ctx->listeners) {
+            struct mtcp_listener *l = ctx->listeners;
+            ctx->listeners = l->next;
+            mtcp_spsc_destroy(&l->acceptq);
+            free(l);
+        }
+        update_gauges(ctx);
+        mtcp_stats_publish(&ctx->stats, mtcp_now_ns());
+    }
+    ctx_free(ctx);
+}
+
+int mtcp_ctx_stats(mctx_t ctx, uint64_t *out, int n)
+{
+    if (!ctx || n < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    int cnt = n < MTCP_STAT__COUNT ? n : MTCP_STAT__COUNT;
+    for (int i = 0; i < cnt; i++)
+        out[i] = __atomic_load_n(&ctx->stats.pub[i], __ATOMIC_RELAXED);
+    return cnt;
+}

@@ -1,0 +1,225 @@
+/* A stack: configuration, addresses and the devices of every core. Created in
+ * the process that later forks one worker per core. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "ctx.h"
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static int parse_ip(const char *s, uint32_t *out)
+{
+    struct in_addr a;
+    if (!s || inet_pton(AF_INET, s, &a) != 1)
+        return -1;
+    *out = ntohl(a.s_addr);
+    return 0;
+}
+
+static int parse_mac(const char *s, uint8_t mac[6])
+{
+    unsigned v[6];
+    char extra;
+    if (sscanf(s, "%x:%x:%x:%x:%x:%x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &extra) != 6)
+        return -1;
+    for (int i = 0; i < 6; i++) {
+        if (v[i] > 255)
+            return -1;
+        mac[i] = (uint8_t)v[i];
+    }
+    return 0;
+}
+
+static uint32_t round_pow2_down(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p * 2 <= v && p < (1u << 30))
+        p *= 2;
+    return p;
+}
+
+static void fail(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+}
+
+struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, size_t errlen)
+{
+    char msg[256];
+    struct mtcp_stack *s = calloc(1, sizeof(*s));
+    if (!s) {
+        errno = ENOMEM;
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->conf = *conf;
+    s->conf.backend = s->s_backend = dup_or_null(conf->backend);
+    s->conf.iface = s->s_iface = dup_or_null(conf->iface);
+    s->conf.ip = s->s_ip = dup_or_null(conf->ip);
+    s->conf.gateway = s->s_gateway = dup_or_null(conf->gateway);
+    s->conf.mac = s->s_mac = dup_or_null(conf->mac);
+    s->conf.tap_host_cidr = s->s_tap = dup_or_null(conf->tap_host_cidr);
+    s->conf.pcap_path = s->s_pcap = dup_or_null(conf->pcap_path);
+    s->conf.stats_path = s->s_stats = dup_or_null(conf->stats_path);
+
+    if (!conf->backend) {
+        fail(err, errlen, "backend: missing (afpacket, tap or pair)");
+        goto einval;
+    }
+    if (parse_ip(conf->ip, &s->ip) < 0) {
+        snprintf(msg, sizeof(msg), "ip: not an IPv4 address: %s", conf->ip ? conf->ip : "(none)");
+        fail(err, errlen, msg);
+        goto einval;
+    }
+    if (conf->prefix > 32) {
+        fail(err, errlen, "prefix: must be 0..32");
+        goto einval;
+    }
+    s->netmask = conf->prefix ? ~0u << (32 - conf->prefix) : 0;
+    if (conf->gateway && parse_ip(conf->gateway, &s->gateway) < 0) {
+        snprintf(msg, sizeof(msg), "gateway: not an IPv4 address: %s", conf->gateway);
+        fail(err, errlen, msg);
+        goto einval;
+    }
+    s->ncores = conf->ncores ? conf->ncores : 1;
+    if (s->ncores > 256) {
+        fail(err, errlen, "ncores: at most 256");
+        goto einval;
+    }
+    s->max_conns = conf->max_conns ? conf->max_conns : MTCP_DEFAULT_MAX_CONNS;
+    s->rcvbuf = round_pow2_down(conf->rcvbuf ? conf->rcvbuf : MTCP_DEFAULT_RCVBUF);
+    s->sndbuf = round_pow2_down(conf->sndbuf ? conf->sndbuf : MTCP_DEFAULT_SNDBUF);
+    if (s->rcvbuf < 4096 || s->sndbuf < 4096) {
+        fail(err, errlen, "rcvbuf/sndbuf: at least 4096 bytes");
+        goto einval;
+    }
+    s->time_wait_ms = conf->time_wait_ms ? conf->time_wait_ms : MTCP_DEFAULT_TIME_WAIT_MS;
+    if (getrandom(s->isn_key, sizeof(s->isn_key), 0) != sizeof(s->isn_key)) {
+        fail(err, errlen, "getrandom failed");
+        goto einval;
+    }
+
+    struct io_config ioc = {
+        .backend = s->conf.backend,
+        .iface = s->conf.iface,
+        .nqueues = s->ncores,
+        .fanout_group = conf->fanout_group,
+        .pair = conf->pair,
+        .pair_side = conf->pair_side,
+        .tap_host_cidr = s->conf.tap_host_cidr,
+        .pcap_path = s->conf.pcap_path,
+    };
+    const char *iomsg = NULL;
+    int rc = io_group_open(&s->io, &ioc, &iomsg);
+    if (rc < 0) {
+        snprintf(msg, sizeof(msg), "%s backend: %s", conf->backend,
+                 iomsg ? iomsg : strerror(-rc));
+        fail(err, errlen, msg);
+        errno = -rc;
+        mtcp_stack_destroy(s);
+        return NULL;
+    }
+    if (conf->mac) {
+        if (parse_mac(conf->mac, s->mac) < 0) {
+            snprintf(msg, sizeof(msg), "mac: not a MAC address: %s", conf->mac);
+            fail(err, errlen, msg);
+            goto einval;
+        }
+        for (unsigned i = 0; i < s->io.n; i++)
+            memcpy(s->io.devs[i].mac, s->mac, 6);
+    } else {
+        memcpy(s->mac, s->io.devs[0].mac, 6);
+    }
+    return s;
+einval:
+    mtcp_stack_destroy(s);
+    errno = EINVAL;
+    return NULL;
+}
+
+void mtcp_stack_destroy(struct mtcp_stack *s)
+{
+    if (!s)
+        return;
+    if (s->io.devs)
+        io_group_close(&s->io);
+    free(s->s_backend);
+    free(s->s_iface);
+    free(s->s_ip);
+    free(s->s_gateway);
+    free(s->s_mac);
+    free(s->s_tap);
+    free(s->s_pcap);
+    free(s->s_stats);
+    free(s);
+}
+
+unsigned mtcp_stack_ncores(struct mtcp_stack *s)
+{
+    return s->ncores;
+}
+
+int mtcp_stack_mac(struct mtcp_stack *s, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%02x:%02x:%02x:%02x:%02x:%02x", s->mac[0], s->mac[1], s->mac[2],
+             s->mac[3], s->mac[4], s->mac[5]);
+    return 0;
+}
+
+/* ---- small exports for the binding ---- */
+
+int mtcp_stats_count(void)
+{
+    return MTCP_STAT__COUNT;
+}
+
+const char *mtcp_stats_name(int i)
+{
+    return mtcp_stats_name_of(i);
+}
+
+unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
+                        unsigned ncores)
+{
+    return io_flow_core(saddr, daddr, sport, dport, ncores);
+}
+
+void *mtcp_pair_create(const struct mtcp_pair_faults *f)
+{
+    struct io_pair_faults pf = {f->seed, f->loss, f->duplicate, f->reorder, f->corrupt,
+                                f->delay_us, f->jitter_us};
+    return io_pair_create(&pf);
+}
+
+void mtcp_pair_destroy(void *pair)
+{
+    io_pair_destroy(pair);
+}
+
+void mtcp_pair_set_faults(void *pair, const struct mtcp_pair_faults *f)
+{
+    struct io_pair_faults pf = {f->seed, f->loss, f->duplicate, f->reorder, f->corrupt,
+                                f->delay_us, f->jitter_us};
+    io_pair_set_faults(pair, &pf);
+}
+
+void mtcp_pair_counters(void *pair, int side, struct mtcp_pair_counters *out)
+{
+    struct io_pair_counters c;
+    io_pair_get_counters(pair, side, &c);
+    out->sent = c.sent;
+    out->delivered = c.delivered;
+    out->lost = c.lost;
+    out->duplicated = c.duplicated;
+    out->reordered = c.reordered;
+    out->corrupted = c.corrupted;
+    out->overflow = c.overflow;
+}

@@ -1,0 +1,132 @@
+/* Ethernet demux, IPv4 input and output (RFC 791, RFC 1122 3.2.1), ICMP echo
+ * (RFC 792), and the round's TX batch. */
+#include <string.h>
+
+#include "../api/ctx.h"
+#include "../tcp/tcp.h"
+#include "../wire/wire.h"
+#include "net.h"
+
+void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len);
+
+uint8_t *net_tx_alloc(struct mtcp_context *ctx)
+{
+    if (ctx->tx_budget <= 0)
+        return NULL;
+    if (ctx->ntx == MTCP_TX_BATCH)
+        net_tx_flush(ctx);
+    return ctx->txbuf + (size_t)ctx->ntx * MTCP_MAX_FRAME;
+}
+
+void net_tx_commit(struct mtcp_context *ctx, uint32_t len)
+{
+    ctx->txf[ctx->ntx].data = ctx->txbuf + (size_t)ctx->ntx * MTCP_MAX_FRAME;
+    ctx->txf[ctx->ntx].len = len;
+    ctx->txf[ctx->ntx].flags = 0;
+    ctx->ntx++;
+    ctx->tx_budget--;
+    STAT_INC(&ctx->stats, tx_packets);
+    STAT_ADD(&ctx->stats, tx_bytes, len);
+}
+
+void net_tx_flush(struct mtcp_context *ctx)
+{
+    if (ctx->ntx == 0)
+        return;
+    int sent = io_tx_burst(ctx->dev, ctx->txf, ctx->ntx);
+    if (sent < ctx->ntx) {
+        STAT_ADD(&ctx->stats, drop_tx_ring_full, ctx->ntx - (sent < 0 ? 0 : sent));
+    }
+    STAT_INC(&ctx->stats, tx_batches);
+    ctx->ntx = 0;
+}
+
+uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_t dst_mac[6],
+                          uint32_t dst, uint8_t proto, uint16_t l4_len)
+{
+    size_t n = wire_eth_emit(frame, dst_mac, ctx->mac, WIRE_ETHERTYPE_IPV4);
+    n += wire_ipv4_emit(frame + n, ctx->ip, dst, proto, l4_len, ctx->ip_id++, 64);
+    return (uint32_t)n;
+}
+
+static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
+                       const struct wire_ipv4 *ip)
+{
+    struct wire_icmp ic;
+    mtcp_drop_t r = wire_icmp_parse(ip->payload, ip->payload_len, &ic);
+    if (r) {
+        STAT_DROP(&ctx->stats, r);
+        return;
+    }
+    if (ic.type != WIRE_ICMP_ECHO_REQUEST) {
+        STAT_INC(&ctx->stats, drop_icmp_type);
+        return;
+    }
+    if ((size_t)ip->payload_len + WIRE_ETH_HLEN + WIRE_IPV4_HLEN > MTCP_MAX_FRAME) {
+        STAT_INC(&ctx->stats, drop_icmp_malformed);
+        return;
+    }
+    uint8_t *f = net_tx_alloc(ctx);
+    if (!f)
+        return;
+    /* Reply to the MAC the request came from: no ARP lookup on this path. */
+    uint32_t off = net_ipv4_headers(ctx, f, eth->src, ip->src, WIRE_IPPROTO_ICMP, ip->payload_len);
+    size_t n = wire_icmp_emit_echo_reply(f + off, ip->payload, ip->payload_len);
+    net_tx_commit(ctx, off + (uint32_t)n);
+    STAT_INC(&ctx->stats, icmp_echo_replies);
+}
+
+static void ipv4_input(struct mtcp_context *ctx, const struct wire_eth *eth, const uint8_t *p,
+                       size_t len, unsigned flags)
+{
+    struct wire_ipv4 ip;
+    mtcp_drop_t r = wire_ipv4_parse(p, len, &ip);
+    if (r) {
+        STAT_DROP(&ctx->stats, r);
+        return;
+    }
+    if (ip.dst != ctx->ip) {
+        STAT_INC(&ctx->stats, drop_ip_not_for_us);
+        return;
+    }
+    switch (ip.proto) {
+    case WIRE_IPPROTO_TCP:
+        tcp_input(ctx, eth->src, &ip, flags);
+        break;
+    case WIRE_IPPROTO_ICMP:
+        icmp_input(ctx, eth, &ip);
+        break;
+    default:
+        STAT_INC(&ctx->stats, drop_ip_proto);
+    }
+}
+
+void net_input(struct mtcp_context *ctx, const struct io_frame *f)
+{
+    struct wire_eth eth;
+    STAT_INC(&ctx->stats, rx_packets);
+    STAT_ADD(&ctx->stats, rx_bytes, f->len);
+    if (f->flags & IO_FRAME_CSUM_PARTIAL)
+        STAT_INC(&ctx->stats, rx_csum_partial);
+    mtcp_drop_t r = wire_eth_parse(f->data, f->len, &eth);
+    if (r) {
+        STAT_DROP(&ctx->stats, r);
+        return;
+    }
+    if (memcmp(eth.dst, ctx->mac, 6) != 0 && !wire_mac_is_broadcast(eth.dst)) {
+        STAT_INC(&ctx->stats, drop_eth_not_for_us);
+        return;
+    }
+    const uint8_t *p = f->data + eth.hlen;
+    size_t len = f->len - eth.hlen;
+    switch (eth.type) {
+    case WIRE_ETHERTYPE_IPV4:
+        ipv4_input(ctx, &eth, p, len, f->flags);
+        break;
+    case WIRE_ETHERTYPE_ARP:
+        arp_input(ctx, p, len);
+        break;
+    default:
+        STAT_INC(&ctx->stats, drop_eth_type);
+    }
+}

@@ -1,0 +1,30 @@
+/* Network layer: ARP table, IPv4 input/output, ICMP echo. */
+#ifndef MTCP_NET_H
+#define MTCP_NET_H
+
+#include <stdint.h>
+
+#include "../io/io.h"
+
+struct mtcp_context;
+
+/* One received frame: Ethernet demux down to ARP / IPv4 / ICMP / TCP. */
+void net_input(struct mtcp_context *ctx, const struct io_frame *f);
+
+/* TX batch: a frame buffer to fill (NULL when this round's budget is spent),
+ * then commit its length. Full batches are flushed with one tx_burst. */
+uint8_t *net_tx_alloc(struct mtcp_context *ctx);
+void net_tx_commit(struct mtcp_context *ctx, uint32_t len);
+void net_tx_flush(struct mtcp_context *ctx);
+
+/* Ethernet + IPv4 headers for an L4 payload of l4_len bytes; returns the L4 offset. */
+uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_t dst_mac[6],
+                          uint32_t dst, uint8_t proto, uint16_t l4_len);
+
+/* Next-hop MAC for dst: 0 and mac filled, or -1 while it resolves (a request is
+ * sent; net calls tcp_arp_resolved() when the answer comes). */
+int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6]);
+/* Expire entries and resend pending requests; returns ms until the next ARP deadline. */
+uint64_t arp_timer(struct mtcp_context *ctx);
+
+#endif

@@ -1,0 +1,87 @@
+/* Tunables of the mTCP core, in one place (lwIP's opt.h idea).
+ * Every value can be overridden at compile time with -DNAME=value. */
+#ifndef MTCP_OPT_H
+#define MTCP_OPT_H
+
+/* Largest frame the core builds or accepts (Ethernet header + 1500 MTU + slack). */
+#ifndef MTCP_MAX_FRAME
+#define MTCP_MAX_FRAME 2048
+#endif
+#ifndef MTCP_MTU
+#define MTCP_MTU 1500
+#endif
+/* Frames taken from the device in one round. */
+#ifndef MTCP_RX_BATCH
+#define MTCP_RX_BATCH 64
+#endif
+/* Frames the core can queue for one TX flush. */
+#ifndef MTCP_TX_BATCH
+#define MTCP_TX_BATCH 256
+#endif
+/* Jobs (app -> stack) and events (stack -> app) queue sizes; powers of two. */
+#ifndef MTCP_JOBQ_SIZE
+#define MTCP_JOBQ_SIZE 65536
+#endif
+#ifndef MTCP_EVQ_SIZE
+#define MTCP_EVQ_SIZE 65536
+#endif
+/* Defaults for a context's pools. */
+#ifndef MTCP_DEFAULT_MAX_CONNS
+#define MTCP_DEFAULT_MAX_CONNS 4096
+#endif
+#ifndef MTCP_DEFAULT_RCVBUF
+#define MTCP_DEFAULT_RCVBUF (64 * 1024)
+#endif
+#ifndef MTCP_DEFAULT_SNDBUF
+#define MTCP_DEFAULT_SNDBUF (64 * 1024)
+#endif
+/* Flow hash table buckets per core (power of two). */
+#ifndef MTCP_FLOW_BUCKETS
+#define MTCP_FLOW_BUCKETS 16384
+#endif
+/* TIME_WAIT length: 2 * MSL. Short by default like most user-level stacks. */
+#ifndef MTCP_DEFAULT_TIME_WAIT_MS
+#define MTCP_DEFAULT_TIME_WAIT_MS 2000
+#endif
+/* ARP cache: entry lifetime and how often an unresolved address is asked again. */
+#ifndef MTCP_ARP_ENTRIES
+#define MTCP_ARP_ENTRIES 256
+#endif
+#ifndef MTCP_ARP_TTL_MS
+#define MTCP_ARP_TTL_MS 60000
+#endif
+#ifndef MTCP_ARP_RETRY_MS
+#define MTCP_ARP_RETRY_MS 1000
+#endif
+/* Requests sent for an address before connections waiting on it fail. */
+#ifndef MTCP_ARP_TRIES
+#define MTCP_ARP_TRIES 5
+#endif
+/* Frames held per ARP entry while it resolves. */
+#ifndef MTCP_ARP_PENDING
+#define MTCP_ARP_PENDING 4
+#endif
+/* Default MSS we announce and assume when the peer sends none (RFC 9293 3.7.1). */
+#ifndef MTCP_DEFAULT_MSS
+#define MTCP_DEFAULT_MSS 1460
+#endif
+#ifndef MTCP_PEER_DEFAULT_MSS
+#define MTCP_PEER_DEFAULT_MSS 536
+#endif
+/* Ephemeral ports for active opens. */
+#ifndef MTCP_EPHEMERAL_LO
+#define MTCP_EPHEMERAL_LO 32768
+#endif
+#ifndef MTCP_EPHEMERAL_HI
+#define MTCP_EPHEMERAL_HI 60999
+#endif
+/* Default listen backlog cap. */
+#ifndef MTCP_MAX_BACKLOG
+#define MTCP_MAX_BACKLOG 65535
+#endif
+/* Epoll instances per context. */
+#ifndef MTCP_MAX_EPOLL
+#define MTCP_MAX_EPOLL 16
+#endif
+
+#endif

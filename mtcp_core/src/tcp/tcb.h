@@ -1,0 +1,124 @@
+/* Transmission control block and the per-core flow table. */
+#ifndef MTCP_TCP_TCB_H
+#define MTCP_TCP_TCB_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../core/bytering.h"
+
+enum tcp_state {
+    TCP_CLOSED = 0,
+    TCP_LISTEN,
+    TCP_SYN_SENT,
+    TCP_SYN_RECEIVED,
+    TCP_ESTABLISHED,
+    TCP_FIN_WAIT_1,
+    TCP_FIN_WAIT_2,
+    TCP_CLOSE_WAIT,
+    TCP_CLOSING,
+    TCP_LAST_ACK,
+    TCP_TIME_WAIT,
+    TCP_NSTATES
+};
+
+/* Sequence arithmetic modulo 2^32 (RFC 9293 3.4). */
+#define SEQ_LT(a, b) ((int32_t)((uint32_t)(a) - (uint32_t)(b)) < 0)
+#define SEQ_LEQ(a, b) ((int32_t)((uint32_t)(a) - (uint32_t)(b)) <= 0)
+#define SEQ_GT(a, b) SEQ_LT(b, a)
+#define SEQ_GEQ(a, b) SEQ_LEQ(b, a)
+
+/* tcb->app_flags: what the stack tells the app thread (atomic). */
+#define TCB_AF_CONNECTED 0x01u /* reached ESTABLISHED at least once */
+#define TCB_AF_EOF 0x02u       /* peer's FIN received, all data before it queued */
+#define TCB_AF_RESET 0x04u     /* connection reset or aborted (so_error says why) */
+#define TCB_AF_CLOSED 0x08u    /* the stack is done with the connection */
+#define TCB_AF_WR_SHUT 0x10u   /* app shut down the write side */
+
+/* tcb->pend: what the mTCP thread still has to transmit for this TCB. */
+#define TCB_P_SYN 0x01u      /* SYN or SYN-ACK */
+#define TCB_P_ACK 0x02u      /* a pure ACK (or window update) is owed */
+#define TCB_P_FIN 0x04u      /* FIN once the send ring is drained */
+#define TCB_P_RST 0x08u      /* RST, then free */
+#define TCB_P_DATA 0x10u     /* unsent data in the send ring */
+
+/* Which TX list a TCB sits on (priority queueing, DESIGN.md). */
+#define TCB_L_CTRL 0x1u
+#define TCB_L_ACK 0x2u
+#define TCB_L_DATA 0x4u
+
+struct mtcp_listener;
+
+struct tcb {
+    /* --- hot on every segment --- */
+    struct tcb *hnext;          /* flow table chain */
+    uint32_t laddr, raddr;      /* host order */
+    uint16_t lport, rport;
+    uint8_t state;
+    uint8_t snd_wscale, rcv_wscale;
+    uint8_t ts_ok, sack_ok, wscale_ok;
+    uint8_t rmac[6];            /* next hop MAC, fixed for the connection's life */
+    uint8_t lists;              /* TCB_L_* */
+    uint8_t pend;               /* TCB_P_* */
+    uint8_t in_use;
+    uint8_t app_closed;         /* the app released its socket */
+    uint8_t arp_wait;           /* SYN held until the next hop resolves */
+    uint8_t zombie;             /* freed, but a TX/event list still points at it */
+    uint8_t acc_queued;         /* pushed into a listener's accept queue */
+    uint8_t fin_sent;           /* our FIN is in flight (fin_seq valid) */
+
+    /* send sequence space (RFC 9293 3.3.1) */
+    uint32_t iss, snd_una, snd_nxt, snd_max, snd_wnd, snd_wl1, snd_wl2;
+    uint32_t snd_head_seq;      /* sequence number of the send ring's head byte */
+    uint16_t mss;               /* effective send MSS (peer's MSS, our MTU) */
+    uint32_t fin_seq;           /* sequence number our FIN occupies */
+    uint32_t cwnd, ssthresh;
+
+    /* receive sequence space */
+    uint32_t irs, rcv_nxt;
+    uint32_t rcv_adv;           /* right edge of the window last advertised */
+    uint32_t ts_recent, ts_offset, last_ack_sent;
+
+    /* retransmission (timing wheel slot list) */
+    struct tcb *rto_next, *rto_prev;
+    uint64_t rto_expire_ms;
+    uint32_t rto_ms;
+    uint16_t rto_backoff;
+    uint8_t rto_armed;
+    uint8_t rtt_timing;         /* an RTT sample is being timed (Karn) */
+    uint32_t rtt_seq;
+    uint64_t rtt_start_ms;
+    uint32_t srtt_us, rttvar_us;
+    uint64_t retransmits;
+
+    /* TIME_WAIT FIFO and idle lists */
+    struct tcb *tw_next;
+    uint64_t tw_expire_ms;
+
+    /* TX lists: control, ACK, data */
+    struct tcb *ctrl_next, *ack_next, *data_next;
+    /* round's events to hand to the app */
+    struct tcb *ev_next;
+    uint32_t ev_pending;
+
+    struct mtcp_listener *listener; /* passive, until accepted */
+    struct tcb *acc_next;           /* embryonic list of the listener */
+
+    /* --- shared with the app thread --- */
+    _Atomic int sockid;             /* -1 when no socket holds this TCB */
+    _Atomic uint32_t sock_gen;
+    _Atomic uint32_t app_flags;     /* TCB_AF_* */
+    _Atomic int so_error;
+    _Atomic int send_job_pending;   /* a SEND job is queued; the app need not push another */
+    _Atomic int wnd_job_wanted;     /* stack advertised a small window; app reads reopen it */
+    uint8_t nodelay;
+    uint8_t linger0;
+    struct mtcp_bytering snd, rcv;
+};
+
+static inline uint32_t tcb_app_flags(struct tcb *t)
+{
+    return atomic_load_explicit(&t->app_flags, memory_order_acquire);
+}
+
+#endif

@@ -1,0 +1,394 @@
+/* TCBs, the per-core flow table, state changes, ISNs, jobs from the app and the
+ * timers (TIME_WAIT FIFO, RTO timing wheel). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../api/ctx.h"
+#include "../core/clock.h"
+#include "../net/net.h"
+#include "tcp.h"
+
+static const char *const state_names[TCP_NSTATES] = {
+    "CLOSED",      "LISTEN",     "SYN-SENT",   "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
+    "FIN-WAIT-2",  "CLOSE-WAIT", "CLOSING",    "LAST-ACK",     "TIME-WAIT",
+};
+
+const char *tcp_state_name(int s)
+{
+    return (s >= 0 && s < TCP_NSTATES) ? state_names[s] : "?";
+}
+
+/* ---------------------------------------------------------------- flow table */
+
+static inline uint32_t flow_hash(uint32_t laddr, uint16_t lport, uint32_t raddr, uint16_t rport)
+{
+    uint64_t k = ((uint64_t)raddr << 32 | laddr) ^ ((uint64_t)rport << 16 | lport) * 0x9E3779B97F4A7C15ull;
+    k ^= k >> 29;
+    k *= 0xBF58476D1CE4E5B9ull;
+    k ^= k >> 32;
+    return (uint32_t)k & (MTCP_FLOW_BUCKETS - 1);
+}
+
+struct tcb *flow_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                        uint16_t rport)
+{
+    struct tcb *t = ctx->flow[flow_hash(laddr, lport, raddr, rport)];
+    for (; t; t = t->hnext)
+        if (t->rport == rport && t->raddr == raddr && t->lport == lport && t->laddr == laddr)
+            return t;
+    return NULL;
+}
+
+static void flow_insert(struct mtcp_context *ctx, struct tcb *t)
+{
+    struct tcb **b = &ctx->flow[flow_hash(t->laddr, t->lport, t->raddr, t->rport)];
+    t->hnext = *b;
+    *b = t;
+    ctx->flow_count++;
+}
+
+static void flow_remove(struct mtcp_context *ctx, struct tcb *t)
+{
+    struct tcb **pp = &ctx->flow[flow_hash(t->laddr, t->lport, t->raddr, t->rport)];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if (*pp == t) {
+            *pp = t->hnext;
+            ctx->flow_count--;
+            return;
+        }
+    }
+}
+
+struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t port)
+{
+    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+        if (l->port == port && (l->addr == 0 || l->addr == laddr))
+            return l;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- TCBs */
+
+struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                      uint16_t rport)
+{
+    if (ctx->tcb_pool.nfree == 0 || ctx->sndbuf_pool.nfree == 0 || ctx->rcvbuf_pool.nfree == 0) {
+        STAT_INC(&ctx->stats, drop_tcp_no_memory);
+        return NULL;
+    }
+    struct tcb *t = mtcp_pool_get(&ctx->tcb_pool);
+    memset(t, 0, sizeof(*t));
+    mtcp_bytering_init(&t->snd, mtcp_pool_get(&ctx->sndbuf_pool), ctx->stack->sndbuf);
+    mtcp_bytering_init(&t->rcv, mtcp_pool_get(&ctx->rcvbuf_pool), ctx->stack->rcvbuf);
+    atomic_store(&t->sockid, -1);
+    t->in_use = 1;
+    t->laddr = laddr;
+    t->lport = lport;
+    t->raddr = raddr;
+    t->rport = rport;
+    t->state = TCP_CLOSED;
+    t->mss = MTCP_PEER_DEFAULT_MSS;
+    t->rto_ms = TCP_RTO_INIT_MS;
+    t->ssthresh = UINT32_MAX;
+    /* our receive window scale: the smallest shift that lets the ring fit (RFC 7323 2.2) */
+    while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
+        t->rcv_wscale++;
+    ctx->state_count[TCP_CLOSED]++;
+    flow_insert(ctx, t);
+    return t;
+}
+
+void tcb_free(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (!t->in_use)
+        return;
+    tcp_rto_disarm(ctx, t);
+    flow_remove(ctx, t);
+    ctx->state_count[t->state]--;
+    /* Still on a TX or event list: unlinked lazily when the list is walked. */
+    t->in_use = 0;
+    t->pend = 0;
+    mtcp_pool_put(&ctx->sndbuf_pool, t->snd.buf);
+    mtcp_pool_put(&ctx->rcvbuf_pool, t->rcv.buf);
+    if (t->lists || t->ev_pending) {
+        /* A TX or event list still points at it: it goes back to the pool when
+         * the list lets go (tcb_unlisted). */
+        t->zombie = 1;
+        return;
+    }
+    mtcp_pool_put(&ctx->tcb_pool, t);
+}
+
+void tcb_unlisted(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->zombie && !t->lists && !t->ev_pending) {
+        t->zombie = 0;
+        mtcp_pool_put(&ctx->tcb_pool, t);
+    }
+}
+
+/* ---------------------------------------------------------------- state */
+
+void tcp_set_state(struct mtcp_context *ctx, struct tcb *t, enum tcp_state s)
+{
+    if (ctx->trace)
+        fprintf(stderr, "mtcp[%u] %u.%u.%u.%u:%u <-> %u.%u.%u.%u:%u %s -> %s\n", ctx->core,
+                t->laddr >> 24, (t->laddr >> 16) & 255, (t->laddr >> 8) & 255, t->laddr & 255,
+                t->lport, t->raddr >> 24, (t->raddr >> 16) & 255, (t->raddr >> 8) & 255,
+                t->raddr & 255, t->rport, state_names[t->state], state_names[s]);
+    ctx->state_count[t->state]--;
+    ctx->state_count[s]++;
+    t->state = (uint8_t)s;
+}
+
+/* RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport, secretkey),
+ * M a 4 microsecond clock, F a keyed hash (here SipHash-2-4 style rounds over the
+ * 4-tuple with a per-stack random key). */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                  \
+    do {                                                                                          \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                 \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                    \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                    \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                 \
+    } while (0)
+
+static uint64_t siphash_2_4(const uint64_t key[2], uint64_t m0, uint64_t m1)
+{
+    uint64_t v0 = 0x736f6d6570736575ull ^ key[0], v1 = 0x646f72616e646f6dull ^ key[1];
+    uint64_t v2 = 0x6c7967656e657261ull ^ key[0], v3 = 0x7465646279746573ull ^ key[1];
+    uint64_t m[3] = {m0, m1, (uint64_t)16 << 56};
+    for (int i = 0; i < 3; i++) {
+        v3 ^= m[i];
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m[i];
+    }
+    v2 ^= 0xff;
+    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                 uint16_t rport)
+{
+    uint64_t f = siphash_2_4(ctx->stack->isn_key, (uint64_t)laddr << 32 | raddr,
+                             (uint64_t)lport << 16 | rport);
+    uint64_t m = mtcp_now_ns() / 4000; /* 4 us ticks */
+    return (uint32_t)(m + f);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
+{
+    tcp_rto_disarm(ctx, t);
+    t->pend &= (uint8_t)~(TCB_P_DATA | TCB_P_ACK | TCB_P_FIN | TCB_P_SYN);
+    if (t->state != TCP_CLOSED)
+        tcp_set_state(ctx, t, TCP_CLOSED);
+    if (t->listener) {
+        /* embryonic connection of a listener: nobody else knows it */
+        t->listener->pending--;
+        t->listener = NULL;
+        tcb_free(ctx, t);
+        return;
+    }
+    uint32_t fl = TCB_AF_CLOSED;
+    if (err) {
+        atomic_store_explicit(&t->so_error, err, memory_order_relaxed);
+        fl |= TCB_AF_RESET;
+    }
+    atomic_fetch_or_explicit(&t->app_flags, fl, memory_order_release);
+    if (t->app_closed) {
+        tcb_free(ctx, t);
+        return;
+    }
+    STAT_INC(&ctx->stats, conn_closed);
+    /* The app still holds it (or will accept it): it frees it with JOB_CLOSE. */
+    ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLOUT | MTCP_EPOLLHUP | MTCP_EPOLLRDHUP |
+                              (err ? MTCP_EPOLLERR : 0));
+}
+
+void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
+{
+    tcp_rto_disarm(ctx, t);
+    int requeue = t->state == TCP_TIME_WAIT;
+    tcp_set_state(ctx, t, TCP_TIME_WAIT);
+    atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
+    t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
+    if (requeue)
+        return; /* already on the FIFO: the timer re-checks tw_expire_ms */
+    /* FIFO: every entry has the same lifetime, so the list stays in expiry order */
+    t->tw_next = NULL;
+    if (ctx->tw_tail)
+        ctx->tw_tail->tw_next = t;
+    else
+        ctx->tw_head = t;
+    ctx->tw_tail = t;
+    if (!t->app_closed)
+        ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP | MTCP_EPOLLHUP);
+}
+
+/* ---------------------------------------------------------------- RTO wheel */
+
+void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (!t->rto_armed)
+        return;
+    if (t->rto_prev)
+        t->rto_prev->rto_next = t->rto_next;
+    else
+        ctx->wheel[t->rto_expire_ms % MTCP_WHEEL_SLOTS] = t->rto_next;
+    if (t->rto_next)
+        t->rto_next->rto_prev = t->rto_prev;
+    t->rto_armed = 0;
+    ctx->wheel_count--;
+}
+
+void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
+{
+    tcp_rto_disarm(ctx, t);
+    uint64_t rto = (uint64_t)t->rto_ms << t->rto_backoff;
+    if (rto > TCP_RTO_MAX_MS)
+        rto = TCP_RTO_MAX_MS;
+    t->rto_expire_ms = ctx->now_ms + rto;
+    struct tcb **slot = &ctx->wheel[t->rto_expire_ms % MTCP_WHEEL_SLOTS];
+    t->rto_prev = NULL;
+    t->rto_next = *slot;
+    if (*slot)
+        (*slot)->rto_prev = t;
+    *slot = t;
+    t->rto_armed = 1;
+    ctx->wheel_count++;
+}
+
+/* RFC 6298 2.2/2.3: SRTT, RTTVAR, RTO = SRTT + max(G, 4 * RTTVAR), clamped. */
+void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms)
+{
+    uint32_t r = rtt_ms * 1000;
+    if (t->srtt_us == 0) {
+        t->srtt_us = r ? r : 1;
+        t->rttvar_us = r / 2;
+    } else {
+        uint32_t diff = t->srtt_us > r ? t->srtt_us - r : r - t->srtt_us;
+        t->rttvar_us = (3 * t->rttvar_us + diff) / 4;
+        t->srtt_us = (7 * t->srtt_us + r) / 8;
+    }
+    uint32_t var = 4 * t->rttvar_us;
+    if (var < 1000)
+        var = 1000; /* clock granularity G = 1 ms */
+    uint32_t rto = (t->srtt_us + var) / 1000;
+    if (rto < TCP_RTO_MIN_MS)
+        rto = TCP_RTO_MIN_MS;
+    if (rto > TCP_RTO_MAX_MS)
+        rto = TCP_RTO_MAX_MS;
+    t->rto_ms = rto;
+}
+
+static void rto_expired(struct mtcp_context *ctx, struct tcb *t)
+{
+    unsigned limit = (t->state == TCP_SYN_SENT || t->state == TCP_SYN_RECEIVED) ? TCP_SYN_RETRIES
+                                                                                 : TCP_MAX_RETRIES;
+    if (t->rto_backoff >= limit) {
+        /* RFC 9293 3.8.3: give up; the app sees ETIMEDOUT */
+        if (t->state != TCP_SYN_RECEIVED && t->state != TCP_SYN_SENT)
+            tcp_send_rst_now(ctx, t);
+        tcp_conn_done(ctx, t, ETIMEDOUT);
+        return;
+    }
+    t->rto_backoff++;
+    tcp_retransmit(ctx, t);
+}
+
+/* ---------------------------------------------------------------- timers */
+
+uint64_t tcp_timers(struct mtcp_context *ctx)
+{
+    uint64_t now = ctx->now_ms;
+    /* TIME_WAIT: expiry order, stop at the first that has not expired */
+    while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now) {
+        struct tcb *t = ctx->tw_head;
+        ctx->tw_head = t->tw_next;
+        if (!ctx->tw_head)
+            ctx->tw_tail = NULL;
+        t->tw_next = NULL;
+        if (t->in_use && t->state == TCP_TIME_WAIT)
+            tcp_conn_done(ctx, t, 0);
+    }
+    /* RTO wheel: walk every millisecond slot since the last round */
+    if (ctx->wheel_count == 0) {
+        ctx->wheel_ms = now;
+    } else {
+        uint64_t from = ctx->wheel_ms;
+        if (now - from > MTCP_WHEEL_SLOTS)
+            from = now - MTCP_WHEEL_SLOTS;
+        for (uint64_t ms = from + 1; ms <= now && ctx->wheel_count; ms++) {
+            struct tcb *t = ctx->wheel[ms % MTCP_WHEEL_SLOTS];
+            while (t) {
+                struct tcb *next = t->rto_next;
+                if (t->rto_expire_ms <= now) {
+                    tcp_rto_disarm(ctx, t);
+                    rto_expired(ctx, t);
+                }
+                t = next;
+            }
+        }
+        ctx->wheel_ms = now;
+    }
+    uint64_t next = UINT64_MAX;
+    if (ctx->tw_head)
+        next = ctx->tw_head->tw_expire_ms - now;
+    if (ctx->wheel_count) {
+        /* first non-empty slot ahead; entries there may belong to a later turn */
+        for (uint64_t d = 1; d <= MTCP_WHEEL_SLOTS; d++) {
+            struct tcb *t = ctx->wheel[(now + d) % MTCP_WHEEL_SLOTS];
+            if (t) {
+                if (d < next)
+                    next = d;
+                break;
+            }
+        }
+    }
+    return next;
+}
+
+/* ---------------------------------------------------------------- ARP */
+
+void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6])
+{
+    (void)ip;
+    (void)mac;
+    /* SYNs held for this next hop go out now; tcp_output looks the MAC up again. */
+    for (uint32_t i = 0; i < ctx->tcb_pool.n; i++) {
+        struct tcb *t = mtcp_pool_at(&ctx->tcb_pool, i);
+        if (t->in_use && t->arp_wait)
+            tcp_schedule(ctx, t, TCB_P_SYN);
+    }
+}
+
+void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip)
+{
+    (void)ip;
+    for (uint32_t i = 0; i < ctx->tcb_pool.n; i++) {
+        struct tcb *t = mtcp_pool_at(&ctx->tcb_pool, i);
+        if (t->in_use && t->arp_wait) {
+            uint8_t mac[6];
+            if (net_resolve(ctx, t->raddr, mac) == 0)
+                continue;
+            t->arp_wait = 0;
+            tcp_conn_done(ctx, t, EHOSTUNREACH);
+        }
+    }
+}
+
+void tcp_abort_all(struct mtcp_context *ctx)
+{
+    for (uint32_t i = 0; i < ctx->tcb_pool.n; i++) {
+        struct tcb *t = mtcp_pool_at(&ctx->tcb_pool, i);
+        if (t->in_use && t->state != TCP_CLOSED && t->state != TCP_TIME_WAIT &&
+            t->state != TCP_LISTEN && t->state != TCP_SYN_SENT)
+            tcp_send_rst_now(ctx, t);
+    }
+    net_tx_flush(ctx);
+}

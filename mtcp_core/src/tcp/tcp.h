@@ -1,0 +1,84 @@
+/* TCP: state machine (tcp_in.c), transmission (tcp_out.c), TCBs, flow table
+ * and timers (tcp.c). Runs only on the mTCP thread of its core. */
+#ifndef MTCP_TCP_H
+#define MTCP_TCP_H
+
+#include <stdint.h>
+
+#include "../wire/wire.h"
+#include "tcb.h"
+
+struct mtcp_context;
+struct mtcp_listener;
+struct mtcp_job;
+
+/* RTO bounds (RFC 6298 2.4 recommends a 1 s minimum; Linux uses 200 ms). */
+#ifndef TCP_RTO_INIT_MS
+#define TCP_RTO_INIT_MS 1000
+#endif
+#ifndef TCP_RTO_MIN_MS
+#define TCP_RTO_MIN_MS 200
+#endif
+#ifndef TCP_RTO_MAX_MS
+#define TCP_RTO_MAX_MS 60000
+#endif
+#ifndef TCP_MAX_RETRIES
+#define TCP_MAX_RETRIES 8
+#endif
+#ifndef TCP_SYN_RETRIES
+#define TCP_SYN_RETRIES 6
+#endif
+/* initial window in segments (RFC 6928) */
+#ifndef TCP_INIT_CWND_SEGS
+#define TCP_INIT_CWND_SEGS 10
+#endif
+
+/* input */
+void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
+               unsigned frame_flags);
+
+/* TCBs and the flow table (tcp.c) */
+struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                      uint16_t rport);
+void tcb_free(struct mtcp_context *ctx, struct tcb *t);
+/* A list dropped t: return it to the pool if it was freed meanwhile. */
+void tcb_unlisted(struct mtcp_context *ctx, struct tcb *t);
+struct tcb *flow_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                        uint16_t rport);
+struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t port);
+/* The one place a state changes (traceable "old -> new"). */
+void tcp_set_state(struct mtcp_context *ctx, struct tcb *t, enum tcp_state s);
+const char *tcp_state_name(int s);
+uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                 uint16_t rport);
+/* The connection is over for the stack: tell the app (if attached) or free it. */
+void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err);
+void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t);
+/* Jobs from the app thread. */
+void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *job);
+/* Timers: TIME_WAIT FIFO and the RTO wheel; returns ms until the next deadline. */
+uint64_t tcp_timers(struct mtcp_context *ctx);
+void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t);
+void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t);
+void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms);
+/* ARP outcome for SYNs held by net_resolve. */
+void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6]);
+void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip);
+/* Tear everything down (context destroy). */
+void tcp_abort_all(struct mtcp_context *ctx);
+
+/* output (tcp_out.c) */
+void tcp_schedule(struct mtcp_context *ctx, struct tcb *t, uint8_t pend);
+void tcp_output_round(struct mtcp_context *ctx);
+/* RST in answer to a segment that has no connection (RFC 9293 3.10.7.1). */
+void tcp_send_rst_for(struct mtcp_context *ctx, const uint8_t dst_mac[6], const struct wire_ipv4 *ip,
+                      const struct wire_tcp *seg);
+/* An immediate ACK without TCB state change (challenge ACKs, TIME_WAIT). */
+void tcp_send_ack_now(struct mtcp_context *ctx, struct tcb *t);
+/* RST for a connection that is being torn down now (not queued: the TCB may be
+ * freed right after). */
+void tcp_send_rst_now(struct mtcp_context *ctx, struct tcb *t);
+uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge);
+void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t);
+
+#endif

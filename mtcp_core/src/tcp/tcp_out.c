@@ -1,0 +1,414 @@
+/* TCP output: the three TX lists (control, ACK, data) drained in priority order
+ * each round (DESIGN.md "The mTCP thread loop"), segment building, retransmission. */
+#include <errno.h>
+#include <string.h>
+
+#include "../api/ctx.h"
+#include "../net/net.h"
+#include "tcp.h"
+
+/* ---------------------------------------------------------------- lists */
+
+static void list_push(struct tcb **head, struct tcb **tail, struct tcb *t, struct tcb **link)
+{
+    *link = NULL;
+    if (*tail) {
+        struct tcb *last = *tail;
+        /* link field of the last element at the same offset as *link in t */
+        struct tcb **last_link = (struct tcb **)((uint8_t *)last + ((uint8_t *)link - (uint8_t *)t));
+        *last_link = t;
+    } else {
+        *head = t;
+    }
+    *tail = t;
+}
+
+void tcp_schedule(struct mtcp_context *ctx, struct tcb *t, uint8_t pend)
+{
+    t->pend |= pend;
+    uint8_t want;
+    if (!ctx->priority)
+        want = TCB_L_DATA; /* one FIFO list: everything in the order it was scheduled */
+    else if (pend & (TCB_P_SYN | TCB_P_RST | TCB_P_FIN))
+        want = TCB_L_CTRL;
+    else if (pend & TCB_P_DATA)
+        want = TCB_L_DATA;
+    else
+        want = TCB_L_ACK;
+    if (t->lists & want)
+        return;
+    t->lists |= want;
+    if (want == TCB_L_CTRL) {
+        list_push(&ctx->ctrl_head, &ctx->ctrl_tail, t, &t->ctrl_next);
+        ctx->nctrl++;
+    } else if (want == TCB_L_ACK) {
+        list_push(&ctx->ack_head, &ctx->ack_tail, t, &t->ack_next);
+        ctx->nack++;
+    } else {
+        list_push(&ctx->data_head, &ctx->data_tail, t, &t->data_next);
+        ctx->ndata++;
+    }
+}
+
+/* ---------------------------------------------------------------- segments */
+
+uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
+{
+    uint32_t space = mtcp_bytering_free(&t->rcv);
+    /* never shrink the window (RFC 9293 3.8.6): keep the advertised right edge */
+    uint32_t edge = t->rcv_nxt + space;
+    if (SEQ_LT(edge, t->rcv_adv))
+        edge = t->rcv_adv;
+    *right_edge = edge;
+    uint32_t w = (edge - t->rcv_nxt) >> t->rcv_wscale;
+    return (uint16_t)(w > 65535 ? 65535 : w);
+}
+
+/* Builds and queues one segment. payload: len bytes of the send ring starting at
+ * sequence number seq. Returns 0, or -1 when the round's TX budget is spent. */
+static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint32_t seq,
+                    uint32_t len)
+{
+    uint8_t *f = net_tx_alloc(ctx);
+    if (!f)
+        return -1;
+    struct wire_tcp_opts o;
+    memset(&o, 0, sizeof(o));
+    uint16_t win;
+    uint32_t edge;
+    if (flags & WIRE_TCP_SYN) {
+        o.has_mss = 1;
+        o.mss = MTCP_MTU - 40;
+        /* SYN: offer everything (active) or echo what the peer offered (passive) */
+        if (t->state == TCP_SYN_SENT || t->wscale_ok) {
+            o.has_wscale = 1;
+            o.wscale = t->rcv_wscale;
+        }
+        if (t->state == TCP_SYN_SENT || t->ts_ok) {
+            o.has_ts = 1;
+            o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
+            o.ts_ecr = t->ts_recent;
+        }
+        /* RFC 7323 2.2: the window in a SYN is never scaled */
+        tcp_rcv_window(t, &edge);
+        uint32_t w = edge - t->rcv_nxt;
+        win = (uint16_t)(w > 65535 ? 65535 : w);
+    } else {
+        if (t->ts_ok) {
+            o.has_ts = 1;
+            o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
+            o.ts_ecr = t->ts_recent;
+        }
+        win = tcp_rcv_window(t, &edge);
+    }
+    uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
+    uint32_t ack = (flags & WIRE_TCP_ACK) ? t->rcv_nxt : 0;
+    size_t hlen = wire_tcp_emit_hdr(hdr, t->lport, t->rport, seq, ack, flags, win, &o);
+    uint32_t off = net_ipv4_headers(ctx, f, t->rmac, t->raddr, WIRE_IPPROTO_TCP,
+                                    (uint16_t)(hlen + len));
+    memcpy(f + off, hdr, hlen);
+    if (len) {
+        uint32_t idx = atomic_load_explicit(&t->snd.head, memory_order_relaxed) +
+                       (seq - t->snd_head_seq);
+        mtcp_bytering_copy_out(&t->snd, idx, f + off + hlen, len);
+    }
+    wire_tcp_fill_csum(f + off, hlen + len, ctx->ip, t->raddr);
+    net_tx_commit(ctx, off + (uint32_t)hlen + len);
+    STAT_INC(&ctx->stats, tcp_segs_tx);
+    if (flags & WIRE_TCP_ACK) {
+        t->last_ack_sent = t->rcv_nxt;
+        t->rcv_adv = edge;
+        t->pend &= (uint8_t)~TCB_P_ACK;
+        if (win == 0 || (edge - t->rcv_nxt) < t->rcv.limit / 2)
+            atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
+    }
+    return 0;
+}
+
+void tcp_send_rst_now(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (tcp_emit(ctx, t, WIRE_TCP_RST | WIRE_TCP_ACK, t->snd_nxt, 0) == 0) {
+        STAT_INC(&ctx->stats, rst_tx);
+        STAT_INC(&ctx->stats, tx_control_pkts);
+    }
+}
+
+void tcp_send_ack_now(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_nxt, 0) == 0)
+        STAT_INC(&ctx->stats, tx_ack_pkts);
+}
+
+void tcp_send_rst_for(struct mtcp_context *ctx, const uint8_t dst_mac[6], const struct wire_ipv4 *ip,
+                      const struct wire_tcp *seg)
+{
+    /* RFC 9293 3.10.7.1: if ACK is on, <SEQ=SEG.ACK><CTL=RST>, else
+     * <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>. Never answer a RST. */
+    if (seg->flags & WIRE_TCP_RST)
+        return;
+    uint8_t *f = net_tx_alloc(ctx);
+    if (!f)
+        return;
+    uint32_t seq = 0, ack = 0;
+    uint8_t flags = WIRE_TCP_RST;
+    if (seg->flags & WIRE_TCP_ACK) {
+        seq = seg->ack;
+    } else {
+        ack = seg->seq + seg->payload_len + !!(seg->flags & WIRE_TCP_SYN) +
+              !!(seg->flags & WIRE_TCP_FIN);
+        flags |= WIRE_TCP_ACK;
+    }
+    uint32_t off = net_ipv4_headers(ctx, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, WIRE_TCP_HLEN);
+    size_t hlen = wire_tcp_emit_hdr(f + off, seg->dport, seg->sport, seq, ack, flags, 0, NULL);
+    wire_tcp_fill_csum(f + off, hlen, ctx->ip, ip->src);
+    net_tx_commit(ctx, off + (uint32_t)hlen);
+    STAT_INC(&ctx->stats, rst_tx);
+    STAT_INC(&ctx->stats, tx_control_pkts);
+}
+
+/* Bytes in the send ring not yet sent, counted from snd_nxt. */
+static uint32_t unsent(struct tcb *t)
+{
+    uint32_t tail_seq = t->snd_head_seq + mtcp_bytering_used(&t->snd);
+    return SEQ_GT(tail_seq, t->snd_nxt) ? tail_seq - t->snd_nxt : 0;
+}
+
+static int can_send_fin(struct tcb *t)
+{
+    /* FIN_WAIT_1, CLOSING and LAST_ACK: a FIN being retransmitted */
+    return (t->pend & TCB_P_FIN) && !t->fin_sent && unsent(t) == 0 &&
+           (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
+            t->state == TCP_FIN_WAIT_1 || t->state == TCP_CLOSING || t->state == TCP_LAST_ACK ||
+            t->state == TCP_SYN_RECEIVED);
+}
+
+static void fin_sent(struct mtcp_context *ctx, struct tcb *t)
+{
+    t->fin_sent = 1;
+    t->fin_seq = t->snd_nxt;
+    t->snd_nxt++;
+    if (SEQ_GT(t->snd_nxt, t->snd_max))
+        t->snd_max = t->snd_nxt;
+    t->pend &= (uint8_t)~TCB_P_FIN;
+    if (t->state == TCP_ESTABLISHED)
+        tcp_set_state(ctx, t, TCP_FIN_WAIT_1);
+    else if (t->state == TCP_CLOSE_WAIT)
+        tcp_set_state(ctx, t, TCP_LAST_ACK);
+    if (!t->rto_armed)
+        tcp_rto_arm(ctx, t);
+}
+
+/* Control segments: SYN / SYN-ACK, RST, and a FIN that carries no data. */
+static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->pend & TCB_P_RST) {
+        if (tcp_emit(ctx, t, WIRE_TCP_RST | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
+            return -1;
+        t->pend &= (uint8_t)~TCB_P_RST;
+        STAT_INC(&ctx->stats, rst_tx);
+        STAT_INC(&ctx->stats, tx_control_pkts);
+        return 0;
+    }
+    if (t->pend & TCB_P_SYN) {
+        if (t->state == TCP_SYN_SENT) {
+            uint8_t mac[6];
+            if (net_resolve(ctx, t->raddr, mac) < 0) {
+                t->arp_wait = 1; /* tcp_arp_resolved schedules us again */
+                t->pend &= (uint8_t)~TCB_P_SYN;
+                STAT_INC(&ctx->stats, drop_arp_unresolved);
+                return 0;
+            }
+            t->arp_wait = 0;
+            memcpy(t->rmac, mac, 6);
+        }
+        uint8_t fl = WIRE_TCP_SYN | (t->state == TCP_SYN_RECEIVED ? WIRE_TCP_ACK : 0);
+        if (tcp_emit(ctx, t, fl, t->iss, 0) < 0)
+            return -1;
+        t->pend &= (uint8_t)~TCB_P_SYN;
+        if (SEQ_LEQ(t->snd_nxt, t->iss))
+            t->snd_nxt = t->iss + 1;
+        if (SEQ_GT(t->snd_nxt, t->snd_max))
+            t->snd_max = t->snd_nxt;
+        if (!t->rto_armed)
+            tcp_rto_arm(ctx, t);
+        STAT_INC(&ctx->stats, tx_control_pkts);
+        return 0;
+    }
+    if (can_send_fin(t)) {
+        if (t->state == TCP_SYN_RECEIVED)
+            return 0; /* FIN after the handshake completes */
+        if (tcp_emit(ctx, t, WIRE_TCP_FIN | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
+            return -1;
+        fin_sent(ctx, t);
+        STAT_INC(&ctx->stats, tx_control_pkts);
+    }
+    return 0;
+}
+
+/* Data segments up to the window; the last one carries FIN when one is due.
+ * Returns -1 when the round's budget ran out with data left. */
+static int send_data(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->state != TCP_ESTABLISHED && t->state != TCP_CLOSE_WAIT &&
+        t->state != TCP_FIN_WAIT_1 && t->state != TCP_CLOSING && t->state != TCP_LAST_ACK)
+        return 0;
+    for (;;) {
+        uint32_t avail = unsent(t);
+        uint32_t flight = t->snd_nxt - t->snd_una;
+        uint32_t wnd = t->snd_wnd < t->cwnd ? t->snd_wnd : t->cwnd;
+        uint32_t usable = wnd > flight ? wnd - flight : 0;
+        if (avail == 0 || usable == 0 || t->fin_sent)
+            break;
+        uint32_t len = avail < t->mss ? avail : t->mss;
+        if (len > usable)
+            len = usable;
+        uint8_t flags = WIRE_TCP_ACK;
+        if (len == avail)
+            flags |= WIRE_TCP_PSH;
+        int with_fin = len == avail && (t->pend & TCB_P_FIN) && !t->fin_sent;
+        if (with_fin)
+            flags |= WIRE_TCP_FIN;
+        uint32_t seq = t->snd_nxt;
+        if (tcp_emit(ctx, t, flags, seq, len) < 0)
+            return -1;
+        STAT_INC(&ctx->stats, tx_data_pkts);
+        if (seq == t->snd_max && !t->rtt_timing) {
+            t->rtt_timing = 1;
+            t->rtt_seq = seq;
+            t->rtt_start_ms = ctx->now_ms;
+        }
+        t->snd_nxt += len;
+        if (SEQ_GT(t->snd_nxt, t->snd_max))
+            t->snd_max = t->snd_nxt;
+        if (!t->rto_armed)
+            tcp_rto_arm(ctx, t);
+        if (with_fin)
+            fin_sent(ctx, t);
+    }
+    if (can_send_fin(t)) {
+        if (tcp_emit(ctx, t, WIRE_TCP_FIN | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
+            return -1;
+        fin_sent(ctx, t);
+        STAT_INC(&ctx->stats, tx_control_pkts);
+    }
+    /* Zero window with data waiting and nothing in flight: the RTO doubles as
+     * the persist timer and sends a one-byte probe (tcp_retransmit). */
+    if (unsent(t) && t->snd_wnd == 0 && t->snd_nxt == t->snd_una && !t->rto_armed)
+        tcp_rto_arm(ctx, t);
+    t->pend &= (uint8_t)~TCB_P_DATA;
+    return 0;
+}
+
+static int send_ack(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (!(t->pend & TCB_P_ACK))
+        return 0;
+    if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
+        return -1;
+    STAT_INC(&ctx->stats, tx_ack_pkts);
+    return 0;
+}
+
+/* Everything pending for one TCB, in its own order (no-priority FIFO mode). */
+static int send_all(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (send_ctrl(ctx, t) < 0 || send_data(ctx, t) < 0 || send_ack(ctx, t) < 0)
+        return -1;
+    return 0;
+}
+
+/* Walk one list; a TCB whose send ran out of budget stays at the head for the
+ * next round. */
+static void drain(struct mtcp_context *ctx, struct tcb **head, struct tcb **tail, uint32_t *count,
+                  size_t link_off, uint8_t bit, int (*fn)(struct mtcp_context *, struct tcb *))
+{
+    while (*head) {
+        struct tcb *t = *head;
+        struct tcb **link = (struct tcb **)((uint8_t *)t + link_off);
+        if (t->in_use && fn(ctx, t) < 0)
+            return;
+        *head = *link;
+        if (!*head)
+            *tail = NULL;
+        *link = NULL;
+        (*count)--;
+        t->lists &= (uint8_t)~bit;
+        if (t->in_use && bit != TCB_L_DATA && (t->pend & TCB_P_DATA))
+            tcp_schedule(ctx, t, TCB_P_DATA);
+        tcb_unlisted(ctx, t);
+    }
+}
+
+static int send_ack_unless_data(struct mtcp_context *ctx, struct tcb *t)
+{
+    /* data going out this round carries the ACK */
+    if ((t->lists & TCB_L_DATA) && unsent(t) && t->snd_wnd > t->snd_nxt - t->snd_una)
+        return 0;
+    return send_ack(ctx, t);
+}
+
+void tcp_output_round(struct mtcp_context *ctx)
+{
+    STAT_SET(&ctx->stats, txq_control, ctx->nctrl);
+    STAT_SET(&ctx->stats, txq_ack, ctx->nack);
+    STAT_SET(&ctx->stats, txq_data, ctx->ndata);
+    if (ctx->priority) {
+        drain(ctx, &ctx->ctrl_head, &ctx->ctrl_tail, &ctx->nctrl, offsetof(struct tcb, ctrl_next),
+              TCB_L_CTRL, send_ctrl);
+        drain(ctx, &ctx->ack_head, &ctx->ack_tail, &ctx->nack, offsetof(struct tcb, ack_next),
+              TCB_L_ACK, send_ack_unless_data);
+        drain(ctx, &ctx->data_head, &ctx->data_tail, &ctx->ndata, offsetof(struct tcb, data_next),
+              TCB_L_DATA, send_data);
+        /* ACKs that a data segment was expected to carry but did not */
+        drain(ctx, &ctx->ack_head, &ctx->ack_tail, &ctx->nack, offsetof(struct tcb, ack_next),
+              TCB_L_ACK, send_ack);
+    } else {
+        drain(ctx, &ctx->data_head, &ctx->data_tail, &ctx->ndata, offsetof(struct tcb, data_next),
+              TCB_L_DATA, send_all);
+    }
+}
+
+/* ---------------------------------------------------------------- retransmit */
+
+void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
+{
+    STAT_INC(&ctx->stats, retransmits);
+    t->retransmits++;
+    t->rtt_timing = 0; /* Karn: no RTT sample from a retransmitted segment */
+    switch (t->state) {
+    case TCP_SYN_SENT:
+    case TCP_SYN_RECEIVED:
+        tcp_schedule(ctx, t, TCB_P_SYN);
+        tcp_rto_arm(ctx, t);
+        return;
+    case TCP_TIME_WAIT:
+    case TCP_CLOSED:
+    case TCP_LISTEN:
+        return;
+    default:
+        break;
+    }
+    uint32_t flight = t->snd_max - t->snd_una;
+    if (flight == 0 && unsent(t) && t->snd_wnd == 0) {
+        /* zero-window probe: one byte past the window */
+        if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_una, 1) == 0) {
+            t->snd_nxt = t->snd_una + 1;
+            if (SEQ_GT(t->snd_nxt, t->snd_max))
+                t->snd_max = t->snd_nxt;
+        }
+        tcp_rto_arm(ctx, t);
+        return;
+    }
+    /* RFC 5681 3.1 (eq. 4) on a timeout, then go back to SND.UNA (RFC 6298 5.4) */
+    uint32_t half = flight / 2;
+    t->ssthresh = half > 2u * t->mss ? half : 2u * t->mss;
+    t->cwnd = t->mss;
+    t->snd_nxt = t->snd_una;
+    if (t->fin_sent && SEQ_LEQ(t->snd_una, t->fin_seq)) {
+        /* the FIN is resent after the data before it */
+        t->fin_sent = 0;
+        t->pend |= TCB_P_FIN;
+    }
+    tcp_schedule(ctx, t, TCB_P_DATA);
+    tcp_rto_arm(ctx, t);
+}
