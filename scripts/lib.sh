@@ -1,0 +1,66 @@
+# Shared by scripts/run, scripts/test and scripts/test-asan (sourced, not run).
+# setup_system: installs the Debian packages that are missing (as root, apt-get).
+# setup_venv DIR [MODE]: creates the virtual environment DIR if needed and (re)installs the
+# project with its test extras into it, which builds mtcp_core._native. MODE "editable"
+# (default) is setuptools' strict editable mode: a tree of links to the sources in
+# build/__editable__.*/ (http/ appears there as appliance/http/) holding the built _native;
+# edits to existing .py files are live, new files and C changes need a reinstall. MODE
+# "copy" installs a plain copy into the venv.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# Debian package for each command the project or its tests use.
+SYSTEM_COMMANDS=(
+  "gcc gcc" "ip iproute2" "ping iputils-ping" "ethtool ethtool" "nft nftables"
+  "tcpdump tcpdump" "ps procps" "curl curl"
+)
+
+apt_install() {
+  (($# == 0)) && return 0
+  [[ $EUID -eq 0 ]] || die "missing packages: $*; run as root, or install them first"
+  command -v apt-get >/dev/null || die "missing packages: $* (no apt-get: install them by hand)"
+  say "== apt-get install $*"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+python_has_headers() {
+  "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+}
+
+setup_system() {
+  local missing=() entry cmd pkg
+  command -v "$PYTHON" >/dev/null || missing+=(python3)
+  for entry in "${SYSTEM_COMMANDS[@]}"; do
+    read -r cmd pkg <<<"$entry"
+    command -v "$cmd" >/dev/null || missing+=("$pkg")
+  done
+  if command -v "$PYTHON" >/dev/null && ! python_has_headers; then missing+=(python3-dev); fi
+  apt_install "${missing[@]}"
+  command -v "$PYTHON" >/dev/null || die "no $PYTHON"
+  python_has_headers || die "no Python headers (Python.h) for $PYTHON"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is $("$PYTHON" --version 2>&1); the project needs Python 3.11 or newer"
+}
+
+setup_venv() {
+  local venv=$ROOT/$1
+  if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+    rm -rf "$venv"
+    if ! "$PYTHON" -m venv "$venv" 2>/dev/null; then
+      rm -rf "$venv"
+      apt_install python3-venv  # Debian's python3 has venv without ensurepip
+      "$PYTHON" -m venv "$venv"
+    fi
+  fi
+  local mode=${2:-editable} editable=()
+  if [[ $mode == editable ]]; then editable=(--config-settings editable_mode=strict -e); fi
+  say "== pip install ($mode) .[test] into $1${MTCP_SANITIZE:+ with MTCP_SANITIZE=$MTCP_SANITIZE}"
+  "$venv/bin/python" -m pip install -q "${editable[@]}" "$ROOT[test]"
+}
