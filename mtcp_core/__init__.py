@@ -202,6 +202,7 @@ class Stack:
         pair: PairLink | None = None,
         pair_side: int = 0,
         trace: bool = False,
+        fixed_isn: int = 0,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -239,6 +240,7 @@ class Stack:
         conf.pair = pair._ptr if pair is not None else ffi.NULL
         conf.pair_side = pair_side
         conf.trace = 1 if trace else 0
+        conf.fixed_isn = fixed_isn
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:

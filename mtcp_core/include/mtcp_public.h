@@ -67,6 +67,8 @@ struct mtcp_conf {
     void *pair;                /* pair backend: from mtcp_pair_create */
     int pair_side;             /* 0 or 1 */
     int trace;                 /* 1: log every TCP state change to stderr */
+    uint32_t fixed_isn;        /* tests only: nonzero = every connection's ISN (sequence
+                                  wrap-around tests); 0 = RFC 6528 ISNs */
 };
 
 struct mtcp_stack;

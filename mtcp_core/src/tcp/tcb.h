@@ -66,6 +66,7 @@ struct tcb {
     uint8_t zombie;             /* freed, but a TX/event list still points at it */
     uint8_t acc_queued;         /* pushed into a listener's accept queue */
     uint8_t fin_sent;           /* our FIN is in flight (fin_seq valid) */
+    uint8_t in_flow;            /* linked in the flow table */
 
     /* send sequence space (RFC 9293 3.3.1) */
     uint32_t iss, snd_una, snd_nxt, snd_max, snd_wnd, snd_wl1, snd_wl2;

@@ -45,11 +45,15 @@ static void flow_insert(struct mtcp_context *ctx, struct tcb *t)
     struct tcb **b = &ctx->flow[flow_hash(t->laddr, t->lport, t->raddr, t->rport)];
     t->hnext = *b;
     *b = t;
+    t->in_flow = 1;
     ctx->flow_count++;
 }
 
 static void flow_remove(struct mtcp_context *ctx, struct tcb *t)
 {
+    if (!t->in_flow)
+        return;
+    t->in_flow = 0;
     struct tcb **pp = &ctx->flow[flow_hash(t->laddr, t->lport, t->raddr, t->rport)];
     for (; *pp; pp = &(*pp)->hnext) {
         if (*pp == t) {
@@ -173,6 +177,8 @@ static uint64_t siphash_2_4(const uint64_t key[2], uint64_t m0, uint64_t m1)
 uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                  uint16_t rport)
 {
+    if (ctx->stack->conf.fixed_isn)
+        return ctx->stack->conf.fixed_isn;
     uint64_t f = siphash_2_4(ctx->stack->isn_key, (uint64_t)laddr << 32 | raddr,
                              (uint64_t)lport << 16 | rport);
     uint64_t m = mtcp_now_ns() / 4000; /* 4 us ticks */
@@ -187,6 +193,8 @@ void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
     t->pend &= (uint8_t)~(TCB_P_DATA | TCB_P_ACK | TCB_P_FIN | TCB_P_SYN);
     if (t->state != TCP_CLOSED)
         tcp_set_state(ctx, t, TCP_CLOSED);
+    /* segments for this 4-tuple are now for no connection (a new SYN may open one) */
+    flow_remove(ctx, t);
     if (t->listener) {
         /* embryonic connection of a listener: nobody else knows it */
         t->listener->pending--;

@@ -1,0 +1,588 @@
+"""TCP lifecycle between two stacks joined by the in-memory ``pair`` link.
+
+No privileges needed. Each context is driven by exactly one Python thread: the test
+thread drives the client stack, a ``Peer`` thread drives the server stack.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+import mtcp_core as m
+
+SERVER = "198.18.0.2"
+CLIENT = "198.18.0.1"
+DEADLINE_S = 30.0
+
+
+@dataclass
+class Net:
+    link: m.PairLink
+    client_stack: m.Stack
+    server_stack: m.Stack
+    client: m.Context
+    server: m.Context
+
+    def stats(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self.client.stats(), self.server.stats()
+
+
+def make_net(**stack_kw: object) -> Net:
+    link = m.PairLink(seed=1)
+    a = m.Stack("pair", f"{CLIENT}/24", pair=link, pair_side=0, **stack_kw)  # type: ignore[arg-type]
+    b = m.Stack("pair", f"{SERVER}/24", pair=link, pair_side=1, **stack_kw)  # type: ignore[arg-type]
+    return Net(link, a, b, a.context(0), b.context(0))
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    n = make_net(time_wait_ms=100)
+    yield n
+    close_net(n)
+
+
+def close_net(n: Net) -> None:
+    n.client_stack.close()
+    n.server_stack.close()
+    n.link.close()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def wait_event(ep: m.Epoll, sock: m.Socket, mask: int, timeout: float = DEADLINE_S) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for s, ev in ep.poll(0.2):
+            if s is sock and ev & mask:
+                return ev
+    raise AssertionError(f"no event {mask:#x} on {sock}")
+
+
+@dataclass
+class Peer:
+    """The server side, run in its own thread on the server context."""
+
+    ctx: m.Context
+    port: int = 80
+    mode: str = "echo"  # echo | sink | none
+    received: dict[int, bytearray] = field(default_factory=dict)
+    eof: set[int] = field(default_factory=set)
+    accepted: list[m.Socket] = field(default_factory=list)
+    close_on_eof: bool = True
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.lsock: m.Socket | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Peer:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # surfaced by join()
+            self.error = e
+
+    def _loop(self) -> None:
+        ls = self.ctx.socket()
+        ls.bind(("0.0.0.0", self.port))
+        ls.listen(1024)
+        self.lsock = ls
+        ep = self.ctx.epoll()
+        ep.register(ls, m.EPOLLIN)
+        self.ready.set()
+        if self.mode == "none":
+            self.stop.wait()
+            return
+        pending: dict[int, bytes] = {}
+        while not self.stop.is_set():
+            for s, ev in ep.poll(0.05):
+                if s is ls:
+                    for c in ls.accept_many():
+                        # socket ids are reused: forget what the id's last holder left
+                        self.eof.discard(c.fd)
+                        pending.pop(c.fd, None)
+                        self.accepted.append(c)
+                        self.received[c.fd] = bytearray()
+                        ep.register(c, m.EPOLLIN | m.EPOLLOUT | m.EPOLLET)
+                    continue
+                self._service(ep, s, ev, pending)
+
+    def _service(self, ep: m.Epoll, s: m.Socket, ev: int, pending: dict[int, bytes]) -> None:
+        if ev & m.EPOLLIN:
+            while True:
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    break
+                except ConnectionResetError:
+                    self.eof.add(s.fd)
+                    ep.unregister(s)
+                    s.close()
+                    return
+                if not data:
+                    self.eof.add(s.fd)
+                    break
+                self.received[s.fd] += data
+                if self.mode == "echo":
+                    pending[s.fd] = pending.get(s.fd, b"") + data
+        out = pending.get(s.fd)
+        while out:
+            try:
+                n = s.send(out)
+            except BlockingIOError:
+                break
+            out = out[n:]
+        if out:
+            pending[s.fd] = out
+        else:
+            pending.pop(s.fd, None)
+            if s.fd in self.eof and self.close_on_eof:
+                ep.unregister(s)
+                s.close()
+
+
+def connect(ctx: m.Context, ep: m.Epoll, port: int = 80) -> m.Socket:
+    c = ctx.socket()
+    with pytest.raises(BlockingIOError):
+        c.connect((SERVER, port))
+    ep.register(c, m.EPOLLOUT | m.EPOLLIN)
+    ev = wait_event(ep, c, m.EPOLLOUT | m.EPOLLERR)
+    assert not ev & m.EPOLLERR, c.getsockopt(m.SOL_SOCKET, m.SO_ERROR)
+    return c
+
+
+def transfer(ep: m.Epoll, c: m.Socket, payload: bytes, expect: int) -> bytes:
+    """Sends payload while receiving ``expect`` bytes back."""
+    got = bytearray()
+    sent = 0
+    end = time.monotonic() + DEADLINE_S
+    while len(got) < expect or sent < len(payload):
+        assert time.monotonic() < end, f"stalled: sent {sent}, got {len(got)}"
+        if sent < len(payload):
+            try:
+                sent += c.send(memoryview(payload)[sent : sent + 262144])
+            except BlockingIOError:
+                pass
+        for _s, ev in ep.poll(0.05):
+            if ev & m.EPOLLIN:
+                while True:
+                    try:
+                        d = c.recv(65536)
+                    except BlockingIOError:
+                        break
+                    if not d:
+                        break
+                    got += d
+    return bytes(got)
+
+
+def test_handshake_negotiates_options(net: Net) -> None:
+    peer = Peer(net.server, mode="none").start()
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    info = c.tcp_info()
+    assert info["state"] == "ESTABLISHED"
+    assert info["mss"] == 1460
+    assert info["snd_wscale"] >= 1 and info["rcv_wscale"] >= 1  # 64 KiB rings need scaling
+    assert c.getpeername() == (SERVER, 80)
+    assert c.getsockname()[0] == CLIENT
+    wait_for(lambda: net.server.stats()["conn_passive_opens"] == 1, "accept queue")
+    cs, ss = net.stats()
+    assert cs["conn_active_opens"] == 1
+    assert cs["tx_control_pkts"] >= 1 and ss["tx_control_pkts"] >= 1  # SYN / SYN-ACK
+    c.close()
+    peer.join()
+
+
+def test_one_mebibyte_each_way_byte_exact(net: Net) -> None:
+    peer = Peer(net.server, mode="echo").start()
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    payload = os.urandom(1 << 20)
+    echoed = transfer(ep, c, payload, len(payload))
+    assert echoed == payload
+    assert bytes(next(iter(peer.received.values()))) == payload
+    c.close()
+    peer.join()
+
+
+def test_sequence_numbers_wrap_around() -> None:
+    # both ISNs 3000 bytes below 2^32: 1 MiB crosses the wrap in both directions
+    n = make_net(time_wait_ms=50, fixed_isn=(1 << 32) - 3000)
+    try:
+        peer = Peer(n.server, mode="echo").start()
+        ep = n.client.epoll()
+        c = connect(n.client, ep)
+        payload = os.urandom(1 << 20)
+        assert transfer(ep, c, payload, len(payload)) == payload
+        assert c.tcp_info()["snd_una"] < 1 << 20  # it did wrap
+        c.close()
+        peer.join()
+    finally:
+        close_net(n)
+
+
+def test_close_from_client_side(net: Net) -> None:
+    peer = Peer(net.server, mode="echo").start()
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    assert transfer(ep, c, b"ping", 4) == b"ping"
+    c.close()
+    # the client did the active close: it holds TIME_WAIT, the server went LAST_ACK -> CLOSED
+    wait_for(lambda: net.client.stats()["state_time_wait"] == 1, "client TIME_WAIT")
+    wait_for(lambda: peer.eof, "server sees EOF")
+    wait_for(lambda: net.server.stats()["pool_tcb_free"] == net.server.stats()["pool_tcb_total"],
+             "server TCB freed")
+    assert net.server.stats()["state_time_wait"] == 0
+    # TIME_WAIT ends by itself
+    wait_for(lambda: net.client.stats()["state_time_wait"] == 0, "TIME_WAIT expiry")
+    cs, ss = net.stats()
+    assert cs["pool_tcb_free"] == cs["pool_tcb_total"]
+    assert cs["rst_tx"] == cs["rst_rx"] == ss["rst_tx"] == ss["rst_rx"] == 0
+    peer.join()
+
+
+def test_close_from_server_side(net: Net) -> None:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, peer_addr = ls.accept()
+    assert peer_addr == c.getsockname()
+    assert s.send(b"bye") == 3
+    s.close()  # server closes first
+    data = b""
+    while True:
+        wait_event(ep, c, m.EPOLLIN)
+        d = c.recv(100)
+        if not d:
+            break
+        data += d
+    assert data == b"bye"
+    ep.modify(c, m.EPOLLIN | m.EPOLLRDHUP)  # RDHUP is reported only when asked for, as in Linux
+    ev = wait_event(ep, c, m.EPOLLRDHUP)
+    assert ev & m.EPOLLRDHUP
+    assert c.tcp_info()["state"] == "CLOSE_WAIT"
+    c.close()
+    wait_for(lambda: net.server.stats()["state_time_wait"] == 1, "server TIME_WAIT")
+    wait_for(lambda: net.client.stats()["pool_tcb_free"] == net.client.stats()["pool_tcb_total"],
+             "client freed after LAST_ACK")
+    assert net.client.stats()["rst_tx"] == 0
+
+
+def test_simultaneous_close_both_sides_end_in_time_wait() -> None:
+    n = make_net(time_wait_ms=200)
+    try:
+        ep_s = n.server.epoll()
+        ls = n.server.socket()
+        ls.bind(("0.0.0.0", 80))
+        ls.listen()
+        ep_s.register(ls, m.EPOLLIN)
+        ep = n.client.epoll()
+        c = connect(n.client, ep)
+        wait_event(ep_s, ls, m.EPOLLIN)
+        s, _ = ls.accept()
+        # 20 ms one-way delay: both FINs are in flight at once
+        n.link.set_faults(seed=1, delay_us=20000)
+        c.close()
+        s.close()
+        wait_for(lambda: n.client.stats()["state_time_wait"] == 1, "client TIME_WAIT")
+        wait_for(lambda: n.server.stats()["state_time_wait"] == 1, "server TIME_WAIT")
+        cs, ss = n.stats()
+        assert cs["rst_tx"] == ss["rst_tx"] == 0
+        wait_for(lambda: n.client.stats()["pool_tcb_free"] == cs["pool_tcb_total"], "freed")
+        wait_for(lambda: n.server.stats()["pool_tcb_free"] == ss["pool_tcb_total"], "freed")
+    finally:
+        close_net(n)
+
+
+def test_rst_for_closed_port(net: Net) -> None:
+    ep = net.client.epoll()
+    c = net.client.socket()
+    with pytest.raises(BlockingIOError):
+        c.connect((SERVER, 81))
+    ep.register(c, m.EPOLLOUT | m.EPOLLIN)
+    ev = wait_event(ep, c, m.EPOLLERR)
+    assert ev & m.EPOLLHUP
+    assert c.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ECONNREFUSED
+    with pytest.raises(ConnectionRefusedError):
+        c.recv(10)
+    cs, ss = net.stats()
+    assert ss["drop_tcp_no_socket"] == 1 and ss["rst_tx"] == 1
+    assert cs["rst_rx"] == 1
+    c.close()
+    wait_for(lambda: net.client.stats()["pool_tcb_free"] == cs["pool_tcb_total"], "freed")
+
+
+def test_abort_sends_rst_and_peer_sees_reset(net: Net) -> None:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, _ = ls.accept()
+    ep_s.register(s, m.EPOLLIN)
+    c.setsockopt(m.SOL_SOCKET, m.SO_LINGER, (1, 0))
+    c.close()  # SO_LINGER 0: RST, no TIME_WAIT
+    ev = wait_event(ep_s, s, m.EPOLLERR)
+    assert ev & m.EPOLLHUP
+    with pytest.raises(ConnectionResetError):
+        s.recv(10)
+    with pytest.raises(ConnectionResetError):
+        s.send(b"x")
+    cs, ss = net.stats()
+    assert cs["rst_tx"] == 1 and ss["rst_rx"] == 1
+    assert cs["state_time_wait"] == 0
+    s.close()
+
+
+def test_half_close_keeps_the_other_direction(net: Net) -> None:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, _ = ls.accept()
+    ep_s.register(s, m.EPOLLIN)
+    c.send(b"request")
+    c.shutdown(m.SHUT_WR)
+    with pytest.raises(BrokenPipeError):
+        c.send(b"more")
+    got = b""
+    while True:
+        wait_event(ep_s, s, m.EPOLLIN)
+        d = s.recv(100)
+        if not d:
+            break
+        got += d
+    assert got == b"request"
+    assert s.tcp_info()["state"] == "CLOSE_WAIT"
+    s.send(b"response after your FIN")
+    s.close()
+    data = b""
+    while True:
+        wait_event(ep, c, m.EPOLLIN)
+        d = c.recv(100)
+        if not d:
+            break
+        data += d
+    assert data == b"response after your FIN"
+    c.close()
+
+
+def test_receive_window_stalls_writer_without_loss_and_resumes(net: Net) -> None:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, _ = ls.accept()
+    payload = os.urandom(1 << 20)
+    sent = 0
+    stalled_at = None
+    end = time.monotonic() + DEADLINE_S
+    while time.monotonic() < end:  # the reader does not read: the writer must stall
+        try:
+            sent += c.send(payload[sent : sent + 65536])
+        except BlockingIOError:
+            if stalled_at == sent:
+                break
+            stalled_at = sent
+            time.sleep(0.2)
+    assert stalled_at == sent
+    # stalled with at most the peer's receive ring plus our send ring in flight
+    assert 64 * 1024 <= sent <= 2 * 64 * 1024
+    assert s.tcp_info()["rcv_wnd"] == 0
+    got = bytearray()
+    ep_s.register(s, m.EPOLLIN)
+    while len(got) < len(payload):
+        assert time.monotonic() < end, f"stalled after resume at {len(got)}"
+        if sent < len(payload):
+            try:
+                sent += c.send(payload[sent : sent + 65536])
+            except BlockingIOError:
+                pass
+        for _x, _ev in ep_s.poll(0.02):
+            while True:
+                try:
+                    d = s.recv(65536)
+                except BlockingIOError:
+                    break
+                got += d
+                if not d:
+                    break
+    assert bytes(got) == payload
+    assert net.server.stats()["drop_tcp_rcvbuf_full"] == 0 or net.client.stats()["retransmits"]
+
+
+def test_many_connections_in_sequence_return_pools(net: Net) -> None:
+    peer = Peer(net.server, mode="echo").start()
+    ep = net.client.epoll()
+    initial = net.client.stats()["pool_tcb_total"]
+    for i in range(300):
+        c = connect(net.client, ep)
+        msg = f"request {i}".encode()
+        assert transfer(ep, c, msg, len(msg)) == msg
+        ep.unregister(c)
+        c.close()
+    wait_for(lambda: net.client.stats()["pool_tcb_free"] == initial, "client pools back")
+    wait_for(lambda: net.server.stats()["pool_tcb_free"] == initial, "server pools back")
+    cs, ss = net.stats()
+    assert cs["pool_sndbuf_free"] == cs["pool_sndbuf_total"]
+    assert cs["pool_rcvbuf_free"] == cs["pool_rcvbuf_total"]
+    assert ss["pool_rcvbuf_free"] == ss["pool_rcvbuf_total"]
+    assert ss["conn_passive_opens"] == 300 and cs["conn_active_opens"] == 300
+    assert cs["rst_tx"] == ss["rst_tx"] == 0
+    peer.join()
+
+
+def test_socket_ids_come_from_a_free_list(net: Net) -> None:
+    a = net.client.socket()
+    b = net.client.socket()
+    a.close()
+    c = net.client.socket()
+    assert c.fd == a.fd  # the id just freed is reused first (LIFO free list)
+    assert b.fd != c.fd
+
+
+def test_api_errors_carry_errno(net: Net) -> None:
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    other = net.server.socket()
+    with pytest.raises(OSError) as e:
+        other.bind(("0.0.0.0", 80))
+    assert e.value.errno == errno.EADDRINUSE
+    with pytest.raises(OSError) as e:
+        other.bind(("198.18.0.99", 8080))
+    assert e.value.errno == errno.EADDRNOTAVAIL
+    with pytest.raises(OSError) as e:
+        other.recv(10)
+    assert e.value.errno == errno.ENOTCONN
+    ls.listen()
+    with pytest.raises(BlockingIOError):
+        ls.accept()
+    assert ls.accept_many() == []
+    ls.close()
+    with pytest.raises(OSError) as e:
+        m.Socket(net.server, 4000).recv(1)
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(OSError) as e:
+        m.Stack("pair", "198.18.0.9/24", pair=net.link, rcvbuf=100)
+    assert "rcvbuf" in str(e.value)
+    with pytest.raises(OSError) as e:
+        m.Stack("nosuch", "198.18.0.9/24")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_level_and_edge_triggered_epoll(net: Net) -> None:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, _ = ls.accept()
+    lt = net.server.epoll()
+    lt.register(s, m.EPOLLIN)
+    c.send(b"abc")
+    wait_event(lt, s, m.EPOLLIN)
+    # level-triggered: still reported while unread
+    assert [ev for x, ev in lt.poll(0.1) if x is s]
+    assert [ev for x, ev in lt.poll(0.1) if x is s]
+    assert s.recv(1) == b"a"
+    assert [ev for x, ev in lt.poll(0.1) if x is s]  # 2 bytes left
+    assert s.recv(10) == b"bc"
+    assert not [ev for x, ev in lt.poll(0.1) if x is s]
+    lt.unregister(s)
+    et = net.server.epoll()
+    et.register(s, m.EPOLLIN | m.EPOLLET)
+    c.send(b"xyz")
+    wait_event(et, s, m.EPOLLIN)
+    # edge-triggered: reported once for the arrival, even though data stays unread
+    assert not [ev for x, ev in et.poll(0.2) if x is s]
+    c.send(b"more")
+    wait_event(et, s, m.EPOLLIN)  # a new arrival is a new edge
+    assert s.recv(100) == b"xyzmore"
+    c.close()
+    s.close()
+
+
+def test_batched_calls_carry_many_sockets(net: Net) -> None:
+    peer = Peer(net.server, mode="echo").start()
+    ep = net.client.epoll()
+    socks = [connect(net.client, ep) for _ in range(20)]
+    res = net.client.send_many([(s, f"msg{i}".encode()) for i, s in enumerate(socks)])
+    assert res == [len(f"msg{i}") for i in range(20)]
+    got: dict[int, bytes] = {}
+    end = time.monotonic() + DEADLINE_S
+    while len(got) < 20 and time.monotonic() < end:
+        ready = [s for s, ev in ep.poll(0.1) if ev & m.EPOLLIN and s.fd not in got]
+        for s, r in zip(ready, net.client.recv_many(ready), strict=True):
+            if isinstance(r, bytes) and r:
+                got[s.fd] = r
+    assert {s.fd: got.get(s.fd) for s in socks} == {
+        s.fd: f"msg{i}".encode() for i, s in enumerate(socks)
+    }
+    jobs_before = net.client.stats()["jobs"]
+    net.client.close_many(socks)
+    wait_for(lambda: net.client.stats()["jobs"] >= jobs_before + 20, "close jobs")
+    peer.join()
+
+
+def test_priority_lists_are_observable_and_switchable() -> None:
+    for priority in (True, False):
+        n = make_net(time_wait_ms=50, priority=priority)
+        try:
+            peer = Peer(n.server, mode="echo").start()
+            ep = n.client.epoll()
+            c = connect(n.client, ep)
+            assert transfer(ep, c, b"x" * 100000, 100000) == b"x" * 100000
+            c.close()
+            peer.join()
+            cs = n.client.stats()
+            assert cs["tx_control_pkts"] >= 2 and cs["tx_data_pkts"] >= 60
+            for k in ("txq_control", "txq_ack", "txq_data"):
+                assert k in cs
+        finally:
+            close_net(n)
