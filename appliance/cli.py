@@ -1,14 +1,18 @@
 """Command line: ``mtcp-appliance serve``.
 
-A first version: ``--stack linux`` serves the root folder on the kernel's sockets;
-``--stack mtcp`` (the default) is wired up by the appliance issue (supervisor, one worker
-per core, TOML config, metrics).
+A first version: ``--stack mtcp`` (the default) serves the root folder from one core of the
+user-level stack (on a TAP device by default: stack 198.18.0.2, host side 198.18.0.1/24);
+``--stack linux`` serves it on the kernel's sockets. The supervisor with one worker per core,
+TOML config and metrics come with the appliance issue.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +21,8 @@ from appliance import __version__
 # static/ is installed as appliance.static; an editable install links its files back to the
 # checkout's static/, which is then the folder to serve (served files may not resolve outside it).
 DEFAULT_ROOT = (Path(__file__).parent / "static" / "index.html").resolve().parent
-DEFAULT_MTCP_IP = "198.18.0.2/24"  # host side of the TAP: 198.18.0.1/24
+DEFAULT_MTCP_IP = "198.18.0.2/24"
+DEFAULT_TAP_HOST = "198.18.0.1/24"  # host side of the TAP
 DEFAULT_LINUX_IP = "127.0.0.1"
 
 
@@ -63,13 +68,68 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.stack == "linux":
         host = (args.ip or DEFAULT_LINUX_IP).split("/")[0]
         return serve_linux(root, host, 8080 if args.port is None else args.port)
-    print(
-        "mtcp-appliance: the mTCP data plane (--stack mtcp) is not wired up yet; it lands with "
-        "the appliance issue.\n"
-        f"  To serve {root} on the kernel's stack now: mtcp-appliance serve --stack linux",
-        file=sys.stderr,
-    )
-    return 2
+    return serve_mtcp(args, root)
+
+
+def _missing_capability(err: OSError, backend: str) -> str | None:
+    if err.errno not in (errno.EPERM, errno.EACCES):
+        return None
+    if backend == "tap":
+        return "CAP_NET_ADMIN (to create the TAP device /dev/net/tun and address its host side)"
+    return "CAP_NET_RAW (for AF_PACKET sockets)"
+
+
+def serve_mtcp(args: argparse.Namespace, root: Path) -> int:
+    import mtcp_core
+    from appliance.http.mtcp import serve
+
+    ip = args.ip or DEFAULT_MTCP_IP
+    port = 80 if args.port is None else args.port
+    iface = args.iface or ("mtcp0" if args.backend == "tap" else None)
+    if args.backend == "afpacket" and not iface:
+        print("mtcp-appliance: --iface: afpacket needs an interface", file=sys.stderr)
+        return 2
+    if args.backend == "pair":
+        print(
+            "mtcp-appliance: --backend pair is for tests (two stacks in one process)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        stack = mtcp_core.Stack(
+            args.backend,
+            ip,
+            iface=iface,
+            tap_host=DEFAULT_TAP_HOST if args.backend == "tap" and not args.ip else None,
+        )
+    except ValueError as exc:
+        print(f"mtcp-appliance: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        cap = _missing_capability(exc, args.backend)
+        print(f"mtcp-appliance: cannot start the {args.backend} backend: {exc}", file=sys.stderr)
+        if cap:
+            print(
+                f"  missing capability: {cap}\n  without it, serve on the kernel's stack: "
+                "mtcp-appliance serve --stack linux --port 8080",
+                file=sys.stderr,
+            )
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    host = ip.split("/")[0]
+    with stack:
+        ctx = stack.context(0)
+        where = f" (host side {DEFAULT_TAP_HOST} on {iface})" if args.backend == "tap" else ""
+        print(
+            f"serving {root} at http://{host}:{port}/ (stack mtcp, {args.backend}{where})",
+            flush=True,
+        )
+        try:
+            serve(ctx, root, port, stop)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def serve_linux(root: Path, host: str, port: int) -> int:

@@ -525,9 +525,23 @@ class Socket:
         info = ffi.new("struct mtcp_tcp_info *")
         if lib.mtcp_get_tcp_info(self.ctx._check(), self.fd, info) < 0:
             _raise("tcp_info")
-        fields = ("snd_una", "snd_nxt", "snd_wnd", "rcv_nxt", "rcv_wnd", "mss", "snd_wscale",
-                  "rcv_wscale", "cwnd", "ssthresh", "srtt_us", "rto_ms", "sndbuf_used",
-                  "rcvbuf_used", "retransmits")
+        fields = (
+            "snd_una",
+            "snd_nxt",
+            "snd_wnd",
+            "rcv_nxt",
+            "rcv_wnd",
+            "mss",
+            "snd_wscale",
+            "rcv_wscale",
+            "cwnd",
+            "ssthresh",
+            "srtt_us",
+            "rto_ms",
+            "sndbuf_used",
+            "rcvbuf_used",
+            "retransmits",
+        )
         out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
         out["state"] = TCP_STATES[info.state]
         return out

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import netns
 import pytest
 
 from appliance import cli
@@ -46,10 +50,43 @@ def test_serve_parses_the_stack_options() -> None:
     assert (cli.DEFAULT_ROOT / "index.html").is_file()
 
 
-def test_mtcp_stack_says_it_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["serve"]) == 2
-    assert "--stack linux" in capsys.readouterr().err
-    assert cli.main(["serve", "--stack", "mtcp", "--backend", "afpacket", "--port", "80"]) == 2
+def test_mtcp_stack_names_the_missing_capability() -> None:
+    eperm = OSError(errno.EPERM, "Operation not permitted")
+    assert "CAP_NET_ADMIN" in (cli._missing_capability(eperm, "tap") or "")
+    assert "CAP_NET_RAW" in (cli._missing_capability(eperm, "afpacket") or "")
+    assert cli._missing_capability(OSError(errno.ENODEV, "no device"), "tap") is None
+
+
+def test_mtcp_afpacket_needs_an_interface(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--backend", "afpacket"]) == 2
+    assert "--iface" in capsys.readouterr().err
+
+
+@pytest.mark.requires_root
+def test_default_serve_runs_on_a_tap_in_a_namespace(netlab: netns.Lab) -> None:
+    """The README's run command (serve, no arguments): the default site on the user-level
+    stack behind a TAP device, fetched by the kernel's curl on the host side."""
+    ns = netlab.namespace("run")
+    proc = ns.popen(
+        # the installed console script, run away from the checkout (whose folders would
+        # shadow the installed packages)
+        [str(Path(sys.executable).parent / "mtcp-appliance"), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd="/",
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "http://198.18.0.2:80/" in line, line
+        out = ns.run(["curl", "-sS", "--max-time", "10", "-D", "-", "http://198.18.0.2/"]).stdout
+        assert out.startswith("HTTP/1.1 200"), out
+        assert (cli.DEFAULT_ROOT / "index.html").read_text() in out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
 
 
 def test_missing_root_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -257,8 +257,10 @@ def test_close_from_client_side(net: Net) -> None:
     # the client did the active close: it holds TIME_WAIT, the server went LAST_ACK -> CLOSED
     wait_for(lambda: net.client.stats()["state_time_wait"] == 1, "client TIME_WAIT")
     wait_for(lambda: peer.eof, "server sees EOF")
-    wait_for(lambda: net.server.stats()["pool_tcb_free"] == net.server.stats()["pool_tcb_total"],
-             "server TCB freed")
+    wait_for(
+        lambda: net.server.stats()["pool_tcb_free"] == net.server.stats()["pool_tcb_total"],
+        "server TCB freed",
+    )
     assert net.server.stats()["state_time_wait"] == 0
     # TIME_WAIT ends by itself
     wait_for(lambda: net.client.stats()["state_time_wait"] == 0, "TIME_WAIT expiry")
@@ -295,8 +297,10 @@ def test_close_from_server_side(net: Net) -> None:
     assert c.tcp_info()["state"] == "CLOSE_WAIT"
     c.close()
     wait_for(lambda: net.server.stats()["state_time_wait"] == 1, "server TIME_WAIT")
-    wait_for(lambda: net.client.stats()["pool_tcb_free"] == net.client.stats()["pool_tcb_total"],
-             "client freed after LAST_ACK")
+    wait_for(
+        lambda: net.client.stats()["pool_tcb_free"] == net.client.stats()["pool_tcb_total"],
+        "client freed after LAST_ACK",
+    )
     assert net.client.stats()["rst_tx"] == 0
 
 
