@@ -37,7 +37,7 @@
     X(drop_tcp_short, C) X(drop_tcp_hdr_len, C) X(drop_tcp_checksum, C) X(drop_tcp_options, C) \
     X(drop_tcp_no_socket, C) X(drop_tcp_bad_segment, C) X(drop_tcp_out_of_window, C) \
     X(drop_tcp_backlog_full, C) X(drop_tcp_no_memory, C) X(drop_tcp_rcvbuf_full, C) \
-    X(drop_tx_ring_full, C) X(drop_arp_unresolved, C) X(drop_tx_list_full, C)
+    X(drop_tx_device, C) X(drop_arp_unresolved, C) X(drop_tx_list_full, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

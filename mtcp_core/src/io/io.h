@@ -131,6 +131,10 @@ static inline unsigned io_flow_core(uint32_t saddr, uint32_t daddr, uint16_t spo
 {
     uint32_t h = saddr ^ daddr ^ (uint32_t)sport ^ (uint32_t)dport;
     h ^= h >> 16;
+    /* multiply, then take the high half: every input bit moves the result, so one
+     * client's ports (Linux picks only even ones) spread over all cores */
+    h *= 0x9e3779b1u;
+    h >>= 16;
     return ncores ? (unsigned)(h % ncores) : 0;
 }
 

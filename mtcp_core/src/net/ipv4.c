@@ -33,10 +33,10 @@ void net_tx_flush(struct mtcp_context *ctx)
 {
     if (ctx->ntx == 0)
         return;
-    int sent = io_tx_burst(ctx->dev, ctx->txf, ctx->ntx);
-    if (sent < ctx->ntx) {
-        STAT_ADD(&ctx->stats, drop_tx_ring_full, ctx->ntx - (sent < 0 ? 0 : sent));
-    }
+    /* the device counts what it could not send (ring full, oversize frame) */
+    uint64_t dropped = ctx->dev->tx_dropped;
+    io_tx_burst(ctx->dev, ctx->txf, ctx->ntx);
+    STAT_ADD(&ctx->stats, drop_tx_device, ctx->dev->tx_dropped - dropped);
     STAT_INC(&ctx->stats, tx_batches);
     ctx->ntx = 0;
 }

@@ -93,8 +93,9 @@ struct tcb {
     uint64_t retransmits;
 
     /* TIME_WAIT FIFO and idle lists */
-    struct tcb *tw_next;
+    struct tcb *tw_next, *tw_prev;
     uint64_t tw_expire_ms;
+    uint8_t on_tw;
 
     /* TX lists: control, ACK, data */
     struct tcb *ctrl_next, *ack_next, *data_next;

@@ -74,6 +74,8 @@ struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, 
 
 /* ---------------------------------------------------------------- TCBs */
 
+static void tw_unlink(struct mtcp_context *ctx, struct tcb *t);
+
 struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                       uint16_t rport)
 {
@@ -108,6 +110,7 @@ void tcb_free(struct mtcp_context *ctx, struct tcb *t)
     if (!t->in_use)
         return;
     tcp_rto_disarm(ctx, t);
+    tw_unlink(ctx, t);
     flow_remove(ctx, t);
     ctx->state_count[t->state]--;
     /* Still on a TX or event list: unlinked lazily when the list is walked. */
@@ -187,9 +190,26 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
 
 /* ---------------------------------------------------------------- lifecycle */
 
+static void tw_unlink(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (!t->on_tw)
+        return;
+    if (t->tw_prev)
+        t->tw_prev->tw_next = t->tw_next;
+    else
+        ctx->tw_head = t->tw_next;
+    if (t->tw_next)
+        t->tw_next->tw_prev = t->tw_prev;
+    else
+        ctx->tw_tail = t->tw_prev;
+    t->tw_next = t->tw_prev = NULL;
+    t->on_tw = 0;
+}
+
 void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
 {
     tcp_rto_disarm(ctx, t);
+    tw_unlink(ctx, t);
     t->pend &= (uint8_t)~(TCB_P_DATA | TCB_P_ACK | TCB_P_FIN | TCB_P_SYN);
     if (t->state != TCP_CLOSED)
         tcp_set_state(ctx, t, TCP_CLOSED);
@@ -221,19 +241,20 @@ void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
 void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
 {
     tcp_rto_disarm(ctx, t);
-    int requeue = t->state == TCP_TIME_WAIT;
-    tcp_set_state(ctx, t, TCP_TIME_WAIT);
+    if (t->state != TCP_TIME_WAIT)
+        tcp_set_state(ctx, t, TCP_TIME_WAIT);
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
     t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
-    if (requeue)
-        return; /* already on the FIFO: the timer re-checks tw_expire_ms */
-    /* FIFO: every entry has the same lifetime, so the list stays in expiry order */
-    t->tw_next = NULL;
+    /* FIFO: every entry has the same lifetime, so appending keeps it in expiry order
+     * (a restarted 2MSL moves the entry to the tail) */
+    tw_unlink(ctx, t);
+    t->tw_prev = ctx->tw_tail;
     if (ctx->tw_tail)
         ctx->tw_tail->tw_next = t;
     else
         ctx->tw_head = t;
     ctx->tw_tail = t;
+    t->on_tw = 1;
     if (!t->app_closed)
         ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP | MTCP_EPOLLHUP);
 }
@@ -317,12 +338,8 @@ uint64_t tcp_timers(struct mtcp_context *ctx)
     /* TIME_WAIT: expiry order, stop at the first that has not expired */
     while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now) {
         struct tcb *t = ctx->tw_head;
-        ctx->tw_head = t->tw_next;
-        if (!ctx->tw_head)
-            ctx->tw_tail = NULL;
-        t->tw_next = NULL;
-        if (t->in_use && t->state == TCP_TIME_WAIT)
-            tcp_conn_done(ctx, t, 0);
+        tw_unlink(ctx, t);
+        tcp_conn_done(ctx, t, 0);
     }
     /* RTO wheel: walk every millisecond slot since the last round */
     if (ctx->wheel_count == 0) {

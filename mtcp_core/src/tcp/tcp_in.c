@@ -42,16 +42,17 @@ static void syn_options(struct tcb *t, const struct wire_tcp *seg)
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
 }
 
-static void passive_open(struct mtcp_context *ctx, struct mtcp_listener *l, const uint8_t mac[6],
-                         const struct wire_ipv4 *ip, const struct wire_tcp *seg)
+static struct tcb *passive_open(struct mtcp_context *ctx, struct mtcp_listener *l,
+                                const uint8_t mac[6], const struct wire_ipv4 *ip,
+                                const struct wire_tcp *seg)
 {
     if (l->pending + atomic_load_explicit(&l->accept_ready, memory_order_acquire) >= l->backlog) {
         STAT_INC(&ctx->stats, drop_tcp_backlog_full);
-        return;
+        return NULL;
     }
     struct tcb *t = tcb_alloc(ctx, ip->dst, seg->dport, ip->src, seg->sport);
     if (!t)
-        return;
+        return NULL;
     memcpy(t->rmac, mac, 6);
     t->listener = l;
     l->pending++;
@@ -68,6 +69,32 @@ static void passive_open(struct mtcp_context *ctx, struct mtcp_listener *l, cons
     t->rcv_adv = t->rcv_nxt;
     tcp_set_state(ctx, t, TCP_SYN_RECEIVED);
     tcp_schedule(ctx, t, TCB_P_SYN);
+    return t;
+}
+
+/* RFC 1122 4.2.2.13 and RFC 6191: a SYN for a 4-tuple in TIME-WAIT opens a new
+ * connection when it is clearly newer than the old one (a later timestamp, or a
+ * sequence number beyond the old receive window). Returns 1 when it did. */
+static int time_wait_reopen(struct mtcp_context *ctx, struct tcb *t, const uint8_t mac[6],
+                            const struct wire_ipv4 *ip, const struct wire_tcp *seg)
+{
+    struct mtcp_listener *l = listener_lookup(ctx, ip->dst, seg->dport);
+    if (!l)
+        return 0;
+    int newer = (t->ts_ok && seg->opt.has_ts) ? (int32_t)(seg->opt.ts_val - t->ts_recent) > 0
+                                              : SEQ_GT(seg->seq, t->rcv_nxt);
+    if (!newer)
+        return 0;
+    uint32_t old_snd = t->snd_max;
+    tcp_conn_done(ctx, t, 0);
+    struct tcb *n = passive_open(ctx, l, mac, ip, seg);
+    if (n && SEQ_LEQ(n->iss, old_snd)) {
+        /* our side too must start beyond the old incarnation's sequence space */
+        n->iss = old_snd + 128u * 1024u;
+        n->snd_una = n->snd_nxt = n->snd_max = n->iss;
+        n->snd_head_seq = n->iss + 1;
+    }
+    return 1;
 }
 
 /* RFC 9293 3.10.7.3 */
@@ -224,6 +251,10 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         tcp_send_rst_for(ctx, src_mac, ip, &seg);
         return;
     }
+    if (t->state == TCP_TIME_WAIT &&
+        (seg.flags & (WIRE_TCP_SYN | WIRE_TCP_ACK | WIRE_TCP_RST)) == WIRE_TCP_SYN &&
+        time_wait_reopen(ctx, t, src_mac, ip, &seg))
+        return;
 
     const uint8_t *data = seg.payload;
     uint32_t len = seg.payload_len;

@@ -259,7 +259,10 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t usable = wnd > flight ? wnd - flight : 0;
         if (avail == 0 || usable == 0 || t->fin_sent)
             break;
-        uint32_t len = avail < t->mss ? avail : t->mss;
+        /* the MSS counts payload and options alike (RFC 9293 3.7.1): a segment with
+         * timestamps carries 12 bytes less data */
+        uint32_t seg_max = t->mss - (t->ts_ok ? 12u : 0u);
+        uint32_t len = avail < seg_max ? avail : seg_max;
         if (len > usable)
             len = usable;
         uint8_t flags = WIRE_TCP_ACK;

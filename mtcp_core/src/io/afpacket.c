@@ -1,0 +1,689 @@
+/* afpacket: AF_PACKET rings, one fanout member per core.
+ *
+ * Per core two sockets on the interface:
+ *  - the data socket, bound to ETH_P_IP and a member of one PACKET_FANOUT_CBPF
+ *    group: TPACKET_V3 RX ring (the kernel fills 256 KiB blocks with many
+ *    frames and hands a whole block over) and a TPACKET_V3 TX ring (frames are
+ *    copied into slots, then one send(fd, NULL, 0, MSG_DONTWAIT) flushes them);
+ *  - the ARP socket, bound to ETH_P_ARP and in no fanout group, so every core
+ *    sees every ARP frame (each core keeps its own ARP cache). It has a small
+ *    TPACKET_V2 RX ring, so checking it costs a memory read, not a syscall.
+ *    ARP frames the stack sends go out through it too: a frame sent through the
+ *    data socket would get skb->protocol = ETH_P_IP (tpacket_snd uses the
+ *    bound protocol).
+ * Sockets bound to one protocol are not on ptype_all, so neither sees the
+ * frames this stack transmits; PACKET_IGNORE_OUTGOING is set anyway.
+ *
+ * Fanout: the kernel runs the group's cBPF program and uses
+ * `return value % num_members` as the member index (fanout_demux_bpf), members
+ * numbered in join order. open_all joins the sockets in core order, and the
+ * program computes io_flow_core(), so core i receives exactly the flows the
+ * stack maps to core i. Until all n members have joined, a drop-all filter on
+ * each socket keeps frames from landing on the wrong member.
+ *
+ * Life cycle: open_all (creator process) sets up rings and joins the group;
+ * start (the core's own process, possibly after fork) maps the rings and makes
+ * the epoll fd that poll_fd returns. Rings must be configured before joining:
+ * PACKET_RX_RING on a fanout member unhooks and re-links it, which would move
+ * it to the end of the member array. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* Linux socket/tun APIs; the build passes it too */
+#endif
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "io_internal.h"
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+#ifndef TP_STATUS_CSUM_VALID
+#define TP_STATUS_CSUM_VALID (1 << 7)
+#endif
+#ifndef PACKET_FANOUT_FLAG_UNIQUEID
+#define PACKET_FANOUT_FLAG_UNIQUEID 0x2000
+#endif
+
+/* RX block retire timeout: a block that is not full is handed over after at
+ * most this long, which bounds the added latency at low load. */
+#ifndef AFP_RETIRE_TOV_MS
+#define AFP_RETIRE_TOV_MS 1
+#endif
+#define AFP_RX_BLOCK_SIZE (256u * 1024u)
+#define AFP_RX_FRAME_SIZE 2048u
+#define AFP_DEFAULT_RING_FRAMES 4096u
+#define AFP_TX_BLOCK_SIZE (64u * 1024u)
+#define AFP_ARP_FRAME_SIZE 512u
+#define AFP_ARP_BLOCK_SIZE 4096u
+#define AFP_ARP_BLOCKS 4u
+/* Where frame data starts in a V3 TX slot (tpacket_parse_header without
+ * PACKET_TX_HAS_OFF: tp_hdrlen - sizeof(struct sockaddr_ll)). */
+#define AFP_TX_DATA_OFF (TPACKET3_HDRLEN - sizeof(struct sockaddr_ll))
+
+struct afp_dev {
+    int fd;     /* data socket: fanout member, V3 RX + TX rings */
+    int arp_fd; /* ARP socket: V2 RX ring */
+    int ep;     /* epoll over both, made in start() */
+
+    uint32_t rx_block_size, rx_block_nr;
+    uint32_t tx_frame_size, tx_frame_nr, tx_block_size, tx_frames_per_block;
+    uint32_t arp_frame_nr;
+    uint8_t *map;     /* RX ring, then TX ring */
+    size_t map_len;
+    uint8_t *tx_ring; /* inside map */
+    uint8_t *arp_map;
+    size_t arp_map_len;
+
+    /* RX walk */
+    uint32_t blk;          /* block being walked, or next to look at */
+    uint32_t pkts_left;    /* frames left in blk; 0 = blk not entered yet */
+    uint8_t *pkt;          /* next frame header in blk */
+    uint32_t release_from; /* first fully walked block not yet given back */
+    uint32_t nrelease;     /* fully walked blocks waiting for rx_done */
+    /* ARP ring walk */
+    uint32_t arp_head;     /* next frame to look at */
+    uint32_t arp_handed;   /* frames handed over since rx_done (those before arp_head) */
+    /* TX */
+    uint32_t tx_head;
+    bool tx_backlog;       /* the last flush left frames in SEND_REQUEST */
+};
+
+static uint32_t load_acq(const volatile uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static void store_rel(volatile uint32_t *p, uint32_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static uint32_t csum_flags(uint32_t status)
+{
+    if (status & TP_STATUS_CSUMNOTREADY)
+        return IO_FRAME_CSUM_PARTIAL;
+    if (status & TP_STATUS_CSUM_VALID)
+        return IO_FRAME_CSUM_VALID;
+    return 0;
+}
+
+static int setopt(int fd, int level, int name, const void *v, socklen_t len)
+{
+    return setsockopt(fd, level, name, v, len) < 0 ? io_neg_errno() : 0;
+}
+
+static int setopt_int(int fd, int level, int name, int v)
+{
+    return setopt(fd, level, name, &v, sizeof v);
+}
+
+/* The fanout program: io_flow_core() over the IPv4 header. Offsets are taken
+ * from the network header (SKF_NET_OFF): in the fanout path the kernel runs
+ * the program on an skb whose data already starts at the IP header (the
+ * Ethernet header was pulled), so SKF_NET_OFF + k says exactly what is meant
+ * wherever skb->data points. Non-TCP/UDP frames and fragments hash with both
+ * ports 0 (a non-first fragment has no ports; all fragments stay together). */
+#define NET(k) ((uint32_t)SKF_NET_OFF + (uint32_t)(k))
+#define FANOUT_PROG_LEN 27
+static void build_fanout_prog(struct sock_filter prog[FANOUT_PROG_LEN], unsigned n)
+{
+    const struct sock_filter p[FANOUT_PROG_LEN] = {
+        /*  0 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, NET(9)),          /* A = protocol */
+        /*  1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 1, 0),
+        /*  2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 9), /* -> 12 */
+        /*  3 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(6)),          /* A = flags|frag off */
+        /*  4 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 7, 0),  /* MF or off -> 12 */
+        /*  5 */ BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, NET(0)),         /* X = 4 * ihl */
+        /*  6 */ BPF_STMT(BPF_LD | BPF_H | BPF_IND, NET(0)),          /* A = sport */
+        /*  7 */ BPF_STMT(BPF_ST, 0),                                  /* M[0] = sport */
+        /*  8 */ BPF_STMT(BPF_LD | BPF_H | BPF_IND, NET(2)),          /* A = dport */
+        /*  9 */ BPF_STMT(BPF_LDX | BPF_MEM, 0),                       /* X = sport */
+        /* 10 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),              /* A = sport ^ dport */
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JA, 1, 0, 0),                  /* -> 13 */
+        /* 12 */ BPF_STMT(BPF_LD | BPF_IMM, 0),                        /* no ports */
+        /* 13 */ BPF_STMT(BPF_ST, 0),                                  /* M[0] = ports */
+        /* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NET(12)),         /* A = saddr */
+        /* 15 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+        /* 16 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NET(16)),         /* A = daddr */
+        /* 17 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),              /* A = saddr ^ daddr */
+        /* 18 */ BPF_STMT(BPF_LDX | BPF_MEM, 0),
+        /* 19 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),              /* h */
+        /* 20 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),                     /* X = h */
+        /* 21 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 22 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),              /* h ^= h >> 16 */
+        /* 23 */ BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, 0x9e3779b1u),     /* mix all bits up */
+        /* 24 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+        /* 25 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),              /* % n, as io_flow_core */
+        /* 26 */ BPF_STMT(BPF_RET | BPF_A, 0),
+    };
+    memcpy(prog, p, sizeof p);
+}
+#undef NET
+
+static int attach_drop_all(int fd)
+{
+    struct sock_filter drop[1] = {BPF_STMT(BPF_RET | BPF_K, 0)};
+    struct sock_fprog fp = {.len = 1, .filter = drop};
+    return setopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp);
+}
+
+static int bind_to(int fd, int ifindex, uint16_t proto)
+{
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(proto);
+    sll.sll_ifindex = ifindex;
+    return bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0 ? io_neg_errno() : 0;
+}
+
+static int packet_socket(const char **err_msg)
+{
+    /* Protocol 0: receives nothing until bind(), after the rings are set.
+     * Not SOCK_CLOEXEC: workers inherit it across fork. */
+    int fd = socket(AF_PACKET, SOCK_RAW, 0);
+    if (fd < 0) {
+        int rc = io_neg_errno();
+        *err_msg = rc == -EPERM || rc == -EACCES
+                       ? "afpacket: AF_PACKET socket: Operation not permitted (needs CAP_NET_RAW)"
+                   : rc == -EAFNOSUPPORT
+                       ? "afpacket: AF_PACKET socket: Address family not supported by this kernel"
+                       : "afpacket: AF_PACKET socket failed";
+        return rc;
+    }
+    return fd;
+}
+
+/* Ring geometry from the ring_frames hint and the MTU. */
+static void plan_rings(struct afp_dev *ad, unsigned ring_frames, unsigned mtu)
+{
+    unsigned frames = ring_frames ? ring_frames : AFP_DEFAULT_RING_FRAMES;
+    uint64_t blocks = ((uint64_t)frames * AFP_RX_FRAME_SIZE + AFP_RX_BLOCK_SIZE - 1) /
+                      AFP_RX_BLOCK_SIZE;
+    ad->rx_block_size = AFP_RX_BLOCK_SIZE;
+    ad->rx_block_nr = (uint32_t)(blocks < 8 ? 8 : blocks > 256 ? 256 : blocks);
+
+    /* A TX slot holds the V3 header, then the frame (Ethernet + MTU + VLAN). */
+    uint32_t need = (uint32_t)AFP_TX_DATA_OFF + mtu + 18u;
+    uint32_t fs = 2048;
+    while (fs < need)
+        fs *= 2;
+    ad->tx_frame_size = fs;
+    ad->tx_block_size = fs > AFP_TX_BLOCK_SIZE ? fs : AFP_TX_BLOCK_SIZE;
+    ad->tx_frames_per_block = ad->tx_block_size / fs;
+    unsigned txf = frames / 4;
+    txf = txf < 256 ? 256 : txf > 4096 ? 4096 : txf;
+    uint32_t tx_blocks = (txf + ad->tx_frames_per_block - 1) / ad->tx_frames_per_block;
+    ad->tx_frame_nr = tx_blocks * ad->tx_frames_per_block;
+    ad->arp_frame_nr = AFP_ARP_BLOCKS * (AFP_ARP_BLOCK_SIZE / AFP_ARP_FRAME_SIZE);
+}
+
+/* Data socket of one core, up to (not including) the fanout join. */
+static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
+                            const char **err_msg)
+{
+    int rc = setopt_int(ad->fd, SOL_PACKET, PACKET_VERSION, TPACKET_V3);
+    if (rc < 0) {
+        *err_msg = "afpacket: PACKET_VERSION TPACKET_V3 not supported";
+        return rc;
+    }
+    struct tpacket_req3 rx = {
+        .tp_block_size = ad->rx_block_size,
+        .tp_block_nr = ad->rx_block_nr,
+        .tp_frame_size = AFP_RX_FRAME_SIZE,
+        .tp_frame_nr = (ad->rx_block_size / AFP_RX_FRAME_SIZE) * ad->rx_block_nr,
+        .tp_retire_blk_tov = AFP_RETIRE_TOV_MS,
+    };
+    rc = setopt(ad->fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx);
+    if (rc < 0) {
+        *err_msg = "afpacket: PACKET_RX_RING failed (out of memory? lower ring_frames)";
+        return rc;
+    }
+    struct tpacket_req3 tx = {
+        .tp_block_size = ad->tx_block_size,
+        .tp_block_nr = ad->tx_frame_nr / ad->tx_frames_per_block,
+        .tp_frame_size = ad->tx_frame_size,
+        .tp_frame_nr = ad->tx_frame_nr,
+    };
+    rc = setopt(ad->fd, SOL_PACKET, PACKET_TX_RING, &tx, sizeof tx);
+    if (rc < 0) {
+        *err_msg = "afpacket: PACKET_TX_RING (TPACKET_V3) failed (kernel older than 4.11?)";
+        return rc;
+    }
+    /* Optional: without them it still works, only slower or noisier. */
+    (void)setopt_int(ad->fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+    (void)setopt_int(ad->fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+    /* A malformed slot is skipped instead of stalling the TX ring forever. */
+    (void)setopt_int(ad->fd, SOL_PACKET, PACKET_LOSS, 1);
+    /* Room for a full TX ring in flight: send() with MSG_DONTWAIT stops at
+     * the socket's send buffer and leaves the rest for the next flush. The
+     * forced variant needs CAP_NET_ADMIN; the plain one is capped by wmem_max. */
+    int sndbuf = (int)(ad->tx_frame_nr * (ad->tx_frame_size + 1024u));
+    if (setopt_int(ad->fd, SOL_SOCKET, SO_SNDBUFFORCE, sndbuf) < 0)
+        (void)setopt_int(ad->fd, SOL_SOCKET, SO_SNDBUF, sndbuf);
+    if (hold_traffic) {
+        rc = attach_drop_all(ad->fd);
+        if (rc < 0) {
+            *err_msg = "afpacket: SO_ATTACH_FILTER failed";
+            return rc;
+        }
+    }
+    rc = bind_to(ad->fd, ifindex, ETH_P_IP);
+    if (rc < 0) {
+        *err_msg = rc == -ENETDOWN ? "afpacket: bind: interface is down"
+                                   : "afpacket: bind to the interface failed";
+        return rc;
+    }
+    return 0;
+}
+
+static int open_arp_socket(struct afp_dev *ad, int ifindex, const char **err_msg)
+{
+    int rc = setopt_int(ad->arp_fd, SOL_PACKET, PACKET_VERSION, TPACKET_V2);
+    if (rc < 0) {
+        *err_msg = "afpacket: PACKET_VERSION TPACKET_V2 (ARP socket) failed";
+        return rc;
+    }
+    struct tpacket_req req = {
+        .tp_block_size = AFP_ARP_BLOCK_SIZE,
+        .tp_block_nr = AFP_ARP_BLOCKS,
+        .tp_frame_size = AFP_ARP_FRAME_SIZE,
+        .tp_frame_nr = ad->arp_frame_nr,
+    };
+    rc = setopt(ad->arp_fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req);
+    if (rc < 0) {
+        *err_msg = "afpacket: PACKET_RX_RING (ARP socket) failed";
+        return rc;
+    }
+    (void)setopt_int(ad->arp_fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+    (void)setopt_int(ad->arp_fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+    rc = bind_to(ad->arp_fd, ifindex, ETH_P_ARP);
+    if (rc < 0) {
+        *err_msg = "afpacket: bind of the ARP socket failed";
+        return rc;
+    }
+    return 0;
+}
+
+static int join_fanout(int fd, uint32_t id, uint32_t flags)
+{
+    int v = (int)((id & 0xffffu) | ((PACKET_FANOUT_CBPF | flags) << 16));
+    return setopt_int(fd, SOL_PACKET, PACKET_FANOUT, v);
+}
+
+static int afp_open_all(struct io_group *g, const char **err_msg)
+{
+    const char *iface = g->cfg.iface;
+    if (!iface || !iface[0]) {
+        *err_msg = "afpacket: no interface given (cfg.iface)";
+        return -EINVAL;
+    }
+    if (strlen(iface) >= IFNAMSIZ) {
+        *err_msg = "afpacket: interface name longer than 15 characters";
+        return -EINVAL;
+    }
+    unsigned n = g->n;
+    for (unsigned i = 0; i < n; i++) {
+        struct afp_dev *ad = calloc(1, sizeof *ad);
+        if (!ad) {
+            *err_msg = "afpacket: out of memory";
+            return -ENOMEM;
+        }
+        ad->fd = ad->arp_fd = ad->ep = -1;
+        g->devs[i].priv = ad;
+    }
+
+    /* Interface facts, through the first socket. */
+    struct afp_dev *ad0 = g->devs[0].priv;
+    int rc = packet_socket(err_msg);
+    if (rc < 0)
+        return rc;
+    ad0->fd = rc;
+    int ifindex = (int)if_nametoindex(iface);
+    if (ifindex == 0) {
+        *err_msg = "afpacket: no such interface";
+        return -ENODEV;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, iface, strlen(iface));
+    if (ioctl(ad0->fd, SIOCGIFHWADDR, &ifr) < 0) {
+        *err_msg = "afpacket: SIOCGIFHWADDR failed";
+        return io_neg_errno();
+    }
+    uint8_t mac[6];
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    if (ioctl(ad0->fd, SIOCGIFMTU, &ifr) < 0) {
+        *err_msg = "afpacket: SIOCGIFMTU failed";
+        return io_neg_errno();
+    }
+    unsigned mtu = (unsigned)ifr.ifr_mtu;
+    /* A down interface leaves bound sockets "not running", and joining a
+     * fanout group then fails with a bare EINVAL: say what is wrong instead. */
+    if (ioctl(ad0->fd, SIOCGIFFLAGS, &ifr) < 0) {
+        *err_msg = "afpacket: SIOCGIFFLAGS failed";
+        return io_neg_errno();
+    }
+    if (!(ifr.ifr_flags & IFF_UP)) {
+        *err_msg = "afpacket: interface is down (ip link set IFACE up)";
+        return -ENETDOWN;
+    }
+
+    bool fanout = n > 1;
+    uint32_t group = g->cfg.fanout_group & 0xffffu;
+    for (unsigned i = 0; i < n; i++) {
+        struct io_dev *dev = &g->devs[i];
+        struct afp_dev *ad = dev->priv;
+        memcpy(dev->mac, mac, 6);
+        memset(dev->peer_mac, 0, 6);
+        dev->has_peer_mac = 0;
+        dev->mtu = mtu;
+        plan_rings(ad, g->cfg.ring_frames, mtu);
+        if (ad->fd < 0) {
+            if ((rc = packet_socket(err_msg)) < 0)
+                return rc;
+            ad->fd = rc;
+        }
+        if ((rc = packet_socket(err_msg)) < 0)
+            return rc;
+        ad->arp_fd = rc;
+        if ((rc = open_arp_socket(ad, ifindex, err_msg)) < 0)
+            return rc;
+        if ((rc = open_data_socket(ad, ifindex, fanout, err_msg)) < 0)
+            return rc;
+        if (!fanout)
+            break;
+        /* Join in core order: member index = core number. */
+        if (i == 0 && group == 0) {
+            /* Let the kernel pick an id no other group in this netns uses;
+             * fall back to one derived from the pid on kernels without it. */
+            rc = join_fanout(ad->fd, 0, PACKET_FANOUT_FLAG_UNIQUEID);
+            if (rc == 0) {
+                int v = 0;
+                socklen_t len = sizeof v;
+                if (getsockopt(ad->fd, SOL_PACKET, PACKET_FANOUT, &v, &len) < 0) {
+                    *err_msg = "afpacket: getsockopt(PACKET_FANOUT) failed";
+                    return io_neg_errno();
+                }
+                group = (uint32_t)v & 0xffffu;
+            } else {
+                group = ((uint32_t)getpid() & 0xffffu) | 1u;
+                rc = join_fanout(ad->fd, group, 0);
+            }
+        } else {
+            rc = join_fanout(ad->fd, group, 0);
+        }
+        if (rc < 0) {
+            *err_msg = rc == -EINVAL ? "afpacket: PACKET_FANOUT: group id already used with "
+                                       "other settings (choose another fanout_group)"
+                                     : "afpacket: PACKET_FANOUT failed";
+            return rc;
+        }
+        if (i == 0) {
+            struct sock_filter prog[FANOUT_PROG_LEN];
+            build_fanout_prog(prog, n);
+            struct sock_fprog fp = {.len = FANOUT_PROG_LEN, .filter = prog};
+            rc = setopt(ad->fd, SOL_PACKET, PACKET_FANOUT_DATA, &fp, sizeof fp);
+            if (rc < 0) {
+                *err_msg = "afpacket: PACKET_FANOUT_DATA (cBPF fanout program) rejected";
+                return rc;
+            }
+        }
+    }
+    /* Every member is in place: let traffic through. */
+    if (fanout) {
+        for (unsigned i = 0; i < n; i++) {
+            struct afp_dev *ad = g->devs[i].priv;
+            /* sk_setsockopt wants an int-sized optval even here. */
+            if ((rc = setopt_int(ad->fd, SOL_SOCKET, SO_DETACH_FILTER, 0)) < 0) {
+                *err_msg = "afpacket: SO_DETACH_FILTER failed";
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+static int afp_start(struct io_dev *dev)
+{
+    struct afp_dev *ad = dev->priv;
+    if (ad->map)
+        return -EALREADY;
+    size_t rx_len = (size_t)ad->rx_block_size * ad->rx_block_nr;
+    size_t tx_len = (size_t)ad->tx_block_size * (ad->tx_frame_nr / ad->tx_frames_per_block);
+    /* One mapping: the RX ring first, the TX ring right after it. */
+    void *m = mmap(NULL, rx_len + tx_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                   ad->fd, 0);
+    if (m == MAP_FAILED)
+        return io_neg_errno();
+    ad->map = m;
+    ad->map_len = rx_len + tx_len;
+    ad->tx_ring = ad->map + rx_len;
+    size_t arp_len = (size_t)AFP_ARP_BLOCK_SIZE * AFP_ARP_BLOCKS;
+    m = mmap(NULL, arp_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ad->arp_fd, 0);
+    if (m == MAP_FAILED)
+        return io_neg_errno();
+    ad->arp_map = m;
+    ad->arp_map_len = arp_len;
+
+    ad->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ad->ep < 0)
+        return io_neg_errno();
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u32 = 0;
+    if (epoll_ctl(ad->ep, EPOLL_CTL_ADD, ad->fd, &ev) < 0)
+        return io_neg_errno();
+    ev.data.u32 = 1;
+    if (epoll_ctl(ad->ep, EPOLL_CTL_ADD, ad->arp_fd, &ev) < 0)
+        return io_neg_errno();
+    return 0;
+}
+
+static struct tpacket_block_desc *rx_block(struct afp_dev *ad, uint32_t i)
+{
+    return (struct tpacket_block_desc *)(void *)(ad->map + (size_t)i * ad->rx_block_size);
+}
+
+static uint8_t *arp_frame(struct afp_dev *ad, uint32_t i)
+{
+    const uint32_t per_block = AFP_ARP_BLOCK_SIZE / AFP_ARP_FRAME_SIZE;
+    return ad->arp_map + (size_t)(i / per_block) * AFP_ARP_BLOCK_SIZE +
+           (size_t)(i % per_block) * AFP_ARP_FRAME_SIZE;
+}
+
+static uint8_t *tx_slot(struct afp_dev *ad, uint32_t i)
+{
+    return ad->tx_ring + (size_t)(i / ad->tx_frames_per_block) * ad->tx_block_size +
+           (size_t)(i % ad->tx_frames_per_block) * ad->tx_frame_size;
+}
+
+static void tx_flush(struct afp_dev *ad)
+{
+    /* Errors (ENOBUFS, ENETDOWN...) leave the slots queued: they go out with
+     * a later flush, which tx_burst and rx_burst issue while tx_backlog is set
+     * (checked below: the newest slot not yet taken by the kernel). */
+    (void)send(ad->fd, NULL, 0, MSG_DONTWAIT);
+    uint32_t last = (ad->tx_head + ad->tx_frame_nr - 1) % ad->tx_frame_nr;
+    struct tpacket3_hdr *h = (struct tpacket3_hdr *)(void *)tx_slot(ad, last);
+    ad->tx_backlog = load_acq(&h->tp_status) == TP_STATUS_SEND_REQUEST;
+}
+
+static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
+{
+    struct afp_dev *ad = dev->priv;
+    int n = 0;
+    if (!ad->map)
+        return 0; /* not started: no ring mapped in this process */
+    if (ad->tx_backlog)
+        tx_flush(ad);
+
+    /* ARP first: a few frames at most, and every core sees them. */
+    while (n < max && ad->arp_handed < ad->arp_frame_nr) {
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)(void *)arp_frame(ad, ad->arp_head);
+        uint32_t st = load_acq(&h->tp_status);
+        if (!(st & TP_STATUS_USER))
+            break;
+        ad->arp_head = (ad->arp_head + 1) % ad->arp_frame_nr;
+        ad->arp_handed++;
+        if (h->tp_snaplen < h->tp_len)
+            continue; /* cut by the small slot: not an ARP frame we could use */
+        frames[n].data = (const uint8_t *)h + h->tp_mac;
+        frames[n].len = h->tp_snaplen;
+        frames[n].flags = csum_flags(st);
+        n++;
+    }
+
+    while (n < max) {
+        if (ad->pkts_left == 0) {
+            if (ad->nrelease == ad->rx_block_nr)
+                break; /* every block walked and still held by the caller */
+            struct tpacket_block_desc *bd = rx_block(ad, ad->blk);
+            if (!(load_acq(&bd->hdr.bh1.block_status) & TP_STATUS_USER))
+                break;
+            ad->pkts_left = bd->hdr.bh1.num_pkts;
+            ad->pkt = (uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt;
+            if (ad->pkts_left == 0) { /* empty block: nothing to hand over */
+                ad->nrelease++;
+                ad->blk = (ad->blk + 1) % ad->rx_block_nr;
+                continue;
+            }
+        }
+        struct tpacket3_hdr *h = (struct tpacket3_hdr *)(void *)ad->pkt;
+        if (h->tp_snaplen == h->tp_len) { /* a cut frame cannot be used; V3 cuts only
+                                             frames larger than a block */
+            frames[n].data = ad->pkt + h->tp_mac;
+            frames[n].len = h->tp_snaplen;
+            frames[n].flags = csum_flags(h->tp_status);
+            n++;
+        }
+        ad->pkt += h->tp_next_offset;
+        if (--ad->pkts_left == 0) {
+            /* Walked to the end; the block goes back in rx_done, when the
+             * caller is done with the frames in it. */
+            ad->nrelease++;
+            ad->blk = (ad->blk + 1) % ad->rx_block_nr;
+        }
+    }
+    dev->rx_frames += (uint64_t)n;
+    return n;
+}
+
+static void afp_rx_done(struct io_dev *dev)
+{
+    struct afp_dev *ad = dev->priv;
+    if (!ad->map)
+        return;
+    for (uint32_t i = 0; i < ad->nrelease; i++) {
+        struct tpacket_block_desc *bd = rx_block(ad, (ad->release_from + i) % ad->rx_block_nr);
+        store_rel(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL);
+    }
+    ad->release_from = (ad->release_from + ad->nrelease) % ad->rx_block_nr;
+    ad->nrelease = 0;
+    for (uint32_t i = ad->arp_handed; i > 0; i--) {
+        uint32_t idx = (ad->arp_head + ad->arp_frame_nr - i) % ad->arp_frame_nr;
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)(void *)arp_frame(ad, idx);
+        store_rel(&h->tp_status, TP_STATUS_KERNEL);
+    }
+    ad->arp_handed = 0;
+}
+
+static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n)
+{
+    struct afp_dev *ad = dev->priv;
+    if (!ad->map) {
+        dev->tx_dropped += n > 0 ? (uint64_t)n : 0;
+        return 0;
+    }
+    uint32_t max_len = dev->mtu + 18u; /* Ethernet header + MTU + one VLAN tag */
+    if (max_len > ad->tx_frame_size - (uint32_t)AFP_TX_DATA_OFF)
+        max_len = ad->tx_frame_size - (uint32_t)AFP_TX_DATA_OFF;
+    int queued = 0, i;
+    for (i = 0; i < n; i++) {
+        const struct io_frame *f = &frames[i];
+        if (f->len < 14 || f->len > max_len) {
+            dev->tx_dropped++;
+            continue;
+        }
+        if (f->data[12] == 0x08 && f->data[13] == 0x06) {
+            /* ARP: through the ARP socket so skb->protocol is right. Rare,
+             * so one plain send each is fine. */
+            if (send(ad->arp_fd, f->data, f->len, MSG_DONTWAIT) == (ssize_t)f->len)
+                dev->tx_frames++;
+            else
+                dev->tx_dropped++;
+            continue;
+        }
+        struct tpacket3_hdr *h = (struct tpacket3_hdr *)(void *)tx_slot(ad, ad->tx_head);
+        uint32_t st = load_acq(&h->tp_status);
+        if (st & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING))
+            break; /* ring full */
+        memcpy((uint8_t *)h + AFP_TX_DATA_OFF, f->data, f->len);
+        h->tp_len = f->len;
+        h->tp_snaplen = f->len;
+        h->tp_next_offset = 0;
+        store_rel(&h->tp_status, TP_STATUS_SEND_REQUEST);
+        ad->tx_head = (ad->tx_head + 1) % ad->tx_frame_nr;
+        queued++;
+    }
+    if (queued > 0 || ad->tx_backlog)
+        tx_flush(ad);
+    dev->tx_frames += (uint64_t)queued;
+    if (i < n)
+        dev->tx_dropped += (uint64_t)(n - i);
+    return i;
+}
+
+static int afp_poll_fd(struct io_dev *dev)
+{
+    struct afp_dev *ad = dev->priv;
+    return ad->ep >= 0 ? ad->ep : ad->fd;
+}
+
+static uint64_t afp_next_due_ns(struct io_dev *dev)
+{
+    (void)dev;
+    return 0;
+}
+
+static void afp_close(struct io_dev *dev)
+{
+    struct afp_dev *ad = dev->priv;
+    if (!ad)
+        return;
+    if (ad->map)
+        munmap(ad->map, ad->map_len);
+    if (ad->arp_map)
+        munmap(ad->arp_map, ad->arp_map_len);
+    if (ad->ep >= 0)
+        close(ad->ep);
+    if (ad->fd >= 0)
+        close(ad->fd);
+    if (ad->arp_fd >= 0)
+        close(ad->arp_fd);
+    free(ad);
+    dev->priv = NULL;
+}
+
+const struct io_ops io_afpacket_ops = {
+    .name = "afpacket",
+    .open_all = afp_open_all,
+    .start = afp_start,
+    .rx_burst = afp_rx_burst,
+    .rx_done = afp_rx_done,
+    .tx_burst = afp_tx_burst,
+    .poll_fd = afp_poll_fd,
+    .next_due_ns = afp_next_due_ns,
+    .close = afp_close,
+};

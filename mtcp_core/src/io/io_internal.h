@@ -1,0 +1,28 @@
+/* Helpers shared by the io/ backends only (not part of the io.h interface). */
+#ifndef MTCP_IO_INTERNAL_H
+#define MTCP_IO_INTERNAL_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "io.h"
+
+static inline uint64_t io_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* errno as a negative return value; never 0 even if errno was not set. */
+static inline int io_neg_errno(void)
+{
+    return errno > 0 ? -errno : -EIO;
+}
+
+/* Flush the pcap buffer if it has been waiting for about a second; cheap to
+ * call every round (io_rx_burst does), so an idle capture still reaches disk. */
+void io_pcap_poll(struct io_pcap *p);
+
+#endif

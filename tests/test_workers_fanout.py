@@ -1,0 +1,205 @@
+"""Two workers on one afpacket interface: the fanout program sends each flow to one core.
+
+The stack (cores=2) is created in the server namespace by the test process, which then forks
+one worker process per core (as the appliance's supervisor does); each worker starts its
+core's context and runs the echo_app responder, recording the peer of every connection it
+accepts. A kernel client makes many connections; every flow must land on exactly one worker,
+the one ``mtcp_core.flow_core`` predicts. Each worker also makes an active open to a kernel
+server: the stack must pick a source port whose return traffic comes back to its own core.
+The workers' shared stats blocks must tell their own core, pid and counters.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import secrets
+import socket
+import threading
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import echo_app
+import netns
+import pytest
+
+import mtcp_core
+
+pytestmark = pytest.mark.requires_root
+
+CORES = 2
+PORT = 7
+CONNECTIONS = 200
+
+
+def _worker(
+    stack: mtcp_core.Stack,
+    core: int,
+    results: Any,
+    go: Any,
+    ready: Any,
+    stop: Any,
+    kernel_server: tuple[str, int],
+) -> None:
+    """One worker process: its core's context, an active open, then the responder."""
+    try:
+        ctx = stack.context(core)
+        if not go.wait(20):
+            raise TimeoutError("no go from the test")
+        payload = os.urandom(50_000 + core)
+        ex = echo_app.mtcp_client(ctx, kernel_server, payload, until="echo")
+        active = {"local": ex.local, "ok": ex.data == payload}
+        report = echo_app.serve(
+            echo_app.MtcpNet(ctx),
+            {PORT: "echo"},
+            stop=stop,
+            duration=120,
+            ready=ready.set,
+            record_peers=True,
+        )
+        st = ctx.stats()
+        ctx.close()
+        results.put(
+            {
+                "core": core,
+                "pid": os.getpid(),
+                "peers": report.peers,
+                "errors": report.errors,
+                "resets": report.resets,
+                "active": active,
+                "passive_opens": st["conn_passive_opens"],
+                "active_opens": st["conn_active_opens"],
+            }
+        )
+    except BaseException:  # noqa: BLE001 - reported to the test
+        results.put({"core": core, "error": traceback.format_exc()})
+        ready.set()
+
+
+@pytest.fixture
+def stats_path() -> Iterator[str]:
+    template = f"/dev/shm/mtcp-test-{secrets.token_hex(4)}-%u"
+    yield template
+    for core in range(CORES):
+        Path(template.replace("%u", str(core))).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        "explicit",
+        "kernel_chosen",
+    ],
+)
+def test_flows_spread_over_two_workers(netlab: netns.Lab, stats_path: str, ports: str) -> None:
+    # "explicit": the client binds source ports 20000.. (both parities); "kernel_chosen":
+    # the client's kernel picks them, as any Linux client would
+    source_ports = list(range(20000, 20000 + CONNECTIONS)) if ports == "explicit" else None
+    client, server = netlab.namespace("client"), netlab.namespace("server")
+    link = netlab.veth(client, server, address_b=False)
+    client_ip, ip = str(link.addr_a.ip), str(link.addr_b.ip)
+    stack = server.call(
+        mtcp_core.Stack,
+        "afpacket",
+        str(link.addr_b),
+        iface=link.if_b,
+        cores=CORES,
+        time_wait_ms=100,
+        stats_path=stats_path,
+    )
+    mp = multiprocessing.get_context("fork")
+    results = mp.Queue()
+    go, stop = mp.Event(), mp.Event()
+    readies = [mp.Event() for _ in range(CORES)]
+    with client.entered():
+        listener = socket.create_server((client_ip, 0))
+    kernel_server = (client_ip, listener.getsockname()[1])
+    procs = [
+        mp.Process(
+            target=_worker,
+            args=(stack, core, results, go, readies[core], stop, kernel_server),
+            name=f"worker-{core}",
+        )
+        for core in range(CORES)
+    ]
+    # Fork before this process starts threads of its own.
+    for p in procs:
+        p.start()
+    kstop = threading.Event()
+    kaccepted: list[tuple[str, int]] = []
+    kthread = echo_app.kernel_echo_server(listener, kstop, kaccepted)
+    out: list[dict[str, Any]] = []
+    try:
+        go.set()
+        for r in readies:
+            assert r.wait(30), "a worker did not get ready"
+        clients = echo_app.short_connections(
+            (ip, PORT),
+            CONNECTIONS,
+            threads=4,
+            mode="echo",
+            enter=client.entered,
+            timeout=120,
+            source_ports=source_ports,
+        )
+        stop.set()
+        for _ in range(CORES):
+            try:
+                out.append(results.get(timeout=30))
+            except queue.Empty:
+                break
+    finally:
+        stop.set()
+        go.set()
+        for p in procs:
+            p.join(20)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        kstop.set()
+        listener.close()
+        kthread.join(10)
+        stack.close()
+
+    errors = [r["error"] for r in out if "error" in r]
+    assert errors == []
+    assert sorted(r["core"] for r in out) == list(range(CORES))
+    assert [p.exitcode for p in procs] == [0] * CORES
+
+    # every kernel connection worked and was handled by exactly one worker
+    assert clients.errors == [] and clients.ok == CONNECTIONS
+    sent = {(client_ip, port) for port in clients.local_ports}
+    assert len(sent) == CONNECTIONS
+    by_core = {r["core"]: r for r in out}
+    seen: list[tuple[str, int]] = []
+    for core, r in by_core.items():
+        peers = [tuple(p) for p in r["peers"]]
+        assert r["errors"] == [] and r["resets"] == 0
+        assert peers, f"worker {core} got no connection"
+        for peer_ip, peer_port in peers:
+            assert mtcp_core.flow_core(peer_ip, ip, peer_port, PORT, CORES) == core
+        assert r["passive_opens"] == len(peers)
+        seen += peers
+    assert len(seen) == len(set(seen)) == CONNECTIONS
+    assert set(seen) == sent
+
+    # each worker's active open came back to its own core
+    assert len(kaccepted) == CORES
+    for core, r in by_core.items():
+        (lip, lport) = r["active"]["local"]
+        assert r["active"]["ok"], f"worker {core}: active open echo differs"
+        assert r["active_opens"] == 1
+        assert lip == ip
+        assert mtcp_core.flow_core(ip, client_ip, lport, kernel_server[1], CORES) == core
+    assert sorted(p for _, p in kaccepted) == sorted(r["active"]["local"][1] for r in out)
+
+    # the stats blocks the workers left: own core, own pid, own counters
+    for core, r in by_core.items():
+        block = mtcp_core.read_stats_file(stats_path.replace("%u", str(core)))
+        assert block["core"] == core
+        assert block["pid"] == r["pid"] != os.getpid()
+        assert block["counters"]["conn_passive_opens"] == r["passive_opens"]
+        assert block["counters"]["rx_packets"] > 0
