@@ -1,0 +1,92 @@
+/* IPv4 header (RFC 791 section 3.1). Fragments are refused, not reassembled:
+ * the stack's peers use path MTU discovery (DF) like every modern TCP. */
+#include <string.h>
+
+#include "wire.h"
+
+#define IP_FLAG_DF 0x4000u
+#define IP_FLAG_MF 0x2000u
+#define IP_OFFSET_MASK 0x1fffu
+#define IP_MAX_TOTAL 65535u
+
+static inline uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
+}
+
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void wr16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* Checks in this order, each length once: len < 20 (drop_ip_short), version,
+ * IHL (>= 5 words and within len), total length (>= IHL, <= len; bytes past it
+ * are link padding and excluded), header checksum (RFC 791 "Header Checksum",
+ * always verified: no NIC offload claims it), then fragments (MF or offset).
+ * Options (IHL > 5) are skipped, not interpreted. */
+mtcp_drop_t wire_ipv4_parse(const uint8_t *p, size_t len, struct wire_ipv4 *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (len < WIRE_IPV4_HLEN)
+        return MTCP_DROP(ip_short);
+    if ((p[0] >> 4) != 4)
+        return MTCP_DROP(ip_version);
+    size_t hlen = (size_t)(p[0] & 0x0fu) * 4;
+    if (hlen < WIRE_IPV4_HLEN || hlen > len)
+        return MTCP_DROP(ip_hdr_len);
+    size_t total = rd16(p + 2);
+    if (total < hlen || total > len)
+        return MTCP_DROP(ip_total_len);
+    if (wire_csum_fold(wire_csum_add(0, p, hlen)) != 0)
+        return MTCP_DROP(ip_checksum);
+    uint16_t frag = rd16(p + 6);
+    if ((frag & IP_FLAG_MF) || (frag & IP_OFFSET_MASK))
+        return MTCP_DROP(ip_fragment);
+
+    out->hlen = (uint8_t)hlen;
+    out->tos = p[1];
+    out->total_len = (uint16_t)total;
+    out->id = rd16(p + 4);
+    out->frag = frag;
+    out->ttl = p[8];
+    out->proto = p[9];
+    out->src = rd32(p + 12);
+    out->dst = rd32(p + 16);
+    out->payload = p + hlen;
+    out->payload_len = (uint16_t)(total - hlen);
+    return MTCP_OK;
+}
+
+/* Returns 20, or 0 (nothing written) when payload_len does not fit a datagram. */
+size_t wire_ipv4_emit(uint8_t *p, uint32_t src, uint32_t dst, uint8_t proto, uint16_t payload_len,
+                      uint16_t id, uint8_t ttl)
+{
+    if (payload_len > IP_MAX_TOTAL - WIRE_IPV4_HLEN)
+        return 0;
+    p[0] = 0x45; /* version 4, IHL 5 */
+    p[1] = 0;    /* DSCP/ECN */
+    wr16(p + 2, (uint16_t)(WIRE_IPV4_HLEN + payload_len));
+    wr16(p + 4, id);
+    wr16(p + 6, IP_FLAG_DF);
+    p[8] = ttl;
+    p[9] = proto;
+    wr16(p + 10, 0);
+    wr32(p + 12, src);
+    wr32(p + 16, dst);
+    wr16(p + 10, wire_csum_fold(wire_csum_add(0, p, WIRE_IPV4_HLEN)));
+    return WIRE_IPV4_HLEN;
+}
