@@ -17,8 +17,10 @@ A context has one app thread: call a context's methods from one Python thread on
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -428,7 +430,7 @@ class Socket:
         out = ffi.new("int[]", max_sockets)
         n = lib.mtcp_accept_batch(self.ctx._check(), self.fd, out, max_sockets)
         if n < 0:
-            if ffi.errno == 11:  # EAGAIN
+            if ffi.errno == errno.EAGAIN:
                 return []
             _raise("accept")
         return [self.ctx._wrap(out[i]) for i in range(n)]
@@ -577,11 +579,18 @@ class Epoll:
 
     def poll(self, timeout: float | None = -1.0, maxevents: int = -1) -> list[tuple[Socket, int]]:
         """Waits up to ``timeout`` seconds (None or negative: forever)."""
-        ms = -1 if timeout is None or timeout < 0 else int(timeout * 1000)
+        forever = timeout is None or timeout < 0
+        deadline = 0.0 if forever else time.monotonic() + float(timeout or 0.0)
         maxev = 1024 if maxevents <= 0 else min(maxevents, 1024)
-        n = lib.mtcp_epoll_wait(self.ctx._check(), self.epid, self._events, maxev, ms)
-        if n < 0:
-            _raise("epoll_wait")
+        while True:
+            ms = -1 if forever else max(0, int((deadline - time.monotonic()) * 1000))
+            n = lib.mtcp_epoll_wait(self.ctx._check(), self.epid, self._events, maxev, ms)
+            if n >= 0:
+                break
+            if ffi.errno != errno.EINTR:
+                _raise("epoll_wait")
+            # PEP 475: a signal interrupted the wait; its handler has run (it may raise),
+            # now wait for the rest of the time
         socks = self.ctx._socks
         out: list[tuple[Socket, int]] = []
         for i in range(n):

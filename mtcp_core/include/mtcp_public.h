@@ -32,6 +32,9 @@
 #define MTCP_IPPROTO_TCP 6
 #define MTCP_TCP_NODELAY 1
 #define MTCP_TCP_MAXSEG 2
+#define MTCP_TCP_KEEPIDLE 4
+#define MTCP_TCP_KEEPINTVL 5
+#define MTCP_TCP_KEEPCNT 6
 
 /* TCP states (RFC 9293 names), as reported by mtcp_get_tcp_info */
 #define MTCP_TCP_CLOSED 0
@@ -69,6 +72,13 @@ struct mtcp_conf {
     int trace;                 /* 1: log every TCP state change to stderr */
     uint32_t fixed_isn;        /* tests only: nonzero = every connection's ISN (sequence
                                   wrap-around tests); 0 = RFC 6528 ISNs */
+    unsigned idle_timeout_ms;  /* a connection with no segment in either direction for this
+                                  long is reset (0 = default 300 s) */
+    unsigned syn_backlog;      /* half-open connections per listener before SYN cookies
+                                  (0 = default 256) */
+    unsigned challenge_ack_limit; /* challenge ACKs per second per core (0 = default 1000) */
+    int no_sack;               /* 1: do not negotiate SACK */
+    int no_delayed_ack;        /* 1: acknowledge every segment at once */
 };
 
 struct mtcp_stack;
@@ -148,6 +158,8 @@ struct mtcp_tcp_info {
     uint32_t cwnd, ssthresh, srtt_us, rto_ms;
     uint32_t sndbuf_used, rcvbuf_used;
     uint64_t retransmits;
+    uint32_t sack_ok, ts_ok, in_recovery, ooo_ranges;
+    uint32_t dup_acks, rto_backoff;
 };
 int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
 

@@ -43,6 +43,33 @@
 #ifndef MTCP_DEFAULT_TIME_WAIT_MS
 #define MTCP_DEFAULT_TIME_WAIT_MS 2000
 #endif
+/* A connection silent in both directions this long is reset (RFC 9293 leaves it to
+ * the implementation; it bounds what abandoned peers can hold). */
+#ifndef MTCP_DEFAULT_IDLE_TIMEOUT_MS
+#define MTCP_DEFAULT_IDLE_TIMEOUT_MS 300000
+#endif
+/* Half-open connections per listener before answering SYNs with cookies. */
+#ifndef MTCP_DEFAULT_SYN_BACKLOG
+#define MTCP_DEFAULT_SYN_BACKLOG 256
+#endif
+/* Challenge ACKs per second per core (RFC 5961 7). */
+#ifndef MTCP_DEFAULT_CHALLENGE_ACKS
+#define MTCP_DEFAULT_CHALLENGE_ACKS 1000
+#endif
+/* Delayed ACK: at most this long, and at least every second full segment (RFC 5681 4.2). */
+#ifndef MTCP_DELACK_MS
+#define MTCP_DELACK_MS 40
+#endif
+/* Keepalive defaults (RFC 1122 4.2.3.6: no less than two hours idle). */
+#ifndef MTCP_KEEPIDLE_MS
+#define MTCP_KEEPIDLE_MS 7200000
+#endif
+#ifndef MTCP_KEEPINTVL_MS
+#define MTCP_KEEPINTVL_MS 75000
+#endif
+#ifndef MTCP_KEEPCNT
+#define MTCP_KEEPCNT 9
+#endif
 /* ARP cache: entry lifetime and how often an unresolved address is asked again. */
 #ifndef MTCP_ARP_ENTRIES
 #define MTCP_ARP_ENTRIES 256

@@ -25,7 +25,12 @@ enum mtcp_job_type {
     JOB_SHUT_WR,    /* tcb: send FIN after the data */
     JOB_CLOSE,      /* tcb: the app released it; FIN (graceful) */
     JOB_ABORT,      /* tcb: the app released it; RST */
+    JOB_SOCKOPT,    /* tcb: an option the mTCP thread applies (value in .value) */
 };
+
+/* JOB_SOCKOPT options (in .addr) */
+enum mtcp_job_opt { OPT_NODELAY = 1, OPT_LINGER0, OPT_KEEPALIVE, OPT_KEEPIDLE, OPT_KEEPINTVL,
+                    OPT_KEEPCNT };
 
 struct mtcp_job {
     uint32_t type;
@@ -35,6 +40,7 @@ struct mtcp_job {
     void *obj;      /* listener (LISTEN/UNLISTEN) or msock (CONNECT/CLOSE of a connecting socket) */
     uint32_t addr;
     uint16_t port;
+    uint32_t value;
 };
 
 /* ---- events: mTCP thread -> app ---- */
@@ -52,6 +58,7 @@ struct mtcp_listener {
     int sockid;
     uint32_t sock_gen;
     uint32_t backlog;
+    uint32_t syn_backlog;       /* half-open connections before SYN cookies */
     uint32_t pending;           /* SYN_RECEIVED (mTCP thread only) */
     uint8_t ev_queued;          /* an EPOLLIN event is in this round's batch */
     _Atomic int registered;     /* the mTCP thread has it in its table */
@@ -82,6 +89,7 @@ struct msock {
     struct mtcp_listener *listener;
     uint32_t want_rcvbuf, want_sndbuf;
     uint8_t nodelay, keepalive, linger0, reuseaddr;
+    uint32_t ka_idle_ms, ka_intvl_ms, ka_cnt;
 };
 
 struct mtcp_epoll {
@@ -106,6 +114,8 @@ struct mtcp_stack {
     struct io_group io;
     unsigned ncores;
     uint32_t max_conns, rcvbuf, sndbuf, time_wait_ms;
+    uint32_t idle_timeout_ms, syn_backlog, challenge_ack_limit;
+    int sack, delayed_ack;
     uint64_t isn_key[2];
 };
 
@@ -144,6 +154,10 @@ struct mtcp_context {
     uint32_t nctrl, nack, ndata;
     struct tcb *ev_head;
     struct tcb *tw_head, *tw_tail;
+    struct tcb *da_head, *da_tail;     /* delayed ACKs: FIFO, one fixed delay */
+    struct tcb *idle_head, *idle_tail; /* idle timeout: FIFO, touched on every segment */
+    uint64_t cack_window_ms;           /* challenge ACK rate limit (RFC 5961 7) */
+    uint32_t cack_count;
     struct tcb **wheel;          /* RTO timing wheel, MTCP_WHEEL_SLOTS */
     uint64_t wheel_ms;           /* last slot processed */
     uint32_t wheel_count;

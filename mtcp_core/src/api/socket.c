@@ -166,6 +166,7 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
     l->sockid = sockid;
     l->sock_gen = s->gen;
     l->backlog = (uint32_t)backlog;
+    l->syn_backlog = ctx->stack->syn_backlog;
     s->type = MSOCK_LISTENER;
     s->listener = l;
     struct mtcp_job j = {.type = JOB_LISTEN, .sockid = sockid, .obj = l};
@@ -179,6 +180,29 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
         ctx_kick(ctx);
     }
     return 0;
+}
+
+static void push_opt(struct mtcp_context *ctx, struct tcb *t, uint32_t opt, uint32_t value)
+{
+    struct mtcp_job j = {.type = JOB_SOCKOPT, .tcb = t, .addr = opt, .value = value};
+    ctx_push_job(ctx, &j);
+}
+
+/* TCB fields belong to the mTCP thread: options reach them as jobs. */
+static void sock_push_opts(struct mtcp_context *ctx, struct msock *s, struct tcb *t)
+{
+    if (s->nodelay)
+        push_opt(ctx, t, OPT_NODELAY, 1);
+    if (s->linger0)
+        push_opt(ctx, t, OPT_LINGER0, 1);
+    if (s->ka_idle_ms)
+        push_opt(ctx, t, OPT_KEEPIDLE, s->ka_idle_ms);
+    if (s->ka_intvl_ms)
+        push_opt(ctx, t, OPT_KEEPINTVL, s->ka_intvl_ms);
+    if (s->ka_cnt)
+        push_opt(ctx, t, OPT_KEEPCNT, s->ka_cnt);
+    if (s->keepalive)
+        push_opt(ctx, t, OPT_KEEPALIVE, 1);
 }
 
 static int accept_one(struct mtcp_context *ctx, struct msock *ls)
@@ -200,13 +224,17 @@ static int accept_one(struct mtcp_context *ctx, struct msock *ls)
     struct msock *s = &ctx->socks[id];
     s->laddr = t->laddr;
     s->lport = t->lport;
-    s->nodelay = ls->nodelay;
-    s->linger0 = ls->linger0;
-    t->nodelay = ls->nodelay;
-    t->linger0 = ls->linger0;
     atomic_store_explicit(&s->tcb, t, memory_order_relaxed);
     atomic_store_explicit(&t->sock_gen, s->gen, memory_order_relaxed);
     atomic_store_explicit(&t->sockid, id, memory_order_release);
+    /* an accepted socket inherits the listener's options (as on Linux) */
+    s->nodelay = ls->nodelay;
+    s->linger0 = ls->linger0;
+    s->keepalive = ls->keepalive;
+    s->ka_idle_ms = ls->ka_idle_ms;
+    s->ka_intvl_ms = ls->ka_intvl_ms;
+    s->ka_cnt = ls->ka_cnt;
+    sock_push_opts(ctx, s, t);
     return id;
 }
 
@@ -220,6 +248,7 @@ int mtcp_accept(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
         return -1;
     }
     int id = accept_one(ctx, ls);
+    ctx_kick(ctx);
     if (id >= 0) {
         struct tcb *t = atomic_load(&ctx->socks[id].tcb);
         if (addr)
@@ -246,6 +275,7 @@ int mtcp_accept_batch(mctx_t ctx, int sockid, int *out, int max)
             break;
         out[n++] = id;
     }
+    ctx_kick(ctx);
     if (n == 0)
         return -1; /* errno from accept_one: EAGAIN or EMFILE */
     return n;
@@ -538,6 +568,17 @@ static int opt_int(const void *v, unsigned len, int *out)
     return 0;
 }
 
+/* Applies an option to the socket's TCB now, or at connect/accept when it has none. */
+static int tcb_opt(struct mtcp_context *ctx, struct msock *s, uint32_t opt, uint32_t value)
+{
+    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    if (t) {
+        push_opt(ctx, t, opt, value);
+        ctx_kick(ctx);
+    }
+    return 0;
+}
+
 int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *optval,
                     unsigned optlen)
 {
@@ -554,8 +595,10 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
         memcpy(&lo, optval, sizeof(lo));
         s->linger0 = lo.l_onoff && lo.l_linger == 0;
         struct tcb *t = atomic_load(&s->tcb);
-        if (t)
-            t->linger0 = s->linger0;
+        if (t) {
+            push_opt(ctx, t, OPT_LINGER0, s->linger0);
+            ctx_kick(ctx);
+        }
         return 0;
     }
     if (opt_int(optval, optlen, &v) < 0)
@@ -567,7 +610,7 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
             return 0;
         case MTCP_SO_KEEPALIVE:
             s->keepalive = v != 0;
-            return 0;
+            return tcb_opt(ctx, s, OPT_KEEPALIVE, (uint32_t)s->keepalive);
         case MTCP_SO_RCVBUF:
         case MTCP_SO_SNDBUF:
             if (v < 2048) {
@@ -584,12 +627,32 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
         default:
             break;
         }
-    } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_NODELAY) {
-        s->nodelay = v != 0;
-        struct tcb *t = atomic_load(&s->tcb);
-        if (t)
-            t->nodelay = s->nodelay;
-        return 0;
+    } else if (level == MTCP_IPPROTO_TCP) {
+        switch (optname) {
+        case MTCP_TCP_NODELAY:
+            s->nodelay = v != 0;
+            return tcb_opt(ctx, s, OPT_NODELAY, s->nodelay);
+        case MTCP_TCP_KEEPIDLE:
+        case MTCP_TCP_KEEPINTVL:
+        case MTCP_TCP_KEEPCNT:
+            /* seconds, and a count (Linux's ranges) */
+            if (v < 1 || v > (optname == MTCP_TCP_KEEPCNT ? 127 : 32767)) {
+                errno = EINVAL;
+                return -1;
+            }
+            if (optname == MTCP_TCP_KEEPIDLE) {
+                s->ka_idle_ms = (uint32_t)v * 1000u;
+                return tcb_opt(ctx, s, OPT_KEEPIDLE, s->ka_idle_ms);
+            }
+            if (optname == MTCP_TCP_KEEPINTVL) {
+                s->ka_intvl_ms = (uint32_t)v * 1000u;
+                return tcb_opt(ctx, s, OPT_KEEPINTVL, s->ka_intvl_ms);
+            }
+            s->ka_cnt = (uint32_t)v;
+            return tcb_opt(ctx, s, OPT_KEEPCNT, s->ka_cnt);
+        default:
+            break;
+        }
     }
     errno = ENOPROTOOPT;
     return -1;
@@ -621,6 +684,12 @@ int mtcp_getsockopt(mctx_t ctx, int sockid, int level, int optname, void *optval
         v = s->reuseaddr;
     } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_NODELAY) {
         v = s->nodelay;
+    } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_KEEPIDLE) {
+        v = (int)((s->ka_idle_ms ? s->ka_idle_ms : MTCP_KEEPIDLE_MS) / 1000u);
+    } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_KEEPINTVL) {
+        v = (int)((s->ka_intvl_ms ? s->ka_intvl_ms : MTCP_KEEPINTVL_MS) / 1000u);
+    } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_KEEPCNT) {
+        v = (int)(s->ka_cnt ? s->ka_cnt : MTCP_KEEPCNT);
     } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_MAXSEG) {
         v = t ? t->mss : MTCP_DEFAULT_MSS;
     } else {
@@ -661,5 +730,11 @@ int mtcp_get_tcp_info(mctx_t ctx, int sockid, struct mtcp_tcp_info *o)
     o->sndbuf_used = mtcp_bytering_used(&t->snd);
     o->rcvbuf_used = mtcp_bytering_used(&t->rcv);
     o->retransmits = __atomic_load_n(&t->retransmits, __ATOMIC_RELAXED);
+    o->sack_ok = __atomic_load_n(&t->sack_ok, __ATOMIC_RELAXED);
+    o->ts_ok = __atomic_load_n(&t->ts_ok, __ATOMIC_RELAXED);
+    o->in_recovery = __atomic_load_n(&t->in_recovery, __ATOMIC_RELAXED);
+    o->ooo_ranges = __atomic_load_n(&t->nooo, __ATOMIC_RELAXED);
+    o->dup_acks = __atomic_load_n(&t->dupacks, __ATOMIC_RELAXED);
+    o->rto_backoff = __atomic_load_n(&t->rto_backoff, __ATOMIC_RELAXED);
     return 0;
 }

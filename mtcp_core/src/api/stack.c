@@ -102,6 +102,12 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         goto einval;
     }
     s->time_wait_ms = conf->time_wait_ms ? conf->time_wait_ms : MTCP_DEFAULT_TIME_WAIT_MS;
+    s->idle_timeout_ms = conf->idle_timeout_ms ? conf->idle_timeout_ms : MTCP_DEFAULT_IDLE_TIMEOUT_MS;
+    s->syn_backlog = conf->syn_backlog ? conf->syn_backlog : MTCP_DEFAULT_SYN_BACKLOG;
+    s->challenge_ack_limit =
+        conf->challenge_ack_limit ? conf->challenge_ack_limit : MTCP_DEFAULT_CHALLENGE_ACKS;
+    s->sack = !conf->no_sack;
+    s->delayed_ack = !conf->no_delayed_ack;
     if (getrandom(s->isn_key, sizeof(s->isn_key), 0) != sizeof(s->isn_key)) {
         fail(err, errlen, "getrandom failed");
         goto einval;

@@ -37,7 +37,13 @@
     X(drop_tcp_short, C) X(drop_tcp_hdr_len, C) X(drop_tcp_checksum, C) X(drop_tcp_options, C) \
     X(drop_tcp_no_socket, C) X(drop_tcp_bad_segment, C) X(drop_tcp_out_of_window, C) \
     X(drop_tcp_backlog_full, C) X(drop_tcp_no_memory, C) X(drop_tcp_rcvbuf_full, C) \
-    X(drop_tx_device, C) X(drop_arp_unresolved, C) X(drop_tx_list_full, C)
+    X(drop_tx_device, C) X(drop_arp_unresolved, C) X(drop_tx_list_full, C) \
+    X(drop_tcp_paws, C) X(drop_tcp_ooo_full, C) X(drop_tcp_rst_time_wait, C) \
+    X(rto_timeouts, C) X(fast_retransmits, C) X(sack_retransmits, C) X(recoveries, C) \
+    X(dup_acks_rx, C) X(ooo_segments, C) X(delayed_acks, C) X(zero_window_probes, C) \
+    X(keepalive_probes, C) X(idle_timeouts, C) X(conn_timeouts, C) \
+    X(challenge_acks, C) X(challenge_acks_suppressed, C) \
+    X(syn_cookies_ok, C) X(syn_cookies_bad, C) X(loss_probes, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

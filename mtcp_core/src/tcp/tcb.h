@@ -49,6 +49,20 @@ enum tcp_state {
 
 struct mtcp_listener;
 
+/* A range of sequence space [start, end). */
+struct tcp_range {
+    uint32_t start, end;
+};
+#ifndef TCP_OOO_RANGES
+#define TCP_OOO_RANGES 8   /* out-of-order islands kept per connection (bounded memory) */
+#endif
+#ifndef TCP_SACK_RANGES
+#define TCP_SACK_RANGES 8  /* peer's SACKed ranges remembered by the sender */
+#endif
+
+/* What the one wheel timer of a TCB is for (BSD-style multiplexing). */
+enum tcp_timer_kind { TCP_TIMER_RTO = 0, TCP_TIMER_PTO, TCP_TIMER_PERSIST, TCP_TIMER_KEEPALIVE };
+
 struct tcb {
     /* --- hot on every segment --- */
     struct tcb *hnext;          /* flow table chain */
@@ -87,12 +101,46 @@ struct tcb {
     uint16_t rto_backoff;
     uint8_t rto_armed;
     uint8_t rtt_timing;         /* an RTT sample is being timed (Karn) */
+    uint8_t timer_kind;         /* enum tcp_timer_kind of the armed wheel entry */
+    uint16_t probes;            /* persist/keepalive probes without an answer */
     uint32_t rtt_seq;
     uint64_t rtt_start_ms;
     uint32_t srtt_us, rttvar_us;
     uint64_t retransmits;
 
-    /* TIME_WAIT FIFO and idle lists */
+    /* loss recovery (RFC 5681 / 6582 NewReno, RFC 2018 SACK) */
+    uint8_t in_recovery;
+    uint8_t dupacks;
+    uint8_t lt_extra;           /* segments limited transmit may send past cwnd (RFC 3042) */
+    uint8_t pto_left;           /* loss probes allowed before the RTO (RFC 8985 TLP) */
+    uint8_t quickacks;          /* segments still ACKed at once (start, after a loss) */
+    uint8_t nsacked;
+    uint8_t nooo;
+    uint8_t ooo_last;           /* index of the island the latest segment went to */
+    uint8_t rfin;               /* the peer's FIN arrived out of order at rfin_seq */
+    uint32_t rfin_seq;
+    uint32_t recover;           /* snd_max when recovery began */
+    uint32_t rexmit_nxt;        /* next sequence number to consider for a hole retransmit */
+    struct tcp_range sacked[TCP_SACK_RANGES];
+    struct tcp_range ooo[TCP_OOO_RANGES];
+    uint64_t ts_recent_ms;      /* when ts_recent was taken (PAWS, RFC 7323 5.5) */
+
+    /* delayed ACK FIFO */
+    struct tcb *da_next, *da_prev;
+    uint64_t da_expire_ms;
+    uint8_t on_da;
+
+    /* keepalive (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT) */
+    uint8_t keepalive;
+    uint8_t ka_cnt;
+    uint32_t ka_idle_ms, ka_intvl_ms;
+
+    /* idle-timeout FIFO */
+    struct tcb *idle_next, *idle_prev;
+    uint64_t last_rx_ms;
+    uint8_t on_idle;
+
+    /* TIME_WAIT FIFO */
     struct tcb *tw_next, *tw_prev;
     uint64_t tw_expire_ms;
     uint8_t on_tw;

@@ -74,7 +74,7 @@ struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, 
 
 /* ---------------------------------------------------------------- TCBs */
 
-static void tw_unlink(struct mtcp_context *ctx, struct tcb *t);
+static void timers_unlink(struct mtcp_context *ctx, struct tcb *t);
 
 struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                       uint16_t rport)
@@ -97,6 +97,10 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
     t->mss = MTCP_PEER_DEFAULT_MSS;
     t->rto_ms = TCP_RTO_INIT_MS;
     t->ssthresh = UINT32_MAX;
+    t->last_rx_ms = ctx->now_ms;
+    t->ka_idle_ms = MTCP_KEEPIDLE_MS;
+    t->ka_intvl_ms = MTCP_KEEPINTVL_MS;
+    t->ka_cnt = MTCP_KEEPCNT;
     /* our receive window scale: the smallest shift that lets the ring fit (RFC 7323 2.2) */
     while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
         t->rcv_wscale++;
@@ -109,8 +113,7 @@ void tcb_free(struct mtcp_context *ctx, struct tcb *t)
 {
     if (!t->in_use)
         return;
-    tcp_rto_disarm(ctx, t);
-    tw_unlink(ctx, t);
+    timers_unlink(ctx, t);
     flow_remove(ctx, t);
     ctx->state_count[t->state]--;
     /* Still on a TX or event list: unlinked lazily when the list is walked. */
@@ -188,28 +191,79 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
     return (uint32_t)(m + f);
 }
 
-/* ---------------------------------------------------------------- lifecycle */
+/* ---------------------------------------------------------------- FIFO timers */
 
-static void tw_unlink(struct mtcp_context *ctx, struct tcb *t)
-{
-    if (!t->on_tw)
-        return;
-    if (t->tw_prev)
-        t->tw_prev->tw_next = t->tw_next;
-    else
-        ctx->tw_head = t->tw_next;
-    if (t->tw_next)
-        t->tw_next->tw_prev = t->tw_prev;
-    else
-        ctx->tw_tail = t->tw_prev;
-    t->tw_next = t->tw_prev = NULL;
-    t->on_tw = 0;
-}
+/* The paper's timer lists: TIME_WAIT, delayed ACKs and the idle timeout each have
+ * one fixed delay, so appending keeps a list in expiry order and a scan stops at
+ * the first entry not yet due. Doubly linked so that an entry leaves in O(1). */
+#define DEFINE_FIFO(name, head, tail, next, prev, flag)                                          \
+    static void name##_unlink(struct mtcp_context *ctx, struct tcb *t)                         \
+    {                                                                                           \
+        if (!t->flag)                                                                           \
+            return;                                                                             \
+        if (t->prev)                                                                            \
+            t->prev->next = t->next;                                                            \
+        else                                                                                    \
+            ctx->head = t->next;                                                                \
+        if (t->next)                                                                            \
+            t->next->prev = t->prev;                                                            \
+        else                                                                                    \
+            ctx->tail = t->prev;                                                                \
+        t->next = t->prev = NULL;                                                               \
+        t->flag = 0;                                                                            \
+    }                                                                                           \
+    static void name##_append(struct mtcp_context *ctx, struct tcb *t)                         \
+    {                                                                                           \
+        name##_unlink(ctx, t);                                                                  \
+        t->prev = ctx->tail;                                                                    \
+        if (ctx->tail)                                                                          \
+            ctx->tail->next = t;                                                                \
+        else                                                                                    \
+            ctx->head = t;                                                                      \
+        ctx->tail = t;                                                                          \
+        t->flag = 1;                                                                            \
+    }
 
-void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
+DEFINE_FIFO(tw, tw_head, tw_tail, tw_next, tw_prev, on_tw)
+DEFINE_FIFO(da, da_head, da_tail, da_next, da_prev, on_da)
+DEFINE_FIFO(idle, idle_head, idle_tail, idle_next, idle_prev, on_idle)
+
+static void timers_unlink(struct mtcp_context *ctx, struct tcb *t)
 {
     tcp_rto_disarm(ctx, t);
     tw_unlink(ctx, t);
+    da_unlink(ctx, t);
+    idle_unlink(ctx, t);
+}
+
+void tcp_delack_arm(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->on_da)
+        return; /* the first unacknowledged segment set the deadline */
+    t->da_expire_ms = ctx->now_ms + MTCP_DELACK_MS;
+    da_append(ctx, t);
+}
+
+void tcp_delack_cancel(struct mtcp_context *ctx, struct tcb *t)
+{
+    da_unlink(ctx, t);
+}
+
+void tcp_idle_touch(struct mtcp_context *ctx, struct tcb *t)
+{
+    t->last_rx_ms = ctx->now_ms;
+    t->probes = 0; /* anything from the peer answers our probes */
+    if (t->state == TCP_TIME_WAIT || t->state == TCP_CLOSED)
+        return;
+    if (!t->on_idle || t != ctx->idle_tail)
+        idle_append(ctx, t);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
+{
+    timers_unlink(ctx, t);
     t->pend &= (uint8_t)~(TCB_P_DATA | TCB_P_ACK | TCB_P_FIN | TCB_P_SYN);
     if (t->state != TCP_CLOSED)
         tcp_set_state(ctx, t, TCP_CLOSED);
@@ -241,26 +295,21 @@ void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
 void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
 {
     tcp_rto_disarm(ctx, t);
+    da_unlink(ctx, t);
+    idle_unlink(ctx, t);
     if (t->state != TCP_TIME_WAIT)
         tcp_set_state(ctx, t, TCP_TIME_WAIT);
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
     t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
-    /* FIFO: every entry has the same lifetime, so appending keeps it in expiry order
-     * (a restarted 2MSL moves the entry to the tail) */
-    tw_unlink(ctx, t);
-    t->tw_prev = ctx->tw_tail;
-    if (ctx->tw_tail)
-        ctx->tw_tail->tw_next = t;
-    else
-        ctx->tw_head = t;
-    ctx->tw_tail = t;
-    t->on_tw = 1;
+    tw_append(ctx, t); /* a restarted 2MSL moves the entry to the tail */
     if (!t->app_closed)
         ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP | MTCP_EPOLLHUP);
 }
 
-/* ---------------------------------------------------------------- RTO wheel */
+/* ---------------------------------------------------------------- timing wheel */
 
+/* One wheel entry per TCB with millisecond slots (the paper's fine-grained timer),
+ * used for the RTO, the persist timer and keepalive (timer_kind). */
 void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t)
 {
     if (!t->rto_armed)
@@ -275,13 +324,13 @@ void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t)
     ctx->wheel_count--;
 }
 
-void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
+static void wheel_arm(struct mtcp_context *ctx, struct tcb *t, uint8_t kind, uint64_t delay_ms)
 {
     tcp_rto_disarm(ctx, t);
-    uint64_t rto = (uint64_t)t->rto_ms << t->rto_backoff;
-    if (rto > TCP_RTO_MAX_MS)
-        rto = TCP_RTO_MAX_MS;
-    t->rto_expire_ms = ctx->now_ms + rto;
+    if (delay_ms < 1)
+        delay_ms = 1;
+    t->timer_kind = kind;
+    t->rto_expire_ms = ctx->now_ms + delay_ms;
     struct tcb **slot = &ctx->wheel[t->rto_expire_ms % MTCP_WHEEL_SLOTS];
     t->rto_prev = NULL;
     t->rto_next = *slot;
@@ -290,6 +339,61 @@ void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
     *slot = t;
     t->rto_armed = 1;
     ctx->wheel_count++;
+}
+
+static uint64_t backed_off(const struct tcb *t)
+{
+    uint64_t rto = (uint64_t)t->rto_ms << (t->rto_backoff < 16 ? t->rto_backoff : 16);
+    return rto > TCP_RTO_MAX_MS ? TCP_RTO_MAX_MS : rto;
+}
+
+/* RFC 8985 7.2: probe timeout = 2 * SRTT, plus an allowance for a delayed ACK when
+ * only one segment is out, never beyond the RTO. The allowance is shorter than a
+ * full delayed-ACK time: receivers ACK at once in slow start and after losses
+ * (quick ACKs), and a probe sent too early costs one segment, not the window. */
+#define PTO_SINGLE_SEGMENT_MS 10u
+static uint64_t pto_ms(const struct tcb *t)
+{
+    uint64_t pto = 2u * (t->srtt_us / 1000u) + 2u;
+    if (t->snd_max - t->snd_una <= t->mss)
+        pto += PTO_SINGLE_SEGMENT_MS;
+    uint64_t rto = backed_off(t);
+    return pto < rto ? pto : rto;
+}
+
+void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
+{
+    /* a tail loss probe comes first while the episode has one left: it turns a
+     * silent tail loss into SACK information instead of a timeout */
+    if (t->pto_left && t->srtt_us && t->state >= TCP_ESTABLISHED && t->state != TCP_TIME_WAIT)
+        wheel_arm(ctx, t, TCP_TIMER_PTO, pto_ms(t));
+    else
+        wheel_arm(ctx, t, TCP_TIMER_RTO, backed_off(t));
+}
+
+void tcp_rto_ensure(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (!t->rto_armed || (t->timer_kind != TCP_TIMER_RTO && t->timer_kind != TCP_TIMER_PTO))
+        tcp_rto_arm(ctx, t);
+}
+
+void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->rto_armed && (t->timer_kind == TCP_TIMER_RTO || t->timer_kind == TCP_TIMER_PTO))
+        return;
+    uint32_t unsent = t->snd_head_seq + mtcp_bytering_used(&t->snd) - t->snd_nxt;
+    int sync = t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT;
+    if (sync && t->snd_wnd == 0 && (int32_t)unsent > 0 && t->snd_nxt == t->snd_una) {
+        if (!t->rto_armed || t->timer_kind != TCP_TIMER_PERSIST)
+            wheel_arm(ctx, t, TCP_TIMER_PERSIST, backed_off(t));
+    } else if (sync && t->keepalive) {
+        if (!t->rto_armed || t->timer_kind != TCP_TIMER_KEEPALIVE) {
+            uint64_t due = t->last_rx_ms + t->ka_idle_ms;
+            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due > ctx->now_ms ? due - ctx->now_ms : 1);
+        }
+    } else {
+        tcp_rto_disarm(ctx, t);
+    }
 }
 
 /* RFC 6298 2.2/2.3: SRTT, RTTVAR, RTO = SRTT + max(G, 4 * RTTVAR), clamped. */
@@ -315,17 +419,82 @@ void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms)
     t->rto_ms = rto;
 }
 
-static void rto_expired(struct mtcp_context *ctx, struct tcb *t)
+/* The connection has to be given up: RST (when synchronized) and ETIMEDOUT. */
+static void give_up(struct mtcp_context *ctx, struct tcb *t)
 {
+    STAT_INC(&ctx->stats, conn_timeouts);
+    if (t->state != TCP_SYN_RECEIVED && t->state != TCP_SYN_SENT)
+        tcp_send_rst_now(ctx, t);
+    tcp_conn_done(ctx, t, ETIMEDOUT);
+}
+
+static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
+{
+    switch (t->timer_kind) {
+    case TCP_TIMER_PERSIST:
+        /* RFC 9293 3.8.6.1: probe the zero window, backing off; give up only if the
+         * peer stops answering (an answer resets probes) */
+        if (t->probes >= 2 * TCP_MAX_RETRIES) {
+            give_up(ctx, t);
+            return;
+        }
+        tcp_send_probe(ctx, t);
+        STAT_INC(&ctx->stats, zero_window_probes);
+        t->probes++;
+        if (t->rto_backoff < 16)
+            t->rto_backoff++;
+        wheel_arm(ctx, t, TCP_TIMER_PERSIST, backed_off(t));
+        return;
+    case TCP_TIMER_KEEPALIVE: {
+        /* RFC 1122 4.2.3.6 */
+        uint64_t due = t->last_rx_ms + t->ka_idle_ms;
+        if (t->probes == 0 && due > ctx->now_ms) {
+            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due - ctx->now_ms);
+            return;
+        }
+        if (t->probes >= t->ka_cnt) {
+            give_up(ctx, t);
+            return;
+        }
+        tcp_send_probe(ctx, t);
+        STAT_INC(&ctx->stats, keepalive_probes);
+        t->probes++;
+        wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, t->ka_intvl_ms);
+        return;
+    }
+    case TCP_TIMER_PTO: {
+        /* RFC 8985 7.3: send a probe; in recovery the lost retransmission at SND.UNA,
+         * otherwise the last segment sent */
+        t->pto_left--;
+        if (!t->in_recovery && t->nsacked) {
+            /* later data arrived (SACKed) and a probe time has passed since: SND.UNA
+             * is lost (RFC 8985's time-based loss detection, in short) */
+            tcp_enter_recovery(ctx, t);
+            if (!t->rto_armed)
+                tcp_rto_arm(ctx, t);
+            return;
+        }
+        uint32_t flight = t->snd_max - t->snd_una;
+        uint32_t back = flight < tcp_seg_max(t) ? flight : tcp_seg_max(t);
+        uint32_t seq = t->in_recovery ? t->snd_una : t->snd_max - back;
+        if (t->fin_sent && !t->in_recovery && SEQ_GEQ(seq, t->fin_seq))
+            seq = t->fin_seq;
+        STAT_INC(&ctx->stats, loss_probes);
+        if (tcp_retransmit_from(ctx, t, seq, 0) <= 0)
+            tcp_rto_arm(ctx, t);
+        return;
+    }
+    default:
+        break;
+    }
+    t->pto_left = 0;
     unsigned limit = (t->state == TCP_SYN_SENT || t->state == TCP_SYN_RECEIVED) ? TCP_SYN_RETRIES
                                                                                  : TCP_MAX_RETRIES;
     if (t->rto_backoff >= limit) {
-        /* RFC 9293 3.8.3: give up; the app sees ETIMEDOUT */
-        if (t->state != TCP_SYN_RECEIVED && t->state != TCP_SYN_SENT)
-            tcp_send_rst_now(ctx, t);
-        tcp_conn_done(ctx, t, ETIMEDOUT);
+        give_up(ctx, t); /* RFC 9293 3.8.3 */
         return;
     }
+    STAT_INC(&ctx->stats, rto_timeouts);
     t->rto_backoff++;
     tcp_retransmit(ctx, t);
 }
@@ -335,13 +504,24 @@ static void rto_expired(struct mtcp_context *ctx, struct tcb *t)
 uint64_t tcp_timers(struct mtcp_context *ctx)
 {
     uint64_t now = ctx->now_ms;
-    /* TIME_WAIT: expiry order, stop at the first that has not expired */
-    while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now) {
-        struct tcb *t = ctx->tw_head;
-        tw_unlink(ctx, t);
-        tcp_conn_done(ctx, t, 0);
+    while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now)
+        tcp_conn_done(ctx, ctx->tw_head, 0);
+    while (ctx->da_head && ctx->da_head->da_expire_ms <= now) {
+        struct tcb *t = ctx->da_head;
+        da_unlink(ctx, t);
+        STAT_INC(&ctx->stats, delayed_acks);
+        tcp_schedule(ctx, t, TCB_P_ACK);
     }
-    /* RTO wheel: walk every millisecond slot since the last round */
+    uint64_t idle = ctx->stack->idle_timeout_ms;
+    while (ctx->idle_head && ctx->idle_head->last_rx_ms + idle <= now) {
+        struct tcb *t = ctx->idle_head;
+        idle_unlink(ctx, t);
+        STAT_INC(&ctx->stats, idle_timeouts);
+        if (t->state != TCP_SYN_SENT && t->state != TCP_SYN_RECEIVED)
+            tcp_send_rst_now(ctx, t);
+        tcp_conn_done(ctx, t, ETIMEDOUT);
+    }
+    /* the wheel: walk every millisecond slot since the last round */
     if (ctx->wheel_count == 0) {
         ctx->wheel_ms = now;
     } else {
@@ -354,7 +534,7 @@ uint64_t tcp_timers(struct mtcp_context *ctx)
                 struct tcb *next = t->rto_next;
                 if (t->rto_expire_ms <= now) {
                     tcp_rto_disarm(ctx, t);
-                    rto_expired(ctx, t);
+                    timer_expired(ctx, t);
                 }
                 t = next;
             }
@@ -364,18 +544,79 @@ uint64_t tcp_timers(struct mtcp_context *ctx)
     uint64_t next = UINT64_MAX;
     if (ctx->tw_head)
         next = ctx->tw_head->tw_expire_ms - now;
+    if (ctx->da_head && ctx->da_head->da_expire_ms - now < next)
+        next = ctx->da_head->da_expire_ms - now;
+    if (ctx->idle_head && ctx->idle_head->last_rx_ms + idle - now < next)
+        next = ctx->idle_head->last_rx_ms + idle - now;
     if (ctx->wheel_count) {
         /* first non-empty slot ahead; entries there may belong to a later turn */
-        for (uint64_t d = 1; d <= MTCP_WHEEL_SLOTS; d++) {
-            struct tcb *t = ctx->wheel[(now + d) % MTCP_WHEEL_SLOTS];
-            if (t) {
-                if (d < next)
-                    next = d;
+        for (uint64_t d = 1; d <= MTCP_WHEEL_SLOTS && d < next; d++) {
+            if (ctx->wheel[(now + d) % MTCP_WHEEL_SLOTS]) {
+                next = d;
                 break;
             }
         }
     }
     return next;
+}
+
+/* ---------------------------------------------------------------- RFC 5961 7 */
+
+void tcp_challenge_ack(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (ctx->now_ms - ctx->cack_window_ms >= 1000) {
+        ctx->cack_window_ms = ctx->now_ms;
+        ctx->cack_count = 0;
+    }
+    if (ctx->cack_count >= ctx->stack->challenge_ack_limit) {
+        STAT_INC(&ctx->stats, challenge_acks_suppressed);
+        return;
+    }
+    ctx->cack_count++;
+    STAT_INC(&ctx->stats, challenge_acks);
+    tcp_send_ack_now(ctx, t);
+}
+
+/* ---------------------------------------------------------------- SYN cookies */
+
+/* cookie = 5 bits of a 64 s counter | 3 bits MSS index | 24 bits keyed hash of the
+ * 4-tuple, the client's ISN and the counter. Valid for the current and previous
+ * counter value (64..128 s). */
+static const uint16_t cookie_mss[8] = {216, 536, 1024, 1200, 1360, 1400, 1440, 1460};
+#define COOKIE_TICK_MS 64000u
+
+static uint32_t cookie_hash(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
+                            uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t tick)
+{
+    uint64_t k[2] = {ctx->stack->isn_key[1], ctx->stack->isn_key[0] ^ 0x636f6f6b6965ull};
+    return (uint32_t)siphash_2_4(k, (uint64_t)laddr << 32 | raddr,
+                                 (uint64_t)client_isn << 32 | (uint64_t)lport << 16 | rport) ^
+           tick * 0x9e3779b1u;
+}
+
+uint32_t tcp_cookie_make(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                         uint16_t rport, uint32_t client_isn, uint16_t mss)
+{
+    uint32_t idx = 0;
+    for (uint32_t i = 0; i < 8; i++)
+        if (cookie_mss[i] <= mss)
+            idx = i;
+    uint32_t tick = (uint32_t)(ctx->now_ms / COOKIE_TICK_MS) & 31u;
+    uint32_t h = cookie_hash(ctx, laddr, lport, raddr, rport, client_isn, tick) & 0xffffffu;
+    return tick << 27 | idx << 24 | h;
+}
+
+uint16_t tcp_cookie_check(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
+                          uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t cookie)
+{
+    uint32_t now_tick = (uint32_t)(ctx->now_ms / COOKIE_TICK_MS) & 31u;
+    uint32_t tick = cookie >> 27;
+    if (((now_tick - tick) & 31u) > 1)
+        return 0;
+    uint32_t h = cookie_hash(ctx, laddr, lport, raddr, rport, client_isn, tick) & 0xffffffu;
+    if (h != (cookie & 0xffffffu))
+        return 0;
+    return cookie_mss[(cookie >> 24) & 7u];
 }
 
 /* ---------------------------------------------------------------- ARP */

@@ -28,6 +28,10 @@ struct mtcp_job;
 #ifndef TCP_SYN_RETRIES
 #define TCP_SYN_RETRIES 6
 #endif
+/* segments ACKed at once at the start and after out-of-order data */
+#ifndef TCP_QUICKACKS
+#define TCP_QUICKACKS 16
+#endif
 /* initial window in segments (RFC 6928) */
 #ifndef TCP_INIT_CWND_SEGS
 #define TCP_INIT_CWND_SEGS 10
@@ -59,11 +63,29 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *job);
 /* Timers: TIME_WAIT FIFO and the RTO wheel; returns ms until the next deadline. */
 uint64_t tcp_timers(struct mtcp_context *ctx);
 void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t);
+/* Arm the RTO unless it already runs (a persist/keepalive timer is replaced). */
+void tcp_rto_ensure(struct mtcp_context *ctx, struct tcb *t);
 void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t);
+/* With nothing in flight: the persist timer (zero window, data waiting) or the
+ * keepalive timer, or none. */
+void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t);
+void tcp_delack_arm(struct mtcp_context *ctx, struct tcb *t);
+void tcp_delack_cancel(struct mtcp_context *ctx, struct tcb *t);
+/* A segment arrived for t: move it to the idle FIFO's tail. */
+void tcp_idle_touch(struct mtcp_context *ctx, struct tcb *t);
+/* RFC 5961 7: challenge ACKs, at most challenge_ack_limit per second per core. */
+void tcp_challenge_ack(struct mtcp_context *ctx, struct tcb *t);
+/* SYN cookies: ISN for a SYN we keep no state for; check returns the MSS or 0. */
+uint32_t tcp_cookie_make(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+                         uint16_t rport, uint32_t client_isn, uint16_t mss);
+uint16_t tcp_cookie_check(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
+                          uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t cookie);
 void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms);
 /* ARP outcome for SYNs held by net_resolve. */
 void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6]);
 void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip);
+/* Fast retransmit of SND.UNA and NewReno recovery (tcp_in.c). */
+void tcp_enter_recovery(struct mtcp_context *ctx, struct tcb *t);
 /* Tear everything down (context destroy). */
 void tcp_abort_all(struct mtcp_context *ctx);
 
@@ -80,5 +102,16 @@ void tcp_send_ack_now(struct mtcp_context *ctx, struct tcb *t);
 void tcp_send_rst_now(struct mtcp_context *ctx, struct tcb *t);
 uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge);
 void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t);
+/* One segment from the first byte at or after seq that the peer has not SACKed.
+ * Returns 1 when it sent, 0 when there was nothing to send, -1 when out of budget. */
+int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, int below_sacked);
+/* A probe that makes the peer answer with an ACK (persist, keepalive). */
+void tcp_send_probe(struct mtcp_context *ctx, struct tcb *t);
+/* SYN-ACK carrying a cookie, for a SYN we keep no state for. */
+void tcp_send_cookie_synack(struct mtcp_context *ctx, const uint8_t dst_mac[6],
+                            const struct wire_ipv4 *ip, const struct wire_tcp *seg, uint32_t isn,
+                            uint16_t mss);
+/* Payload bytes a segment of t can carry (MSS less the options it carries). */
+uint32_t tcp_seg_max(const struct tcb *t);
 
 #endif

@@ -65,8 +65,18 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
     t->rcv_wscale = 0;
     while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
         t->rcv_wscale++;
+    /* options set before connect(): the app thread wrote them before queueing the
+     * job, and the queue orders that */
     t->nodelay = s->nodelay;
     t->linger0 = s->linger0;
+    t->keepalive = s->keepalive;
+    if (s->ka_idle_ms)
+        t->ka_idle_ms = s->ka_idle_ms;
+    if (s->ka_intvl_ms)
+        t->ka_intvl_ms = s->ka_intvl_ms;
+    if (s->ka_cnt)
+        t->ka_cnt = (uint8_t)s->ka_cnt;
+    t->recover = t->iss;
     atomic_store_explicit(&t->sock_gen, j->gen, memory_order_relaxed);
     atomic_store_explicit(&t->sockid, j->sockid, memory_order_release);
     atomic_store_explicit(&s->tcb, t, memory_order_release);
@@ -172,10 +182,8 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         break;
     case JOB_WINDOW:
         if (t->in_use && t->state != TCP_CLOSED && t->state != TCP_TIME_WAIT) {
-            uint32_t edge;
             /* a window update is worth a segment when it opens by 2 MSS or half the
              * buffer (RFC 9293 3.8.6.2.2, receiver-side SWS avoidance) */
-            tcp_rcv_window(t, &edge);
             uint32_t opened = t->rcv_nxt + mtcp_bytering_free(&t->rcv) - t->rcv_adv;
             if ((int32_t)opened >= (int32_t)(2u * t->mss) || (int32_t)opened >= (int32_t)(t->rcv.limit / 2))
                 tcp_schedule(ctx, t, TCB_P_ACK);
@@ -187,6 +195,39 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         if (t->in_use && (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
                           t->state == TCP_SYN_RECEIVED || t->state == TCP_SYN_SENT))
             tcp_schedule(ctx, t, TCB_P_FIN | TCB_P_DATA);
+        break;
+    case JOB_SOCKOPT:
+        if (!t->in_use)
+            break;
+        switch (j->addr) {
+        case OPT_NODELAY:
+            t->nodelay = (uint8_t)j->value;
+            if (t->nodelay)
+                tcp_schedule(ctx, t, TCB_P_DATA); /* push what Nagle held */
+            break;
+        case OPT_LINGER0:
+            t->linger0 = (uint8_t)j->value;
+            break;
+        case OPT_KEEPALIVE:
+            t->keepalive = (uint8_t)j->value;
+            break;
+        case OPT_KEEPIDLE:
+            t->ka_idle_ms = j->value;
+            break;
+        case OPT_KEEPINTVL:
+            t->ka_intvl_ms = j->value;
+            break;
+        case OPT_KEEPCNT:
+            t->ka_cnt = (uint8_t)j->value;
+            break;
+        default:
+            break;
+        }
+        if (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT) {
+            if (t->rto_armed && t->timer_kind == TCP_TIMER_KEEPALIVE)
+                tcp_rto_disarm(ctx, t); /* re-armed with the new settings */
+            tcp_idle_timer(ctx, t);
+        }
         break;
     case JOB_CLOSE:
         job_close(ctx, j, 0);

@@ -64,6 +64,30 @@ uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
     return (uint16_t)(w > 65535 ? 65535 : w);
 }
 
+uint32_t tcp_seg_max(const struct tcb *t)
+{
+    /* the MSS counts payload only; options come out of the same frame (RFC 9293 3.7.1),
+     * and timestamps ride on every segment once negotiated */
+    return t->mss - (t->ts_ok ? 12u : 0u);
+}
+
+/* RFC 2018 4: the first block covers the most recently received segment, then the
+ * other islands, as many as fit (the emitter drops what does not). */
+static void sack_blocks(const struct tcb *t, struct wire_tcp_opts *o)
+{
+    uint8_t n = 0;
+    uint8_t first = t->ooo_last < t->nooo ? t->ooo_last : 0;
+    o->sack[n].left = t->ooo[first].start;
+    o->sack[n++].right = t->ooo[first].end;
+    for (uint8_t i = 0; i < t->nooo && n < WIRE_TCP_MAX_SACK; i++) {
+        if (i == first)
+            continue;
+        o->sack[n].left = t->ooo[i].start;
+        o->sack[n++].right = t->ooo[i].end;
+    }
+    o->nsack = n;
+}
+
 /* Builds and queues one segment. payload: len bytes of the send ring starting at
  * sequence number seq. Returns 0, or -1 when the round's TX budget is spent. */
 static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint32_t seq,
@@ -89,6 +113,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
             o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
             o.ts_ecr = t->ts_recent;
         }
+        o.sack_ok = t->state == TCP_SYN_SENT ? (uint8_t)ctx->stack->sack : t->sack_ok;
         /* RFC 7323 2.2: the window in a SYN is never scaled */
         tcp_rcv_window(t, &edge);
         uint32_t w = edge - t->rcv_nxt;
@@ -99,6 +124,8 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
             o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
             o.ts_ecr = t->ts_recent;
         }
+        if ((flags & WIRE_TCP_ACK) && t->sack_ok && t->nooo)
+            sack_blocks(t, &o);
         win = tcp_rcv_window(t, &edge);
     }
     uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
@@ -119,6 +146,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         t->last_ack_sent = t->rcv_nxt;
         t->rcv_adv = edge;
         t->pend &= (uint8_t)~TCB_P_ACK;
+        tcp_delack_cancel(ctx, t);
         if (win == 0 || (edge - t->rcv_nxt) < t->rcv.limit / 2)
             atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
     }
@@ -194,8 +222,7 @@ static void fin_sent(struct mtcp_context *ctx, struct tcb *t)
         tcp_set_state(ctx, t, TCP_FIN_WAIT_1);
     else if (t->state == TCP_CLOSE_WAIT)
         tcp_set_state(ctx, t, TCP_LAST_ACK);
-    if (!t->rto_armed)
-        tcp_rto_arm(ctx, t);
+    tcp_rto_ensure(ctx, t);
 }
 
 /* Control segments: SYN / SYN-ACK, RST, and a FIN that carries no data. */
@@ -229,8 +256,7 @@ static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
             t->snd_nxt = t->iss + 1;
         if (SEQ_GT(t->snd_nxt, t->snd_max))
             t->snd_max = t->snd_nxt;
-        if (!t->rto_armed)
-            tcp_rto_arm(ctx, t);
+        tcp_rto_ensure(ctx, t);
         STAT_INC(&ctx->stats, tx_control_pkts);
         return 0;
     }
@@ -253,18 +279,26 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         t->state != TCP_FIN_WAIT_1 && t->state != TCP_CLOSING && t->state != TCP_LAST_ACK)
         return 0;
     for (;;) {
+        /* after a timeout (go-back-N) skip what the peer has SACKed */
+        for (uint8_t i = 0; i < t->nsacked && SEQ_LT(t->snd_nxt, t->snd_max); i++)
+            if (SEQ_LEQ(t->sacked[i].start, t->snd_nxt) && SEQ_LT(t->snd_nxt, t->sacked[i].end))
+                t->snd_nxt = SEQ_LT(t->sacked[i].end, t->snd_max) ? t->sacked[i].end : t->snd_max;
         uint32_t avail = unsent(t);
         uint32_t flight = t->snd_nxt - t->snd_una;
-        uint32_t wnd = t->snd_wnd < t->cwnd ? t->snd_wnd : t->cwnd;
+        uint32_t cwnd = t->cwnd + (uint32_t)t->lt_extra * t->mss;
+        uint32_t wnd = t->snd_wnd < cwnd ? t->snd_wnd : cwnd;
         uint32_t usable = wnd > flight ? wnd - flight : 0;
         if (avail == 0 || usable == 0 || t->fin_sent)
             break;
-        /* the MSS counts payload and options alike (RFC 9293 3.7.1): a segment with
-         * timestamps carries 12 bytes less data */
-        uint32_t seg_max = t->mss - (t->ts_ok ? 12u : 0u);
+        uint32_t seg_max = tcp_seg_max(t);
         uint32_t len = avail < seg_max ? avail : seg_max;
         if (len > usable)
             len = usable;
+        /* Nagle (RFC 896, RFC 9293 3.7.4): hold a small segment while data is
+         * unacknowledged, unless TCP_NODELAY or the FIN follows it */
+        if (len < seg_max && flight && !t->nodelay && !(t->pend & TCB_P_FIN) &&
+            SEQ_GEQ(t->snd_nxt, t->snd_max))
+            break;
         uint8_t flags = WIRE_TCP_ACK;
         if (len == avail)
             flags |= WIRE_TCP_PSH;
@@ -283,8 +317,7 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         t->snd_nxt += len;
         if (SEQ_GT(t->snd_nxt, t->snd_max))
             t->snd_max = t->snd_nxt;
-        if (!t->rto_armed)
-            tcp_rto_arm(ctx, t);
+        tcp_rto_ensure(ctx, t);
         if (with_fin)
             fin_sent(ctx, t);
     }
@@ -294,10 +327,9 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         fin_sent(ctx, t);
         STAT_INC(&ctx->stats, tx_control_pkts);
     }
-    /* Zero window with data waiting and nothing in flight: the RTO doubles as
-     * the persist timer and sends a one-byte probe (tcp_retransmit). */
-    if (unsent(t) && t->snd_wnd == 0 && t->snd_nxt == t->snd_una && !t->rto_armed)
-        tcp_rto_arm(ctx, t);
+    /* zero window with data waiting: the persist timer probes it */
+    if (t->snd_nxt == t->snd_una)
+        tcp_idle_timer(ctx, t);
     t->pend &= (uint8_t)~TCB_P_DATA;
     return 0;
 }
@@ -392,14 +424,8 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
         break;
     }
     uint32_t flight = t->snd_max - t->snd_una;
-    if (flight == 0 && unsent(t) && t->snd_wnd == 0) {
-        /* zero-window probe: one byte past the window */
-        if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_una, 1) == 0) {
-            t->snd_nxt = t->snd_una + 1;
-            if (SEQ_GT(t->snd_nxt, t->snd_max))
-                t->snd_max = t->snd_nxt;
-        }
-        tcp_rto_arm(ctx, t);
+    if (flight == 0) {
+        tcp_idle_timer(ctx, t);
         return;
     }
     /* RFC 5681 3.1 (eq. 4) on a timeout, then go back to SND.UNA (RFC 6298 5.4) */
@@ -407,6 +433,11 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
     t->ssthresh = half > 2u * t->mss ? half : 2u * t->mss;
     t->cwnd = t->mss;
     t->snd_nxt = t->snd_una;
+    /* a timeout ends fast recovery; recover = SND.MAX keeps the duplicate ACKs of the
+     * go-back-N from starting another one (RFC 6582 4) */
+    t->in_recovery = 0;
+    t->dupacks = 0;
+    t->recover = t->snd_max;
     if (t->fin_sent && SEQ_LEQ(t->snd_una, t->fin_seq)) {
         /* the FIN is resent after the data before it */
         t->fin_sent = 0;
@@ -414,4 +445,78 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
     }
     tcp_schedule(ctx, t, TCB_P_DATA);
     tcp_rto_arm(ctx, t);
+}
+
+int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, int below_sacked)
+{
+    if (SEQ_LT(seq, t->snd_una))
+        seq = t->snd_una;
+    /* skip SACKed ranges (kept sorted by start) */
+    uint32_t next_sacked = t->snd_max, high_sacked = t->snd_una;
+    for (uint8_t i = 0; i < t->nsacked; i++) {
+        if (SEQ_LEQ(t->sacked[i].start, seq) && SEQ_LT(seq, t->sacked[i].end))
+            seq = t->sacked[i].end;
+        if (SEQ_GT(t->sacked[i].end, high_sacked))
+            high_sacked = t->sacked[i].end;
+    }
+    for (uint8_t i = 0; i < t->nsacked; i++)
+        if (SEQ_GT(t->sacked[i].start, seq) && SEQ_LT(t->sacked[i].start, next_sacked))
+            next_sacked = t->sacked[i].start;
+    if (SEQ_GEQ(seq, t->snd_max) || (below_sacked && SEQ_GEQ(seq, high_sacked)))
+        return 0;
+    uint8_t flags = WIRE_TCP_ACK;
+    uint32_t len;
+    if (t->fin_sent && seq == t->fin_seq) {
+        len = 0; /* only the FIN is missing */
+        flags |= WIRE_TCP_FIN;
+    } else {
+        uint32_t data_end = t->fin_sent ? t->fin_seq : t->snd_max;
+        len = data_end - seq;
+        if (len > next_sacked - seq)
+            len = next_sacked - seq;
+        if (len > tcp_seg_max(t))
+            len = tcp_seg_max(t);
+        if (len == 0)
+            return 0;
+        if (t->fin_sent && seq + len == t->fin_seq && next_sacked == t->snd_max)
+            flags |= WIRE_TCP_FIN;
+    }
+    if (tcp_emit(ctx, t, flags, seq, len) < 0)
+        return -1;
+    STAT_INC(&ctx->stats, retransmits);
+    t->retransmits++;
+    t->rtt_timing = 0; /* Karn */
+    t->rexmit_nxt = seq + len + ((flags & WIRE_TCP_FIN) ? 1u : 0u);
+    tcp_rto_ensure(ctx, t);
+    return 1;
+}
+
+void tcp_send_probe(struct mtcp_context *ctx, struct tcb *t)
+{
+    /* an old sequence number: the peer drops it and answers with an ACK carrying its
+     * window (how Linux probes for both keepalive and persist) */
+    tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_una - 1, 0);
+}
+
+void tcp_send_cookie_synack(struct mtcp_context *ctx, const uint8_t dst_mac[6],
+                            const struct wire_ipv4 *ip, const struct wire_tcp *seg, uint32_t isn,
+                            uint16_t mss)
+{
+    uint8_t *f = net_tx_alloc(ctx);
+    if (!f)
+        return;
+    /* only the MSS: a cookie cannot remember window scaling, SACK or timestamps */
+    struct wire_tcp_opts o;
+    memset(&o, 0, sizeof(o));
+    o.has_mss = 1;
+    o.mss = mss;
+    uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
+    size_t hlen = wire_tcp_emit_hdr(hdr, seg->dport, seg->sport, isn, seg->seq + 1,
+                                    WIRE_TCP_SYN | WIRE_TCP_ACK, 65535, &o);
+    uint32_t off = net_ipv4_headers(ctx, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, (uint16_t)hlen);
+    memcpy(f + off, hdr, hlen);
+    wire_tcp_fill_csum(f + off, hlen, ctx->ip, ip->src);
+    net_tx_commit(ctx, off + (uint32_t)hlen);
+    STAT_INC(&ctx->stats, syn_cookies_sent);
+    STAT_INC(&ctx->stats, tx_control_pkts);
 }
