@@ -63,6 +63,9 @@ SO_ERROR: int = lib.MTCP_SO_ERROR
 IPPROTO_TCP: int = lib.MTCP_IPPROTO_TCP
 TCP_NODELAY: int = lib.MTCP_TCP_NODELAY
 TCP_MAXSEG: int = lib.MTCP_TCP_MAXSEG
+TCP_KEEPIDLE: int = lib.MTCP_TCP_KEEPIDLE
+TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
+TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
 
 TCP_STATES = (
     "CLOSED",
@@ -205,6 +208,12 @@ class Stack:
         pair_side: int = 0,
         trace: bool = False,
         fixed_isn: int = 0,
+        idle_timeout_ms: int = 0,
+        syn_backlog: int = 0,
+        challenge_ack_limit: int = 0,
+        sack: bool = True,
+        delayed_ack: bool = True,
+        no_delayed_ack: bool = False,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -243,6 +252,11 @@ class Stack:
         conf.pair_side = pair_side
         conf.trace = 1 if trace else 0
         conf.fixed_isn = fixed_isn
+        conf.idle_timeout_ms = idle_timeout_ms
+        conf.syn_backlog = syn_backlog
+        conf.challenge_ack_limit = challenge_ack_limit
+        conf.no_sack = 0 if sack else 1
+        conf.no_delayed_ack = 1 if (no_delayed_ack or not delayed_ack) else 0
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -543,6 +557,12 @@ class Socket:
             "sndbuf_used",
             "rcvbuf_used",
             "retransmits",
+            "sack_ok",
+            "ts_ok",
+            "in_recovery",
+            "ooo_ranges",
+            "dup_acks",
+            "rto_backoff",
         )
         out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
         out["state"] = TCP_STATES[info.state]
