@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `appliance` lacks `appliance.http` (installed from http/) and mtcp_core lacks _native.
 # `python -m pytest` would put the root first on sys.path: take it off.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
+
+
+if os.environ.get("LD_PRELOAD"):
+    # loaded into this process already; children get it back only when they are Python
+    # (netns.child_env)
+    os.environ[netns.PRELOAD_VAR] = os.environ.pop("LD_PRELOAD")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

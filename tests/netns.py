@@ -41,6 +41,31 @@ class NetnsError(RuntimeError):
     """An ip/ethtool command failed; the message has its stderr."""
 
 
+# Under scripts/test-asan the sanitizer runtimes are preloaded into pytest. Other programs
+# the tests start (curl, ip, gcc...) must not get them (curl hangs under a preloaded ASan),
+# but Python children that load the sanitized mtcp_core._native need them: conftest.py
+# moves LD_PRELOAD here and child_env() gives it back to Python programs only.
+PRELOAD_VAR = "MTCP_TEST_PRELOAD"
+
+
+def _is_python(program: str) -> bool:
+    if os.path.basename(program).startswith("python"):
+        return True
+    try:
+        with open(program, "rb") as f:
+            return b"python" in f.readline()
+    except OSError:
+        return False
+
+
+def child_env(argv: Sequence[str]) -> dict[str, str] | None:
+    """The environment for a child running argv (None: inherit as is)."""
+    preload = os.environ.get(PRELOAD_VAR)
+    if not preload or not argv or not _is_python(argv[0]):
+        return None
+    return {**os.environ, "LD_PRELOAD": preload}
+
+
 def missing_privileges() -> str | None:
     """Why namespace tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
@@ -145,10 +170,12 @@ class Namespace:
             text=True,
             check=check,
             timeout=timeout,
+            env=child_env(argv),
         )
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Starts a command inside; the Lab terminates it at teardown if it still runs."""
+        kwargs.setdefault("env", child_env(argv))
         proc = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kwargs)
         self._lab.processes.append(proc)
         return proc

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import echo_app
+import netns
 import pytest
 
 import mtcp_core
@@ -32,14 +33,11 @@ def stats_template() -> Iterator[str]:
 
 def read_in_another_process(path: str, cwd: Path) -> dict[str, object]:
     # cwd away from the repository root, whose mtcp_core/ folder has no _native
+    argv = [sys.executable, "-c", READER, path]
     proc = subprocess.run(
-        [sys.executable, "-c", READER, path],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        check=True,
-    )
+        argv, capture_output=True, text=True, timeout=30, cwd=cwd, check=True,
+        env=netns.child_env(argv),
+    )  # fmt: skip
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
