@@ -1,33 +1,10 @@
 /* ARP for Ethernet/IPv4 (RFC 826): the only hardware/protocol pair accepted. */
 #include <string.h>
 
+#include "bytes.h"
 #include "wire.h"
 
 #define ARP_HTYPE_ETHER 1 /* RFC 826 ar$hrd, "Ethernet (10Mb)" */
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static inline void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
 
 /* Layout (RFC 826 "Packet format"): hrd(2) pro(2) hln(1) pln(1) op(2)
  * sha(6) spa(4) tha(6) tpa(4) = 28 bytes; trailing link padding is ignored. */

@@ -7,18 +7,8 @@
  * above refuses with drop_eth_type. */
 #include <string.h>
 
+#include "bytes.h"
 #include "wire.h"
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
-}
-
-static inline void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
 
 mtcp_drop_t wire_eth_parse(const uint8_t *p, size_t len, struct wire_eth *out)
 {

@@ -3,20 +3,10 @@
  * ICMP over with a partial checksum). */
 #include <string.h>
 
+#include "bytes.h"
 #include "wire.h"
 
 #define ICMP_HLEN 8
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
-}
-
-static inline void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
 
 /* type(1) code(1) checksum(2) rest(4): id/seq for echo (RFC 792 "Echo"). */
 mtcp_drop_t wire_icmp_parse(const uint8_t *p, size_t len, struct wire_icmp *out)

@@ -2,36 +2,13 @@
  * the stack's peers use path MTU discovery (DF) like every modern TCP. */
 #include <string.h>
 
+#include "bytes.h"
 #include "wire.h"
 
 #define IP_FLAG_DF 0x4000u
 #define IP_FLAG_MF 0x2000u
 #define IP_OFFSET_MASK 0x1fffu
 #define IP_MAX_TOTAL 65535u
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static inline void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
 
 /* Checks in this order, each length once: len < 20 (drop_ip_short), version,
  * IHL (>= 5 words and within len), total length (>= IHL, <= len; bytes past it

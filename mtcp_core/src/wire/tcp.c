@@ -2,6 +2,7 @@
  * window scale and timestamps RFC 7323, SACK RFC 2018). */
 #include <string.h>
 
+#include "bytes.h"
 #include "wire.h"
 
 #define TCPOPT_EOL 0
@@ -20,30 +21,6 @@
 #define TCPOLEN_SACK_BLOCK 8
 
 #define TCP_MAX_WSCALE 14 /* RFC 7323 section 2.3 */
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static inline void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
 
 /* Option list (RFC 9293 section 3.2): EOL ends it, NOP is one byte, every other
  * kind has a length byte >= 2 covering kind and length, and must end inside the
