@@ -214,6 +214,30 @@ def transfer(ep: m.Epoll, c: m.Socket, payload: bytes, expect: int) -> bytes:
     return bytes(got)
 
 
+@dataclass
+class Accepted:
+    """A connection opened by the client and accepted by the test itself."""
+
+    c: m.Socket  # client side
+    ep: m.Epoll  # client's epoll, c registered
+    s: m.Socket  # server side, accepted
+    ep_s: m.Epoll  # server's epoll (the listener registered)
+    addr: tuple[str, int]  # accept()'s peer address
+
+
+def accept_one(net: Net) -> Accepted:
+    ep_s = net.server.epoll()
+    ls = net.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen()
+    ep_s.register(ls, m.EPOLLIN)
+    ep = net.client.epoll()
+    c = connect(net.client, ep)
+    wait_event(ep_s, ls, m.EPOLLIN)
+    s, addr = ls.accept()
+    return Accepted(c, ep, s, ep_s, addr)
+
+
 def test_handshake_negotiates_options(net: Net) -> None:
     peer = Peer(net.server, mode="none").start()
     ep = net.client.epoll()
@@ -282,15 +306,8 @@ def test_close_from_client_side(net: Net) -> None:
 
 
 def test_close_from_server_side(net: Net) -> None:
-    ep_s = net.server.epoll()
-    ls = net.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen()
-    ep_s.register(ls, m.EPOLLIN)
-    ep = net.client.epoll()
-    c = connect(net.client, ep)
-    wait_event(ep_s, ls, m.EPOLLIN)
-    s, peer_addr = ls.accept()
+    a = accept_one(net)
+    c, ep, s, _ep_s, peer_addr = a.c, a.ep, a.s, a.ep_s, a.addr
     assert peer_addr == c.getsockname()
     assert s.send(b"bye") == 3
     s.close()  # server closes first
@@ -360,15 +377,8 @@ def test_rst_for_closed_port(net: Net) -> None:
 
 
 def test_abort_sends_rst_and_peer_sees_reset(net: Net) -> None:
-    ep_s = net.server.epoll()
-    ls = net.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen()
-    ep_s.register(ls, m.EPOLLIN)
-    ep = net.client.epoll()
-    c = connect(net.client, ep)
-    wait_event(ep_s, ls, m.EPOLLIN)
-    s, _ = ls.accept()
+    a = accept_one(net)
+    c, _ep, s, ep_s = a.c, a.ep, a.s, a.ep_s
     ep_s.register(s, m.EPOLLIN)
     c.setsockopt(m.SOL_SOCKET, m.SO_LINGER, (1, 0))
     c.close()  # SO_LINGER 0: RST, no TIME_WAIT
@@ -385,15 +395,8 @@ def test_abort_sends_rst_and_peer_sees_reset(net: Net) -> None:
 
 
 def test_half_close_keeps_the_other_direction(net: Net) -> None:
-    ep_s = net.server.epoll()
-    ls = net.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen()
-    ep_s.register(ls, m.EPOLLIN)
-    ep = net.client.epoll()
-    c = connect(net.client, ep)
-    wait_event(ep_s, ls, m.EPOLLIN)
-    s, _ = ls.accept()
+    a = accept_one(net)
+    c, ep, s, ep_s = a.c, a.ep, a.s, a.ep_s
     ep_s.register(s, m.EPOLLIN)
     c.send(b"request")
     c.shutdown(m.SHUT_WR)
@@ -422,15 +425,8 @@ def test_half_close_keeps_the_other_direction(net: Net) -> None:
 
 
 def test_receive_window_stalls_writer_without_loss_and_resumes(net: Net) -> None:
-    ep_s = net.server.epoll()
-    ls = net.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen()
-    ep_s.register(ls, m.EPOLLIN)
-    ep = net.client.epoll()
-    c = connect(net.client, ep)
-    wait_event(ep_s, ls, m.EPOLLIN)
-    s, _ = ls.accept()
+    a = accept_one(net)
+    c, _ep, s, ep_s = a.c, a.ep, a.s, a.ep_s
     payload = os.urandom(1 << 20)
     sent = 0
     stalled_at = None
@@ -528,15 +524,8 @@ def test_api_errors_carry_errno(net: Net) -> None:
 
 
 def test_level_and_edge_triggered_epoll(net: Net) -> None:
-    ep_s = net.server.epoll()
-    ls = net.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen()
-    ep_s.register(ls, m.EPOLLIN)
-    ep = net.client.epoll()
-    c = connect(net.client, ep)
-    wait_event(ep_s, ls, m.EPOLLIN)
-    s, _ = ls.accept()
+    a = accept_one(net)
+    c, _ep, s, _ep_s = a.c, a.ep, a.s, a.ep_s
     lt = net.server.epoll()
     lt.register(s, m.EPOLLIN)
     c.send(b"abc")
