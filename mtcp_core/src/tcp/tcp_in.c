@@ -125,6 +125,9 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
         t->rcv.limit = 65535;
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
     t->snd_nxt = t->snd_max = t->iss + 1; /* our SYN-ACK is acknowledged */
+    /* the window the cookie SYN-ACK offered (unscaled), so that data riding on this
+     * ACK, or right behind it, is in the window */
+    t->rcv_adv = t->rcv_nxt + (t->rcv.limit < 65535 ? t->rcv.limit : 65535);
     t->snd_wnd = seg->win;
     t->snd_wl1 = seg->seq;
     t->snd_wl2 = seg->ack;
@@ -626,7 +629,9 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
 
     /* RFC 9293 3.10.7.4 first: sequence number check */
     if (!seq_acceptable(t, seq, seglen)) {
-        if (!(seg.flags & WIRE_TCP_RST)) {
+        if (seg.flags & WIRE_TCP_SYN) {
+            tcp_challenge_ack(ctx, t); /* RFC 5961 4.2: whatever its sequence number */
+        } else if (!(seg.flags & WIRE_TCP_RST)) {
             if (t->state == TCP_TIME_WAIT && (seg.flags & WIRE_TCP_FIN))
                 tcp_enter_time_wait(ctx, t); /* retransmitted FIN: restart 2MSL */
             tcp_send_ack_now(ctx, t);
