@@ -61,6 +61,9 @@
 #ifndef AFP_RETIRE_TOV_MS
 #define AFP_RETIRE_TOV_MS 1
 #endif
+/* Blocks must hold the largest frame: a peer kernel's TSO/GSO segments cross a veth
+ * unsegmented (seen: 31922-byte frames), up to 64 KiB; a smaller block truncates
+ * them ("packet too big, clamped") and the transfer stalls. */
 #define AFP_RX_BLOCK_SIZE (256u * 1024u)
 #define AFP_RX_FRAME_SIZE 2048u
 #define AFP_DEFAULT_RING_FRAMES 4096u
