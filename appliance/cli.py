@@ -81,7 +81,8 @@ def _missing_capability(err: OSError, backend: str) -> str | None:
 
 def serve_mtcp(args: argparse.Namespace, root: Path) -> int:
     import mtcp_core
-    from appliance.http.mtcp import serve
+    from appliance.http.server import SiteConfig
+    from appliance.http.server import serve_mtcp as serve
 
     ip = args.ip or DEFAULT_MTCP_IP
     port = 80 if args.port is None else args.port
@@ -121,32 +122,42 @@ def serve_mtcp(args: argparse.Namespace, root: Path) -> int:
     with stack:
         ctx = stack.context(0)
         where = f" (host side {DEFAULT_TAP_HOST} on {iface})" if args.backend == "tap" else ""
-        print(
-            f"serving {root} at http://{host}:{port}/ (stack mtcp, {args.backend}{where})",
-            flush=True,
-        )
+        ready = threading.Event()
+
+        def announce() -> None:  # once the port listens (serve runs in this thread)
+            if ready.wait(60):
+                print(
+                    f"serving {root} at http://{host}:{port}/ (stack mtcp, {args.backend}{where})",
+                    flush=True,
+                )
+
+        threading.Thread(target=announce, daemon=True).start()
         try:
-            serve(ctx, root, port, stop)
+            serve(ctx, SiteConfig(root=root), port, stop, ready=ready)
         except KeyboardInterrupt:
             pass
     return 0
 
 
 def serve_linux(root: Path, host: str, port: int) -> int:
-    from appliance.http.linux import StaticServer
+    from appliance.http.server import SiteConfig
+    from appliance.http.server import serve_linux as serve
 
+    stop, ready = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def announce() -> None:  # once the port listens (serve runs in this thread)
+        if ready.wait(60):
+            print(f"serving {root} at http://{host}:{port}/ (stack linux)", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
     try:
-        server = StaticServer(root, host, port)
+        serve(host, port, SiteConfig(root=root), stop, ready=ready)
+    except KeyboardInterrupt:
+        pass
     except OSError as exc:
         print(f"mtcp-appliance: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
-    with server:
-        bound_host, bound_port = server.server_address[:2]
-        print(f"serving {root} at http://{bound_host}:{bound_port}/ (stack linux)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

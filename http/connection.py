@@ -1,108 +1,516 @@
-"""Sans-I/O HTTP/1.1 server connection serving a folder (placeholder: GET/HEAD only).
+"""Sans-I/O HTTP/1.1 server connection on h11: bytes and the clock in, bytes out.
 
-Bytes in, bytes out, on h11: the caller moves the bytes over whichever stack it runs on.
-Installed as ``appliance.http.connection`` (this folder must not hold an __init__.py, see
-DESIGN.md). The full static file service (ranges, ETags, listings...) replaces this.
+The caller (an adapter: ``mtcp`` or ``linux``) owns the socket and drives a ``Connection``:
+
+    out = conn.receive(data, now)   # data received (b"" at end of stream) → bytes to send
+    out = conn.pull(now)            # everything returned so far is sent: the next bytes
+    out = conn.timer(now)           # called once ``conn.deadline`` has passed
+    conn.wants_input                # read from the socket only while this holds
+    conn.closed                     # close the socket once everything returned is sent
+    conn.abort                      # close the socket now, dropping unsent bytes
+    conn.close(now)                 # the socket is closed: release files, record the rest
+
+A response is produced a piece at a time: the head together with a small body (from the
+site's in-memory cache), and a large file one ``stream_chunk`` per ``pull``, so that a file
+is read only as fast as the socket takes it. Pipelined requests are answered in order: the
+next request is looked at only when the previous response is complete. Nothing here raises
+into the caller: a broken request gets an error response and a close, an internal error a
+500 (or an abort once the response has started).
+
+Installed as ``appliance.http.connection`` (the root-level folder has no __init__.py, see
+DESIGN.md, Trap).
 """
 
 from __future__ import annotations
 
-import mimetypes
+import os
+import sys
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import unquote
 
 import h11
 
+from appliance.http.config import RequestRecord, SiteConfig
+from appliance.http.site import PHRASES, Reply, Site, http_date, serialize
+
 SERVER = b"mtcp-appliance"
-MAX_REQUEST_HEADERS = 16 * 1024
+SEND_TIMEOUT_S = 60.0  # a response that makes no progress this long is dropped
+LINGER_S = 5.0  # after the last response of a closing connection: time for it to leave
+NO_BODY = frozenset((204, 304))
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS |= {k: v.encode() for k, v in PHRASES.items()}
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_now() -> bytes:
+    """The Date header's value, formatted once per second."""
+    global _date_cache
+    sec = int(time.time())
+    if _date_cache[0] != sec:
+        _date_cache = (sec, http_date(sec))
+    return _date_cache[1]
 
 
 class Connection:
-    """One server-side HTTP/1.1 connection: ``receive(data)`` returns the bytes to send."""
+    """One server-side HTTP/1.1 connection (see the module's docstring)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS)
-        self._request: h11.Request | None = None
-        self._head = False  # the current request is a HEAD: responses carry no body
+    def __init__(
+        self,
+        site: Site | SiteConfig | Path,
+        now: float | None = None,
+        *,
+        peer: str = "-",
+        core: int = 0,
+        on_request: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        if isinstance(site, Path):
+            site = SiteConfig(root=site)
+        if isinstance(site, SiteConfig):
+            site = Site(site)
+        self.site = site
+        self.config = cfg = site.config
+        self.peer = peer
+        self.core = core
+        self.on_request = on_request
+        now = time.monotonic() if now is None else now
+        self._max_head = cfg.max_request_line + cfg.max_header_bytes + 4
+        self._h11 = self._new_h11()
+        self._reply: Reply | None = None  # the response being sent
+        self._part = 0  # index into self._reply.parts
+        self._offset = 0  # bytes of the current (file) part already read
+        self._more = False  # input is buffered that was not looked at yet
+        self.closed = False
+        self.abort = False
+        self._eof = False
+        self._draining = False
+        self._requests = 0
+        self._keep10 = False  # HTTP/1.0 keep-alive for the current response
+        self._client_close = False  # the request asked for a close (or is HTTP/1.0)
+        # the current request (for the access log and the metrics record)
+        self._head_started: float | None = now  # the first request: from the connect
+        self._method = "-"
+        self._line = b"-"
+        self._referer: bytes | None = None
+        self._agent: bytes | None = None
+        self._is_head = False
+        self._req_headers: dict[bytes, bytes] = {}
+        self._req_method = b""
+        self._target = b""
+        self._body_bytes = 0
+        self._status = 0
+        self._sent_head = 0
+        self._sent_body = 0
+        self._last_progress = now
+        self._linger_until: float | None = None
+        self.deadline = now + cfg.header_timeout_s
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+
+    # ------------------------------------------------------------------ the caller's API
 
     @property
-    def closed(self) -> bool:
-        """True once the connection must be closed (after the bytes last returned)."""
-        return self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+    def wants_input(self) -> bool:
+        """True while the connection can use more input (no response in progress, no
+        buffered request waiting, not closing)."""
+        return not (self.closed or self.abort or self._reply is not None or self._more)
 
-    def receive(self, data: bytes) -> bytes:
-        """Feeds received bytes (b"" at end of stream); returns the bytes to send."""
+    @property
+    def has_output(self) -> bool:
+        """True when ``pull`` would return more (a response in progress, or buffered
+        pipelined requests)."""
+        return not self.abort and (self._reply is not None or self._more)
+
+    def receive(self, data: bytes, now: float | None = None) -> bytes:
+        """Feeds bytes received from the peer (b"": the peer closed its side); returns the
+        bytes to send."""
+        now = time.monotonic() if now is None else now
+        if self.closed or self.abort or self._eof:
+            return b""
+        if data:
+            if self._head_started is None:
+                self._head_started = now
+        else:
+            self._eof = True
         self._h11.receive_data(data)
+        return self._produce(now)
+
+    def pull(self, now: float | None = None) -> bytes:
+        """The next bytes to send, once everything returned so far has been sent."""
+        now = time.monotonic() if now is None else now
+        self._last_progress = now
+        if not self.has_output or self.closed and self._reply is None:
+            self._set_deadline(now)
+            return b""
+        return self._produce(now)
+
+    def timer(self, now: float | None = None) -> bytes:
+        """Called once ``deadline`` has passed: a 408 to send before closing (a request
+        that did not arrive in time), or nothing and ``abort`` (idle, or a peer that stopped
+        reading)."""
+        now = time.monotonic() if now is None else now
+        if now < self.deadline or self.abort:
+            return b""
+        if self.closed or self._reply is not None or self._more:
+            self.abort = True  # lingered, or no progress sending: give up
+            return b""
+        h = self._h11
+        partial = bool(h.trailing_data[0]) and h.their_state is h11.IDLE
+        if (partial or h.their_state is h11.SEND_BODY) and h.our_state in (
+            h11.IDLE,
+            h11.SEND_RESPONSE,
+        ):
+            out = self._guard(now, lambda: self._start(self.site.error(408, close=True), now))
+            self._set_deadline(now)
+            return out
+        self.abort = True  # idle keep-alive (or a fresh connection that sent nothing)
+        return b""
+
+    def drain(self, now: float | None = None) -> None:
+        """No new requests: an idle connection closes at once, a busy one after its
+        current response (which says Connection: close when its head is still to come)."""
+        now = time.monotonic() if now is None else now
+        self._draining = True
+        h = self._h11
+        if (
+            self._reply is None
+            and not self._more
+            and h.their_state is h11.IDLE
+            and not h.trailing_data[0]
+        ):
+            self.closed = True
+            self._set_deadline(now)
+
+    def close(self, now: float | None = None) -> None:
+        """The adapter closed the socket: releases the response's file and records a
+        response that did not finish."""
+        now = time.monotonic() if now is None else now
+        if self._reply is not None:
+            self._reply.release()
+            self._reply = None
+            self._finish(now)
+        self.closed = True
+
+    # ------------------------------------------------------------------ the engine
+
+    def _produce(self, now: float) -> bytes:
+        out = self._guard(now, lambda: self._run(now, self.config.stream_chunk))
+        self._set_deadline(now)
+        return out
+
+    def _guard(self, now: float, step: Callable[[], bytes]) -> bytes:
+        """Runs a step; an unexpected error becomes a 500 when no response has started,
+        an abort otherwise. Never raises."""
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - the server must not die of one request
+            print(f"appliance.http: internal error: {exc!r}", file=sys.stderr)
+            if self._reply is not None:
+                self._reply.release()
+                self._reply = None
+                self.abort = True
+                self._finish(now)
+                return b""
+            self._more = False
+            if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.abort:
+                try:
+                    return self._start(self.site.error(500, close=True), now)
+                except Exception:  # noqa: BLE001
+                    pass
+            self.abort = True
+            return b""
+
+    def _run(self, now: float, budget: int) -> bytes:
         out: list[bytes] = []
-        while True:
+        size = 0
+        self._more = False
+        while not (self.closed or self.abort):
+            if self._reply is not None:
+                chunk = self._body_chunk(now)
+                out.append(chunk)
+                size += len(chunk)
+                if self._reply is not None:
+                    break  # one file chunk per call: the socket has to take it first
+                continue
+            if size >= budget:
+                self._more = True  # answer the rest of the pipeline on the next pull
+                break
+            h = self._h11
+            if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                h.start_next_cycle()
+                self._next_request(now)
+            elif h.our_state is h11.MUST_CLOSE:
+                if (
+                    self._keep10
+                    and h.their_state in (h11.DONE, h11.MUST_CLOSE)
+                    and not self._draining
+                ):
+                    data, eof = h.trailing_data
+                    self._h11 = h = self._new_h11()
+                    if data:
+                        h.receive_data(data)
+                    if eof:
+                        h.receive_data(b"")
+                    self._next_request(now)
+                else:
+                    self.closed = True
+                    break
+            elif h.our_state is not h11.IDLE and h.our_state is not h11.SEND_RESPONSE:
+                self.closed = True  # CLOSED, ERROR
+                break
             try:
-                event = self._h11.next_event()
+                event = h.next_event()
             except h11.RemoteProtocolError as exc:
-                if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    out += self._send(exc.error_status_hint, b"bad request\n")
-                break
-            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                break
-            if event is h11.PAUSED:
-                if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-                    self._h11.start_next_cycle()  # keep-alive: serve the next request
-                    self._head = False
+                status = exc.error_status_hint
+                if status == 431:
+                    status = self._head_limit_status() or 431
+                out.append(self._error(status, now))
+                size += len(out[-1])
+                continue
+            if event is h11.NEED_DATA:
+                status = self._check_partial_head()
+                if status:
+                    out.append(self._error(status, now))
+                    size += len(out[-1])
                     continue
                 break
+            if event is h11.PAUSED:
+                break
             if isinstance(event, h11.Request):
-                self._request = event
-                self._head = event.method == b"HEAD"
-            elif isinstance(event, h11.EndOfMessage) and self._request is not None:
-                out += self._respond(self._request)
-                self._request = None
+                piece = self._on_request(event, now)
+            elif isinstance(event, h11.Data):
+                piece = self._on_body(len(event.data), now)
+            elif isinstance(event, h11.EndOfMessage):
+                piece = b""
+                if self._status == 0:  # not answered early (413...)
+                    reply = self.site.respond(
+                        self._req_method, self._target, self._req_headers, now
+                    )
+                    piece = self._start(reply, now)
+            elif isinstance(event, h11.ConnectionClosed):
+                self.closed = True
+                break
+            else:
+                piece = b""
+            out.append(piece)
+            size += len(piece)
         return b"".join(out)
 
-    def _respond(self, request: h11.Request) -> list[bytes]:
-        if request.method not in (b"GET", b"HEAD"):
-            return self._send(405, b"method not allowed\n", extra=[(b"allow", b"GET, HEAD")])
-        path = self._resolve(request.target)
-        try:
-            body = path.read_bytes() if path is not None else None
-        except OSError:
-            body = None
-        if path is None or body is None:
-            return self._send(404, b"not found\n")
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return self._send(200, body, ctype.encode())
+    def _next_request(self, now: float) -> None:
+        """Between two requests: reset the per-request state."""
+        self._status = 0
+        self._keep10 = False
+        self._client_close = False
+        self._method = "-"
+        self._line = b"-"
+        self._referer = self._agent = None
+        self._is_head = False
+        self._body_bytes = 0
+        self._sent_head = self._sent_body = 0
+        self._head_started = now if self._h11.trailing_data[0] else None
 
-    def _resolve(self, target: bytes) -> Path | None:
-        """The file a target names, or None: nothing outside the root, no dotfiles."""
-        raw = unquote(target.split(b"?", 1)[0].decode("latin-1"))
-        if not raw.startswith("/") or "\0" in raw:
-            return None
-        parts = [p for p in raw.split("/") if p]
-        if any(p.startswith(".") for p in parts):
-            return None
-        path = self.root.joinpath(*parts).resolve()
-        if not path.is_relative_to(self.root):
-            return None
-        if path.is_dir():
-            path = path / "index.html"
-        return path if path.is_file() else None
+    # ------------------------------------------------------------------ requests
 
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: bytes = b"text/plain; charset=utf-8",
-        extra: list[tuple[bytes, bytes]] | None = None,
-    ) -> list[bytes]:
-        headers = [
-            (b"server", SERVER),
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *(extra or []),
-        ]
-        reason = HTTPStatus(status).phrase.encode()
-        out = [self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))]
-        if not self._head:
-            out.append(self._h11.send(h11.Data(data=body)))
-        out.append(self._h11.send(h11.EndOfMessage()))
-        return [b for b in out if b]
+    def _on_request(self, req: h11.Request, now: float) -> bytes:
+        cfg = self.config
+        self._requests += 1
+        self._req_method = req.method
+        self._method = req.method.decode("ascii", "replace")
+        self._target = req.target
+        self._line = b"%s %s HTTP/%s" % (req.method, req.target, req.http_version)
+        self._is_head = req.method == b"HEAD"
+        headers: dict[bytes, bytes] = {}
+        head_bytes = 0
+        for name, value in req.headers:
+            head_bytes += len(name) + len(value) + 4
+            old = headers.get(name)
+            headers[name] = value if old is None else old + b", " + value
+        self._req_headers = headers
+        self._referer = headers.get(b"referer")
+        self._agent = headers.get(b"user-agent")
+        if len(self._line) > cfg.max_request_line:
+            return self._error(414, now)
+        if head_bytes > cfg.max_header_bytes:
+            return self._error(431, now)
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > cfg.max_body:
+            return self._error(413, now)
+        tokens = {t.strip().lower() for t in headers.get(b"connection", b"").split(b",")}
+        self._client_close = b"close" in tokens or req.http_version < b"1.1"
+        if req.http_version == b"1.0":
+            self._keep10 = b"keep-alive" in tokens and b"close" not in tokens
+        if self._h11.they_are_waiting_for_100_continue:
+            informational = h11.InformationalResponse(
+                status_code=100, headers=[], reason=b"Continue"
+            )
+            return self._h11.send(informational) or b""
+        return b""
+
+    def _on_body(self, n: int, now: float) -> bytes:
+        self._body_bytes += n
+        if self._body_bytes > self.config.max_body and self._status == 0:
+            return self._error(413, now)
+        return b""
+
+    def _check_partial_head(self) -> int:
+        """A request head still arriving that is already over a limit: 414 or 431."""
+        h = self._h11
+        if h.their_state is not h11.IDLE or h.our_state is not h11.IDLE:
+            return 0
+        buf = h.trailing_data[0]
+        if len(buf) <= min(self.config.max_request_line, self.config.max_header_bytes):
+            return 0
+        return self._head_limit_status(buf)
+
+    def _head_limit_status(self, buf: bytes | None = None) -> int:
+        cfg = self.config
+        if buf is None:
+            buf = self._h11.trailing_data[0]
+        end = buf.find(b"\n", 0, cfg.max_request_line + 2)
+        if end < 0:
+            return 414 if len(buf) > cfg.max_request_line + 1 else 0
+        line = len(buf[:end].rstrip(b"\r"))
+        if line > cfg.max_request_line:
+            return 414
+        return 431 if len(buf) - end - 1 > cfg.max_header_bytes else 0
+
+    # ------------------------------------------------------------------ responses
+
+    def _error(self, status: int, now: float) -> bytes:
+        """An error response that closes the connection (a broken or refused request)."""
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self._status:
+            self.closed = True
+            return b""
+        return self._start(self.site.error(status, close=True), now)
+
+    def _start(self, reply: Reply, now: float) -> bytes:
+        """Sends a reply's head (and its body when that is in memory).
+
+        h11 is the state machine: it is told the response's framing (Content-Length,
+        Connection: close) and decides keep-alive, what may follow, when to close. The head
+        itself is written here, from the reply's precomputed header block (small files keep
+        theirs in the cache), the Date and Server fields and the same framing."""
+        cfg = self.config
+        status = reply.status
+        self._status = status
+        close = (
+            reply.close
+            or self._draining
+            or self._requests >= cfg.max_keepalive_requests
+            or self._eof
+        )
+        if close:
+            self._keep10 = False
+        framing = [(b"content-length", b"%d" % reply.length)]
+        if close:
+            framing.append((b"connection", b"close"))
+        self._h11.send(h11.Response(status_code=status, headers=framing))
+        # what h11 says on the wire: close unless both sides keep the connection
+        said_close = close or self._client_close and not self._keep10
+        block = reply.head if reply.head is not None else serialize(reply.headers)
+        head = b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n"
+                % (status, _REASONS.get(status, b""), http_now(), SERVER),
+                block,
+                b"Connection: close\r\n\r\n"
+                if said_close
+                else b"Connection: keep-alive\r\n\r\n"
+                if self._keep10
+                else b"\r\n",
+            )
+        )
+        self._sent_head = len(head)
+        if self._is_head or reply.status in NO_BODY or not reply.length:
+            reply.release()
+            tail = self._h11.send(h11.EndOfMessage()) or b""
+            self._finish(now)
+            return head + tail
+        self._reply = reply
+        self._part = 0
+        self._offset = 0
+        parts = reply.parts
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            body = self._body_chunk(now)
+            return head + body
+        return head
+
+    def _body_chunk(self, now: float) -> bytes:
+        """The next piece of the response's body (in-memory parts whole, file ranges one
+        stream_chunk at a time); ends the response after its last part."""
+        reply = self._reply
+        assert reply is not None
+        out: list[bytes] = []
+        while self._part < len(reply.parts):
+            part = reply.parts[self._part]
+            if isinstance(part, bytes):
+                out.append(part)
+                self._part += 1
+                continue
+            start, length = part
+            n = min(self.config.stream_chunk, length - self._offset)
+            data = os.pread(reply.fd, n, start + self._offset)
+            if len(data) != n:
+                raise OSError(f"{len(data)} bytes read where {n} were due (file truncated?)")
+            out.append(data)
+            self._offset += n
+            if self._offset == length:
+                self._part += 1
+                self._offset = 0
+            break  # one chunk of a file at a time
+        data = b"".join(out)
+        self._sent_body += len(data)
+        chunk = self._h11.send(h11.Data(data=data)) if data else b""
+        if self._part >= len(reply.parts):
+            chunk = (chunk or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+            reply.release()
+            self._reply = None
+            self._finish(now)
+        return chunk or b""
+
+    def _finish(self, now: float) -> None:
+        """A response ended (or was cut short): access log and metrics record."""
+        if self._h11.our_state is h11.MUST_CLOSE and not self._keep10:
+            self.closed = True  # it said Connection: close (error, drain, last request...)
+        started = self._head_started if self._head_started is not None else now
+        self.site.log(
+            self.peer, self._line, self._status, self._sent_body, self._referer, self._agent
+        )
+        if self.on_request is not None:
+            record = RequestRecord(
+                method=self._method,
+                status=self._status,
+                bytes_sent=self._sent_head + self._sent_body,
+                duration_s=max(0.0, now - started),
+                core=self.core,
+            )
+            try:
+                self.on_request(record)
+            except Exception as exc:  # noqa: BLE001 - metrics must not break serving
+                print(f"appliance.http: on_request failed: {exc!r}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ timers
+
+    def _set_deadline(self, now: float) -> None:
+        cfg = self.config
+        if self.abort:
+            self.deadline = now
+        elif self.closed:
+            if self._linger_until is None:
+                self._linger_until = now + LINGER_S
+            self.deadline = self._linger_until
+        elif self._reply is not None or self._more:
+            self.deadline = self._last_progress + SEND_TIMEOUT_S
+        else:
+            h = self._h11
+            if h.their_state is h11.SEND_BODY:
+                self.deadline = now + cfg.header_timeout_s
+            elif self._head_started is not None:
+                self.deadline = self._head_started + cfg.header_timeout_s
+            elif self._requests == 0:
+                self.deadline = now + cfg.header_timeout_s
+            else:
+                self.deadline = now + cfg.keepalive_timeout_s

@@ -1,46 +1,166 @@
-"""The kernel-socket adapter (``--stack linux``): runs connection.Connection on plain TCP sockets.
+"""The ``--stack linux`` adapter: the shared loop (``loop.run``) on the kernel's sockets.
 
-A placeholder: one thread per connection. The mtcp_core adapter will run the same
-Connection on the mTCP epoll loop, so both stacks can be compared with one flag.
+Non-blocking sockets on one ``select.epoll``, in one thread; the loop's batch operations
+become one system call per socket (the kernel has no batch calls). ``SO_REUSEPORT`` lets
+one such loop per worker process share a port. ``StaticServer`` wraps it for callers that
+want the socketserver shape (bind now, ``serve_forever`` later).
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
-import socketserver
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from .connection import Connection
+from appliance.http.config import SiteConfig
 
-IDLE_TIMEOUT_S = 30.0
 RECV_SIZE = 65536
+BACKLOG = 4096
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: StaticServer
-    request: socket.socket
+def listening_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def handle(self) -> None:
-        conn = Connection(self.server.root)
-        self.request.settimeout(IDLE_TIMEOUT_S)
-        while not conn.closed:
+
+class KernelNet:
+    """``loop.Net`` over kernel sockets; keys are file descriptors."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = True,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self.ep = select.epoll()
+        self._lsock = sock
+
+    def listen(self) -> int:
+        if self._lsock is None:
+            self._lsock = listening_socket(self.host, self.port, self.reuse_port)
+        self._lsock.setblocking(False)
+        self.ep.register(self._lsock.fileno(), select.EPOLLIN)
+        return self._lsock.fileno()
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        try:
+            return self.ep.poll(timeout)
+        except InterruptedError:
+            return []
+
+    def accept_many(self, max_sockets: int) -> list[tuple[socket.socket, int, str]]:
+        out = []
+        if self._lsock is None:
+            return out
+        for _ in range(max_sockets):
             try:
-                data = self.request.recv(RECV_SIZE)
-            except OSError:  # idle timeout or reset
-                return
-            out = conn.receive(data)
-            if out:
-                self.request.sendall(out)
-            if not data:
-                return
+                conn, addr = self._lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ECONNABORTED, EMFILE...: try again next round
+                break
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            out.append((conn, conn.fileno(), str(addr[0])))
+        return out
+
+    def register(self, handle: socket.socket, events: int) -> None:
+        self.ep.register(handle.fileno(), events)
+
+    def modify(self, handle: socket.socket, events: int) -> None:
+        self.ep.modify(handle.fileno(), events)
+
+    def recv_many(self, handles: Sequence[socket.socket]) -> list[bytes | OSError]:
+        out: list[bytes | OSError] = []
+        for h in handles:
+            try:
+                out.append(h.recv(RECV_SIZE))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def send_many(
+        self, items: Sequence[tuple[socket.socket, bytes | memoryview]]
+    ) -> list[int | OSError]:
+        out: list[int | OSError] = []
+        for h, data in items:
+            try:
+                out.append(h.send(data))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def close_many(self, handles: Sequence[socket.socket]) -> None:
+        for h in handles:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(h.fileno())
+            h.close()
+
+    def close_listener(self) -> None:
+        if self._lsock is not None:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(self._lsock.fileno())
+            self._lsock.close()
+            self._lsock = None
+
+    def close(self) -> None:
+        self.close_listener()
+        self.ep.close()
 
 
-class StaticServer(socketserver.ThreadingTCPServer):
-    """Serves ``root`` on ``(host, port)``; port 0 picks a free one (see server_address)."""
+class StaticServer:
+    """socketserver's shape around ``serve_linux``: binds at once (port 0 picks a free
+    port, see ``server_address``), serves in ``serve_forever`` until ``shutdown``."""
 
-    allow_reuse_address = True
-    daemon_threads = True
+    def __init__(self, root: Path, host: str, port: int, site: SiteConfig | None = None) -> None:
+        self.site = site or SiteConfig(root=Path(root))
+        self.socket = listening_socket(host, port, reuse_port=False)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
 
-    def __init__(self, root: Path, host: str, port: int) -> None:
-        self.root = root
-        super().__init__((host, port), _Handler)
+    def serve_forever(self) -> None:
+        from appliance.http import loop
+        from appliance.http.site import Site
+
+        self._done.clear()
+        try:
+            net = KernelNet(sock=self.socket)
+            loop.run(net, Site(self.site), self._stop)
+        finally:
+            self._done.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._done.wait(10)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> StaticServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server_close()

@@ -1,92 +1,93 @@
-"""Runs the sans-I/O HTTP connection on an mtcp_core context (``--stack mtcp``).
+"""The ``--stack mtcp`` adapter: the shared loop (``loop.run``) on an ``mtcp_core`` context.
 
-One loop per core, batched as DESIGN.md asks: one ``poll`` hands over every ready socket,
-new connections are taken with one ``accept_many``, all readable sockets are read with
-one ``recv_many``, all responses go out with one ``send_many`` and finished connections
-are closed with one ``close_many``.
+Every operation of a round is one crossing into the stack for the whole batch: one
+``Epoll.poll``, one ``accept_many``, one ``recv_many`` for every readable connection, one
+``send_many`` for every connection with bytes to send, one ``close_many``. Run it from the
+context's app thread (one Python thread per context).
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from collections.abc import Sequence
 
 import mtcp_core as m
-from appliance.http.connection import Connection
 
-POLL_TIMEOUT_S = 0.5
-
-
-class _Conn:
-    __slots__ = ("http", "out", "closing")
-
-    def __init__(self, root: Path) -> None:
-        self.http = Connection(root)
-        self.out = b""
-        self.closing = False
+RECV_SIZE = 65536
+BACKLOG = 4096
 
 
-def serve(ctx: m.Context, root: Path, port: int, stop: threading.Event) -> None:
-    """Serves ``root`` on ``port`` of the context's stack until ``stop`` is set."""
-    lsock = ctx.socket()
-    lsock.bind(("0.0.0.0", port))
-    lsock.listen(4096)
-    ep = ctx.epoll()
-    ep.register(lsock, m.EPOLLIN)
-    conns: dict[int, _Conn] = {}
-    socks: dict[int, m.Socket] = {}
-    try:
-        while not stop.is_set():
-            ready = ep.poll(POLL_TIMEOUT_S)
-            readable: list[m.Socket] = []
-            writable: list[m.Socket] = []
-            for sock, events in ready:
-                if sock is lsock:
-                    for c in lsock.accept_many(1024):
-                        conns[c.fd] = _Conn(root)
-                        socks[c.fd] = c
-                        ep.register(c, m.EPOLLIN | m.EPOLLRDHUP)
-                    continue
-                if events & (m.EPOLLIN | m.EPOLLERR | m.EPOLLHUP | m.EPOLLRDHUP):
-                    readable.append(sock)
-                elif events & m.EPOLLOUT:
-                    writable.append(sock)
-            finished: list[m.Socket] = []
-            for sock, data in zip(readable, ctx.recv_many(readable), strict=True):
-                conn = conns[sock.fd]
-                if isinstance(data, OSError):
-                    if isinstance(data, BlockingIOError):
-                        continue
-                    finished.append(sock)  # reset by the peer
-                    continue
-                conn.out += conn.http.receive(data)
-                if not data or conn.http.closed:
-                    conn.closing = True
-                writable.append(sock)
-            batch = [(s, conns[s.fd].out) for s in writable if conns[s.fd].out]
-            for (sock, payload), res in zip(batch, ctx.send_many(batch), strict=True):
-                conn = conns[sock.fd]
-                if isinstance(res, OSError):
-                    if not isinstance(res, BlockingIOError):
-                        finished.append(sock)
-                    continue
-                conn.out = payload[res:]
-            for sock in writable:
-                conn = conns[sock.fd]
-                if conn.out:
-                    ep.modify(sock, m.EPOLLIN | m.EPOLLOUT | m.EPOLLRDHUP)
-                elif conn.closing:
-                    finished.append(sock)
-                else:
-                    ep.modify(sock, m.EPOLLIN | m.EPOLLRDHUP)
-            if finished:
-                unique = list({s.fd: s for s in finished}.values())
-                for s in unique:
-                    ep.unregister(s)
-                    conns.pop(s.fd, None)
-                    socks.pop(s.fd, None)
-                ctx.close_many(unique)
-    finally:
-        ctx.close_many(list(socks.values()))
-        lsock.close()
-        ep.close()
+class MtcpNet:
+    """``loop.Net`` over one mtcp_core context, listening on ``port``."""
+
+    def __init__(self, ctx: m.Context, port: int, *, peers: bool = False) -> None:
+        self.ctx = ctx
+        self.port = port
+        self.peers = peers  # look the peer's address up (one crossing per connection)
+        self.ep = ctx.epoll()
+        self._lsock: m.Socket | None = None
+
+    def listen(self) -> int:
+        sock = self.ctx.socket()
+        try:
+            sock.bind(("0.0.0.0", self.port))
+            sock.listen(BACKLOG)
+            self.ep.register(sock, m.EPOLLIN)
+        except BaseException:
+            sock.close()
+            raise
+        self._lsock = sock
+        return sock.fd
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return [(s.fd, ev) for s, ev in self.ep.poll(timeout)]
+
+    def accept_many(self, max_sockets: int) -> list[tuple[m.Socket, int, str]]:
+        if self._lsock is None:
+            return []
+        out = []
+        try:
+            socks = self._lsock.accept_many(max_sockets)
+        except OSError:  # out of sockets, say: the rest wait for the next round
+            return []
+        for s in socks:
+            peer = "-"
+            if self.peers:
+                try:
+                    peer = s.getpeername()[0]
+                except OSError:
+                    pass
+            out.append((s, s.fd, peer))
+        return out
+
+    def register(self, handle: m.Socket, events: int) -> None:
+        self.ep.register(handle, events)
+
+    def modify(self, handle: m.Socket, events: int) -> None:
+        self.ep.modify(handle, events)
+
+    def recv_many(self, handles: Sequence[m.Socket]) -> list[bytes | OSError]:
+        out: list[bytes | OSError] = []
+        # the binding shares its 256 KiB scratch between the sockets of one crossing;
+        # whatever does not fit stays readable for the next round
+        for i in range(0, len(handles), 1024):
+            out += self.ctx.recv_many(handles[i : i + 1024], RECV_SIZE)
+        return out
+
+    def send_many(
+        self, items: Sequence[tuple[m.Socket, bytes | memoryview]]
+    ) -> list[int | OSError]:
+        return self.ctx.send_many(items)  # type: ignore[arg-type]
+
+    def close_many(self, handles: Sequence[m.Socket]) -> None:
+        self.ctx.close_many(handles)
+
+    def close_listener(self) -> None:
+        if self._lsock is not None:
+            self.ctx.close_many([self._lsock])
+            self._lsock = None
+
+    def close(self) -> None:
+        if self.ctx._ptr is None:
+            return
+        self.close_listener()
+        self.ep.close()

@@ -1,0 +1,43 @@
+"""The static site's settings and the per-response record handed to metrics.
+
+Both are re-exported by ``appliance.http.server`` (the public API); they live here so that
+the sans-I/O core (``site``, ``connection``) does not import the adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """What to serve and how. Every limit is per connection (or per request)."""
+
+    root: Path
+    index_files: tuple[str, ...] = ("index.html",)
+    listing: bool = True  # directory listings (jinja2), dotfiles hidden
+    cache_control: str | None = "public, max-age=60"
+    follow_symlinks_outside: bool = False
+    max_request_line: int = 8192  # 414 beyond
+    max_header_bytes: int = 16384  # 431 beyond
+    max_body: int = 0  # request bodies refused (413) beyond this
+    header_timeout_s: float = 10.0  # slowloris: 408 then close
+    keepalive_timeout_s: float = 15.0
+    max_keepalive_requests: int = 1000
+    access_log: Path | None = None  # combined log format when set
+    small_file_limit: int = 256 * 1024  # cached in memory (stat at most ~1/s per file)
+    stream_chunk: int = 256 * 1024  # large files streamed in chunks under flow control
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One per response (also error responses; ``method`` is "-" when no request line could
+    be parsed). ``bytes_sent``: head and body bytes handed to the stack; ``duration_s``: from
+    the request's first byte (or the connection's start) to the response's last byte."""
+
+    method: str
+    status: int
+    bytes_sent: int
+    duration_s: float
+    core: int

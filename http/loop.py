@@ -1,0 +1,234 @@
+"""The event loop both adapters share: one thread, one epoll, many ``Connection``s.
+
+A round: one ``poll`` (its timeout is the nearest connection deadline, at most
+``POLL_MAX_S``) → new connections taken in one ``accept_many`` → expired deadlines handled
+(408s, idle closes) → every readable connection read in one ``recv_many`` and fed to its
+``Connection`` → every connection with bytes to send written in one ``send_many`` → finished
+ones closed in one ``close_many``. On ``mtcp_core`` each of those is one crossing into the
+stack for the whole batch; on kernel sockets (``linux.KernelNet``) the same calls loop over
+the sockets, one system call each.
+
+Flow control: a connection is read only while it has nothing waiting to be sent and its
+``Connection`` wants input; a large file is read one chunk at a time, the next chunk only
+once the socket took the previous one (EPOLLOUT, level-triggered).
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from appliance.http.config import RequestRecord
+from appliance.http.connection import Connection
+from appliance.http.site import Site
+
+EPOLLIN = 0x001
+EPOLLOUT = 0x004
+EPOLLERR = 0x008
+EPOLLHUP = 0x010
+EPOLLRDHUP = 0x2000
+POLL_MAX_S = 0.25  # how soon a set stop or draining event is seen
+ACCEPT_BATCH = 256
+
+
+class Net(Protocol):
+    """What the loop needs from a stack. Handles are opaque; ``key`` is unique among the
+    open ones and is what ``poll`` reports."""
+
+    def listen(self) -> int: ...  # the listener's key
+    def poll(self, timeout: float) -> list[tuple[int, int]]: ...
+    def accept_many(self, max_sockets: int) -> list[tuple[Any, int, str]]: ...
+    def register(self, handle: Any, events: int) -> None: ...
+    def modify(self, handle: Any, events: int) -> None: ...
+    def recv_many(self, handles: Sequence[Any]) -> list[bytes | OSError]: ...
+    def send_many(self, items: Sequence[tuple[Any, bytes | memoryview]]) -> list[int | OSError]: ...
+    def close_many(self, handles: Sequence[Any]) -> None: ...
+    def close_listener(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Conn:
+    __slots__ = ("handle", "key", "http", "out", "events", "timer_at", "dead")
+
+    def __init__(self, handle: Any, key: int, http: Connection) -> None:
+        self.handle = handle
+        self.key = key
+        self.http = http
+        self.out: bytes | memoryview = b""
+        self.events = EPOLLIN | EPOLLRDHUP
+        self.timer_at = -1.0
+        self.dead = False  # close now (reset, error, abort)
+
+    def wanted(self) -> int:
+        ev = EPOLLOUT if self.out else 0
+        if not self.out and self.http.wants_input:
+            ev |= EPOLLIN | EPOLLRDHUP
+        return ev
+
+    def finished(self) -> bool:
+        h = self.http
+        return self.dead or h.abort or (not self.out and h.closed and not h.has_output)
+
+
+def run(
+    net: Net,
+    site: Site,
+    stop: threading.Event,
+    *,
+    core: int = 0,
+    on_request: Callable[[RequestRecord], None] | None = None,
+    draining: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Serves until ``stop`` is set, or until ``draining`` is set and the last connection
+    has closed. Always closes every connection, the listener and the site's log."""
+    conns: dict[int, _Conn] = {}
+    timers: list[tuple[float, int]] = []  # (deadline, key), stale entries skipped
+    drained = False
+    try:
+        listener = net.listen()  # a bind error is the caller's to report
+    except BaseException:
+        try:
+            net.close()
+        finally:
+            site.close()
+        raise
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            touched: dict[int, _Conn] = {}
+            if draining is not None and draining.is_set() and not drained:
+                drained = True
+                net.close_listener()
+                for c in conns.values():
+                    c.http.drain(now)
+                    touched[c.key] = c
+            if drained and not conns:
+                break
+            if not touched:
+                wait = POLL_MAX_S
+                if timers:
+                    wait = min(wait, max(0.0, timers[0][0] - now))
+                events = net.poll(wait)
+                now = time.monotonic()
+            else:
+                events = []
+            readable: list[_Conn] = []
+            for key, ev in events:
+                if key == listener:
+                    if drained:
+                        continue
+                    for handle, hkey, peer in net.accept_many(ACCEPT_BATCH):
+                        http = Connection(site, now, peer=peer, core=core, on_request=on_request)
+                        c = _Conn(handle, hkey, http)
+                        conns[hkey] = c
+                        touched[hkey] = c
+                        try:
+                            net.register(handle, c.events)
+                        except OSError:
+                            c.dead = True
+                            continue
+                        readable.append(c)  # its request may be there already
+                    continue
+                c = conns.get(key)
+                if c is None:
+                    continue
+                touched[key] = c
+                if ev & EPOLLERR or (ev & EPOLLHUP and not ev & EPOLLIN):
+                    c.dead = True
+                elif ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP) and c.events & EPOLLIN:
+                    readable.append(c)
+            # deadlines: 408s, idle keep-alive closes, stalled senders
+            while timers and timers[0][0] <= now:
+                at, key = heapq.heappop(timers)
+                c = conns.get(key)
+                if c is None or c.timer_at != at:
+                    continue
+                c.timer_at = -1.0
+                touched[key] = c
+                out = c.http.timer(now)
+                if out:
+                    c.out = bytes(c.out) + out if c.out else out
+            # reads
+            readable = [c for c in readable if not c.dead and not c.out and c.http.wants_input]
+            if readable:
+                results = net.recv_many([c.handle for c in readable])
+                for c, res in zip(readable, results, strict=True):
+                    if isinstance(res, BlockingIOError):
+                        continue
+                    if isinstance(res, OSError):
+                        c.dead = True  # reset by the peer
+                        continue
+                    out = c.http.receive(res, now)
+                    if out:
+                        c.out = out
+            # writes: whatever each connection has ready, in one batch
+            batch: list[_Conn] = []
+            for c in touched.values():
+                if c.dead:
+                    continue
+                if not c.out and c.http.has_output:
+                    c.out = c.http.pull(now)
+                if c.out:
+                    batch.append(c)
+            if batch:
+                results2 = net.send_many([(c.handle, c.out) for c in batch])
+                for c, sent in zip(batch, results2, strict=True):
+                    if isinstance(sent, BlockingIOError):
+                        continue
+                    if isinstance(sent, OSError):
+                        c.dead = True
+                        continue
+                    if sent >= len(c.out):
+                        c.out = b""
+                        if c.http.has_output:  # next file chunk: sent when EPOLLOUT says so
+                            c.out = c.http.pull(now)
+                    else:
+                        c.out = memoryview(c.out)[sent:]
+            # closes, interest changes, timers
+            done: list[_Conn] = []
+            for c in touched.values():
+                if c.finished():
+                    done.append(c)
+                    continue
+                want = c.wanted()
+                if want != c.events:
+                    try:
+                        net.modify(c.handle, want)
+                    except OSError:
+                        c.dead = True
+                        done.append(c)
+                        continue
+                    c.events = want
+                at = c.http.deadline
+                if at != c.timer_at:
+                    c.timer_at = at
+                    heapq.heappush(timers, (at, c.key))
+            if done:
+                for c in done:
+                    del conns[c.key]
+                    c.http.close(now)
+                net.close_many([c.handle for c in done])
+            if len(timers) > 4 * len(conns) + 64:
+                timers = [(c.timer_at, c.key) for c in conns.values() if c.timer_at >= 0]
+                heapq.heapify(timers)
+            site.flush()
+    except Exception:
+        print("appliance.http: the serving loop failed", file=sys.stderr)
+        raise
+    finally:
+        now = time.monotonic()
+        for c in conns.values():
+            c.http.close(now)
+        try:
+            if conns:
+                net.close_many([c.handle for c in conns.values()])
+            net.close()
+        finally:
+            site.close()

@@ -1,0 +1,68 @@
+"""The HTTP server's public API: a site's settings and the two stack adapters.
+
+    serve_mtcp(ctx, SiteConfig(root=Path("static")), 80, stop)            # --stack mtcp
+    serve_linux("127.0.0.1", 8080, SiteConfig(root=Path("static")), stop)  # --stack linux
+
+Both run the same sans-I/O core (``connection.Connection`` on h11, ``site.Site`` for the
+files) in one loop (``loop.run``): no thread or process per request. ``on_request`` gets
+one ``RequestRecord`` per response (for metrics). ``draining`` set: the listener closes,
+requests in flight are finished (answered with ``Connection: close``), idle connections
+close, and the call returns when no connection is left; ``stop`` set: it returns at once
+(within ``loop.POLL_MAX_S``), closing every connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from appliance.http.config import RequestRecord, SiteConfig
+
+if TYPE_CHECKING:
+    import mtcp_core
+
+__all__ = ["RequestRecord", "SiteConfig", "serve_linux", "serve_mtcp"]
+
+
+def serve_mtcp(
+    ctx: mtcp_core.Context,
+    site: SiteConfig,
+    port: int,
+    stop: threading.Event,
+    on_request: Callable[[RequestRecord], None] | None = None,
+    draining: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Serves ``site`` on ``port`` of the context's stack, from the calling thread (the
+    context's app thread), until ``stop`` (or ``draining`` and no connection left).
+    ``ready`` is set once the port listens."""
+    from appliance.http import loop
+    from appliance.http.mtcp import MtcpNet
+    from appliance.http.site import Site
+
+    files = Site(site)
+    net = MtcpNet(ctx, port, peers=site.access_log is not None)
+    loop.run(net, files, stop, core=ctx.core, on_request=on_request, draining=draining, ready=ready)
+
+
+def serve_linux(
+    host: str,
+    port: int,
+    site: SiteConfig,
+    stop: threading.Event,
+    on_request: Callable[[RequestRecord], None] | None = None,
+    draining: threading.Event | None = None,
+    reuse_port: bool = True,
+    ready: threading.Event | None = None,
+) -> None:
+    """Serves ``site`` on ``host:port`` with the kernel's sockets (non-blocking, one
+    ``select.epoll``, this thread) until ``stop`` (or ``draining`` and no connection left).
+    ``ready`` is set once the socket listens (a bind error raises OSError before)."""
+    from appliance.http import loop
+    from appliance.http.linux import KernelNet
+    from appliance.http.site import Site
+
+    files = Site(site)
+    net = KernelNet(host, port, reuse_port=reuse_port)
+    loop.run(net, files, stop, on_request=on_request, draining=draining, ready=ready)

@@ -1,0 +1,813 @@
+"""Static file service, sans I/O on the network side: a request in, a ``Reply`` out.
+
+``Site.respond`` maps a request (method, target, headers) onto the folder of a
+``SiteConfig``: strict path handling (percent-decoding once, dot-segment removal, no escape
+from the root, no dotfiles but ``/.well-known/``), index files, jinja2 directory listings,
+MIME types, validators (ETag, Last-Modified) and conditional requests, byte ranges (single
+and multipart), precompressed ``.br``/``.gz`` siblings, error pages (jinja2, or the site's
+own ``<status>.html``).
+
+Small files live in an in-memory cache together with their precomputed response headers;
+an entry is trusted for ``REVALIDATE_S`` and then checked again with one ``stat`` (and its
+path resolved again). Large files are never read whole: their reply names byte ranges of an
+open file descriptor that the connection streams chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import mimetypes
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+import jinja2
+
+from appliance.http.config import SiteConfig
+
+REVALIDATE_S = 1.0
+MAX_CACHE_ENTRIES = 4096
+MAX_CACHE_BYTES = 64 * 1024 * 1024
+MAX_RANGES = 16  # more ranges than this in one request: the Range header is ignored (200)
+ALLOW = b"GET, HEAD"
+HTML = b"text/html; charset=utf-8"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+WELL_KNOWN = ".well-known"
+# (encoding token, file suffix, Content-Encoding), in order of preference at equal q
+ENCODINGS = (("br", ".br", b"br"), ("gzip", ".gz", b"gzip"))
+
+# Deterministic types for the web's usual files (the system's mime.types differs from one
+# machine to the next); everything else comes from Python's built-in table.
+_MIME = {
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".json": "application/json",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".xml": "application/xml",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/x-icon",
+    ".wasm": "application/wasm",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".pdf": "application/pdf",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mp3": "audio/mpeg",
+    ".gz": "application/gzip",
+    ".br": "application/octet-stream",
+    ".zip": "application/zip",
+    ".tar": "application/x-tar",
+}
+_BUILTIN_MIME = mimetypes.MimeTypes(filenames=())
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def mime_type(name: str) -> bytes:
+    """The Content-Type for a file name (by its last suffix)."""
+    suffix = os.path.splitext(name)[1].lower()
+    ctype = _MIME.get(suffix)
+    if ctype is None:
+        ctype = _BUILTIN_MIME.types_map[1].get(suffix, "application/octet-stream")
+    return ctype.encode()
+
+
+def http_date(t: float) -> bytes:
+    return email.utils.formatdate(t, usegmt=True).encode()
+
+
+def parse_http_date(value: bytes) -> int | None:
+    """Seconds since the epoch of an HTTP date (IMF-fixdate, RFC 850 or asctime), or None."""
+    try:
+        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
+        return None if parsed is None else int(email.utils.mktime_tz(parsed))
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+def log_time(t: float) -> str:
+    """The combined log format's time, in UTC: 10/Oct/2000:13:55:36 +0000."""
+    g = time.gmtime(t)
+    return (
+        f"{g.tm_mday:02d}/{_MONTHS[g.tm_mon - 1]}/{g.tm_year}:"
+        f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
+    )
+
+
+class BadRequest(Exception):
+    """The target cannot name a file: answered with 400."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A request target after percent-decoding and dot-segment removal."""
+
+    segments: tuple[str, ...]  # decoded path segments, no "", "." or ".."
+    trailing_slash: bool
+    query: bytes | None  # the raw query (without "?"), None when there was no "?"
+
+    @property
+    def path(self) -> str:
+        """The normalized path: "/" + segments (+ "/")."""
+        p = "/" + "/".join(self.segments)
+        return p + "/" if self.trailing_slash and self.segments else p
+
+
+def _percent_decode(raw: bytes) -> bytes:
+    """Decodes %XX once. Refuses malformed escapes and the bytes that would change the
+    path's structure or cannot be in a file name: "/" (%2F), "\\" (%5C), NUL and other
+    control characters."""
+    if b"%" not in raw:
+        return raw
+    pieces = raw.split(b"%")
+    out = bytearray(pieces[0])
+    for piece in pieces[1:]:
+        hexpair = piece[:2]
+        if len(hexpair) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in hexpair):
+            raise BadRequest("malformed percent-escape")
+        byte = int(hexpair, 16)
+        if byte in (0x2F, 0x5C) or byte < 0x20 or byte == 0x7F:
+            raise BadRequest("encoded separator or control character")
+        out.append(byte)
+        out += piece[2:]
+    return bytes(out)
+
+
+def parse_target(target: bytes) -> Target:
+    """origin-form (or absolute-form) target → ``Target``; raises BadRequest."""
+    if target.startswith((b"http://", b"https://")):
+        slash = target.find(b"/", target.index(b"//") + 2)
+        target = target[slash:] if slash >= 0 else b"/"
+    if not target.startswith(b"/"):
+        raise BadRequest("not an origin-form target")
+    raw, sep, query = target.partition(b"?")
+    raw = raw.partition(b"#")[0]
+    if b"\\" in raw or b"\0" in raw:
+        raise BadRequest("backslash or NUL in the path")
+    decoded = os.fsdecode(_percent_decode(raw))
+    segments: list[str] = []
+    parts = decoded.split("/")
+    for seg in parts:
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if segments:
+                segments.pop()  # RFC 3986 5.2.4: never above the root
+            continue
+        segments.append(seg)
+    last = parts[-1]
+    trailing = last in ("", ".", "..")
+    return Target(tuple(segments), trailing, query if sep else None)
+
+
+def is_hidden(segments: Iterable[str]) -> bool:
+    """Dotfiles and dot-folders are not served, except the top-level /.well-known/."""
+    for i, seg in enumerate(segments):
+        if seg.startswith(".") and not (i == 0 and seg == WELL_KNOWN):
+            return True
+    return False
+
+
+@dataclass
+class Reply:
+    """A response for the connection to send: status, headers (without Date, Server and
+    Connection, which the connection adds), and a body as parts: bytes, or (offset, length)
+    ranges of ``fd`` to stream. ``fd`` (when not -1) belongs to the reply: ``release()``."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    parts: list[bytes | tuple[int, int]] = field(default_factory=list)
+    length: int = 0
+    fd: int = -1
+    close: bool = False  # the connection must close after this response
+    head: bytes | None = None  # ``headers`` serialized (precomputed for cached files)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class _File:
+    """A cached regular file: its validators, headers and (small files) content."""
+
+    real: str
+    ino: int
+    size: int
+    mtime_ns: int
+    etag: bytes
+    last_modified: bytes
+    ctype: bytes
+    body: bytes | None  # the content, for files up to small_file_limit
+    checked: float  # monotonic time of the last stat
+    variants: dict[str, _File] = field(default_factory=dict)  # "br"/"gzip" → sibling
+    encoding: bytes | None = None  # Content-Encoding of a sibling
+    headers_200: list[tuple[bytes, bytes]] = field(default_factory=list)
+    head_200: bytes = b""  # headers_200 serialized, ready to send
+
+    @property
+    def mtime(self) -> int:
+        return self.mtime_ns // 1_000_000_000
+
+
+@dataclass
+class _Request:
+    method: bytes
+    headers: dict[bytes, bytes]
+
+
+class Site:
+    """The file service of one ``SiteConfig`` (one per worker; not thread-safe)."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self.root = os.path.realpath(config.root)
+        if not os.path.isdir(self.root):
+            raise NotADirectoryError(errno.ENOTDIR, f"site root is not a folder: {config.root}")
+        self._files: dict[str, _File] = {}
+        self._cache_bytes = 0
+        self._errors: dict[int, bytes] = {}
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._cache_control = config.cache_control.encode() if config.cache_control else None
+        self._log: AccessLog | None = (
+            AccessLog(config.access_log) if config.access_log is not None else None
+        )
+
+    # ------------------------------------------------------------------ access log
+
+    def log(
+        self,
+        peer: str,
+        request_line: bytes,
+        status: int,
+        body_bytes: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+    ) -> None:
+        if self._log is not None:
+            self._log.write(peer, request_line, status, body_bytes, referer, user_agent)
+
+    def flush(self) -> None:
+        if self._log is not None:
+            self._log.flush()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # ------------------------------------------------------------------ requests
+
+    def respond(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], now: float
+    ) -> Reply:
+        """The reply to a GET or HEAD (any other method: 405). ``headers``: lower-case
+        names, repeated fields joined with ", "."""
+        if method not in (b"GET", b"HEAD"):
+            return self.error(405, [(b"Allow", ALLOW)])
+        try:
+            t = parse_target(target)
+        except BadRequest:
+            return self.error(400)
+        if is_hidden(t.segments):
+            return self.error(404)
+        req = _Request(method, headers)
+        key = t.path
+        entry = self._files.get(key)
+        if entry is not None and now - entry.checked < REVALIDATE_S:
+            return self._file_reply(req, entry, now)
+        found = self._lookup(t, now)
+        if isinstance(found, Reply):
+            return found
+        return self._file_reply(req, found, now)
+
+    def _lookup(self, t: Target, now: float) -> _File | Reply:
+        kind, real, st = self._resolve(t.segments)
+        if kind == "dir":
+            if not t.trailing_slash:
+                location = quote_from_bytes(os.fsencode(t.path), safe="/:@!$&'()*+,;=~")
+                loc = location.encode() + b"/"
+                if t.query is not None:
+                    loc += b"?" + t.query
+                return self.error(301, [(b"Location", loc)])
+            for name in self.config.index_files:
+                ikind, ireal, ist = self._resolve((*t.segments, name))
+                if ikind == "file" and ist is not None:
+                    return self._entry(t.path, ireal, ist, now)
+            if self.config.listing:
+                return self._listing(t, real)
+            return self.error(403)
+        if kind == "file" and st is not None and not t.trailing_slash:
+            return self._entry(t.path, real, st, now)
+        self._forget(t.path)
+        return self.error(404)
+
+    def _resolve(self, segments: tuple[str, ...]) -> tuple[str, str, os.stat_result | None]:
+        """("file" | "dir" | "none", real path, stat) for path segments under the root;
+        symlinks pointing outside the root are "none" unless follow_symlinks_outside."""
+        real = os.path.realpath(os.path.join(self.root, *segments))
+        if real != self.root:
+            inside = real.startswith(self.root + os.sep)
+            if not inside and not self.config.follow_symlinks_outside:
+                return "none", real, None
+            if inside and is_hidden(real[len(self.root) + 1 :].split(os.sep)):
+                return "none", real, None  # a link to a dotfile inside the root
+        try:
+            st = os.stat(real)
+        except (OSError, ValueError):
+            return "none", real, None
+        if stat.S_ISDIR(st.st_mode):
+            return "dir", real, st
+        if stat.S_ISREG(st.st_mode):
+            return "file", real, st
+        return "none", real, None  # FIFOs, devices, sockets
+
+    def _entry(self, key: str, real: str, st: os.stat_result, now: float) -> _File:
+        old = self._files.get(key)
+        old_weight = _weight(old) if old is not None else 0
+        entry = self._load(real, st, now, old)
+        variants: dict[str, _File] = {}
+        for token, suffix, coding in ENCODINGS:
+            vreal = real + suffix
+            try:
+                vst = os.stat(vreal)
+            except OSError:
+                continue
+            if not stat.S_ISREG(vst.st_mode) or vreal != os.path.realpath(vreal):
+                continue  # a sibling must be a plain file, not a link
+            oldv = old.variants.get(token) if old is not None else None
+            v = self._load(vreal, vst, now, oldv, ctype=entry.ctype, encoding=coding)
+            variants[token] = v
+        entry.variants = variants
+        vary = [(b"Vary", b"Accept-Encoding")] if variants else []
+        for f in (entry, *variants.values()):
+            f.headers_200 = self._file_headers(f, f.size) + vary
+            f.head_200 = serialize(f.headers_200)
+        self._store(key, entry, old_weight if old is not None else None)
+        return entry
+
+    def _load(
+        self,
+        real: str,
+        st: os.stat_result,
+        now: float,
+        old: _File | None,
+        ctype: bytes | None = None,
+        encoding: bytes | None = None,
+    ) -> _File:
+        same = (
+            old is not None
+            and old.real == real
+            and (old.ino, old.size, old.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+        )
+        if same and old is not None:
+            old.checked = now
+            return old
+        # a small file that changed while it was read (None) is streamed instead
+        body = _read_small(real, st.st_size) if st.st_size <= self.config.small_file_limit else None
+        suffix = b"" if encoding is None else b"-" + encoding
+        etag = b'"%x-%x-%x%s"' % (st.st_mtime_ns // 1000, st.st_size, st.st_ino, suffix)
+        return _File(
+            real=real,
+            ino=st.st_ino,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            etag=etag,
+            last_modified=http_date(st.st_mtime),
+            ctype=ctype or mime_type(real),
+            body=body,
+            checked=now,
+            encoding=encoding,
+        )
+
+    def _store(self, key: str, entry: _File, old_weight: int | None) -> None:
+        """Caches ``entry`` under ``key`` (replacing an entry of ``old_weight`` bytes)."""
+        if old_weight is not None and key in self._files:
+            self._cache_bytes -= old_weight
+            del self._files[key]
+        while self._files and (
+            len(self._files) >= MAX_CACHE_ENTRIES
+            or self._cache_bytes + _weight(entry) > MAX_CACHE_BYTES
+        ):
+            oldest = next(iter(self._files))
+            self._cache_bytes -= _weight(self._files.pop(oldest))
+        self._files[key] = entry
+        self._cache_bytes += _weight(entry)
+
+    def _forget(self, key: str) -> None:
+        entry = self._files.pop(key, None)
+        if entry is not None:
+            self._cache_bytes -= _weight(entry)
+
+    def _file_headers(self, f: _File, length: int) -> list[tuple[bytes, bytes]]:
+        h = [(b"Content-Type", f.ctype), (b"Content-Length", b"%d" % length)]
+        if f.encoding is not None:
+            h.append((b"Content-Encoding", f.encoding))
+        h += [(b"Last-Modified", f.last_modified), (b"ETag", f.etag), (b"Accept-Ranges", b"bytes")]
+        if self._cache_control is not None:
+            h.append((b"Cache-Control", self._cache_control))
+        return h
+
+    # ------------------------------------------------------------------ file replies
+
+    def _file_reply(self, req: _Request, base: _File, now: float) -> Reply:
+        vary = bool(base.variants)
+        f = base
+        if vary:
+            f = _choose_encoding(base, req.headers.get(b"accept-encoding"))
+        extra = [(b"Vary", b"Accept-Encoding")] if vary else []
+        h = req.headers
+        inm = h.get(b"if-none-match")
+        if inm is not None:
+            if _etag_matches(inm, f.etag):
+                return self._not_modified(f, extra)
+        else:
+            ims = h.get(b"if-modified-since")
+            if ims is not None:
+                since = parse_http_date(ims)
+                if since is not None and f.mtime <= since:
+                    return self._not_modified(f, extra)
+        rng = h.get(b"range")
+        if rng is not None and req.method == b"GET":
+            if_range = h.get(b"if-range")
+            if if_range is None or _if_range_ok(if_range, f):
+                ranges = parse_ranges(rng, f.size)
+                if ranges == []:
+                    return self.error(416, [(b"Content-Range", b"bytes */%d" % f.size)] + extra)
+                if ranges is not None:
+                    return self._ranges_reply(f, ranges, extra)
+        if f.body is not None:
+            return Reply(200, f.headers_200, [f.body], f.size, head=f.head_200)
+        fd = _open_regular(f.real)
+        if fd < 0:
+            base.checked = -REVALIDATE_S  # gone since the last stat: look again next time
+            return self.error(404)
+        return Reply(200, f.headers_200, [(0, f.size)], f.size, fd, head=f.head_200)
+
+    def _not_modified(self, f: _File, extra: list[tuple[bytes, bytes]]) -> Reply:
+        h = [(b"Last-Modified", f.last_modified), (b"ETag", f.etag)]
+        if self._cache_control is not None:
+            h.append((b"Cache-Control", self._cache_control))
+        return Reply(304, h + extra)
+
+    def _ranges_reply(
+        self, f: _File, ranges: list[tuple[int, int]], extra: list[tuple[bytes, bytes]]
+    ) -> Reply:
+        fd = -1
+        if f.body is None:
+            fd = _open_regular(f.real)
+            if fd < 0:
+                return self.error(404)
+
+        def piece(start: int, end: int) -> bytes | tuple[int, int]:
+            if f.body is not None:
+                return f.body[start : end + 1]
+            return (start, end + 1 - start)
+
+        common = [(b"Last-Modified", f.last_modified), (b"ETag", f.etag)]
+        if f.encoding is not None:
+            common.insert(0, (b"Content-Encoding", f.encoding))
+        common.append((b"Accept-Ranges", b"bytes"))
+        if self._cache_control is not None:
+            common.append((b"Cache-Control", self._cache_control))
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            length = end + 1 - start
+            h = [
+                (b"Content-Type", f.ctype),
+                (b"Content-Length", b"%d" % length),
+                (b"Content-Range", b"bytes %d-%d/%d" % (start, end, f.size)),
+                *common,
+                *extra,
+            ]
+            return Reply(206, h, [piece(start, end)], length, fd)
+        boundary = secrets.token_hex(12).encode()
+        parts: list[bytes | tuple[int, int]] = []
+        length = 0
+        for start, end in ranges:
+            head = b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n" % (
+                boundary,
+                f.ctype,
+                start,
+                end,
+                f.size,
+            )
+            parts += [head, piece(start, end)]
+            length += len(head) + end + 1 - start
+        tail = b"\r\n--%s--\r\n" % boundary
+        parts.append(tail)
+        length += len(tail)
+        h = [
+            (b"Content-Type", b"multipart/byteranges; boundary=" + boundary),
+            (b"Content-Length", b"%d" % length),
+            *common,
+            *extra,
+        ]
+        return Reply(206, h, parts, length, fd)
+
+    # ------------------------------------------------------------------ listings, errors
+
+    def _listing(self, t: Target, real: str) -> Reply:
+        entries = []
+        try:
+            with os.scandir(real) as it:
+                for de in it:
+                    if de.name.startswith("."):
+                        continue
+                    kind, _, st = self._resolve((*t.segments, de.name))
+                    if kind == "none" or st is None:
+                        continue  # not servable: dangling, outside the root, special file
+                    is_dir = kind == "dir"
+                    raw = os.fsencode(de.name)
+                    entries.append(
+                        {
+                            "name": raw.decode("utf-8", "replace") + ("/" if is_dir else ""),
+                            "href": quote_from_bytes(raw) + ("/" if is_dir else ""),
+                            "size": "-" if is_dir else str(st.st_size),
+                            "mtime": time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime)),
+                            "is_dir": is_dir,
+                        }
+                    )
+        except OSError:
+            return self.error(404)
+        entries.sort(key=lambda e: (not e["is_dir"], e["name"]))
+        path = os.fsencode(t.path).decode("utf-8", "replace")
+        html = self._env.get_template("listing.html").render(
+            path=path, entries=entries, parent=bool(t.segments)
+        )
+        body = html.encode()
+        h = [(b"Content-Type", HTML), (b"Content-Length", b"%d" % len(body))]
+        return Reply(200, h, [body], len(body))
+
+    def error(
+        self, status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = False
+    ) -> Reply:
+        """An error (or redirect) reply: the site's ``<status>.html`` when it has one, else
+        the jinja2 template."""
+        body = self._site_error_page(status)
+        ctype = b"text/html"
+        if body is None:
+            ctype = HTML
+            body = self._errors.get(status)
+            if body is None:
+                phrase = PHRASES.get(status) or HTTPStatus(status).phrase
+                body = (
+                    self._env.get_template("error.html")
+                    .render(status=status, phrase=phrase, description=_DESCRIPTIONS.get(status))
+                    .encode()
+                )
+                self._errors[status] = body
+        h = [(b"Content-Type", ctype), (b"Content-Length", b"%d" % len(body)), *(extra or [])]
+        return Reply(status, h, [body], len(body), close=close)
+
+    def _site_error_page(self, status: int) -> bytes | None:
+        if status < 400:
+            return None
+        name = f"{status}.html"
+        now = time.monotonic()
+        key = "\0error/" + name  # never a request path
+        entry = self._files.get(key)
+        if entry is not None and now - entry.checked < REVALIDATE_S:
+            return entry.body
+        kind, real, st = self._resolve((name,))
+        if kind != "file" or st is None or st.st_size > self.config.small_file_limit:
+            self._forget(key)
+            return None
+        old_weight = _weight(entry) if entry is not None else None
+        entry = self._load(real, st, now, entry)
+        self._store(key, entry, old_weight)
+        return entry.body
+
+
+# RFC 9110's names where Python's HTTPStatus (3.11) still has the older ones
+PHRASES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable"}
+_DESCRIPTIONS = {
+    301: "The resource has moved.",
+    400: "The request could not be understood.",
+    403: "This folder has no index page and listings are off.",
+    404: "Nothing is served at this address.",
+    405: "Only GET and HEAD are served here.",
+    408: "The request took too long to arrive.",
+    413: "Request bodies are not accepted here.",
+    414: "The request line is too long.",
+    416: "The requested range is not satisfiable.",
+    431: "The request's header fields are too large.",
+    500: "The server failed to answer this request.",
+}
+
+
+def serialize(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Header fields as they go on the wire (every value here is the server's own or was
+    validated by h11: no CR or LF)."""
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+def _weight(f: _File) -> int:
+    return (len(f.body) if f.body is not None else 0) + sum(
+        len(v.body) for v in f.variants.values() if v.body is not None
+    )
+
+
+def _read_small(real: str, size: int) -> bytes | None:
+    """The whole file if it still has ``size`` bytes, else None."""
+    fd = _open_regular(real)
+    if fd < 0:
+        return None
+    try:
+        data = os.pread(fd, size + 1, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+def _open_regular(real: str) -> int:
+    """O_RDONLY, never blocking on a FIFO; -1 unless it is a regular file."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
+
+
+def _etag_list(value: bytes) -> list[bytes]:
+    return [v.strip() for v in value.split(b",") if v.strip()]
+
+
+def _weak(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2)."""
+    tags = _etag_list(if_none_match)
+    return b"*" in tags or any(_weak(t) == etag for t in tags)
+
+
+def _if_range_ok(value: bytes, f: _File) -> bool:
+    """If-Range (RFC 9110 13.1.5): an entity tag must match strongly, a date exactly."""
+    value = value.strip()
+    if value.startswith((b'"', b"W/")):
+        return value == f.etag
+    since = parse_http_date(value)
+    return since is not None and since == f.mtime
+
+
+def parse_ranges(value: bytes, size: int) -> list[tuple[int, int]] | None:
+    """A Range header → inclusive (first, last) byte ranges in request order; [] when none
+    is satisfiable (416); None when the header is to be ignored (bad syntax, another unit,
+    too many ranges)."""
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes":
+        return None
+    out: list[tuple[int, int]] = []
+    items = [s.strip() for s in spec.split(b",")]
+    items = [s for s in items if s]
+    if not items or len(items) > MAX_RANGES:
+        return None
+    for item in items:
+        first, dash, last = item.partition(b"-")
+        first, last = first.strip(), last.strip()
+        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+            return None
+        if not first:
+            if not last:
+                return None
+            n = int(last)
+            if n == 0 or size == 0:
+                continue
+            out.append((max(0, size - n), size - 1))
+            continue
+        start = int(first)
+        end = int(last) if last else size - 1
+        if last and end < start:
+            return None
+        if start >= size:
+            continue
+        out.append((start, min(end, size - 1)))
+    return out
+
+
+def _accepted(value: bytes) -> dict[bytes, float]:
+    """Accept-Encoding → {coding: q}."""
+    out: dict[bytes, float] = {}
+    for item in value.lower().split(b","):
+        coding, _, params = item.partition(b";")
+        coding = coding.strip()
+        if not coding:
+            continue
+        q = 1.0
+        for p in params.split(b";"):
+            k, _, v = p.partition(b"=")
+            if k.strip() == b"q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        out[coding] = q
+    return out
+
+
+def _choose_encoding(base: _File, accept: bytes | None) -> _File:
+    """The best precompressed sibling the client accepts (q > 0), else the file itself."""
+    if not accept:
+        return base
+    acc = _accepted(accept)
+    star = acc.get(b"*")
+    best, best_q = base, 0.0
+    for token, _, _ in ENCODINGS:
+        v = base.variants.get(token)
+        if v is None:
+            continue
+        q = acc.get(token.encode())
+        if q is None and token == "gzip":
+            q = acc.get(b"x-gzip")
+        if q is None:
+            q = star if star is not None else 0.0
+        if q > best_q:
+            best, best_q = v, q
+    if best is base:
+        return base
+    # identity is always acceptable, but it outranks a listed coding only when it is listed
+    # itself with a higher q ("gzip;q=0.5, identity" keeps the file as it is)
+    identity_q = acc.get(b"identity")
+    return base if identity_q is not None and identity_q > best_q else best
+
+
+class AccessLog:
+    """Combined log format, appended; lines are buffered and written once per loop round
+    (``flush``), in one write, so workers sharing a file do not interleave lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._lines: list[str] = []
+
+    def write(
+        self,
+        peer: str,
+        request_line: bytes,
+        status: int,
+        body_bytes: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+    ) -> None:
+        size = str(body_bytes) if body_bytes else "-"
+        self._lines.append(
+            f'{peer} - - [{log_time(time.time())}] "{_esc(request_line)}" {status} {size} '
+            f'"{_esc(referer) if referer else "-"}" "{_esc(user_agent) if user_agent else "-"}"\n'
+        )
+
+    def flush(self) -> None:
+        if self._lines and self._fd >= 0:
+            data = "".join(self._lines).encode()
+            self._lines.clear()
+            with contextlib.suppress(OSError):
+                os.write(self._fd, data)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _esc(value: bytes) -> str:
+    """Quotes, backslashes and non-printable bytes as \\xHH (nginx's escaping)."""
+    out = []
+    for b in value:
+        if b < 0x20 or b >= 0x7F or b in (0x22, 0x5C):
+            out.append(f"\\x{b:02X}")
+        else:
+            out.append(chr(b))
+    return "".join(out)
