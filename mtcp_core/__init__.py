@@ -166,11 +166,60 @@ class PairLink:
         self.faults = faults or Faults(**kw)
         lib.mtcp_pair_set_faults(self._ptr, self.faults._c())
 
+    # TCP flag bits for drop_next
+    FIN: int = lib.MTCP_TCP_FLAG_FIN
+    SYN: int = lib.MTCP_TCP_FLAG_SYN
+    RST: int = lib.MTCP_TCP_FLAG_RST
+    PSH: int = lib.MTCP_TCP_FLAG_PSH
+    ACK: int = lib.MTCP_TCP_FLAG_ACK
+    URG: int = lib.MTCP_TCP_FLAG_URG
+
     def counters(self, side: int) -> dict[str, int]:
+        """Counters of the direction sent by ``side``; ``targeted`` counts the frames
+        that ``drop_next`` rules took (they are not in ``lost``)."""
         c = ffi.new("struct mtcp_pair_counters *")
         lib.mtcp_pair_counters(self._ptr, side, c)
-        keys = ("sent", "delivered", "lost", "duplicated", "reordered", "corrupted", "overflow")
+        keys = (
+            "sent",
+            "delivered",
+            "lost",
+            "duplicated",
+            "reordered",
+            "corrupted",
+            "overflow",
+            "targeted",
+        )
         return {k: int(getattr(c, k)) for k in keys}
+
+    def drop_next(
+        self,
+        side: int,
+        flags_mask: int,
+        flags_value: int,
+        count: int = 1,
+        min_payload: int = 0,
+        max_payload: int = 65535,
+    ) -> None:
+        """Drops the next ``count`` TCP segments sent by ``side`` whose flags satisfy
+        ``flags & flags_mask == flags_value`` and whose payload is ``min_payload`` to
+        ``max_payload`` bytes. The next SYN: ``drop_next(0, SYN | ACK, SYN)``; the next
+        SYN-ACK: ``(SYN | ACK, SYN | ACK)``; a pure ACK: ``(SYN | FIN | RST | ACK, ACK,
+        max_payload=0)``; the next FIN: ``(FIN, FIN)``. Arming the same rule again adds
+        to its count; up to 8 different rules per side (OSError ENOSPC)."""
+        if side not in (0, 1):
+            raise ValueError("side must be 0 or 1")
+        if not 0 <= flags_mask <= 0xFF or not 0 <= flags_value <= 0xFF:
+            raise ValueError("flags_mask and flags_value are 8-bit TCP flags")
+        if flags_value & ~flags_mask:
+            raise ValueError("flags_value has bits outside flags_mask: it could never match")
+        if count < 0 or not 0 <= min_payload <= max_payload:
+            raise ValueError("count >= 0 and 0 <= min_payload <= max_payload")
+        max_payload = min(max_payload, 0xFFFFFFFF)
+        r = lib.mtcp_pair_drop_next(
+            self._ptr, side, flags_mask, flags_value, count, min_payload, max_payload
+        )
+        if r < 0:
+            _raise("drop_next")
 
     def close(self) -> None:
         if self._ptr is not None:

@@ -184,11 +184,25 @@ struct mtcp_pair_faults {
 };
 struct mtcp_pair_counters {
     uint64_t sent, delivered, lost, duplicated, reordered, corrupted, overflow;
+    uint64_t targeted; /* dropped by mtcp_pair_drop_next rules */
 };
 void *mtcp_pair_create(const struct mtcp_pair_faults *faults);
 void mtcp_pair_destroy(void *pair);
 void mtcp_pair_set_faults(void *pair, const struct mtcp_pair_faults *faults);
 void mtcp_pair_counters(void *pair, int side, struct mtcp_pair_counters *out);
+/* TCP flag bits for mtcp_pair_drop_next */
+#define MTCP_TCP_FLAG_FIN 1
+#define MTCP_TCP_FLAG_SYN 2
+#define MTCP_TCP_FLAG_RST 4
+#define MTCP_TCP_FLAG_PSH 8
+#define MTCP_TCP_FLAG_ACK 16
+#define MTCP_TCP_FLAG_URG 32
+/* Drops the next `count` TCP segments sent by `side` with (flags & mask) == value
+ * and a payload of min_payload..max_payload bytes (the next SYN: mask SYN|ACK,
+ * value SYN). Arming the same rule again adds to its count; up to 8 different
+ * rules per side. 0, or -1 with errno EINVAL / ENOSPC. */
+int mtcp_pair_drop_next(void *pair, int side, unsigned mask, unsigned value, unsigned count,
+                        unsigned min_payload, unsigned max_payload);
 
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,

@@ -228,4 +228,21 @@ void mtcp_pair_counters(void *pair, int side, struct mtcp_pair_counters *out)
     out->reordered = c.reordered;
     out->corrupted = c.corrupted;
     out->overflow = c.overflow;
+    out->targeted = c.targeted;
+}
+
+int mtcp_pair_drop_next(void *pair, int side, unsigned mask, unsigned value, unsigned count,
+                        unsigned min_payload, unsigned max_payload)
+{
+    if (mask > 0xff || value > 0xff) {
+        errno = EINVAL;
+        return -1;
+    }
+    int rc = io_pair_drop_next(pair, side, (uint8_t)mask, (uint8_t)value, count, min_payload,
+                               max_payload);
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
+    return 0;
 }

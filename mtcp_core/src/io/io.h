@@ -47,8 +47,16 @@ void io_pair_set_faults(struct io_pair *p, const struct io_pair_faults *faults);
 /* Per-direction counters of the link: side = sender side (0 or 1). */
 struct io_pair_counters {
     uint64_t sent, delivered, lost, duplicated, reordered, corrupted, overflow;
+    uint64_t targeted; /* dropped by an io_pair_drop_next rule (not counted in lost) */
 };
 void io_pair_get_counters(struct io_pair *p, int side, struct io_pair_counters *out);
+/* Targeted drops: the next `count` frames sent by `side` that are TCP segments
+ * with (flags & mask) == value and min_payload <= payload bytes <= max_payload
+ * are dropped (e.g. mask SYN|ACK, value SYN: the next SYN). Arming the same rule
+ * again adds to its count. 0, or -EINVAL (bad side, a rule that cannot match),
+ * -ENOSPC (every rule slot of that side is armed). Thread-safe. */
+int io_pair_drop_next(struct io_pair *p, int side, uint8_t mask, uint8_t value, uint32_t count,
+                      uint32_t min_payload, uint32_t max_payload);
 
 struct io_config {
     const char *backend;     /* "afpacket" | "tap" | "pair" */

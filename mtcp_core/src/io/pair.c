@@ -12,7 +12,12 @@
  * one rate does not shift the draws of the others.
  *
  * RX is zero-copy: rx_burst hands out pointers into the slots and rx_done
- * returns those slots to the free list. */
+ * returns those slots to the free list.
+ *
+ * Targeted drops (io_pair_drop_next) remove chosen TCP segments: "the next N
+ * frames of this side whose flags & mask == value and whose payload length is
+ * in [min, max]". They are checked after the frame's six draws, so arming one
+ * does not shift the random decisions of the frames around it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* Linux socket/tun APIs; the build passes it too */
 #endif
@@ -28,6 +33,13 @@
 
 #define PAIR_CAP 4096u                       /* frames per direction, handed-out ones included */
 #define PAIR_REORDER_TIMEOUT_NS 2000000ull   /* a held frame goes anyway after 2 ms */
+#define PAIR_DROP_RULES 8u                   /* targeted drop rules armed per direction */
+
+struct pair_drop_rule {
+    uint8_t mask, value;      /* TCP flags: drop when (flags & mask) == value */
+    uint32_t count;           /* frames still to drop; 0 = free rule */
+    uint32_t min_payload, max_payload;
+};
 
 struct pair_entry {
     uint64_t due_ns;
@@ -51,6 +63,7 @@ struct pair_dir {
     struct pair_entry held;
     uint64_t held_deadline_ns;
     uint64_t next_seq;
+    struct pair_drop_rule drops[PAIR_DROP_RULES];
     int efd;                       /* receiver's eventfd */
     bool signaled;                 /* efd holds a count not yet read */
     struct io_pair_counters c;
@@ -249,6 +262,88 @@ void io_pair_get_counters(struct io_pair *p, int side, struct io_pair_counters *
     pthread_mutex_unlock(&d->lock);
 }
 
+int io_pair_drop_next(struct io_pair *p, int side, uint8_t mask, uint8_t value, uint32_t count,
+                      uint32_t min_payload, uint32_t max_payload)
+{
+    if (side != 0 && side != 1)
+        return -EINVAL;
+    if (count == 0)
+        return 0;
+    if (min_payload > max_payload || (value & ~mask) != 0)
+        return -EINVAL; /* could never match */
+    struct pair_dir *d = &p->dir[side];
+    int rc = -ENOSPC;
+    pthread_mutex_lock(&d->lock);
+    struct pair_drop_rule *free_rule = NULL;
+    for (uint32_t i = 0; i < PAIR_DROP_RULES; i++) {
+        struct pair_drop_rule *r = &d->drops[i];
+        if (r->count == 0) {
+            if (!free_rule)
+                free_rule = r;
+        } else if (r->mask == mask && r->value == value && r->min_payload == min_payload &&
+                   r->max_payload == max_payload) {
+            /* The same rule again: drop that many more. */
+            r->count = count > UINT32_MAX - r->count ? UINT32_MAX : r->count + count;
+            rc = 0;
+            break;
+        }
+    }
+    if (rc != 0 && free_rule) {
+        *free_rule = (struct pair_drop_rule){mask, value, count, min_payload, max_payload};
+        rc = 0;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return rc;
+}
+
+/* The TCP flags and payload length of an Ethernet/IPv4/TCP frame; false for
+ * anything else (ARP, a truncated or bad header, a non-first fragment). */
+static bool frame_tcp(const uint8_t *f, uint32_t len, uint8_t *flags, uint32_t *payload)
+{
+    if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00)
+        return false;
+    const uint8_t *ip = f + 14;
+    uint32_t ihl = (uint32_t)(ip[0] & 0x0f) * 4;
+    uint32_t total = (uint32_t)ip[2] << 8 | ip[3];
+    if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6 || ((ip[6] & 0x1f) | ip[7]) != 0)
+        return false;
+    if (total > len - 14)
+        total = len - 14; /* the injector looks at what is there, it does not validate */
+    if (total < ihl + 20)
+        return false;
+    const uint8_t *tcp = ip + ihl;
+    uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || ihl + doff > total)
+        return false;
+    *flags = tcp[13];
+    *payload = total - ihl - doff;
+    return true;
+}
+
+/* Whether an armed rule takes this frame (it then counts one drop less). */
+static bool dir_targeted(struct pair_dir *d, const uint8_t *data, uint32_t len)
+{
+    uint8_t flags;
+    uint32_t payload;
+    bool parsed = false;
+    for (uint32_t i = 0; i < PAIR_DROP_RULES; i++) {
+        struct pair_drop_rule *r = &d->drops[i];
+        if (r->count == 0)
+            continue;
+        if (!parsed) {
+            if (!frame_tcp(data, len, &flags, &payload))
+                return false;
+            parsed = true;
+        }
+        if ((flags & r->mask) == r->value && payload >= r->min_payload &&
+            payload <= r->max_payload) {
+            r->count--;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Enqueue one copy of src; false when no slot is free. */
 static bool dir_enqueue(struct pair_dir *d, const uint8_t *src, uint32_t len, uint64_t due,
                         struct pair_entry *out)
@@ -281,8 +376,12 @@ static void dir_send(struct pair_dir *d, const uint8_t *data, uint32_t len, uint
     if (f->jitter_us)
         due += (r_jitter % ((uint64_t)f->jitter_us + 1)) * 1000u;
 
-    if (u_loss < f->loss) {
-        d->c.lost++;
+    bool targeted = dir_targeted(d, data, len);
+    if (targeted || u_loss < f->loss) {
+        if (targeted)
+            d->c.targeted++;
+        else
+            d->c.lost++;
         /* The frame after a held one releases it, even when itself lost. */
         if (d->has_held)
             release_held(d, due);

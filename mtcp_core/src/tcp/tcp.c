@@ -347,11 +347,10 @@ static uint64_t backed_off(const struct tcb *t)
     return rto > TCP_RTO_MAX_MS ? TCP_RTO_MAX_MS : rto;
 }
 
-/* RFC 8985 7.2: probe timeout = 2 * SRTT, plus an allowance for a delayed ACK when
- * only one segment is out, never beyond the RTO. The allowance is shorter than a
- * full delayed-ACK time: receivers ACK at once in slow start and after losses
- * (quick ACKs), and a probe sent too early costs one segment, not the window. */
-#define PTO_SINGLE_SEGMENT_MS 10u
+/* RFC 8985 7.2: probe timeout = 2 * SRTT, plus the peer's delayed-ACK time when
+ * only one segment is out (a shorter allowance retransmitted every lone segment
+ * whose ACK the receiver was entitled to delay), never beyond the RTO. */
+#define PTO_SINGLE_SEGMENT_MS (MTCP_DELACK_MS + 10u)
 static uint64_t pto_ms(const struct tcb *t)
 {
     uint64_t pto = 2u * (t->srtt_us / 1000u) + 2u;
