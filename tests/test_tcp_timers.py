@@ -445,3 +445,31 @@ def test_buffer_sizes_set_before_connect_take_effect(option: str) -> None:
         s.abort()
     finally:
         n.close()
+
+
+def test_accepted_connections_inherit_the_listeners_buffer_sizes() -> None:
+    small = 8192
+    n = net_with()
+    try:
+        ls = n.server.socket()
+        ls.bind(("0.0.0.0", 80))
+        ls.setsockopt(m.SOL_SOCKET, m.SO_RCVBUF, small)  # before listen(), as on Linux
+        ls.listen(16)
+        sep = n.server.epoll()
+        sep.register(ls, m.EPOLLIN)
+        ep = n.client.epoll()
+        c = n.client.socket()
+        with pytest.raises(BlockingIOError):
+            c.connect((SERVER, 80))
+        ep.register(c, m.EPOLLOUT | m.EPOLLIN)
+        wait_event(ep, c, m.EPOLLOUT)
+        s = accept(ls, sep)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_RCVBUF) == small
+        assert c.tcp_info()["snd_wnd"] <= small  # the window the server announced
+        held = stall_point(c)  # the server does not read
+        assert small <= held <= small + 64 * 1024, held
+        assert s.tcp_info()["rcvbuf_used"] <= small
+        c.abort()
+        s.abort()
+    finally:
+        n.close()

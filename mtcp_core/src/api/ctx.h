@@ -59,6 +59,7 @@ struct mtcp_listener {
     uint32_t sock_gen;
     uint32_t backlog;
     uint32_t syn_backlog;       /* half-open connections before SYN cookies */
+    uint32_t rcvbuf, sndbuf;    /* SO_RCVBUF/SO_SNDBUF set before listen(), 0 = default */
     uint32_t pending;           /* SYN_RECEIVED (mTCP thread only) */
     uint8_t ev_queued;          /* an EPOLLIN event is in this round's batch */
     _Atomic int registered;     /* the mTCP thread has it in its table */

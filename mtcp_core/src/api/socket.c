@@ -167,6 +167,10 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
     l->sock_gen = s->gen;
     l->backlog = (uint32_t)backlog;
     l->syn_backlog = ctx->stack->syn_backlog;
+    /* accepted connections inherit the buffer sizes set before listen() (the mTCP
+     * thread sizes a connection when its SYN arrives) */
+    l->rcvbuf = s->want_rcvbuf;
+    l->sndbuf = s->want_sndbuf;
     s->type = MSOCK_LISTENER;
     s->listener = l;
     struct mtcp_job j = {.type = JOB_LISTEN, .sockid = sockid, .obj = l};

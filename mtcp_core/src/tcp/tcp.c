@@ -101,12 +101,22 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
     t->ka_idle_ms = MTCP_KEEPIDLE_MS;
     t->ka_intvl_ms = MTCP_KEEPINTVL_MS;
     t->ka_cnt = MTCP_KEEPCNT;
-    /* our receive window scale: the smallest shift that lets the ring fit (RFC 7323 2.2) */
-    while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
-        t->rcv_wscale++;
+    tcb_limit_buffers(t, 0, 0);
     ctx->state_count[TCP_CLOSED]++;
     flow_insert(ctx, t);
     return t;
+}
+
+void tcb_limit_buffers(struct tcb *t, uint32_t rcvbuf, uint32_t sndbuf)
+{
+    if (rcvbuf && rcvbuf < t->rcv.limit)
+        t->rcv.limit = rcvbuf;
+    if (sndbuf && sndbuf < t->snd.limit)
+        t->snd.limit = sndbuf;
+    /* our receive window scale: the smallest shift that lets the ring fit (RFC 7323 2.2) */
+    t->rcv_wscale = 0;
+    while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
+        t->rcv_wscale++;
 }
 
 void tcb_free(struct mtcp_context *ctx, struct tcb *t)

@@ -45,6 +45,9 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
 struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                       uint16_t rport);
 void tcb_free(struct mtcp_context *ctx, struct tcb *t);
+/* SO_RCVBUF/SO_SNDBUF (0 = keep): shrink the rings' usable size, before the SYN
+ * announces the window scale. */
+void tcb_limit_buffers(struct tcb *t, uint32_t rcvbuf, uint32_t sndbuf);
 /* A list dropped t: return it to the pool if it was freed meanwhile. */
 void tcb_unlisted(struct mtcp_context *ctx, struct tcb *t);
 struct tcb *flow_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,

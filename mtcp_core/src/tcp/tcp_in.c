@@ -57,6 +57,7 @@ static struct tcb *passive_tcb(struct mtcp_context *ctx, struct mtcp_listener *l
     if (!t)
         return NULL;
     memcpy(t->rmac, mac, 6);
+    tcb_limit_buffers(t, l->rcvbuf, l->sndbuf);
     t->listener = l;
     l->pending++;
     t->irs = irs;

@@ -58,13 +58,7 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
     t->snd_head_seq = t->iss + 1;
     t->ts_offset = t->iss * 2654435761u;
     t->mss = MTCP_PEER_DEFAULT_MSS;
-    if (s->want_rcvbuf && s->want_rcvbuf < t->rcv.limit)
-        t->rcv.limit = s->want_rcvbuf;
-    if (s->want_sndbuf && s->want_sndbuf < t->snd.limit)
-        t->snd.limit = s->want_sndbuf;
-    t->rcv_wscale = 0;
-    while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
-        t->rcv_wscale++;
+    tcb_limit_buffers(t, s->want_rcvbuf, s->want_sndbuf);
     /* options set before connect(): the app thread wrote them before queueing the
      * job, and the queue orders that */
     t->nodelay = s->nodelay;
