@@ -1,168 +1,168 @@
-"""Command line: ``mtcp-appliance serve``.
+"""Command line: ``mtcp-appliance serve`` and ``mtcp-appliance doctor``.
 
-A first version: ``--stack mtcp`` (the default) serves the root folder from one core of the
-user-level stack (on a TAP device by default: stack 198.18.0.2, host side 198.18.0.1/24);
-``--stack linux`` serves it on the kernel's sockets. The supervisor with one worker per core,
-TOML config and metrics come with the appliance issue.
+``serve`` reads its settings from a TOML file (``--config``), ``MTCP_APPLIANCE_*`` variables
+and flags, in that order of precedence (flags win; see ``appliance.config``), checks all of
+them before anything starts, and hands them to the supervisor (``appliance.supervisor``),
+which runs one worker per core. With no arguments it serves the bundled ``static/`` on the
+user-level stack behind a TAP device (stack 198.18.0.2, host side 198.18.0.1/24) and its
+metrics at 127.0.0.1:9100. ``doctor`` checks what the chosen stack and backend need.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import signal
+import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from appliance import __version__
+from appliance import __version__, caps
+from appliance.config import (
+    DEFAULT_LINUX_IP,
+    DEFAULT_METRICS,
+    DEFAULT_MTCP_IP,
+    DEFAULT_ROOT,
+    ENV_CONFIG,
+    KEYS,
+    Config,
+    ConfigError,
+    load,
+)
 
-# static/ is installed as appliance.static; an editable install links its files back to the
-# checkout's static/, which is then the folder to serve (served files may not resolve outside it).
-DEFAULT_ROOT = (Path(__file__).parent / "static" / "index.html").resolve().parent
-DEFAULT_MTCP_IP = "198.18.0.2/24"
-DEFAULT_TAP_HOST = "198.18.0.1/24"  # host side of the TAP
-DEFAULT_LINUX_IP = "127.0.0.1"
+__all__ = ["DEFAULT_LINUX_IP", "DEFAULT_MTCP_IP", "DEFAULT_ROOT", "build_parser", "main"]
+
+# options that are not config keys
+_NOT_KEYS = {"command", "func", "config"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """The settings shared by serve and doctor; dest = the config key."""
+
+    def h(key: str) -> str:
+        return KEYS[key][1].replace("%", "%%")  # argparse formats help with %
+
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file with these settings (or {ENV_CONFIG}); flags and "
+        "MTCP_APPLIANCE_<KEY> variables override it",
+    )
+    p.add_argument("--stack", choices=("mtcp", "linux"), default="mtcp", help=h("stack"))
+    p.add_argument("--backend", choices=("tap", "afpacket"), default="tap", help=h("backend"))
+    p.add_argument("--iface", help=h("iface"))
+    p.add_argument("--ip", help=h("ip"))
+    p.add_argument("--gateway", help=h("gateway"))
+    p.add_argument("--port", type=int, help=h("port"))
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=h("root"))
+    p.add_argument("--cores", type=int, help=h("cores"))
+    p.add_argument("--metrics", metavar="HOST:PORT", help=h("metrics"))
+    p.add_argument("--access-log", type=Path, metavar="FILE", help=h("access_log"))
+    p.add_argument("--no-priority", action="store_true", help=h("no_priority"))
+    p.add_argument("--pcap", metavar="FILE", help=h("pcap"))
+    p.add_argument("--tap-host", metavar="ADDR/PREFIX", help=h("tap_host"))
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS", help=h("drain_timeout"))
+
+
+def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
+    """The parser. ``explicit_only``: no defaults at all, so that the result holds only the
+    options given on the command line (what overrides the file and the environment)."""
+    kw: dict[str, Any] = {"argument_default": argparse.SUPPRESS} if explicit_only else {}
     parser = argparse.ArgumentParser(
         prog="mtcp-appliance",
         description="Static-site web server on a user-level TCP/IP stack.",
+        **kw,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a folder over HTTP/1.1")
-    serve.add_argument(
-        "--stack",
-        choices=("mtcp", "linux"),
-        default="mtcp",
-        help="TCP/IP stack: mtcp (user level, default) or linux (the kernel's sockets)",
+    serve = commands.add_parser(
+        "serve",
+        help="serve a folder over HTTP/1.1, one worker per core",
+        description=f"Serves a folder over HTTP/1.1. Defaults: the bundled site on the "
+        f"user-level stack behind a TAP (stack {DEFAULT_MTCP_IP}, host side 198.18.0.1/24), "
+        f"metrics at {DEFAULT_METRICS}.",
+        **kw,
     )
-    serve.add_argument(
-        "--backend",
-        choices=("tap", "afpacket", "pair"),
-        default="tap",
-        help="mtcp packet I/O backend (default: tap)",
-    )
-    serve.add_argument("--iface", help="afpacket: the interface; tap: the device name")
-    serve.add_argument(
-        "--ip",
-        help=f"address to serve on (default: {DEFAULT_MTCP_IP} for mtcp, "
-        f"{DEFAULT_LINUX_IP} for linux)",
-    )
-    serve.add_argument("--port", type=int, help="TCP port (default: 80 for mtcp, 8080 for linux)")
-    serve.add_argument(
-        "--root", type=Path, default=DEFAULT_ROOT, help="folder to serve (default: static/)"
-    )
+    _add_config_options(serve)
     serve.set_defaults(func=serve_command)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check what the chosen stack and backend need, and say what to fix",
+        **kw,
+    )
+    _add_config_options(doctor)
+    doctor.set_defaults(func=doctor_command)
+    if explicit_only:
+        for p in (serve, doctor):
+            for action in p._actions:
+                action.default = argparse.SUPPRESS
     return parser
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    root: Path = args.root
-    if not root.is_dir():
-        print(f"mtcp-appliance: --root {root}: not a folder", file=sys.stderr)
+def _flags(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The config keys given as flags on this command line."""
+    given = vars(build_parser(explicit_only=True).parse_args(argv))
+    out = {k: v for k, v in given.items() if k not in _NOT_KEYS}
+    if out.pop("no_priority", False):
+        out["no_priority"] = True
+    for key in ("root", "access_log"):
+        if key in out:
+            out[key] = str(out[key])
+    return out
+
+
+def _config(args: argparse.Namespace) -> Config | int:
+    """The checked configuration, or the exit status after saying what is wrong."""
+    try:
+        return load(args.flags, os.environ, args.config)
+    except ConfigError as exc:
+        print(f"mtcp-appliance: config error: {exc}", file=sys.stderr)
         return 2
-    if args.stack == "linux":
-        host = (args.ip or DEFAULT_LINUX_IP).split("/")[0]
-        return serve_linux(root, host, 8080 if args.port is None else args.port)
-    return serve_mtcp(args, root)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if isinstance(cfg, int):
+        return cfg
+    return serve_linux(cfg) if cfg.stack == "linux" else serve_mtcp(cfg)
 
 
 def _missing_capability(err: OSError, backend: str) -> str | None:
+    """The capability an EPERM/EACCES from the backend points at, or None."""
     if err.errno not in (errno.EPERM, errno.EACCES):
         return None
-    if backend == "tap":
-        return "CAP_NET_ADMIN (to create the TAP device /dev/net/tun and address its host side)"
-    return "CAP_NET_RAW (for AF_PACKET sockets)"
+    need = caps.NEEDED.get(backend)
+    return f"{caps.NAMES[need[0]]} ({need[1]})" if need else None
 
 
-def serve_mtcp(args: argparse.Namespace, root: Path) -> int:
-    import mtcp_core
-    from appliance.http.server import SiteConfig
-    from appliance.http.server import serve_mtcp as serve
+def serve_mtcp(cfg: Config) -> int:
+    """``--stack mtcp``: the supervisor with one worker per core on the user-level stack."""
+    from appliance.supervisor import Supervisor
 
-    ip = args.ip or DEFAULT_MTCP_IP
-    port = 80 if args.port is None else args.port
-    iface = args.iface or ("mtcp0" if args.backend == "tap" else None)
-    if args.backend == "afpacket" and not iface:
-        print("mtcp-appliance: --iface: afpacket needs an interface", file=sys.stderr)
-        return 2
-    if args.backend == "pair":
-        print(
-            "mtcp-appliance: --backend pair is for tests (two stacks in one process)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        stack = mtcp_core.Stack(
-            args.backend,
-            ip,
-            iface=iface,
-            tap_host=DEFAULT_TAP_HOST if args.backend == "tap" and not args.ip else None,
-        )
-    except ValueError as exc:
-        print(f"mtcp-appliance: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        cap = _missing_capability(exc, args.backend)
-        print(f"mtcp-appliance: cannot start the {args.backend} backend: {exc}", file=sys.stderr)
-        if cap:
-            print(
-                f"  missing capability: {cap}\n  without it, serve on the kernel's stack: "
-                "mtcp-appliance serve --stack linux --port 8080",
-                file=sys.stderr,
-            )
-        return 1
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    host = ip.split("/")[0]
-    with stack:
-        ctx = stack.context(0)
-        where = f" (host side {DEFAULT_TAP_HOST} on {iface})" if args.backend == "tap" else ""
-        ready = threading.Event()
-
-        def announce() -> None:  # once the port listens (serve runs in this thread)
-            if ready.wait(60):
-                print(
-                    f"serving {root} at http://{host}:{port}/ (stack mtcp, {args.backend}{where})",
-                    flush=True,
-                )
-
-        threading.Thread(target=announce, daemon=True).start()
-        try:
-            serve(ctx, SiteConfig(root=root), port, stop, ready=ready)
-        except KeyboardInterrupt:
-            pass
-    return 0
+    return Supervisor(cfg).run()
 
 
-def serve_linux(root: Path, host: str, port: int) -> int:
-    from appliance.http.server import SiteConfig
-    from appliance.http.server import serve_linux as serve
+def serve_linux(cfg: Config) -> int:
+    """``--stack linux``: the supervisor with one SO_REUSEPORT worker per core."""
+    from appliance.supervisor import Supervisor
 
-    stop, ready = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return Supervisor(cfg).run()
 
-    def announce() -> None:  # once the port listens (serve runs in this thread)
-        if ready.wait(60):
-            print(f"serving {root} at http://{host}:{port}/ (stack linux)", flush=True)
 
-    threading.Thread(target=announce, daemon=True).start()
-    try:
-        serve(host, port, SiteConfig(root=root), stop, ready=ready)
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        print(f"mtcp-appliance: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+def doctor_command(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if isinstance(cfg, int):
+        return cfg
+    from appliance.doctor import run_checks
+
+    return run_checks(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.flags = _flags(argv)
     return int(args.func(args))
 
 

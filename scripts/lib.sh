@@ -17,7 +17,7 @@ die() { say "error: $*"; exit 1; }
 # Debian package for each command the project or its tests use.
 SYSTEM_COMMANDS=(
   "gcc gcc" "ip iproute2" "ping iputils-ping" "ethtool ethtool" "nft nftables"
-  "tcpdump tcpdump" "ps procps" "curl curl"
+  "tcpdump tcpdump" "ps procps" "curl curl" "chromium chromium"
 )
 
 apt_install() {

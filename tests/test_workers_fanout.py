@@ -203,3 +203,42 @@ def test_flows_spread_over_two_workers(netlab: netns.Lab, stats_path: str, ports
         assert block["pid"] == r["pid"] != os.getpid()
         assert block["counters"]["conn_passive_opens"] == r["passive_opens"]
         assert block["counters"]["rx_packets"] > 0
+
+
+def _restartable_worker(stack: mtcp_core.Stack, ready: Any, stop: Any) -> None:
+    """A worker that serves echo until told to stop (or killed)."""
+    try:
+        ctx = stack.context(0)
+        echo_app.serve(
+            echo_app.MtcpNet(ctx), {PORT: "echo"}, stop=stop, duration=60, ready=ready.set
+        )
+    finally:
+        os._exit(0)
+
+
+def test_a_worker_killed_and_started_again_resumes_on_the_same_rings(
+    netlab: netns.Lab,
+) -> None:
+    """The supervisor keeps the AF_PACKET sockets (and so their rings) while a worker dies
+    and restarts: the new worker must pick up where the kernel is, in both rings."""
+    client, server = netlab.namespace("client"), netlab.namespace("server")
+    link = netlab.veth(client, server, address_b=False)
+    ip = str(link.addr_b.ip)
+    stack = server.call(mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b)
+    mp = multiprocessing.get_context("fork")
+    try:
+        for generation in range(3):
+            ready, stop = mp.Event(), mp.Event()
+            proc = mp.Process(target=_restartable_worker, args=(stack, ready, stop))
+            proc.start()
+            try:
+                assert ready.wait(20), f"worker {generation} never listened"
+                for i in range(20):  # enough traffic to move both rings' positions
+                    msg = f"generation {generation} request {i}".encode()
+                    got = client.call(echo_app.echo_exchange, (ip, PORT), msg)
+                    assert got == msg
+            finally:
+                proc.kill()  # kill -9: no cleanup in the worker
+                proc.join(10)
+    finally:
+        stack.close()

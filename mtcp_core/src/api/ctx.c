@@ -137,6 +137,11 @@ static void update_gauges(struct mtcp_context *ctx)
     STAT_SET(st, flows, ctx->flow_count);
     for (int s = 0; s < TCP_NSTATES; s++)
         st->v[MTCP_STAT_state_closed + s] = ctx->state_count[s];
+    /* a listening socket has no TCB: count the listener table instead */
+    uint64_t listening = 0;
+    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+        listening++;
+    STAT_SET(st, state_listen, listening);
 }
 
 static void *ctx_loop(void *arg)
@@ -359,6 +364,7 @@ void mtcp_destroy_context(mctx_t ctx)
         update_gauges(ctx);
         mtcp_stats_publish(&ctx->stats, mtcp_now_ns());
     }
+    io_dev_stop(ctx->dev);
     ctx_free(ctx);
 }
 

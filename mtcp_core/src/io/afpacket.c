@@ -101,6 +101,18 @@ struct afp_dev {
     /* TX */
     uint32_t tx_head;
     bool tx_backlog;       /* the last flush left frames in SEND_REQUEST */
+    /* The rings outlive a worker (the creating process keeps the sockets): where the
+     * user side stands is kept in memory shared with the processes that follow, so
+     * that a restarted worker resumes at the kernel's position instead of waiting
+     * at slot 0 for a block or a TX head the kernel has moved past. */
+    struct afp_cursors *cur;
+};
+
+struct afp_cursors {
+    uint32_t started;      /* a worker has run on these rings before */
+    uint32_t rx_blk;       /* first RX block not yet given back */
+    uint32_t arp_head;     /* first ARP frame not yet given back */
+    uint32_t tx_head;      /* next TX slot to fill */
 };
 
 static uint32_t load_acq(const volatile uint32_t *p)
@@ -346,6 +358,13 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         }
         ad->fd = ad->arp_fd = ad->ep = -1;
         g->devs[i].priv = ad;
+        void *cur = mmap(NULL, sizeof(struct afp_cursors), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (cur == MAP_FAILED) {
+            *err_msg = "afpacket: out of memory";
+            return -ENOMEM;
+        }
+        ad->cur = cur;
     }
 
     /* Interface facts, through the first socket. */
@@ -491,6 +510,16 @@ static int afp_start(struct io_dev *dev)
     ev.data.u32 = 1;
     if (epoll_ctl(ad->ep, EPOLL_CTL_ADD, ad->arp_fd, &ev) < 0)
         return io_neg_errno();
+    if (__atomic_load_n(&ad->cur->started, __ATOMIC_ACQUIRE)) {
+        /* a previous worker died here: continue from its last positions; frames it
+         * took but had not given back are read again (a fresh stack answers stale
+         * segments with RST, as after any restart) */
+        ad->blk = ad->release_from = ad->cur->rx_blk % ad->rx_block_nr;
+        ad->arp_head = ad->cur->arp_head % ad->arp_frame_nr;
+        ad->tx_head = ad->cur->tx_head % ad->tx_frame_nr;
+        (void)send(ad->fd, NULL, 0, MSG_DONTWAIT); /* what it queued but never flushed */
+    }
+    __atomic_store_n(&ad->cur->started, 1, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -594,12 +623,14 @@ static void afp_rx_done(struct io_dev *dev)
     }
     ad->release_from = (ad->release_from + ad->nrelease) % ad->rx_block_nr;
     ad->nrelease = 0;
+    ad->cur->rx_blk = ad->release_from;
     for (uint32_t i = ad->arp_handed; i > 0; i--) {
         uint32_t idx = (ad->arp_head + ad->arp_frame_nr - i) % ad->arp_frame_nr;
         struct tpacket2_hdr *h = (struct tpacket2_hdr *)(void *)arp_frame(ad, idx);
         store_rel(&h->tp_status, TP_STATUS_KERNEL);
     }
     ad->arp_handed = 0;
+    ad->cur->arp_head = ad->arp_head;
 }
 
 static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n)
@@ -640,6 +671,7 @@ static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n
         ad->tx_head = (ad->tx_head + 1) % ad->tx_frame_nr;
         queued++;
     }
+    ad->cur->tx_head = ad->tx_head;
     if (queued > 0 || ad->tx_backlog)
         tx_flush(ad);
     dev->tx_frames += (uint64_t)queued;
@@ -675,6 +707,8 @@ static void afp_close(struct io_dev *dev)
         close(ad->fd);
     if (ad->arp_fd >= 0)
         close(ad->arp_fd);
+    if (ad->cur)
+        munmap(ad->cur, sizeof(struct afp_cursors));
     free(ad);
     dev->priv = NULL;
 }

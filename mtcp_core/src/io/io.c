@@ -137,6 +137,15 @@ void io_group_close(struct io_group *g)
     memset(g, 0, sizeof *g);
 }
 
+void io_dev_stop(struct io_dev *dev)
+{
+    /* the capture is this process's (a forked worker's): flush and close it here */
+    if (dev && dev->pcap) {
+        io_pcap_close(dev->pcap);
+        dev->pcap = NULL;
+    }
+}
+
 int io_dev_start(struct io_dev *dev)
 {
     if (!dev || !dev->ops)

@@ -125,6 +125,8 @@ int io_group_open(struct io_group *g, const struct io_config *cfg, const char **
 void io_group_close(struct io_group *g);
 /* Called by the core that owns g->devs[core] before first use. 0 or -errno. */
 int io_dev_start(struct io_dev *dev);
+/* Called by the core that started dev when it stops: flushes what it owns (pcap). */
+void io_dev_stop(struct io_dev *dev);
 
 /* Wrappers that also copy into the pcap file when capturing. */
 int io_rx_burst(struct io_dev *dev, struct io_frame *frames, int max);

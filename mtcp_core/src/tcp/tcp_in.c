@@ -341,6 +341,8 @@ static void ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
             ctx_add_event(ctx, t, MTCP_EPOLLOUT);
     }
     t->snd_una = ack;
+    if (t->sml_out && SEQ_GEQ(ack, t->snd_sml))
+        t->sml_out = 0;
     if (SEQ_LT(t->snd_nxt, t->snd_una))
         t->snd_nxt = t->snd_una;
     if (SEQ_LT(t->rexmit_nxt, t->snd_una))

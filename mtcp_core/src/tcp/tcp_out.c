@@ -294,10 +294,12 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t len = avail < seg_max ? avail : seg_max;
         if (len > usable)
             len = usable;
-        /* Nagle (RFC 896, RFC 9293 3.7.4): hold a small segment while data is
-         * unacknowledged, unless TCP_NODELAY or the FIN follows it */
+        /* Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form, as Linux: hold a small
+         * segment only while an earlier small one is unacknowledged, so that a
+         * response of one full segment and a tail does not wait for a delayed ACK;
+         * never with TCP_NODELAY or when the FIN follows */
         if (len < seg_max && flight && !t->nodelay && !(t->pend & TCB_P_FIN) &&
-            SEQ_GEQ(t->snd_nxt, t->snd_max))
+            SEQ_GEQ(t->snd_nxt, t->snd_max) && t->sml_out)
             break;
         uint8_t flags = WIRE_TCP_ACK;
         if (len == avail)
@@ -309,6 +311,10 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         if (tcp_emit(ctx, t, flags, seq, len) < 0)
             return -1;
         STAT_INC(&ctx->stats, tx_data_pkts);
+        if (len < seg_max) {
+            t->snd_sml = seq + len; /* the last small segment (Minshall) */
+            t->sml_out = 1;
+        }
         if (seq == t->snd_max && !t->rtt_timing) {
             t->rtt_timing = 1;
             t->rtt_seq = seq;

@@ -1,0 +1,428 @@
+"""The appliance's configuration: one ``Config`` from three layers.
+
+A TOML file (``--config FILE`` or ``MTCP_APPLIANCE_CONFIG``), then ``MTCP_APPLIANCE_<KEY>``
+environment variables, then command-line flags: each layer overrides the one before. A key
+has one name everywhere: the flag ``--access-log`` is the key ``access_log`` in the file and
+the variable ``MTCP_APPLIANCE_ACCESS_LOG``. Every value is checked before anything starts; a
+bad one raises ``ConfigError`` naming the key, where it came from and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MTCP_APPLIANCE_"
+ENV_CONFIG = ENV_PREFIX + "CONFIG"
+
+# static/ is installed as appliance.static; an editable install links its files back to the
+# checkout's static/, which is then the folder to serve (served files may not resolve outside it).
+DEFAULT_ROOT = (Path(__file__).parent / "static" / "index.html").resolve().parent
+DEFAULT_MTCP_IP = "198.18.0.2/24"
+DEFAULT_TAP_HOST = "198.18.0.1/24"  # host side of the TAP
+DEFAULT_TAP_NAME = "mtcp0"
+DEFAULT_LINUX_IP = "127.0.0.1"
+DEFAULT_METRICS = "127.0.0.1:9100"
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+IFNAMSIZ = 16
+
+
+class ConfigError(ValueError):
+    """A bad setting: ``key`` (as written in the file), ``source`` and ``reason``."""
+
+    def __init__(self, key: str, reason: str, source: str = "") -> None:
+        self.key, self.reason, self.source = key, reason, source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}{where}: {reason}")
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on, in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``serve`` needs, checked and with the defaults filled in."""
+
+    stack: str = "mtcp"
+    backend: str = "tap"
+    iface: str | None = None
+    ip: str = DEFAULT_MTCP_IP  # address/prefix (mtcp) or address (linux)
+    gateway: str | None = None
+    port: int = 80
+    root: Path = DEFAULT_ROOT
+    cores: int = 1
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
+    access_log: Path | None = None
+    priority: bool = True
+    pcap: str | None = None
+    tap_host: str | None = DEFAULT_TAP_HOST
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
+
+    @property
+    def host(self) -> str:
+        """The address the site is served on, without the prefix."""
+        return self.ip.split("/")[0]
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def metrics_url(self) -> str:
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"http://{host}:{self.metrics_port}"
+
+
+# ------------------------------------------------------------------------- value parsers
+# Each takes the raw value (a TOML value, or a string from the environment or a flag) and
+# returns the checked value or raises ValueError with the reason.
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"must be a string, got {v!r}")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = _str(v)
+        if s not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {s!r}")
+        return s
+
+    return parse
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"must be an integer {lo}..{hi}, got {v!r}")
+        if isinstance(v, str):
+            try:
+                v = int(v.strip(), 10)
+            except ValueError:
+                raise ValueError(f"must be an integer {lo}..{hi}, got {v!r}") from None
+        if not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"must be an integer {lo}..{hi}, got {v!r}")
+        return v
+
+    return parse
+
+
+def _float_pos(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number of seconds > 0, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds > 0, got {v!r}") from None
+    if not isinstance(v, int | float) or not 0 < v <= 86400:
+        raise ValueError(f"must be a number of seconds > 0 (at most 86400), got {v!r}")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        low = v.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+def _iface(v: Any) -> str:
+    s = _str(v)
+    if not s or len(s) >= IFNAMSIZ or "/" in s or any(c.isspace() for c in s):
+        raise ValueError(f"must be an interface name of 1..{IFNAMSIZ - 1} characters, got {s!r}")
+    return s
+
+
+def _cidr(v: Any) -> str:
+    s = _str(v)
+    try:
+        iface = ipaddress.IPv4Interface(s)
+    except ValueError as exc:
+        raise ValueError(f"must be an IPv4 address/prefix such as 198.18.0.2/24: {exc}") from None
+    if "/" not in s:
+        iface = ipaddress.IPv4Interface(f"{s}/24")
+    return str(iface)
+
+
+def _ipv4(v: Any) -> str:
+    s = _str(v)
+    try:
+        return str(ipaddress.IPv4Address(s))
+    except ValueError as exc:
+        raise ValueError(f"must be an IPv4 address: {exc}") from None
+
+
+def _hostport(v: Any) -> tuple[str, int]:
+    s = _str(v)
+    host, sep, port = s.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(f"must be host:port such as 127.0.0.1:9100, got {s!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"host must be an IP address or localhost, got {host!r}") from None
+    try:
+        p = int(port, 10)
+    except ValueError:
+        raise ValueError(f"port must be an integer 0..65535, got {port!r}") from None
+    if not 0 <= p <= 65535:
+        raise ValueError(f"port must be an integer 0..65535, got {p}")
+    return host, p
+
+
+def _path(v: Any) -> Path:
+    s = _str(v)
+    if not s:
+        raise ValueError("must be a path, got an empty string")
+    return Path(s).expanduser()
+
+
+def _writable_file(v: Any) -> Path:
+    p = _path(v)
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"its folder {parent} is not writable")
+    return p
+
+
+def _root(v: Any) -> Path:
+    p = _path(v)
+    if not p.is_dir():
+        raise ValueError(f"{p}: not a folder")
+    return p
+
+
+def _pcap(v: Any) -> str:
+    s = _str(v)
+    _writable_file(s.replace("%u", "0"))
+    return s
+
+
+# key -> (parser, help). Flags are "--" + key with "_" -> "-"; "no_priority" is "--no-priority".
+KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "stack": (_choice("mtcp", "linux"), "mtcp (user-level stack, default) or linux (kernel)"),
+    "backend": (_choice("tap", "afpacket"), "mtcp packet I/O: tap (default) or afpacket"),
+    "iface": (_iface, f"tap: device name (default {DEFAULT_TAP_NAME}); afpacket: the interface"),
+    "ip": (_str, f"address/prefix (default {DEFAULT_MTCP_IP}; linux: {DEFAULT_LINUX_IP})"),
+    "gateway": (_ipv4, "mtcp: next hop for destinations off the subnet"),
+    "port": (_int(1, 65535), "TCP port (default 80 for mtcp, 8080 for linux)"),
+    "root": (_root, "folder to serve (default: the bundled static/)"),
+    "cores": (_int(1, 256), "worker processes, one per core (default: all CPUs)"),
+    "metrics": (_hostport, f"management address host:port (default {DEFAULT_METRICS})"),
+    "access_log": (_writable_file, "access log file (default: none)"),
+    "no_priority": (_bool, "mtcp: one FIFO TX list instead of control > ACK > data"),
+    "pcap": (_pcap, "mtcp: capture to this pcap file (%u: core number)"),
+    "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
+    "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
+}
+
+
+# the TOML type of each key that is not a string
+TOML_TYPES: dict[str, Any] = {
+    "port": int,
+    "cores": int,
+    "no_priority": bool,
+    "drain_timeout": int | float,
+}
+_TYPE_NAMES: dict[Any, str] = {
+    int: "integer",
+    bool: "boolean (true or false)",
+    int | float: "number",
+    str: "string",
+}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The TOML file's settings (a flat table; ``[appliance]`` or ``[serve]`` also works)."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", f"{path}: no such file", "--config") from None
+    except OSError as exc:
+        raise ConfigError("config", f"{path}: {exc.strerror}", "--config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path}: not valid TOML: {exc}", "--config") from None
+    for section in ("appliance", "serve"):
+        if isinstance(data.get(section), dict) and len(data) == 1:
+            data = data[section]
+    return data
+
+
+def gather(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Raw values by key and where each came from, file < env < flags."""
+    raw: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    path = config_file
+    if path is None and env.get(ENV_CONFIG):
+        path = Path(env[ENV_CONFIG])
+    if path is not None:
+        for key, value in read_file(path).items():
+            if key not in KEYS:
+                raise ConfigError(key, f"unknown key; known keys: {', '.join(KEYS)}", str(path))
+            want = TOML_TYPES.get(key, str)
+            if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+                raise ConfigError(
+                    key, f"must be a TOML {_TYPE_NAMES[want]}, got {value!r}", str(path)
+                )
+            raw[key], where[key] = value, str(path)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in KEYS:
+            known = ", ".join(env_name(k) for k in KEYS)
+            raise ConfigError(
+                name, f"unknown variable; known: {ENV_CONFIG}, {known}", "environment"
+            )
+        raw[key], where[key] = value, name
+    for key, value in flags.items():
+        if key not in KEYS:
+            raise ConfigError(key, "unknown option", "command line")
+        raw[key], where[key] = value, flag_name(key)
+    return raw, where
+
+
+def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
+    """Checks every value and fills in the defaults."""
+    val: dict[str, Any] = {}
+    for key, value in raw.items():
+        parse = KEYS[key][0]
+        if value is None:
+            continue
+        try:
+            val[key] = parse(value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc), where.get(key, "")) from None
+
+    def err(key: str, reason: str) -> ConfigError:
+        return ConfigError(key, reason, where.get(key, ""))
+
+    stack = val.get("stack", "mtcp")
+    backend = val.get("backend", "tap")
+    cpus = available_cpus()
+    cores = val.get("cores", len(cpus))
+    port = val.get("port", 80 if stack == "mtcp" else 8080)
+    metrics_host, metrics_port = val.get("metrics", ("127.0.0.1", 9100))
+    iface = val.get("iface")
+    tap_host: str | None = None
+    if stack == "mtcp":
+        ip = _checked(err, "ip", _cidr, val.get("ip", DEFAULT_MTCP_IP))
+        net = ipaddress.IPv4Interface(ip).network
+        if backend == "afpacket" and not iface:
+            raise err(
+                "iface",
+                "the afpacket backend needs an interface (--iface, "
+                f"{env_name('iface')} or iface in the config file)",
+            )
+        if backend == "tap":
+            iface = iface or DEFAULT_TAP_NAME
+            tap_host = _tap_host(err, val, ip)
+        gw = val.get("gateway")
+        if gw is not None and ipaddress.IPv4Address(gw) not in net:
+            raise err("gateway", f"{gw} is not in the subnet {net} of ip {ip}")
+        if gw is not None and gw == ip.split("/")[0]:
+            raise err("gateway", f"{gw} is the stack's own address")
+    else:
+        ip = val.get("ip", DEFAULT_LINUX_IP).split("/")[0]
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise err("ip", f"must be an IP address to listen on, got {ip!r}") from None
+        for key in ("gateway", "pcap", "tap_host", "iface"):
+            if key in val:
+                raise err(key, "only means something with --stack mtcp")
+    return Config(
+        stack=stack,
+        backend=backend,
+        iface=iface,
+        ip=ip,
+        gateway=val.get("gateway"),
+        port=port,
+        root=val.get("root", DEFAULT_ROOT),
+        cores=cores,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        access_log=val.get("access_log"),
+        priority=not val.get("no_priority", False),
+        pcap=val.get("pcap"),
+        tap_host=tap_host,
+        drain_timeout=val.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
+        sources=dict(where),
+    )
+
+
+def _checked(
+    err: Callable[[str, str], ConfigError], key: str, parse: Callable[[Any], Any], value: Any
+) -> Any:
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise err(key, str(exc)) from None
+
+
+def _tap_host(err: Callable[[str, str], ConfigError], val: Mapping[str, Any], ip: str) -> str:
+    """The TAP's host side: given, or the default, or the first other host of ip's subnet."""
+    stack_if = ipaddress.IPv4Interface(ip)
+    if "tap_host" in val:
+        host = _checked(err, "tap_host", _cidr, val["tap_host"])
+        if ipaddress.IPv4Interface(host).ip == stack_if.ip:
+            raise err("tap_host", f"{host} is the stack's own address")
+        if ipaddress.IPv4Interface(host).ip not in stack_if.network:
+            raise err("tap_host", f"{host} is not in the subnet {stack_if.network} of ip {ip}")
+        return host
+    if "ip" not in val:
+        return DEFAULT_TAP_HOST
+    for h in stack_if.network.hosts():
+        if h != stack_if.ip:
+            return f"{h}/{stack_if.network.prefixlen}"
+    raise err("ip", f"{ip}: the subnet has no room for the TAP's host side")
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """The configuration from a file, the environment and flags (flags win)."""
+    raw, where = gather(flags, os.environ if env is None else env, config_file)
+    return build(raw, where)

@@ -1,0 +1,51 @@
+"""Logging: one line per event on stderr, with the time, level, core and process.
+
+    2025-01-31T12:00:00.123Z INFO core=1 pid=4242 worker started on cpu 1
+
+The supervisor's own lines say ``core=-``; a line about one worker names its core
+(``log.info(..., extra={"core": 1})``); a worker's lines carry its core by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+LOGGER_NAME = "mtcp_appliance"
+log = logging.getLogger(LOGGER_NAME)
+
+_default_core = "-"
+
+
+class _OneLine(logging.Formatter):
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "core"):
+            record.core = _default_core
+        line = super().format(record)
+        return line.replace("\r", "\\r").replace("\n", " | ")
+
+
+def setup(level: int = logging.INFO) -> None:
+    """Sends the appliance's log to stderr (again: also after a fork or on SIGHUP)."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _OneLine(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s core=%(core)s pid=%(process)d %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+    )
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def set_core(core: int | str) -> None:
+    """The core this process's lines name by default (a worker's own core)."""
+    global _default_core
+    _default_core = str(core)

@@ -1,0 +1,200 @@
+"""The status page (``/server-status``, like lighttpd's mod_status): per-core rates, connection
+states and worker facts, as HTML (jinja2, refreshing itself) or JSON (``?json``).
+
+Rates need two moments: a sampler thread takes a view every ``interval`` seconds and a page
+shows the rates between the last two samples.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from appliance.metrics.source import ApplianceView, CoreView, MetricsSource
+
+# TCB states (mtcp_core counts connections, not listening sockets, so LISTEN is left out)
+STATES: tuple[str, ...] = (
+    "syn_sent",
+    "syn_received",
+    "established",
+    "fin_wait_1",
+    "fin_wait_2",
+    "close_wait",
+    "closing",
+    "last_ack",
+    "time_wait",
+)
+# name in the status data -> what it counts
+RATES: tuple[str, ...] = (
+    "rx_packets",
+    "tx_packets",
+    "rx_bytes",
+    "tx_bytes",
+    "connections",
+    "requests",
+    "response_bytes",
+    "cpu_seconds",
+)
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _totals(c: CoreView) -> dict[str, float]:
+    st = c.stack or {}
+    return {
+        "rx_packets": st.get("rx_packets", 0),
+        "tx_packets": st.get("tx_packets", 0),
+        "rx_bytes": st.get("rx_bytes", 0),
+        "tx_bytes": st.get("tx_bytes", 0),
+        "connections": st.get("conn_passive_opens", 0) + st.get("conn_active_opens", 0),
+        "requests": c.http.total_requests if c.http else 0,
+        "response_bytes": c.http.response_bytes if c.http else 0,
+        "cpu_seconds": c.cpu_seconds or 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float
+    totals: dict[int, dict[str, float]]
+
+
+class StatusPage:
+    """Renders the status of a ``MetricsSource``; ``start()`` runs the rate sampler."""
+
+    def __init__(self, source: MetricsSource, interval: float = 1.0) -> None:
+        self.source = source
+        self.interval = interval
+        self._samples: deque[_Sample] = deque(maxlen=2)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self, view: ApplianceView | None = None) -> None:
+        view = view or self.source.view()
+        s = _Sample(view.taken_at, {c.core: _totals(c) for c in view.cores})
+        with self._lock:
+            self._samples.append(s)
+
+    def start(self) -> None:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a bad read must not end the sampler
+                continue
+
+    def _rates(self) -> tuple[float, dict[int, dict[str, float]]]:
+        with self._lock:
+            if len(self._samples) < 2:
+                return 0.0, {}
+            a, b = self._samples[0], self._samples[1]
+        dt = b.at - a.at
+        if dt <= 0:
+            return 0.0, {}
+        rates: dict[int, dict[str, float]] = {}
+        for core, now in b.totals.items():
+            before = a.totals.get(core, now)
+            rates[core] = {k: max(now[k] - before.get(k, 0), 0) / dt for k in RATES}
+        return dt, rates
+
+    def data(self) -> dict[str, Any]:
+        """The page's content as plain data (the ``?json`` answer)."""
+        view = self.source.view()
+        dt, rates = self._rates()
+        now = time.time()
+        cores: list[dict[str, Any]] = []
+        total_rates = dict.fromkeys(RATES, 0.0)
+        total_states = dict.fromkeys(STATES, 0)
+        for c in view.cores:
+            st = c.stack or {}
+            r = rates.get(c.core, dict.fromkeys(RATES, 0.0))
+            states = {s: (st.get(f"state_{s}", 0) if c.up else 0) for s in STATES}
+            for k in RATES:
+                total_rates[k] += r[k]
+            for s in STATES:
+                total_states[s] += states[s]
+            t = _totals(c)
+            cores.append(
+                {
+                    "core": c.core,
+                    "cpu": c.cpu,
+                    "pid": c.pid,
+                    "up": c.up,
+                    "restarts": c.restarts,
+                    "uptime_s": round(now - c.started_at, 1) if c.started_at and c.up else None,
+                    "rss_bytes": c.rss_bytes,
+                    "rates": _rates_out(r),
+                    "connections": states,
+                    "totals": {
+                        "requests": int(t["requests"]),
+                        "rx_packets": int(t["rx_packets"]),
+                        "tx_packets": int(t["tx_packets"]),
+                        "connections_opened": int(t["connections"]),
+                        "response_bytes": int(t["response_bytes"]),
+                        "retransmits": st.get("retransmits", 0),
+                        "drops": sum(v for k, v in st.items() if k.startswith("drop_")),
+                    },
+                    "tx_queues": {q: st.get(f"txq_{q}", 0) for q in ("control", "ack", "data")},
+                }
+            )
+        return {
+            "appliance": {
+                "version": view.version,
+                "stack": view.stack,
+                "backend": view.backend,
+                "serve_url": view.serve_url,
+                "supervisor_pid": view.supervisor_pid,
+                "uptime_s": round(now - view.started_at, 1),
+                "draining": view.draining,
+            },
+            "interval_s": round(dt, 3),
+            "cores": cores,
+            "total": {"rates": _rates_out(total_rates), "connections": total_states},
+        }
+
+    def html(self, refresh: int = 2) -> str:
+        return _env.get_template("server-status.html").render(
+            s=self.data(), states=STATES, refresh=refresh, fmt_bytes=fmt_bytes, fmt_num=fmt_num
+        )
+
+
+def _rates_out(r: dict[str, float]) -> dict[str, float]:
+    out = {f"{k}_per_s": round(v, 2) for k, v in r.items() if k != "cpu_seconds"}
+    out["cpu_percent"] = round(r.get("cpu_seconds", 0.0) * 100, 1)
+    return out
+
+
+def fmt_num(v: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.1f}{unit}"
+    return f"{v:.0f}" if float(v).is_integer() or abs(v) >= 10 else f"{v:.1f}"
+
+
+def fmt_bytes(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(v) >= scale:
+            return f"{v / scale:.1f} {unit}"
+    return f"{v:.0f} B"
