@@ -203,6 +203,29 @@ def test_nagle_coalesces_small_writes_and_nodelay_does_not() -> None:
     assert nagle_segs * 4 <= fast_segs, (nagle_segs, fast_segs)
 
 
+def test_nagle_sends_a_full_segment_and_its_tail_without_waiting_for_an_ack() -> None:
+    """Minshall's Nagle (as Linux): only an unacknowledged small segment holds the next
+    small one. A response of one full segment plus a tail goes out at once; a plain
+    Nagle would hold the tail until the first segment's (delayed) ACK."""
+    n = net_with()
+    try:
+        ls, sep = listen(n.server)
+        ep = n.client.epoll()
+        c = connect(n.client, ep)
+        s = accept(ls, sep)
+        # from now on the client's pure ACKs are lost: the tail must not wait for one
+        ack_only = m.PairLink.SYN | m.PairLink.FIN | m.PairLink.RST | m.PairLink.ACK
+        n.link.drop_next(0, ack_only, m.PairLink.ACK, count=1000, max_payload=0)
+        response = os.urandom(2000)  # 1448 + 552 with timestamps
+        assert s.send(response) == len(response)
+        got = read_exactly(ep, c, len(response), timeout=10)
+        assert got == response
+        c.abort()
+        s.abort()
+    finally:
+        n.close()
+
+
 # ---------------------------------------------------------------- keepalive
 
 
