@@ -470,13 +470,17 @@ int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, i
             next_sacked = t->sacked[i].start;
     if (SEQ_GEQ(seq, t->snd_max) || (below_sacked && SEQ_GEQ(seq, high_sacked)))
         return 0;
+    /* data ends at the send ring's tail: SND.MAX may also count a FIN, which a timeout
+     * may have taken back (fin_sent = 0) - never send that sequence slot as data */
+    uint32_t data_end = t->snd_head_seq + mtcp_bytering_used(&t->snd);
     uint8_t flags = WIRE_TCP_ACK;
     uint32_t len;
-    if (t->fin_sent && seq == t->fin_seq) {
+    if (SEQ_GEQ(seq, data_end)) {
+        if (!t->fin_sent || seq != t->fin_seq)
+            return 0;
         len = 0; /* only the FIN is missing */
         flags |= WIRE_TCP_FIN;
     } else {
-        uint32_t data_end = t->fin_sent ? t->fin_seq : t->snd_max;
         len = data_end - seq;
         if (len > next_sacked - seq)
             len = next_sacked - seq;
