@@ -65,6 +65,7 @@ class Config:
     metrics_port: int = 9100
     access_log: Path | None = None
     priority: bool = True
+    afpacket_rx: str = "copy"
     pcap: str | None = None
     tap_host: str | None = DEFAULT_TAP_HOST
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
@@ -238,6 +239,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "metrics": (_hostport, f"management address host:port (default {DEFAULT_METRICS})"),
     "access_log": (_writable_file, "access log file (default: none)"),
     "no_priority": (_bool, "mtcp: one FIFO TX list instead of control > ACK > data"),
+    "afpacket_rx": (
+        _choice("copy", "ring"),
+        "afpacket receive path: copy (recvmmsg, each frame at once; default) or ring "
+        "(TPACKET_V3, zero copy, a block at a time: up to 1 ms later)",
+    ),
     "pcap": (_pcap, "mtcp: capture to this pcap file (%u: core number)"),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
@@ -384,6 +390,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         metrics_port=metrics_port,
         access_log=val.get("access_log"),
         priority=not val.get("no_priority", False),
+        afpacket_rx=val.get("afpacket_rx", "copy"),
         pcap=val.get("pcap"),
         tap_host=tap_host,
         drain_timeout=val.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),

@@ -265,6 +265,7 @@ class Supervisor:
                 pcap=cfg.pcap,
                 stats_path=str(self.run_dir / "stack-%u"),
                 priority=cfg.priority,
+                afpacket_rx=cfg.afpacket_rx,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

@@ -96,6 +96,7 @@ def role_serve(args: argparse.Namespace) -> int:
                 iface=args.iface,
                 max_conns=MTCP_MAX_CONNS,
                 time_wait_ms=args.time_wait_ms,
+                afpacket_rx=args.afpacket_rx,
             )
             ctx = stack.context(0, cpu=args.cpu)
             (tid,) = echo_app.find_threads("mtcp-core0")
@@ -249,6 +250,7 @@ def run_one(
             "--cpu", str(opts.server_cpu), "--ip", str(link.addr_b), "--iface", link.if_b,
             "--mode", opts.mode, "--max-time", str(opts.max_time + 60),
             "--time-wait-ms", str(opts.time_wait_ms),
+            "--afpacket-rx", opts.afpacket_rx,
         ),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -453,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-time", type=float, default=120.0, help="bound of one run, seconds")
     ap.add_argument("--time-wait-ms", type=int, default=0,
                     help="the core's TIME_WAIT (0: its default, 2 s)")  # fmt: skip
+    ap.add_argument("--afpacket-rx", choices=["copy", "ring"], default="copy",
+                    help="the core's afpacket receive path (Stack(afpacket_rx=...))")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     # internal: the child processes
     ap.add_argument("--role", choices=["main", "serve", "load"], default="main",

@@ -137,6 +137,7 @@ def role_serve(args: argparse.Namespace) -> int:
                 iface=args.iface,
                 max_conns=MTCP_MAX_CONNS,
                 time_wait_ms=args.time_wait_ms,
+                afpacket_rx=args.afpacket_rx,
             )
             ctx = stack.context(0, cpu=args.cpu)
             (tid,) = echo_app.find_threads("mtcp-core0")
@@ -219,6 +220,7 @@ def run_one(
                     "--iface", link.if_b, "--root", str(root),
                     "--max-time", str(opts.duration + 120),
                     "--time-wait-ms", str(opts.time_wait_ms),
+                    "--afpacket-rx", opts.afpacket_rx,
                 ],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, help="seconds of idle measured before each run")
     ap.add_argument("--time-wait-ms", type=int, default=0,
                     help="the core's TIME_WAIT (0: its default, 2 s)")  # fmt: skip
+    ap.add_argument("--afpacket-rx", choices=["copy", "ring"], default="copy",
+                    help="the core's afpacket receive path (Stack(afpacket_rx=...))")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     # internal: the server child
     ap.add_argument("--role", choices=["main", "serve"], default="main", help=argparse.SUPPRESS)

@@ -263,6 +263,7 @@ class Stack:
         sack: bool = True,
         delayed_ack: bool = True,
         no_delayed_ack: bool = False,
+        afpacket_rx: str = "copy",
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -306,6 +307,9 @@ class Stack:
         conf.challenge_ack_limit = challenge_ack_limit
         conf.no_sack = 0 if sack else 1
         conf.no_delayed_ack = 1 if (no_delayed_ack or not delayed_ack) else 0
+        if afpacket_rx not in ("ring", "copy"):
+            raise ValueError(f"afpacket_rx: 'ring' or 'copy', not {afpacket_rx!r}")
+        conf.afpacket_rx_ring = 1 if afpacket_rx == "ring" else 0
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:

@@ -108,6 +108,7 @@ def make_afpacket_rig(
     *,
     tx_offload: bool = True,
     time_wait_ms: int = STACK_TIME_WAIT_MS,
+    afpacket_rx: str = "ring",
 ) -> Iterator[Rig]:
     client, server = lab.namespace("client"), lab.namespace("server")
     link = lab.veth(client, server, address_b=False, tx_offload=tx_offload)
@@ -117,6 +118,7 @@ def make_afpacket_rig(
         str(link.addr_b),
         iface=link.if_b,
         time_wait_ms=time_wait_ms,
+        afpacket_rx=afpacket_rx,
     )
     try:
         ctx = stack.context(0)  # from this thread, outside the server namespace
@@ -125,9 +127,10 @@ def make_afpacket_rig(
         stack.close()
 
 
-@pytest.fixture
-def afp(netlab: netns.Lab) -> Iterator[Rig]:
-    yield from make_afpacket_rig(netlab)
+# both receive paths: the V3 ring (zero copy, blocks) and recvmmsg (copy, per frame)
+@pytest.fixture(params=["ring", "copy"])
+def afp(netlab: netns.Lab, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    yield from make_afpacket_rig(netlab, afpacket_rx=request.param)
 
 
 @pytest.fixture
@@ -412,13 +415,14 @@ def test_new_syn_on_a_time_wait_tuple_is_accepted(netlab: netns.Lab) -> None:
 # ---------------------------------------------------------------- (h) partial checksums
 
 
+@pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])
 @pytest.mark.parametrize("tx_offload", [True, False], ids=["offload_on", "offload_off"])
-def test_partial_checksums(netlab: netns.Lab, tx_offload: bool) -> None:
+def test_partial_checksums(netlab: netns.Lab, tx_offload: bool, afpacket_rx: str) -> None:
     """With TX checksum offload on (veth's default) the kernel's frames carry partial
     checksums (TP_STATUS_CSUMNOTREADY): the core must take them; with it off, none do."""
     if not tx_offload and shutil.which("ethtool") is None:
         pytest.skip("needs ethtool")
-    for rig in make_afpacket_rig(netlab, tx_offload=tx_offload):
+    for rig in make_afpacket_rig(netlab, tx_offload=tx_offload, afpacket_rx=afpacket_rx):
         with rig.serve():
             echo_sizes(rig, [100, 100_000])
         st = wait_stats(rig.ctx, pools_back)

@@ -87,14 +87,11 @@ def stats_path() -> Iterator[str]:
         Path(template.replace("%u", str(core))).unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize(
-    "ports",
-    [
-        "explicit",
-        "kernel_chosen",
-    ],
-)
-def test_flows_spread_over_two_workers(netlab: netns.Lab, stats_path: str, ports: str) -> None:
+@pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])
+@pytest.mark.parametrize("ports", ["explicit", "kernel_chosen"])
+def test_flows_spread_over_two_workers(
+    netlab: netns.Lab, stats_path: str, ports: str, afpacket_rx: str
+) -> None:
     # "explicit": the client binds source ports 20000.. (both parities); "kernel_chosen":
     # the client's kernel picks them, as any Linux client would
     source_ports = list(range(20000, 20000 + CONNECTIONS)) if ports == "explicit" else None
@@ -109,6 +106,7 @@ def test_flows_spread_over_two_workers(netlab: netns.Lab, stats_path: str, ports
         cores=CORES,
         time_wait_ms=100,
         stats_path=stats_path,
+        afpacket_rx=afpacket_rx,
     )
     mp = multiprocessing.get_context("fork")
     results = mp.Queue()
@@ -216,15 +214,18 @@ def _restartable_worker(stack: mtcp_core.Stack, ready: Any, stop: Any) -> None:
         os._exit(0)
 
 
+@pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])
 def test_a_worker_killed_and_started_again_resumes_on_the_same_rings(
-    netlab: netns.Lab,
+    netlab: netns.Lab, afpacket_rx: str
 ) -> None:
     """The supervisor keeps the AF_PACKET sockets (and so their rings) while a worker dies
     and restarts: the new worker must pick up where the kernel is, in both rings."""
     client, server = netlab.namespace("client"), netlab.namespace("server")
     link = netlab.veth(client, server, address_b=False)
     ip = str(link.addr_b.ip)
-    stack = server.call(mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b)
+    stack = server.call(
+        mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b, afpacket_rx=afpacket_rx
+    )
     mp = multiprocessing.get_context("fork")
     try:
         for generation in range(3):

@@ -79,6 +79,9 @@ struct mtcp_conf {
     unsigned challenge_ack_limit; /* challenge ACKs per second per core (0 = default 1000) */
     int no_sack;               /* 1: do not negotiate SACK */
     int no_delayed_ack;        /* 1: acknowledge every segment at once */
+    int afpacket_rx_ring;      /* afpacket: 1 = TPACKET_V3 RX ring (zero copy, but a block is
+                                  handed over only when full or after its 1 ms timer), 0 =
+                                  recvmmsg() batches (each frame reaches the stack at once) */
 };
 
 struct mtcp_stack;

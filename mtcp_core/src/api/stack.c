@@ -122,6 +122,7 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         .pair_side = conf->pair_side,
         .tap_host_cidr = s->conf.tap_host_cidr,
         .pcap_path = s->conf.pcap_path,
+        .afpacket_rx_copy = !conf->afpacket_rx_ring,
     };
     const char *iomsg = NULL;
     int rc = io_group_open(&s->io, &ioc, &iomsg);

@@ -2,9 +2,12 @@
  *
  * Per core two sockets on the interface:
  *  - the data socket, bound to ETH_P_IP and a member of one PACKET_FANOUT_CBPF
- *    group: TPACKET_V3 RX ring (the kernel fills 256 KiB blocks with many
- *    frames and hands a whole block over) and a TPACKET_V3 TX ring (frames are
- *    copied into slots, then one send(fd, NULL, 0, MSG_DONTWAIT) flushes them);
+ *    group, with a TPACKET_V3 TX ring (frames are copied into slots, then one
+ *    send(fd, NULL, 0, MSG_DONTWAIT) flushes them). It receives either with
+ *    recvmmsg() batches (copy mode, the default: every frame wakes the stack at
+ *    once) or through a TPACKET_V3 RX ring (the kernel fills 256 KiB blocks and
+ *    hands a whole block over when it is full or its 1 ms timer fires: zero
+ *    copy, but at low rates every frame can wait that long);
  *  - the ARP socket, bound to ETH_P_ARP and in no fanout group, so every core
  *    sees every ARP frame (each core keeps its own ARP cache). It has a small
  *    TPACKET_V2 RX ring, so checking it costs a memory read, not a syscall.
@@ -106,7 +109,20 @@ struct afp_dev {
      * that a restarted worker resumes at the kernel's position instead of waiting
      * at slot 0 for a block or a TX head the kernel has moved past. */
     struct afp_cursors *cur;
+    /* RX without a ring (copy mode): recvmmsg() into buffers of our own. A V3 ring
+     * hands a block over only when it is full or its timer (>= 1 ms) expires, which
+     * adds up to a millisecond to every packet at low rates; a socket without a ring
+     * wakes the stack per packet and still takes a batch per call. */
+    bool rx_copy;
+    uint8_t *rx_bufs;
+    struct mmsghdr *rx_msgs;
+    struct iovec *rx_iov;
+    uint8_t *rx_cmsg;
 };
+
+#define AFP_COPY_BATCH 64
+#define AFP_COPY_FRAME (64u * 1024u + 256u) /* a GSO frame from a veth peer fits */
+#define AFP_CMSG_SPACE 64u
 
 struct afp_cursors {
     uint32_t started;      /* a worker has run on these rings before */
@@ -254,6 +270,10 @@ static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
         *err_msg = "afpacket: PACKET_VERSION TPACKET_V3 not supported";
         return rc;
     }
+    if (ad->rx_copy) {
+        ad->rx_block_nr = 0; /* no RX ring: the mapping holds the TX ring only */
+        (void)setopt_int(ad->fd, SOL_PACKET, PACKET_AUXDATA, 1); /* checksum status */
+    }
     struct tpacket_req3 rx = {
         .tp_block_size = ad->rx_block_size,
         .tp_block_nr = ad->rx_block_nr,
@@ -261,7 +281,7 @@ static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
         .tp_frame_nr = (ad->rx_block_size / AFP_RX_FRAME_SIZE) * ad->rx_block_nr,
         .tp_retire_blk_tov = AFP_RETIRE_TOV_MS,
     };
-    rc = setopt(ad->fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx);
+    rc = ad->rx_copy ? 0 : setopt(ad->fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx);
     if (rc < 0) {
         *err_msg = "afpacket: PACKET_RX_RING failed (out of memory? lower ring_frames)";
         return rc;
@@ -423,6 +443,7 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         ad->arp_fd = rc;
         if ((rc = open_arp_socket(ad, ifindex, err_msg)) < 0)
             return rc;
+        ad->rx_copy = g->cfg.afpacket_rx_copy != 0;
         if ((rc = open_data_socket(ad, ifindex, fanout, err_msg)) < 0)
             return rc;
         if (!fanout)
@@ -510,11 +531,20 @@ static int afp_start(struct io_dev *dev)
     ev.data.u32 = 1;
     if (epoll_ctl(ad->ep, EPOLL_CTL_ADD, ad->arp_fd, &ev) < 0)
         return io_neg_errno();
+    if (ad->rx_copy) {
+        ad->rx_bufs = malloc((size_t)AFP_COPY_BATCH * AFP_COPY_FRAME);
+        ad->rx_msgs = calloc(AFP_COPY_BATCH, sizeof *ad->rx_msgs);
+        ad->rx_iov = calloc(AFP_COPY_BATCH, sizeof *ad->rx_iov);
+        ad->rx_cmsg = calloc(AFP_COPY_BATCH, AFP_CMSG_SPACE);
+        if (!ad->rx_bufs || !ad->rx_msgs || !ad->rx_iov || !ad->rx_cmsg)
+            return -ENOMEM;
+    }
     if (__atomic_load_n(&ad->cur->started, __ATOMIC_ACQUIRE)) {
         /* a previous worker died here: continue from its last positions; frames it
          * took but had not given back are read again (a fresh stack answers stale
          * segments with RST, as after any restart) */
-        ad->blk = ad->release_from = ad->cur->rx_blk % ad->rx_block_nr;
+        if (ad->rx_block_nr)
+            ad->blk = ad->release_from = ad->cur->rx_blk % ad->rx_block_nr;
         ad->arp_head = ad->cur->arp_head % ad->arp_frame_nr;
         ad->tx_head = ad->cur->tx_head % ad->tx_frame_nr;
         (void)send(ad->fd, NULL, 0, MSG_DONTWAIT); /* what it queued but never flushed */
@@ -552,6 +582,43 @@ static void tx_flush(struct afp_dev *ad)
     ad->tx_backlog = load_acq(&h->tp_status) == TP_STATUS_SEND_REQUEST;
 }
 
+static int afp_rx_copy(struct afp_dev *ad, struct io_frame *frames, int max)
+{
+    if (max > AFP_COPY_BATCH)
+        max = AFP_COPY_BATCH;
+    for (int i = 0; i < max; i++) {
+        ad->rx_iov[i].iov_base = ad->rx_bufs + (size_t)i * AFP_COPY_FRAME;
+        ad->rx_iov[i].iov_len = AFP_COPY_FRAME;
+        ad->rx_msgs[i].msg_hdr = (struct msghdr){
+            .msg_iov = &ad->rx_iov[i],
+            .msg_iovlen = 1,
+            .msg_control = ad->rx_cmsg + (size_t)i * AFP_CMSG_SPACE,
+            .msg_controllen = AFP_CMSG_SPACE,
+        };
+    }
+    int n = recvmmsg(ad->fd, ad->rx_msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+    if (n <= 0)
+        return 0;
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        struct msghdr *mh = &ad->rx_msgs[i].msg_hdr;
+        if (mh->msg_flags & MSG_TRUNC)
+            continue;
+        uint32_t status = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+            if (c->cmsg_level == SOL_PACKET && c->cmsg_type == PACKET_AUXDATA) {
+                struct tpacket_auxdata aux;
+                memcpy(&aux, CMSG_DATA(c), sizeof aux);
+                status = aux.tp_status;
+            }
+        frames[out].data = ad->rx_iov[i].iov_base;
+        frames[out].len = ad->rx_msgs[i].msg_len;
+        frames[out].flags = csum_flags(status);
+        out++;
+    }
+    return out;
+}
+
 static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
 {
     struct afp_dev *ad = dev->priv;
@@ -577,6 +644,11 @@ static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
         n++;
     }
 
+    if (ad->rx_copy) {
+        n += afp_rx_copy(ad, frames + n, max - n);
+        dev->rx_frames += (uint64_t)n;
+        return n;
+    }
     while (n < max) {
         if (ad->pkts_left == 0) {
             if (ad->nrelease == ad->rx_block_nr)
@@ -621,9 +693,11 @@ static void afp_rx_done(struct io_dev *dev)
         struct tpacket_block_desc *bd = rx_block(ad, (ad->release_from + i) % ad->rx_block_nr);
         store_rel(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL);
     }
-    ad->release_from = (ad->release_from + ad->nrelease) % ad->rx_block_nr;
-    ad->nrelease = 0;
-    ad->cur->rx_blk = ad->release_from;
+    if (ad->rx_block_nr) {
+        ad->release_from = (ad->release_from + ad->nrelease) % ad->rx_block_nr;
+        ad->nrelease = 0;
+        ad->cur->rx_blk = ad->release_from;
+    }
     for (uint32_t i = ad->arp_handed; i > 0; i--) {
         uint32_t idx = (ad->arp_head + ad->arp_frame_nr - i) % ad->arp_frame_nr;
         struct tpacket2_hdr *h = (struct tpacket2_hdr *)(void *)arp_frame(ad, idx);
@@ -709,6 +783,10 @@ static void afp_close(struct io_dev *dev)
         close(ad->arp_fd);
     if (ad->cur)
         munmap(ad->cur, sizeof(struct afp_cursors));
+    free(ad->rx_bufs);
+    free(ad->rx_msgs);
+    free(ad->rx_iov);
+    free(ad->rx_cmsg);
     free(ad);
     dev->priv = NULL;
 }

@@ -70,6 +70,7 @@ struct io_config {
     const char *pcap_path;   /* if set, every frame moved is copied there; "%u" in the path is
                                 replaced by the core number */
     unsigned ring_frames;    /* afpacket: ring size hint in frames (0 = default) */
+    int afpacket_rx_copy;    /* afpacket: receive with recvmmsg() instead of a V3 ring */
 };
 
 struct io_dev;
