@@ -32,12 +32,11 @@
     X(drop_arp_malformed, C) X(drop_arp_not_for_us, C) \
     X(drop_ip_short, C) X(drop_ip_version, C) X(drop_ip_hdr_len, C) X(drop_ip_total_len, C) \
     X(drop_ip_checksum, C) X(drop_ip_fragment, C) X(drop_ip_not_for_us, C) X(drop_ip_proto, C) \
-    X(drop_ip_ttl, C) \
     X(drop_icmp_malformed, C) X(drop_icmp_checksum, C) X(drop_icmp_type, C) \
     X(drop_tcp_short, C) X(drop_tcp_hdr_len, C) X(drop_tcp_checksum, C) X(drop_tcp_options, C) \
     X(drop_tcp_no_socket, C) X(drop_tcp_bad_segment, C) X(drop_tcp_out_of_window, C) \
     X(drop_tcp_backlog_full, C) X(drop_tcp_no_memory, C) X(drop_tcp_rcvbuf_full, C) \
-    X(drop_tx_device, C) X(drop_arp_unresolved, C) X(drop_tx_list_full, C) \
+    X(drop_tx_device, C) X(drop_arp_unresolved, C) \
     X(drop_tcp_paws, C) X(drop_tcp_ooo_full, C) X(drop_tcp_rst_time_wait, C) \
     X(rto_timeouts, C) X(fast_retransmits, C) X(sack_retransmits, C) X(recoveries, C) \
     X(dup_acks_rx, C) X(ooo_segments, C) X(delayed_acks, C) X(zero_window_probes, C) \
