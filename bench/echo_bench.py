@@ -80,6 +80,24 @@ def busy_seconds(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]) -
 # ---------------------------------------------------------------- child roles
 
 
+def start_core(args: argparse.Namespace) -> tuple[Any, Any, int]:
+    """The server's user-level stack on its veth end (call inside the server namespace):
+    (stack, context pinned to args.cpu, the mTCP thread's id). Shared with http_bench."""
+    import mtcp_core
+
+    stack = mtcp_core.Stack(
+        "afpacket",
+        args.ip,
+        iface=args.iface,
+        max_conns=MTCP_MAX_CONNS,
+        time_wait_ms=args.time_wait_ms,
+        afpacket_rx=args.afpacket_rx,
+    )
+    ctx = stack.context(0, cpu=args.cpu)
+    (tid,) = echo_app.find_threads("mtcp-core0")
+    return stack, ctx, tid
+
+
 def role_serve(args: argparse.Namespace) -> int:
     """Server child: enters the server namespace, pins itself, serves until "stop" on stdin."""
     os.sched_setaffinity(0, {args.cpu})
@@ -88,18 +106,7 @@ def role_serve(args: argparse.Namespace) -> int:
         tid = None
         stats: dict[str, int] = {}
         if args.stack == "mtcp":
-            import mtcp_core
-
-            stack = mtcp_core.Stack(
-                "afpacket",
-                args.ip,
-                iface=args.iface,
-                max_conns=MTCP_MAX_CONNS,
-                time_wait_ms=args.time_wait_ms,
-                afpacket_rx=args.afpacket_rx,
-            )
-            ctx = stack.context(0, cpu=args.cpu)
-            (tid,) = echo_app.find_threads("mtcp-core0")
+            stack, ctx, tid = start_core(args)
             net: echo_app.Net = echo_app.MtcpNet(ctx)
         else:
             net = echo_app.KernelNet(args.ip.split("/")[0])

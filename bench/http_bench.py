@@ -47,7 +47,6 @@ import netns  # noqa: E402
 
 PORT = 80
 RESULTS = BENCH / "results"
-MTCP_MAX_CONNS = eb.MTCP_MAX_CONNS
 SERVERS = ("mtcp", "linux", "nginx")
 NGINX_CONF = """\
 worker_processes 1;
@@ -129,18 +128,7 @@ def role_serve(args: argparse.Namespace) -> int:
     bound.start()
     with netns.entered(args.netns):
         if args.stack == "mtcp":
-            import mtcp_core
-
-            stack = mtcp_core.Stack(
-                "afpacket",
-                args.ip,
-                iface=args.iface,
-                max_conns=MTCP_MAX_CONNS,
-                time_wait_ms=args.time_wait_ms,
-                afpacket_rx=args.afpacket_rx,
-            )
-            ctx = stack.context(0, cpu=args.cpu)
-            (tid,) = echo_app.find_threads("mtcp-core0")
+            stack, ctx, tid = eb.start_core(args)
             threading.Thread(target=announce, args=(tid,), daemon=True).start()
             serve_mtcp(ctx, site, PORT, stop, count, ready=ready)
             stats = {k: v for k, v in ctx.stats().items() if v}
