@@ -711,3 +711,36 @@ def cpu_seconds(pid: int | str = "self", tid: int | None = None) -> float:
     fields = path.read_text().rsplit(")", 1)[1].split()
     # fields[0] is the state (field 3): utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+# ---------------------------------------------------------------- the core's counters
+
+
+def wait_stats(
+    ctx: Any,
+    ok: Callable[[dict[str, int]], bool],
+    timeout: float = 10.0,
+    what: str = "",
+) -> dict[str, int]:
+    """Polls the core's published counters (once per mTCP round) until ``ok`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = ctx.stats()
+        if ok(st):
+            return st
+        if time.monotonic() > deadline:
+            interesting = {k: v for k, v in st.items() if v and not k.startswith("rx_batch")}
+            raise AssertionError(
+                f"{what + ': ' if what else ''}counters never got there in {timeout}s: "
+                f"{interesting}"
+            )
+        time.sleep(0.01)
+
+
+def pools_back(st: dict[str, int]) -> bool:
+    return (
+        st["pool_tcb_free"] == st["pool_tcb_total"]
+        and st["pool_sndbuf_free"] == st["pool_sndbuf_total"]
+        and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
+        and st["flows"] == 0
+    )

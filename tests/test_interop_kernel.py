@@ -21,7 +21,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import echo_app
 import netns
 import pytest
+from echo_app import pools_back, wait_stats
 
 import mtcp_core
 
@@ -69,31 +70,6 @@ class Responder:
     def __exit__(self, *exc: object) -> None:
         if self.thread.is_alive():
             self.stop()
-
-
-def wait_stats(
-    ctx: mtcp_core.Context, ok: Callable[[dict[str, int]], bool], timeout: float = 10.0
-) -> dict[str, int]:
-    """Polls the context's published counters until ``ok`` holds (they are published once per
-    round of the mTCP thread; there is no event to wait for)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = ctx.stats()
-        if ok(st):
-            return st
-        if time.monotonic() > deadline:
-            interesting = {k: v for k, v in st.items() if v and not k.startswith("rx_batch")}
-            raise AssertionError(f"counters never got there in {timeout}s: {interesting}")
-        time.sleep(0.01)
-
-
-def pools_back(st: dict[str, int]) -> bool:
-    return (
-        st["pool_tcb_free"] == st["pool_tcb_total"]
-        and st["pool_sndbuf_free"] == st["pool_sndbuf_total"]
-        and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
-        and st["flows"] == 0
-    )
 
 
 def kernel_tcp_counters(ns: netns.Namespace) -> dict[str, int]:

@@ -32,6 +32,7 @@ from typing import Any
 import echo_app
 import netns
 import pytest
+from echo_app import pools_back, wait_stats
 
 import mtcp_core
 
@@ -418,38 +419,8 @@ def stack_kwargs(**wanted: Any) -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k in params}
 
 
-def wait_stats(
-    ctx: mtcp_core.Context,
-    ok: Callable[[dict[str, int]], bool],
-    timeout: float = 10.0,
-    what: str = "",
-) -> dict[str, int]:
-    """Polls the core's published counters (once per mTCP round) until ``ok`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = ctx.stats()
-        if ok(st):
-            return st
-        if time.monotonic() > deadline:
-            interesting = {k: v for k, v in st.items() if v and not k.startswith("rx_batch")}
-            raise AssertionError(
-                f"{what + ': ' if what else ''}counters never got there in {timeout}s: "
-                f"{interesting}"
-            )
-        time.sleep(0.01)
-
-
 def counter_above(name: str, before: dict[str, int]) -> Callable[[dict[str, int]], bool]:
     return lambda st: st[name] > before[name]
-
-
-def pools_back(st: dict[str, int]) -> bool:
-    return (
-        st["pool_tcb_free"] == st["pool_tcb_total"]
-        and st["pool_sndbuf_free"] == st["pool_sndbuf_total"]
-        and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
-        and st["flows"] == 0
-    )
 
 
 def delta(after: dict[str, int], before: dict[str, int], name: str) -> int:

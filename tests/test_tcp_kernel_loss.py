@@ -33,13 +33,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 import netns
 import pytest
+from echo_app import pools_back, wait_stats
 
 import mtcp_core
 
@@ -158,28 +159,6 @@ def lossrig(netlab: netns.Lab) -> Iterator[LossRig]:
     if reason:
         pytest.skip(reason)
     yield from make_loss_rig(netlab)
-
-
-def wait_stats(ctx: mtcp_core.Context, ok: Callable[[dict[str, int]], bool],
-               timeout: float = 10.0) -> dict[str, int]:  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while True:
-        st = ctx.stats()
-        if ok(st):
-            return st
-        if time.monotonic() > deadline:
-            interesting = {k: v for k, v in st.items() if v and not k.startswith("rx_batch")}
-            raise AssertionError(f"counters never got there in {timeout}s: {interesting}")
-        time.sleep(0.01)
-
-
-def pools_back(st: dict[str, int]) -> bool:
-    return (
-        st["pool_tcb_free"] == st["pool_tcb_total"]
-        and st["pool_sndbuf_free"] == st["pool_sndbuf_total"]
-        and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
-        and st["flows"] == 0
-    )
 
 
 def kernel_snmp(ns: netns.Namespace) -> dict[str, int]:
