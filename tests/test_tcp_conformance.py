@@ -18,7 +18,6 @@ line back, then the core closes first).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import ipaddress
 import random
 import socket
@@ -412,13 +411,6 @@ class RawConn:
 # ---------------------------------------------------------------- the rig
 
 
-def stack_kwargs(**wanted: Any) -> dict[str, Any]:
-    """The keyword arguments that this build's Stack takes (syn_backlog and
-    challenge_ack_limit come with the TCP hardening)."""
-    params = inspect.signature(mtcp_core.Stack.__init__).parameters
-    return {k: v for k, v in wanted.items() if k in params}
-
-
 def counter_above(name: str, before: dict[str, int]) -> Callable[[dict[str, int]], bool]:
     return lambda st: st[name] > before[name]
 
@@ -478,7 +470,7 @@ def make_rig(lab: netns.Lab, **stack_kw: Any) -> Iterator[Rig]:
         iface=link.if_b,
         gateway=peer_ip,
         time_wait_ms=TIME_WAIT_MS,
-        **stack_kwargs(**stack_kw),
+        **stack_kw,
     )
     port: RawPort | None = None
     try:
@@ -646,7 +638,7 @@ def test_paws_drops_an_old_timestamp(rig: Rig) -> None:
 def test_challenge_acks_are_rate_limited(rig: Rig) -> None:
     """RFC 5961 7: a burst of in-window RSTs gets at most the per-second limit of challenge
     ACKs; the rest are counted as suppressed."""
-    limit = CHALLENGE_ACK_LIMIT if stack_kwargs(challenge_ack_limit=1) else 1000
+    limit = CHALLENGE_ACK_LIMIT
     burst = 10 * limit
     with rig.serve() as report:
         c = rig.conn()
@@ -721,7 +713,7 @@ def test_rst_in_time_wait_is_ignored(rig: Rig) -> None:
 def fill_syn_backlog(rig: Rig) -> tuple[int, dict[str, int]]:
     """Spoofed SYNs until the listener's half-open backlog is full; returns the backlog and
     the counters then."""
-    backlog = SYN_BACKLOG if stack_kwargs(syn_backlog=1) else 256
+    backlog = SYN_BACKLOG
     frames, _ = flood_frames(rig, backlog + 50, seed=1337)
     for f in frames:
         rig.port.send(f)
@@ -843,7 +835,7 @@ def legit_clients(rig: Rig, count: int, duration: float, out: LegitResult) -> No
 def test_syn_flood_legitimate_clients_complete_through_syn_cookies(rig: Rig) -> None:
     duration = FLOOD_SYNS / FLOOD_RATE
     frames, _ = flood_frames(rig, FLOOD_SYNS, seed=5961)
-    backlog = SYN_BACKLOG if stack_kwargs(syn_backlog=1) else 256
+    backlog = SYN_BACKLOG
     legit = LegitResult()
     samples: list[dict[str, int]] = []
     flood_took: list[float] = []

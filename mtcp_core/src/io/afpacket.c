@@ -123,6 +123,7 @@ struct afp_dev {
 #define AFP_COPY_BATCH 64
 #define AFP_COPY_FRAME (64u * 1024u + 256u) /* a GSO frame from a veth peer fits */
 #define AFP_CMSG_SPACE 64u
+#define AFP_COPY_RCVBUF (32u * 1024u * 1024u)
 
 struct afp_cursors {
     uint32_t started;      /* a worker has run on these rings before */
@@ -273,6 +274,11 @@ static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
     if (ad->rx_copy) {
         ad->rx_block_nr = 0; /* no RX ring: the mapping holds the TX ring only */
         (void)setopt_int(ad->fd, SOL_PACKET, PACKET_AUXDATA, 1); /* checksum status */
+        /* Without a ring, a burst waits in the socket's receive queue: give it room
+         * like a ring's (the default ~200 KiB held ~270 small frames, and a burst of
+         * 1,000 lost half). The forced variant needs CAP_NET_ADMIN. */
+        if (setopt_int(ad->fd, SOL_SOCKET, SO_RCVBUFFORCE, (int)AFP_COPY_RCVBUF) < 0)
+            (void)setopt_int(ad->fd, SOL_SOCKET, SO_RCVBUF, (int)AFP_COPY_RCVBUF);
     }
     struct tpacket_req3 rx = {
         .tp_block_size = ad->rx_block_size,
