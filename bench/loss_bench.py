@@ -79,18 +79,6 @@ class Result:
 # ---------------------------------------------------------------- nftables
 
 
-def nft(ns: netns.Namespace, script: str) -> None:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if proc.returncode != 0:
-        raise netns.NetnsError(f"nft -f in {ns.name}: {proc.stderr.strip()}")
-
-
 def receiver_loss_rules(percent: float, sender_ip: str) -> str:
     """In the receiver's namespace: drop ``percent`` % of the sender's TCP segments on the
     way in and of the receiver's own TCP segments (the ACKs) on the way out."""
@@ -119,7 +107,7 @@ def loss_off(ns: netns.Namespace) -> dict[str, int]:
             for expr in rule["expr"]:
                 if "counter" in expr:
                     drops[rule["comment"]] = int(expr["counter"]["packets"])
-    nft(ns, "delete table inet mtloss\n")
+    ns.nft("delete table inet mtloss\n")
     return drops
 
 
@@ -351,7 +339,7 @@ def run_kernel(rate: float, payload: bytes, digest: bytes, rigs: VethRigs,
                               daemon=True)  # fmt: skip
         tx.start()
         tr.established.wait(15)
-        nft(rigs.krecv, receiver_loss_rules(rate, rigs.k_sender_ip))
+        rigs.krecv.nft(receiver_loss_rules(rate, rigs.k_sender_ip))
         tr.start()
         res = finish(tr, digest, "kernel", rate)
         tx.join(10)
@@ -375,7 +363,7 @@ def run_core(rate: float, payload: bytes, digest: bytes, rigs: VethRigs,
                               daemon=True)  # fmt: skip
         tx.start()
         tr.established.wait(15)
-        nft(rigs.crecv, receiver_loss_rules(rate, rigs.core_ip))
+        rigs.crecv.nft(receiver_loss_rules(rate, rigs.core_ip))
         tr.start()
         res = finish(tr, digest, "core", rate)
         tx.join(10)

@@ -173,6 +173,18 @@ class Namespace:
             env=child_env(argv),
         )
 
+    def nft(self, script: str) -> None:
+        """Loads an nftables script inside (``nft -f -``)."""
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            raise NetnsError(f"nft -f in {self.name}: {proc.stderr.strip()}")
+
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Starts a command inside; the Lab terminates it at teardown if it still runs."""
         kwargs.setdefault("env", child_env(argv))

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -61,18 +60,6 @@ def nft_missing() -> str | None:
     if shutil.which("nft") is None:
         return "needs nftables' nft for the random drop (apt-get install nftables)"
     return None
-
-
-def nft(ns: netns.Namespace, script: str) -> None:
-    proc = subprocess.run(
-        ["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if proc.returncode != 0:
-        raise netns.NetnsError(f"nft -f in {ns.name}: {proc.stderr.strip()}")
 
 
 def bridge_drop_rules(percent: int, core_ip: str, peer_ip: str) -> str:
@@ -116,12 +103,12 @@ class LossRig:
     ip: str  # the core's address
 
     def loss_on(self, percent: int) -> None:
-        nft(self.wire, bridge_drop_rules(percent, self.ip, self.peer_ip))
+        self.wire.nft(bridge_drop_rules(percent, self.ip, self.peer_ip))
 
     def loss_off(self) -> dict[str, int]:
         """Removes the rule; returns what it dropped per direction."""
         drops = nft_drops(self.wire)
-        nft(self.wire, "delete table bridge mtloss\n")
+        self.wire.nft("delete table bridge mtloss\n")
         return drops
 
 
@@ -136,7 +123,7 @@ def make_loss_rig(lab: netns.Lab) -> Iterator[LossRig]:
         wire.ip("link", "set", port, "master", "br0")
     wire.ip("link", "set", "br0", "up")
     try:
-        nft(wire, "add table bridge mtprobe\ndelete table bridge mtprobe\n")
+        wire.nft("add table bridge mtprobe\ndelete table bridge mtprobe\n")
     except netns.NetnsError as exc:
         pytest.skip(f"nftables cannot filter bridged frames here: {exc}")
     stack = core_ns.call(
