@@ -469,8 +469,7 @@ def make_rig(lab: netns.Lab, **stack_kw: Any) -> Iterator[Rig]:
         str(link.addr_b),
         iface=link.if_b,
         gateway=peer_ip,
-        time_wait_ms=TIME_WAIT_MS,
-        **stack_kw,
+        **{"time_wait_ms": TIME_WAIT_MS, **stack_kw},
     )
     port: RawPort | None = None
     try:
@@ -705,6 +704,47 @@ def test_rst_in_time_wait_is_ignored(rig: Rig) -> None:
         again = c.recv(1.0)
         assert again is not None and again.has(ACK) and again.ack == c.snd_nxt, again
     wait_stats(rig.ctx, pools_back, TIME_WAIT_MS / 1000 * 2 + 5)
+
+
+def test_timestamps_increase_across_connections_between_two_hosts(rig: Rig) -> None:
+    """RFC 7323 5.4 (and Linux's secure_tcp_ts_off): the TSval clock's offset depends on the
+    two addresses, not the ports, so successive connections from one host see increasing
+    timestamps. A peer holding an earlier connection of a reused 4-tuple in TIME-WAIT takes
+    a new SYN by its newer timestamp (RFC 6191); with an offset per connection about half of
+    them would look older and be refused."""
+    tsvals = []
+    with rig.serve():
+        for _ in range(16):
+            c = rig.conn(ECHO)
+            syn_ack = c.handshake()
+            assert syn_ack.ts is not None
+            tsvals.append(syn_ack.ts[0])
+            c.send(RST | ACK)
+    steps = [(b - a) & 0xFFFFFFFF for a, b in zip(tsvals, tsvals[1:], strict=False)]
+    assert all(step < 60_000 for step in steps), (tsvals, steps)  # never backwards (mod 2^32)
+
+
+def test_time_wait_gives_its_tcb_to_a_new_connection_when_the_pool_is_empty(
+    netlab: netns.Lab,
+) -> None:
+    """A server that closes first keeps a TIME-WAIT per connection. With 32 TCBs and a 60 s
+    TIME-WAIT, 120 sequential connections still all succeed: when the pool is empty, the
+    oldest TIME-WAIT connection gives its TCB back (as Linux does past tcp_max_tw_buckets)."""
+    with contextlib.contextmanager(make_rig)(netlab, max_conns=32, time_wait_ms=60_000) as rig:
+        thread, stop, result = echo_app.serve_in_thread(
+            lambda: echo_app.MtcpNet(rig.ctx), {ONCE: "once"}, duration=120.0
+        )
+        try:
+            with rig.peer.entered():
+                for i in range(120):
+                    line = b"x%d\n" % i
+                    echo_app.one_request((rig.ip, ONCE), line, line, "once", timeout=5.0)
+        finally:
+            echo_app.stop_server(thread, stop, result)
+        st = rig.ctx.stats()
+        assert st["state_time_wait"] <= 32
+        assert st["time_wait_reclaimed"] >= 120 - 32
+        assert st["drop_tcp_no_memory"] == 0
 
 
 # ---------------------------------------------------------------- SYN cookies and the flood

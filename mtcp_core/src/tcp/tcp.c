@@ -76,10 +76,36 @@ struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, 
 
 static void timers_unlink(struct mtcp_context *ctx, struct tcb *t);
 
+static int tcb_pools_empty(const struct mtcp_context *ctx)
+{
+    return ctx->tcb_pool.nfree == 0 || ctx->sndbuf_pool.nfree == 0 ||
+           ctx->rcvbuf_pool.nfree == 0;
+}
+
+/* Out of TCBs: the oldest TIME-WAIT connections that the app has closed give theirs back,
+ * as Linux ends TIME-WAIT early past tcp_max_tw_buckets. A server that closes first keeps
+ * one TIME-WAIT per short connection for time_wait_ms; without this, max_conns / time_wait
+ * would cap its rate of short connections (4096 per 2 s by default). A delayed duplicate
+ * that would have hit the reclaimed TIME-WAIT meets a new ISN and timestamps (RFC 6191). */
+#define TCB_TW_RECLAIM_TRIES 4
+
+static void tcb_reclaim_time_wait(struct mtcp_context *ctx)
+{
+    for (int i = 0; i < TCB_TW_RECLAIM_TRIES && tcb_pools_empty(ctx); i++) {
+        struct tcb *tw = ctx->tw_head;
+        if (!tw || !tw->app_closed)
+            return;
+        STAT_INC(&ctx->stats, time_wait_reclaimed);
+        tcp_conn_done(ctx, tw, 0);
+    }
+}
+
 struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                       uint16_t rport)
 {
-    if (ctx->tcb_pool.nfree == 0 || ctx->sndbuf_pool.nfree == 0 || ctx->rcvbuf_pool.nfree == 0) {
+    if (tcb_pools_empty(ctx))
+        tcb_reclaim_time_wait(ctx);
+    if (tcb_pools_empty(ctx)) {
         STAT_INC(&ctx->stats, drop_tcp_no_memory);
         return NULL;
     }
@@ -199,6 +225,18 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
                              (uint64_t)lport << 16 | rport);
     uint64_t m = mtcp_now_ns() / 4000; /* 4 us ticks */
     return (uint32_t)(m + f);
+}
+
+/* The timestamp clock's offset for a pair of addresses (RFC 7323 section 5.4; Linux's
+ * secure_tcp_ts_off): a keyed hash of the addresses only, not of the ports, so that
+ * successive connections between two hosts carry increasing timestamps. A peer that keeps
+ * an earlier connection of the same 4-tuple in TIME-WAIT accepts a new SYN by its newer
+ * timestamp (RFC 6191); an offset that changed with each connection would make about half
+ * of the reused 4-tuples look older and be refused. */
+uint32_t tcp_ts_offset(struct mtcp_context *ctx, uint32_t laddr, uint32_t raddr)
+{
+    uint64_t k[2] = {ctx->stack->isn_key[0] ^ 0x74736f6666736574ull, ctx->stack->isn_key[1]};
+    return (uint32_t)siphash_2_4(k, (uint64_t)laddr << 32 | raddr, 0);
 }
 
 /* ---------------------------------------------------------------- FIFO timers */

@@ -56,6 +56,7 @@ struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, 
 /* The one place a state changes (traceable "old -> new"). */
 void tcp_set_state(struct mtcp_context *ctx, struct tcb *t, enum tcp_state s);
 const char *tcp_state_name(int s);
+uint32_t tcp_ts_offset(struct mtcp_context *ctx, uint32_t laddr, uint32_t raddr);
 uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                  uint16_t rport);
 /* The connection is over for the stack: tell the app (if attached) or free it. */

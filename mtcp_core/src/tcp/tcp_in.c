@@ -65,7 +65,7 @@ static struct tcb *passive_tcb(struct mtcp_context *ctx, struct mtcp_listener *l
     t->iss = iss;
     t->snd_una = t->snd_nxt = t->snd_max = t->iss;
     t->snd_head_seq = t->iss + 1;
-    t->ts_offset = t->iss * 2654435761u;
+    t->ts_offset = tcp_ts_offset(ctx, t->laddr, t->raddr);
     t->rcv_adv = t->rcv_nxt;
     t->recover = t->iss;
     tcp_idle_touch(ctx, t);

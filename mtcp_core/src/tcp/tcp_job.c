@@ -56,7 +56,7 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
     t->iss = tcp_isn(ctx, ctx->ip, lport, j->addr, j->port);
     t->snd_una = t->snd_nxt = t->snd_max = t->iss;
     t->snd_head_seq = t->iss + 1;
-    t->ts_offset = t->iss * 2654435761u;
+    t->ts_offset = tcp_ts_offset(ctx, t->laddr, t->raddr);
     t->mss = MTCP_PEER_DEFAULT_MSS;
     tcb_limit_buffers(t, s->want_rcvbuf, s->want_sndbuf);
     /* options set before connect(): the app thread wrote them before queueing the
