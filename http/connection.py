@@ -24,6 +24,7 @@ DESIGN.md, Trap).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,25 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASONS |= {k: v.encode() for k, v in PHRASES.items()}
 
 _date_cache: tuple[int, bytes] = (0, b"")
+
+# The fast path: a whole, simple request (GET or HEAD, HTTP/1.0 or 1.1, no body, one
+# segment of input) is parsed with two regular expressions instead of h11, and its response
+# framed here. Every request it takes is one h11 would take the same way (the grammar below
+# is a subset of h11's, RFC 9112 section 3 and 5); anything else, and anything that needs
+# h11's framing (a body, Expect, Upgrade, a missing or repeated Host), goes to h11.
+# Possessive quantifiers: no backtracking, so a hostile header costs linear time.
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]++"
+_VALUE = rb"(?:[^\x00\s]++(?:[ \t]++[^\x00\s]++)*+)?+"
+_FAST_HEAD = re.compile(
+    rb"(GET|HEAD) ([\x21-\x7e]++) HTTP/1\.([01])\r\n((?:"
+    + _TOKEN
+    + rb":[ \t]*+"
+    + _VALUE
+    + rb"[ \t]*+\r\n)*+)\r\n"
+)
+_FAST_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+\r\n")
+# header fields that need h11's framing or state machine
+_SLOW_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
 
 def http_now() -> bytes:
@@ -65,6 +85,7 @@ class Connection:
         peer: str = "-",
         core: int = 0,
         on_request: Callable[[RequestRecord], None] | None = None,
+        fast: bool = True,
     ) -> None:
         if isinstance(site, Path):
             site = SiteConfig(root=site)
@@ -77,7 +98,11 @@ class Connection:
         self.on_request = on_request
         now = time.monotonic() if now is None else now
         self._max_head = cfg.max_request_line + cfg.max_header_bytes + 4
-        self._h11 = self._new_h11()
+        self._h11c: h11.Connection | None = None  # made when first needed (see _h11)
+        self._fast_allowed = fast
+        self._fast = False  # the current response is framed here, not by h11
+        self._said_close = False  # the current response's head said Connection: close
+        self.fast_requests = 0  # requests taken by the fast path
         self._reply: Reply | None = None  # the response being sent
         self._part = 0  # index into self._reply.parts
         self._offset = 0  # bytes of the current (file) part already read
@@ -110,6 +135,14 @@ class Connection:
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
 
+    @property
+    def _h11(self) -> h11.Connection:
+        """The h11 state machine, made on first use: a connection whose requests all take
+        the fast path never needs one."""
+        if self._h11c is None:
+            self._h11c = self._new_h11()
+        return self._h11c
+
     # ------------------------------------------------------------------ the caller's API
 
     @property
@@ -133,6 +166,12 @@ class Connection:
         if data:
             if self._head_started is None:
                 self._head_started = now
+            if self._fast_allowed:
+                parsed = self._fast_parse(data)
+                if parsed is not None:
+                    out = self._guard(now, lambda: self._fast_respond(parsed, now))
+                    self._set_deadline(now)
+                    return out
         else:
             self._eof = True
         self._h11.receive_data(data)
@@ -249,7 +288,7 @@ class Connection:
                     and not self._draining
                 ):
                     data, eof = h.trailing_data
-                    self._h11 = h = self._new_h11()
+                    self._h11c = h = self._new_h11()
                     if data:
                         h.receive_data(data)
                     if eof:
@@ -310,9 +349,68 @@ class Connection:
         self._is_head = False
         self._body_bytes = 0
         self._sent_head = self._sent_body = 0
-        self._head_started = now if self._h11.trailing_data[0] else None
+        h = self._h11c
+        self._head_started = now if h is not None and h.trailing_data[0] else None
 
     # ------------------------------------------------------------------ requests
+
+    def _fast_parse(self, data: bytes) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]] | None:
+        """(method, target, minor version, headers) when ``data`` is exactly one simple
+        request that arrives while nothing else is going on (see _FAST_HEAD); None: h11's."""
+        h = self._h11c
+        if (
+            self._draining
+            or self._reply is not None
+            or self._more
+            or len(data) > self._max_head
+            or h is not None
+            and (h.our_state is not h11.IDLE or h.their_state is not h11.IDLE or h.trailing_data[0])
+        ):
+            return None
+        m = _FAST_HEAD.fullmatch(data)
+        if m is None:
+            return None
+        method, target, minor, block = m.groups()
+        if len(method) + len(target) + 10 > self.config.max_request_line:
+            return None  # 414: h11's path words it
+        headers: dict[bytes, bytes] = {}
+        hosts = head_bytes = 0
+        for raw, value in _FAST_FIELD.findall(block):
+            name = raw.lower()
+            if name in _SLOW_FIELDS:
+                return None
+            if name == b"host":
+                hosts += 1
+            head_bytes += len(name) + len(value) + 4
+            old = headers.get(name)
+            headers[name] = value if old is None else old + b", " + value
+        if hosts > 1 or (not hosts and minor == b"1") or head_bytes > self.config.max_header_bytes:
+            return None  # 400 (RFC 9112 section 3.2) or 431: h11's path words them
+        return method, target, minor, headers
+
+    def _fast_respond(
+        self, parsed: tuple[bytes, bytes, bytes, dict[bytes, bytes]], now: float
+    ) -> bytes:
+        """What ``_on_request`` and the end of the request do on h11's path, for a request
+        ``_fast_parse`` took."""
+        method, target, minor, headers = parsed
+        self._fast = True
+        self.fast_requests += 1
+        self._requests += 1
+        self._req_method = method
+        self._method = method.decode("ascii")
+        self._target = target
+        self._line = b"%s %s HTTP/1.%s" % (method, target, minor)
+        self._is_head = method == b"HEAD"
+        self._req_headers = headers
+        self._referer = headers.get(b"referer")
+        self._agent = headers.get(b"user-agent")
+        conn = headers.get(b"connection")
+        tokens = {t.strip().lower() for t in conn.split(b",")} if conn else set()
+        self._client_close = b"close" in tokens or minor == b"0"
+        if minor == b"0":
+            self._keep10 = b"keep-alive" in tokens and b"close" not in tokens
+        return self._start(self.site.respond(method, target, headers, now), now)
 
     def _on_request(self, req: h11.Request, now: float) -> bytes:
         cfg = self.config
@@ -404,12 +502,13 @@ class Connection:
         )
         if close:
             self._keep10 = False
-        framing = [(b"content-length", b"%d" % reply.length)]
-        if close:
-            framing.append((b"connection", b"close"))
-        self._h11.send(h11.Response(status_code=status, headers=framing))
+        if not self._fast:
+            framing = [(b"content-length", b"%d" % reply.length)]
+            if close:
+                framing.append((b"connection", b"close"))
+            self._h11.send(h11.Response(status_code=status, headers=framing))
         # what h11 says on the wire: close unless both sides keep the connection
-        said_close = close or self._client_close and not self._keep10
+        self._said_close = said_close = close or self._client_close and not self._keep10
         block = reply.head if reply.head is not None else serialize(reply.headers)
         head = b"".join(
             (
@@ -426,7 +525,7 @@ class Connection:
         self._sent_head = len(head)
         if self._is_head or reply.status in NO_BODY or not reply.length:
             reply.release()
-            tail = self._h11.send(h11.EndOfMessage()) or b""
+            tail = b"" if self._fast else self._h11.send(h11.EndOfMessage()) or b""
             self._finish(now)
             return head + tail
         self._reply = reply
@@ -434,8 +533,14 @@ class Connection:
         self._offset = 0
         parts = reply.parts
         if len(parts) == 1 and isinstance(parts[0], bytes):
-            body = self._body_chunk(now)
-            return head + body
+            if self._fast:  # the whole body in memory: nothing for h11 to frame
+                body = parts[0]
+                self._sent_body = len(body)
+                self._reply = None
+                reply.release()
+                self._finish(now)
+                return head + body
+            return head + self._body_chunk(now)
         return head
 
     def _body_chunk(self, now: float) -> bytes:
@@ -463,9 +568,13 @@ class Connection:
             break  # one chunk of a file at a time
         data = b"".join(out)
         self._sent_body += len(data)
-        chunk = self._h11.send(h11.Data(data=data)) if data else b""
+        if self._fast:
+            chunk: bytes | None = data
+        else:
+            chunk = self._h11.send(h11.Data(data=data)) if data else b""
         if self._part >= len(reply.parts):
-            chunk = (chunk or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+            if not self._fast:
+                chunk = (chunk or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
             reply.release()
             self._reply = None
             self._finish(now)
@@ -473,7 +582,10 @@ class Connection:
 
     def _finish(self, now: float) -> None:
         """A response ended (or was cut short): access log and metrics record."""
-        if self._h11.our_state is h11.MUST_CLOSE and not self._keep10:
+        if self._fast:
+            if self._said_close or self._draining:
+                self.closed = True
+        elif self._h11.our_state is h11.MUST_CLOSE and not self._keep10:
             self.closed = True  # it said Connection: close (error, drain, last request...)
         started = self._head_started if self._head_started is not None else now
         self.site.log(
@@ -491,6 +603,9 @@ class Connection:
                 self.on_request(record)
             except Exception as exc:  # noqa: BLE001 - metrics must not break serving
                 print(f"appliance.http: on_request failed: {exc!r}", file=sys.stderr)
+        if self._fast:  # h11 never saw this request: it is still idle for the next
+            self._fast = False
+            self._next_request(now)
 
     # ------------------------------------------------------------------ timers
 
@@ -505,8 +620,8 @@ class Connection:
         elif self._reply is not None or self._more:
             self.deadline = self._last_progress + SEND_TIMEOUT_S
         else:
-            h = self._h11
-            if h.their_state is h11.SEND_BODY:
+            h = self._h11c
+            if h is not None and h.their_state is h11.SEND_BODY:
                 self.deadline = now + cfg.header_timeout_s
             elif self._head_started is not None:
                 self.deadline = self._head_started + cfg.header_timeout_s

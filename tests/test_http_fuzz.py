@@ -153,3 +153,113 @@ def test_request_like_input_in_any_split(
 
 def boundary(data: bytes, pos: int) -> bool:
     return pos == len(data) or bool(STATUS_LINE.match(data, pos))
+
+
+# ---------------------------------------------------------------- the fast path
+
+_FAST_METHODS = st.sampled_from([b"GET", b"HEAD", b"GET", b"POST", b"get"])
+_FAST_TARGETS = st.sampled_from(
+    [b"/", b"/a.txt", b"/big.bin", b"/d", b"/d/x.txt", b"/app.js", b"/.secret", b"/%2e%2e/x",
+     b"/nope", b"/a.txt?x=1", b"/" + b"p" * 300, b"*", b"/\x7f", b"/a\xff"]
+)  # fmt: skip
+_FAST_FIELDS = st.sampled_from(
+    [b"Host: x", b"host:x", b"HOST: \t x \t", b"Host:", b"Host: a, b", b"User-Agent: t/1 (x)",
+     b"Connection: close", b"connection: Keep-Alive", b"Connection: keep-alive, close",
+     b"Connection: upgrade", b"Upgrade: websocket", b"Accept-Encoding: gzip", b"Accept-Encoding:",
+     b"If-None-Match: *", b"Range: bytes=0-1", b"Referer: http://r/", b"X-Obs: caf\xe9",
+     b"X-Empty:", b"X-Sp: a  b", b"X-Tab:\tv", b"Content-Length: 0", b"Content-Length: 2",
+     b"Transfer-Encoding: chunked", b"Expect: 100-continue", b"Bad Name: v", b" folded",
+     b"X-Nul: a\x00b", b"X-Cr: a\rb", b"X-Big: " + b"y" * 500, b"X:y"]
+)  # fmt: skip
+
+
+@st.composite
+def simple_requests(draw: st.DrawFn) -> bytes:
+    """Requests near the fast path's border: most are simple GETs and HEADs, the rest differ
+    in one way the fast path must hand to h11."""
+    method = draw(_FAST_METHODS)
+    target = draw(_FAST_TARGETS)
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2"]))
+    fields = draw(st.lists(_FAST_FIELDS, max_size=4))
+    if draw(st.booleans()):
+        fields.insert(0, b"Host: h")
+    end = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    return b"%s %s %s\r\n%s%s" % (method, target, version, b"".join(f + end for f in fields), end)
+
+
+def _drive_both(site: Site, reqs: list[bytes], fast: bool) -> tuple[bytes, list[tuple], int]:
+    """Each request in a receive of its own, as a client that waits for each response."""
+    records: list[tuple] = []
+    c = Connection(site, T0, fast=fast, on_request=lambda r: records.append(
+        (r.method, r.status, r.bytes_sent)))  # fmt: skip
+    out = []
+    now = T0
+    for req in reqs:
+        now += 0.001
+        while c.has_output:
+            out.append(c.pull(now))
+        if not c.wants_input:
+            break
+        out.append(c.receive(req, now))
+    while c.has_output:
+        out.append(c.pull(now))
+    c.close(now)
+    data = re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", b"".join(out))
+    return data, records, c.fast_requests
+
+
+@SETTINGS
+@given(st.lists(simple_requests(), min_size=1, max_size=4))
+def test_fast_path_answers_exactly_as_h11(site: Site, reqs: list[bytes]) -> None:
+    """The fast path is an optimisation only: for any request, fast or not, the bytes sent,
+    the close and the metrics records are the same as on h11's path."""
+    fast, fast_records, taken = _drive_both(site, reqs, fast=True)
+    slow, slow_records, none = _drive_both(site, reqs, fast=False)
+    assert fast == slow
+    assert fast_records == slow_records
+    assert none == 0
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /d/x.txt HTTP/1.0\r\n\r\n",
+        b"GET /big.bin HTTP/1.1\r\nhost:   x  \r\nX-Obs: caf\xe9\r\n\r\n",
+    ],
+)
+def test_fast_path_is_taken_for_simple_requests(site: Site, req: bytes) -> None:
+    _, records, taken = _drive_both(site, [req, req], fast=True)
+    assert records and records[0][1] in (200, 301)
+    assert taken == len(records)
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        b"GET /a.txt HTTP/1.1\r\n\r\n",  # no Host: 400 from h11
+        b"GET /a.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /a.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"GET /a.txt HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        b"GET /a.txt HTTP/1.1\nHost: a\n\n",
+        b"POST /a.txt HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a.txt HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # pipelined
+    ],
+)
+def test_fast_path_leaves_the_rest_to_h11(site: Site, req: bytes) -> None:
+    _, _, taken = _drive_both(site, [req], fast=True)
+    assert taken == 0
+
+
+def test_fast_path_regex_rejects_hostile_whitespace_without_backtracking() -> None:
+    """Possessive quantifiers: a long run of spaces inside a header value that never ends in
+    a valid field is rejected; every repetition in the grammar is possessive."""
+    from appliance.http import connection as hc
+
+    value = b"a" + b" \t" * 3000 + b"\x00"
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + value + b"\r\n\r\n"
+    assert hc._FAST_HEAD.fullmatch(head) is None
+    assert all(
+        "++" in p or "*+" in p or "?+" in p for p in (hc._TOKEN.decode(), hc._VALUE.decode())
+    )
