@@ -36,6 +36,7 @@ from appliance.http.config import SiteConfig
 REVALIDATE_S = 1.0
 MAX_CACHE_ENTRIES = 4096
 MAX_CACHE_BYTES = 64 * 1024 * 1024
+MAX_TARGETS = 4096  # parsed request targets remembered (a pure function of the bytes)
 MAX_RANGES = 16  # more ranges than this in one request: the Range header is ignored (200)
 ALLOW = b"GET, HEAD"
 HTML = b"text/html; charset=utf-8"
@@ -244,6 +245,8 @@ class Site:
         if not os.path.isdir(self.root):
             raise NotADirectoryError(errno.ENOTDIR, f"site root is not a folder: {config.root}")
         self._files: dict[str, _File] = {}
+        # target → (parsed, hidden, normalized path)
+        self._targets: dict[bytes, tuple[Target, bool, str]] = {}
         self._cache_bytes = 0
         self._errors: dict[int, bytes] = {}
         self._env = jinja2.Environment(
@@ -289,14 +292,20 @@ class Site:
         names, repeated fields joined with ", "."""
         if method not in (b"GET", b"HEAD"):
             return self.error(405, [(b"Allow", ALLOW)])
-        try:
-            t = parse_target(target)
-        except BadRequest:
-            return self.error(400)
-        if is_hidden(t.segments):
+        known = self._targets.get(target)
+        if known is None:
+            try:
+                t = parse_target(target)
+            except BadRequest:
+                return self.error(400)
+            known = (t, is_hidden(t.segments), t.path)
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()  # bounded: many distinct targets only cost the parse
+            self._targets[target] = known
+        t, hidden, key = known
+        if hidden:
             return self.error(404)
         req = _Request(method, headers)
-        key = t.path
         entry = self._files.get(key)
         if entry is not None and now - entry.checked < REVALIDATE_S:
             return self._file_reply(req, entry, now)
