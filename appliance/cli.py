@@ -65,6 +65,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcap", metavar="FILE", help=h("pcap"))
     p.add_argument("--tap-host", metavar="ADDR/PREFIX", help=h("tap_host"))
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS", help=h("drain_timeout"))
+    p.add_argument("--nft-guard", action="store_true", help=h("nft_guard"))
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
@@ -106,8 +107,9 @@ def _flags(argv: Sequence[str] | None) -> dict[str, Any]:
     """The config keys given as flags on this command line."""
     given = vars(build_parser(explicit_only=True).parse_args(argv))
     out = {k: v for k, v in given.items() if k not in _NOT_KEYS}
-    if out.pop("no_priority", False):
-        out["no_priority"] = True
+    for key in ("no_priority", "nft_guard"):
+        if out.pop(key, False):
+            out[key] = True
     for key in ("root", "access_log"):
         if key in out:
             out[key] = str(out[key])

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance import netfilter
+
 ENV_PREFIX = "MTCP_APPLIANCE_"
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
 
@@ -69,6 +71,7 @@ class Config:
     pcap: str | None = None
     tap_host: str | None = DEFAULT_TAP_HOST
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    nft_guard: bool = False
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -231,7 +234,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "stack": (_choice("mtcp", "linux"), "mtcp (user-level stack, default) or linux (kernel)"),
     "backend": (_choice("tap", "afpacket"), "mtcp packet I/O: tap (default) or afpacket"),
     "iface": (_iface, f"tap: device name (default {DEFAULT_TAP_NAME}); afpacket: the interface"),
-    "ip": (_str, f"address/prefix (default {DEFAULT_MTCP_IP}; linux: {DEFAULT_LINUX_IP})"),
+    "ip": (
+        _str,
+        f"address/prefix (default {DEFAULT_MTCP_IP}; linux: {DEFAULT_LINUX_IP}); afpacket: "
+        "auto = the interface's own address (and its default route as the gateway)",
+    ),
     "gateway": (_ipv4, "mtcp: next hop for destinations off the subnet"),
     "port": (_int(1, 65535), "TCP port (default 80 for mtcp, 8080 for linux)"),
     "root": (_root, "folder to serve (default: the bundled static/)"),
@@ -247,6 +254,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "pcap": (_pcap, "mtcp: capture to this pcap file (%u: core number)"),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
+    "nft_guard": (
+        _bool,
+        "afpacket: keep the kernel from answering the served port on the interface (an "
+        "nftables rule, removed on exit), for an address shared with the kernel (a container)",
+    ),
 }
 
 
@@ -256,6 +268,7 @@ TOML_TYPES: dict[str, Any] = {
     "cores": int,
     "no_priority": bool,
     "drain_timeout": int | float,
+    "nft_guard": bool,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
@@ -351,15 +364,26 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
     metrics_host, metrics_port = val.get("metrics", ("127.0.0.1", 9100))
     iface = val.get("iface")
     tap_host: str | None = None
+    nft_guard = val.get("nft_guard", False)
+    if nft_guard and (stack, backend) != ("mtcp", "afpacket"):
+        raise err("nft_guard", "only means something with --stack mtcp --backend afpacket")
     if stack == "mtcp":
-        ip = _checked(err, "ip", _cidr, val.get("ip", DEFAULT_MTCP_IP))
-        net = ipaddress.IPv4Interface(ip).network
         if backend == "afpacket" and not iface:
             raise err(
                 "iface",
                 "the afpacket backend needs an interface (--iface, "
                 f"{env_name('iface')} or iface in the config file)",
             )
+        ip_value = val.get("ip", DEFAULT_MTCP_IP)
+        if ip_value == "auto":
+            ip_value = _auto_ip(err, backend, iface)
+            if "gateway" not in val and iface:
+                gw_auto = netfilter.default_gateway(iface)
+                if gw_auto is not None:
+                    val["gateway"] = gw_auto
+                    where = {**where, "gateway": f"the default route via {iface}"}
+        ip = _checked(err, "ip", _cidr, ip_value)
+        net = ipaddress.IPv4Interface(ip).network
         if backend == "tap":
             iface = iface or DEFAULT_TAP_NAME
             tap_host = _tap_host(err, val, ip)
@@ -394,6 +418,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         pcap=val.get("pcap"),
         tap_host=tap_host,
         drain_timeout=val.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
+        nft_guard=nft_guard,
         sources=dict(where),
     )
 
@@ -405,6 +430,16 @@ def _checked(
         return parse(value)
     except ValueError as exc:
         raise err(key, str(exc)) from None
+
+
+def _auto_ip(err: Callable[[str, str], ConfigError], backend: str, iface: str | None) -> str:
+    """``ip = "auto"``: the afpacket interface's own IPv4 address/prefix."""
+    if backend != "afpacket" or not iface:
+        raise err("ip", "auto (the interface's own address) needs --backend afpacket and --iface")
+    found = netfilter.iface_address(iface)
+    if found is None:
+        raise err("ip", f"auto: the interface {iface} has no IPv4 address (or does not exist)")
+    return found
 
 
 def _tap_host(err: Callable[[str, str], ConfigError], val: Mapping[str, Any], ip: str) -> str:

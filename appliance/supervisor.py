@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import mtcp_core
-from appliance import __version__, caps, logs, worker
+from appliance import __version__, caps, logs, netfilter, worker
 from appliance.config import Config, available_cpus
 from appliance.logs import log
+from appliance.metrics.health import heartbeat_age
 from appliance.metrics.http_block import HttpBlock
 from appliance.metrics.server import ManagementServer
 from appliance.metrics.source import ApplianceView, CoreView, process_times
@@ -134,6 +135,7 @@ class Supervisor:
         self._drain_deadline = 0.0
         self._started_at = time.time()
         self._site: Any = None
+        self._guard: netfilter.Guard | None = None
 
     # ----------------------------------------------------------------- MetricsSource
 
@@ -155,6 +157,11 @@ class Supervisor:
                     http=s.http.read(),
                     cpu_seconds=times[0] if times else None,
                     rss_bytes=times[1] if times else None,
+                    heartbeat_age_s=(
+                        heartbeat_age(s.stats_path, pid)
+                        if s.stats_path is not None and pid is not None
+                        else None
+                    ),
                 )
             )
         return ApplianceView(
@@ -224,6 +231,8 @@ class Supervisor:
             self.slots.append(Slot(core, cpus[core % len(cpus)], block, stats))
         if cfg.stack == "mtcp":
             self.stack = self._make_stack()
+        if cfg.nft_guard:
+            self._install_guard()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -276,6 +285,23 @@ class Supervisor:
                 msg += "\n" + caps.suggestion(f"{caps.NAMES[need[0]]} ({need[1]})")
             raise StartupError(msg) from None
 
+    def _install_guard(self) -> None:
+        """nft_guard: the kernel leaves the served port on the interface to the stack."""
+        cfg = self.config
+        assert cfg.iface is not None
+        try:
+            self._guard = netfilter.install(netfilter.Guard(cfg.iface, cfg.host, cfg.port))
+        except (netfilter.NetfilterError, ValueError, OSError) as exc:
+            raise StartupError(f"nft_guard: {exc}") from None
+        log.info(
+            "nftables: the kernel drops TCP to %s:%d on %s (table %s)%s",
+            cfg.host,
+            cfg.port,
+            cfg.iface,
+            netfilter.table_name(cfg.iface),
+            "" if self._guard.egress else "; no egress hook: the stack's RSTs are not filtered",
+        )
+
     def _announce(self) -> None:
         cfg = self.config
         assert self.mgmt is not None
@@ -318,6 +344,7 @@ class Supervisor:
             stats_path=slot.stats_path,
             close_fds=tuple(close),
             restart=slot.restarts,
+            supervisor_pid=os.getpid(),
         )
         sys.stdout.flush()
         sys.stderr.flush()
@@ -517,6 +544,13 @@ class Supervisor:
         if self.stack is not None:
             self.stack.close()
             self.stack = None
+        if self._guard is not None:
+            try:
+                netfilter.remove(self._guard.iface)
+                log.info("nftables: removed table %s", netfilter.table_name(self._guard.iface))
+            except netfilter.NetfilterError as exc:
+                log.warning("nftables: could not remove the rules: %s", exc)
+            self._guard = None
         for s in self.slots:
             if s.ready_fd is not None:
                 os.close(s.ready_fd)

@@ -59,6 +59,7 @@ class WorkerSpec:
     stats_path: str | None = None  # this core's stack stats block
     close_fds: tuple[int, ...] = ()  # the supervisor's descriptors, closed in the child
     restart: int = 0  # how many workers this core had before this one
+    supervisor_pid: int = 0  # the parent; 0: unknown (then a parent of pid 1 means it died)
 
 
 class _State:
@@ -131,7 +132,9 @@ def _main(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGTERM, state.on_term)
     signal.signal(signal.SIGHUP, state.on_hup)
     _parent_death_signal(signal.SIGTERM)
-    if os.getppid() == 1:  # the supervisor died before the line above
+    parent = os.getppid()
+    orphaned = parent != spec.supervisor_pid if spec.supervisor_pid else parent == 1
+    if orphaned:  # the supervisor died before the line above (in a container it is pid 1)
         return EXIT_FAILED
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {spec.cpu})

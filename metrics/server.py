@@ -6,7 +6,10 @@ answering while the data plane is busy or broken:
 - ``/metrics``: the Prometheus text exposition (``?json`` is not offered there);
 - ``/server-status``: the status page, HTML; ``?json`` for JSON, ``?refresh=N`` to set the
   page's self-refresh period (0: off);
-- ``/``: links to both.
+- ``/healthz``: 200 when every worker is up and every core's mTCP thread is running, else
+  503; a JSON body says which (``appliance.metrics.health``). Container and Kubernetes
+  health checks ask here: the site on the user-level stack is not reachable over loopback;
+- ``/``: links to the others.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from appliance.metrics.collector import make_registry
+from appliance.metrics.health import evaluate
 from appliance.metrics.source import MetricsSource
 from appliance.metrics.status import StatusPage
 
@@ -30,7 +34,8 @@ _INDEX = b"""<!doctype html>
 <title>mtcp-appliance management</title></head>
 <body><h1>mtcp-appliance</h1><ul>
 <li><a href="/server-status">/server-status</a> (<a href="/server-status?json">JSON</a>)</li>
-<li><a href="/metrics">/metrics</a> (Prometheus)</li></ul></body></html>
+<li><a href="/metrics">/metrics</a> (Prometheus)</li>
+<li><a href="/healthz">/healthz</a> (health: workers and mTCP threads)</li></ul></body></html>
 """
 
 
@@ -65,6 +70,10 @@ class _Handler(BaseHTTPRequestHandler):
                         refresh = 2
                     html = self.server.status.html(refresh=max(0, min(refresh, 3600)))
                     self._send(200, "text/html; charset=utf-8", html.encode(), head)
+            elif url.path == "/healthz":
+                doc = evaluate(self.server.source.view())
+                body = json.dumps(doc, indent=1).encode() + b"\n"
+                self._send(200 if doc["healthy"] else 503, "application/json", body, head)
             elif url.path == "/":
                 self._send(200, "text/html; charset=utf-8", _INDEX, head)
             elif url.path == "/favicon.ico":

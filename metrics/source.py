@@ -32,6 +32,8 @@ class CoreView:
     http: HttpSnapshot | None = None
     cpu_seconds: float | None = None  # the live worker's user + system CPU time
     rss_bytes: int | None = None
+    # seconds since the core's mTCP thread last published its stats block (None: no block)
+    heartbeat_age_s: float | None = None
 
     @property
     def up(self) -> bool:

@@ -18,6 +18,8 @@ die() { say "error: $*"; exit 1; }
 SYSTEM_COMMANDS=(
   "gcc gcc" "ip iproute2" "ping iputils-ping" "ethtool ethtool" "nft nftables"
   "tcpdump tcpdump" "ps procps" "curl curl" "chromium chromium"
+  # the benchmark (bench/web_bench.py, make bench) and its quick test (tests/test_bench.py)
+  "wrk wrk" "nginx nginx-light" "lighttpd lighttpd" "taskset util-linux"
 )
 
 apt_install() {
@@ -47,6 +49,39 @@ setup_system() {
   python_has_headers || die "no Python headers (Python.h) for $PYTHON"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$PYTHON is $("$PYTHON" --version 2>&1); the project needs Python 3.11 or newer"
+}
+
+# setup_containers: podman for tests/test_container.py (Debian's podman, buildah, runc,
+# debootstrap for the base image, fuse-overlayfs), and /etc/containers/containers.conf when
+# there is none: runc (crun fails on hybrid cgroup hierarchies) and explicit ulimits (podman
+# run fails without them here). An existing containers.conf is never changed; if it lacks
+# these settings, a note says what to add.
+CONTAINERS_CONF=${CONTAINERS_CONF:-/etc/containers/containers.conf}
+setup_containers() {
+  local missing=() entry cmd pkg
+  for entry in "podman podman" "buildah buildah" "runc runc" "debootstrap debootstrap" \
+    "fuse-overlayfs fuse-overlayfs"; do
+    read -r cmd pkg <<<"$entry"
+    command -v "$cmd" >/dev/null || missing+=("$pkg")
+  done
+  apt_install "${missing[@]}"
+  if [[ ! -e $CONTAINERS_CONF ]]; then
+    [[ $EUID -eq 0 ]] || { say "note: no $CONTAINERS_CONF (root writes one)"; return 0; }
+    say "== writing $CONTAINERS_CONF (runc, ulimits)"
+    mkdir -p "$(dirname "$CONTAINERS_CONF")"
+    cat >"$CONTAINERS_CONF" <<'EOF2'
+# Written by mtcp-appliance's scripts/lib.sh (setup_containers) because none was here.
+# crun fails on hybrid cgroup hierarchies, so runc; podman run needs explicit ulimits there.
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+EOF2
+  elif ! grep -qE '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"runc"' "$CONTAINERS_CONF"; then
+    say "note: $CONTAINERS_CONF exists and is left as it is; if podman run fails, add"
+    say '  [engine] runtime = "runc" and [containers] default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]'
+  fi
 }
 
 setup_venv() {
