@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__, caps
+from appliance import load as load_cmd
 from appliance.config import (
     DEFAULT_LINUX_IP,
     DEFAULT_METRICS,
@@ -96,6 +97,7 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     )
     _add_config_options(doctor)
     doctor.set_defaults(func=doctor_command)
+    load_cmd.add_parser(commands, **kw)  # mtcp-appliance load (appliance/load.py)
     if explicit_only:
         for p in (serve, doctor):
             for action in p._actions:

@@ -210,3 +210,57 @@ int mtcp_pair_drop_next(void *pair, int side, unsigned mask, unsigned value, uns
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
                         unsigned ncores);
+
+/* ---- Load generator (src/app/loadgen.c): short HTTP connections on this core ----
+ * A closed loop of `connections` connections, each: active open, write `request`, read
+ * the response until it is complete (Content-Length) and the server's FIN, close, open
+ * again; like `wrk -H 'Connection: close'`. Latency runs from the request's last byte
+ * handed to the stack to the response's last byte read (wrk's definition); connect time
+ * from connect() to the connection being established. Histograms are log-linear over
+ * nanoseconds: values below 64 have their own bucket, above that 32 buckets per power
+ * of two (at most 1/32 relative error), up to 2^40 ns. */
+#define MTCP_LOAD_HIST_BUCKETS 1152
+#define MTCP_LOAD_MAX_CONNECTIONS 16384
+
+struct mtcp_load_conf {
+    uint32_t addr;              /* server address (host order) */
+    uint16_t port;              /* server port */
+    const char *request;        /* the bytes written on every connection */
+    size_t request_len;
+    unsigned connections;       /* concurrent connections, 1..MTCP_LOAD_MAX_CONNECTIONS */
+    uint64_t duration_ms;       /* run this long (> 0: every run is bounded in time) */
+    uint64_t max_requests;      /* open at most this many connections (0 = no cap); the
+                                   run ends early when all of them are done */
+    unsigned timeout_ms;        /* a connection not done this long after its connect()
+                                   is aborted (RST) and counted as a timeout; 0 = 2000 */
+    int stop;                   /* set with mtcp_load_stop (another thread) to end early */
+};
+
+struct mtcp_load_result {
+    uint64_t started;           /* connections opened (connect() called) */
+    uint64_t completed;         /* complete responses, whatever their status */
+    uint64_t status[6];         /* completed by status class: [1]..[5] = 1xx..5xx, [0] other */
+    uint64_t err_connect;       /* connect failed: refused (RST), timed out, no route, ... */
+    uint64_t err_reset;         /* reset or failed after the connection was established */
+    uint64_t err_timeout;       /* not done within timeout_ms */
+    uint64_t err_response;      /* closed before a complete response, or not HTTP/1.x */
+    uint64_t err_status;        /* completed with a status other than 2xx/3xx */
+    uint64_t bytes_read, bytes_written;
+    uint64_t elapsed_ns;        /* from the first connect() to the end of the run */
+    uint64_t lat_min_ns, lat_max_ns, lat_sum_ns;
+    uint64_t lat_hist[MTCP_LOAD_HIST_BUCKETS];
+    uint64_t conn_min_ns, conn_max_ns, conn_sum_ns, conn_count;
+    uint64_t conn_hist[MTCP_LOAD_HIST_BUCKETS];
+};
+
+/* Runs the loop on this context; call it from the context's app thread (cffi releases
+ * the GIL). Returns 0 with *out filled, or -1 with errno (EINVAL: bad settings). In-flight
+ * connections are aborted when the run ends. */
+int mtcp_load_run(mctx_t mctx, struct mtcp_load_conf *conf, struct mtcp_load_result *out);
+/* Asks a running mtcp_load_run to end (safe from any thread); it returns within ~10 ms. */
+void mtcp_load_stop(struct mtcp_load_conf *conf);
+/* Adds `from` into `into` (counters, histograms, min/max): results of several cores. */
+void mtcp_load_merge(struct mtcp_load_result *into, const struct mtcp_load_result *from);
+/* The latency at quantile q (0..1) of a histogram, in ns: the highest value of the bucket
+ * holding it, at most max_ns; 0 for an empty histogram. */
+uint64_t mtcp_load_quantile(const uint64_t *hist, uint64_t max_ns, double q);
