@@ -72,6 +72,7 @@ class Config:
     tap_host: str | None = DEFAULT_TAP_HOST
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
     nft_guard: bool = False
+    tx_rate_mbps: int = 0  # mtcp: the link's rate for the stack's shaper (0: none)
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -252,6 +253,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "(TPACKET_V3, zero copy, a block at a time: up to 1 ms later)",
     ),
     "pcap": (_pcap, "mtcp: capture to this pcap file (%u: core number)"),
+    "tx_rate_mbps": (
+        _int(0, 1_000_000),
+        "mtcp: shape each core's sending to a link of this many Mb/s (default 0: as fast as "
+        "the device takes frames); for a veth, which has no line rate of its own",
+    ),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
     "nft_guard": (
@@ -269,6 +275,7 @@ TOML_TYPES: dict[str, Any] = {
     "no_priority": bool,
     "drain_timeout": int | float,
     "nft_guard": bool,
+    "tx_rate_mbps": int,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
@@ -398,7 +405,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
             ipaddress.ip_address(ip)
         except ValueError:
             raise err("ip", f"must be an IP address to listen on, got {ip!r}") from None
-        for key in ("gateway", "pcap", "tap_host", "iface"):
+        for key in ("gateway", "pcap", "tap_host", "iface", "tx_rate_mbps"):
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
     return Config(
@@ -419,6 +426,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         tap_host=tap_host,
         drain_timeout=val.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT_S),
         nft_guard=nft_guard,
+        tx_rate_mbps=val.get("tx_rate_mbps", 0),
         sources=dict(where),
     )
 

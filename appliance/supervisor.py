@@ -275,6 +275,7 @@ class Supervisor:
                 stats_path=str(self.run_dir / "stack-%u"),
                 priority=cfg.priority,
                 afpacket_rx=cfg.afpacket_rx,
+                tx_rate_mbps=cfg.tx_rate_mbps,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

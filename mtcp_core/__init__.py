@@ -267,6 +267,7 @@ class Stack:
         delayed_ack: bool = True,
         no_delayed_ack: bool = False,
         afpacket_rx: str = "copy",
+        tx_rate_mbps: int = 0,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -313,6 +314,9 @@ class Stack:
         if afpacket_rx not in ("ring", "copy"):
             raise ValueError(f"afpacket_rx: 'ring' or 'copy', not {afpacket_rx!r}")
         conf.afpacket_rx_ring = 1 if afpacket_rx == "ring" else 0
+        if not 0 <= tx_rate_mbps <= 1_000_000:
+            raise ValueError(f"tx_rate_mbps: 0 (no shaping) to 1000000, not {tx_rate_mbps}")
+        conf.tx_rate_mbps = tx_rate_mbps
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:

@@ -82,6 +82,9 @@ struct mtcp_conf {
     int afpacket_rx_ring;      /* afpacket: 1 = TPACKET_V3 RX ring (zero copy, but a block is
                                   handed over only when full or after its 1 ms timer), 0 =
                                   recvmmsg() batches (each frame reaches the stack at once) */
+    unsigned tx_rate_mbps;     /* 0: send as fast as the device takes frames; N: a link of
+                                  N Mb/s (a veth has no line rate: this gives the queue that
+                                  forms at a real NIC, where priority queueing matters) */
 };
 
 struct mtcp_stack;

@@ -144,6 +144,36 @@ static void update_gauges(struct mtcp_context *ctx)
     STAT_SET(st, state_listen, listening);
 }
 
+/* Shaping: refills the link's byte tokens for the time passed (a token bucket at the
+ * link rate, at most MTCP_SHAPE_BURST_NS of it saved up) and sets the round's frame budget.
+ * A round with no tokens sends nothing; the lists keep their order (control, ACK, data with
+ * priority on), so what waits is what a NIC's queue would hold, in the stack's order. */
+static void shaper_refill(struct mtcp_context *ctx, uint64_t now_ns)
+{
+    uint64_t rate = ctx->stack->tx_rate_Bps;
+    int64_t burst = (int64_t)(rate * MTCP_SHAPE_BURST_NS / MTCP_NS_PER_S);
+    if (burst < 2 * (MTCP_MAX_FRAME + MTCP_WIRE_OVERHEAD))
+        burst = 2 * (MTCP_MAX_FRAME + MTCP_WIRE_OVERHEAD);
+    uint64_t dt = now_ns - ctx->tx_tokens_ns;
+    ctx->tx_tokens_ns = now_ns;
+    if (dt > MTCP_SHAPE_BURST_NS)
+        dt = MTCP_SHAPE_BURST_NS; /* also the first round: no credit from before it */
+    ctx->tx_tokens += (int64_t)(dt * rate / MTCP_NS_PER_S);
+    if (ctx->tx_tokens > burst)
+        ctx->tx_tokens = burst;
+    if (ctx->tx_tokens <= 0)
+        ctx->tx_budget = 0;
+}
+
+/* Shaping: nanoseconds until the link takes a frame again (0: now). */
+static uint64_t shaper_wait_ns(const struct mtcp_context *ctx)
+{
+    if (ctx->tx_tokens > 0)
+        return 0;
+    uint64_t owed = (uint64_t)(1 - ctx->tx_tokens);
+    return owed * MTCP_NS_PER_S / ctx->stack->tx_rate_Bps + 1;
+}
+
 static void *ctx_loop(void *arg)
 {
     struct mtcp_context *ctx = arg;
@@ -156,6 +186,9 @@ static void *ctx_loop(void *arg)
         uint64_t now_ns = mtcp_now_ns();
         ctx->now_ms = now_ns / MTCP_NS_PER_MS;
         ctx->tx_budget = MTCP_TX_BATCH;
+        int shaped = ctx->stack->tx_rate_Bps != 0;
+        if (shaped)
+            shaper_refill(ctx, now_ns);
         STAT_INC(&ctx->stats, rounds);
 
         int n = io_rx_burst(ctx->dev, frames, MTCP_RX_BATCH);
@@ -189,8 +222,14 @@ static void *ctx_loop(void *arg)
             last_publish = now_ns;
         }
 
-        int busy = n > 0 || jobs > 0 || ctx->ctrl_head || ctx->ack_head || ctx->data_head ||
-                   ctx->ev_head;
+        int tx_pending = ctx->ctrl_head || ctx->ack_head || ctx->data_head;
+        uint64_t tx_wait_ns = 0;
+        if (shaped && tx_pending) {
+            tx_wait_ns = shaper_wait_ns(ctx);
+            if (tx_wait_ns)
+                tx_pending = 0; /* the link is busy: sleep until it takes a frame again */
+        }
+        int busy = n > 0 || jobs > 0 || tx_pending || ctx->ev_head;
         if (busy)
             continue;
         uint64_t due = ctx->dev->ops->next_due_ns ? ctx->dev->ops->next_due_ns(ctx->dev) : 0;
@@ -204,13 +243,18 @@ static void *ctx_loop(void *arg)
             next = 1000; /* wake once a second at most to publish stats; no busy spinning */
         if (next == 0)
             continue;
+        uint64_t sleep_ns = next * MTCP_NS_PER_MS;
+        if (tx_wait_ns && tx_wait_ns < sleep_ns)
+            sleep_ns = tx_wait_ns;
         atomic_store(&ctx->stack_sleeping, 1);
         if (!mtcp_spsc_empty(&ctx->jobq) || atomic_load(&ctx->stop)) {
             atomic_store(&ctx->stack_sleeping, 0);
             continue;
         }
         STAT_INC(&ctx->stats, sleeps);
-        int pr = poll(pfd, 2, (int)next);
+        struct timespec ts = {.tv_sec = (time_t)(sleep_ns / MTCP_NS_PER_S),
+                              .tv_nsec = (long)(sleep_ns % MTCP_NS_PER_S)};
+        int pr = ppoll(pfd, 2, &ts, NULL);
         atomic_store(&ctx->stack_sleeping, 0);
         if (pr > 0 && (pfd[1].revents & POLLIN)) {
             drain_fd(ctx->stack_efd);

@@ -117,6 +117,7 @@ struct mtcp_stack {
     uint32_t max_conns, rcvbuf, sndbuf, time_wait_ms;
     uint32_t idle_timeout_ms, syn_backlog, challenge_ack_limit;
     int sack, delayed_ack;
+    uint64_t tx_rate_Bps;        /* link rate in bytes/s; 0 = no shaping */
     uint64_t isn_key[2];
 };
 
@@ -171,6 +172,8 @@ struct mtcp_context {
     struct io_frame txf[MTCP_TX_BATCH];
     int ntx;
     int tx_budget;               /* frames this round may still send */
+    int64_t tx_tokens;           /* shaping: bytes the link may still take (can go negative) */
+    uint64_t tx_tokens_ns;       /* when tx_tokens was last refilled */
 
     /* ---- app thread only ---- */
     struct msock *socks;
@@ -180,6 +183,11 @@ struct mtcp_context {
     struct mtcp_epoll ep[MTCP_MAX_EPOLL];
     struct mtcp_event *evbuf;    /* scratch for draining evq */
 };
+
+/* Shaping (tx_rate_mbps): what a frame costs the link beyond its bytes (preamble, start
+ * delimiter, FCS, inter-frame gap), and the largest burst, in time at the link's rate. */
+#define MTCP_WIRE_OVERHEAD 24
+#define MTCP_SHAPE_BURST_NS 1000000u
 
 #ifndef MTCP_WHEEL_SLOTS
 #define MTCP_WHEEL_SLOTS 4096

@@ -10,4 +10,5 @@ static inline uint64_t mtcp_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 #define MTCP_NS_PER_MS 1000000ull
+#define MTCP_NS_PER_S 1000000000ull
 #endif

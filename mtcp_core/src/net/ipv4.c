@@ -11,8 +11,8 @@ void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len);
 
 uint8_t *net_tx_alloc(struct mtcp_context *ctx)
 {
-    if (ctx->tx_budget <= 0)
-        return NULL;
+    if (ctx->tx_budget <= 0 || (ctx->stack->tx_rate_Bps && ctx->tx_tokens <= 0))
+        return NULL; /* this round's budget, or the shaped link's bytes, are spent */
     if (ctx->ntx == MTCP_TX_BATCH)
         net_tx_flush(ctx);
     return ctx->txbuf + (size_t)ctx->ntx * MTCP_MAX_FRAME;
@@ -25,6 +25,8 @@ void net_tx_commit(struct mtcp_context *ctx, uint32_t len)
     ctx->txf[ctx->ntx].flags = 0;
     ctx->ntx++;
     ctx->tx_budget--;
+    if (ctx->stack->tx_rate_Bps)
+        ctx->tx_tokens -= (int64_t)len + MTCP_WIRE_OVERHEAD;
     STAT_INC(&ctx->stats, tx_packets);
     STAT_ADD(&ctx->stats, tx_bytes, len);
 }
