@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -41,40 +39,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # echo_app and netns are shared with the tests
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts tests/ on sys.path: echo_app and netns)
 import echo_app  # noqa: E402
 import netns  # noqa: E402
 
 PORT = 80
-RESULTS = Path(__file__).resolve().parent / "results"
 IDLE_S = 2.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The core keeps TIME_WAIT connections (2 s by default) in its TCB pool: at more than
 # max_conns / 2 s connections per second the pool would run dry. Buffers are mapped lazily.
 MTCP_MAX_CONNS = 32768
-
-
-# ---------------------------------------------------------------- machine CPU
-
-
-def machine_jiffies() -> dict[str, tuple[int, int]]:
-    """/proc/stat: for "cpu" (all) and each "cpuN": (busy, total) jiffies."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if not line.startswith("cpu"):
-            continue
-        name, *vals = line.split()
-        v = [int(x) for x in vals[:8]]
-        user, nice, system, idle, iowait, irq, softirq, steal = v
-        busy = user + nice + system + irq + softirq + steal
-        out[name] = (busy, busy + idle + iowait)
-    return out
-
-
-def busy_seconds(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]) -> dict[str, float]:
-    return {k: (b[k][0] - a[k][0]) / CLK_TCK for k in a if k in b}
 
 
 # ---------------------------------------------------------------- child roles
@@ -82,7 +56,7 @@ def busy_seconds(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]) -
 
 def start_core(args: argparse.Namespace) -> tuple[Any, Any, int]:
     """The server's user-level stack on its veth end (call inside the server namespace):
-    (stack, context pinned to args.cpu, the mTCP thread's id). Shared with http_bench."""
+    (stack, context pinned to args.cpu, the mTCP thread's id)."""
     import mtcp_core
 
     stack = mtcp_core.Stack(
@@ -193,52 +167,6 @@ def _self_cmd(*extra: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *extra]
 
 
-def _read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The next JSON line a child prints (other lines are passed through)."""
-    assert proc.stdout is not None
-    box: list[str] = []
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        while line := proc.stdout.readline():
-            if line.startswith("{"):
-                box.append(line)
-                return
-            sys.stderr.write(line)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout)
-    if not box:
-        raise RuntimeError(f"child {proc.args!r} said nothing in {timeout}s (rc={proc.poll()})")
-    return json.loads(box[0])  # type: ignore[no-any-return]
-
-
-def _parse_wrk_time(s: str) -> float:
-    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3)):
-        if s.endswith(unit):
-            return float(s[: -len(unit)]) * scale
-    return float(s) * 1e3
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    res: dict[str, float] = {"errors": 0}
-    for raw in out.splitlines():
-        line = raw.strip()
-        if line.startswith("50%"):
-            res["p50_ms"] = _parse_wrk_time(line.split()[1])
-        elif line.startswith("99%"):
-            res["p99_ms"] = _parse_wrk_time(line.split()[1])
-        elif " requests in " in line:
-            res["requests"] = float(line.split()[0])
-            res["seconds"] = _parse_wrk_time(line.split(" in ")[1].split(",")[0]) / 1e3
-        elif line.startswith("Socket errors:"):
-            res["errors"] += sum(int(p.split()[1]) for p in line.split(":", 1)[1].split(","))
-        elif line.startswith("Non-2xx or 3xx responses:"):
-            res["errors"] += int(line.split(":")[1])
-    return res
-
-
 def run_one(
     stack: str,
     opts: argparse.Namespace,
@@ -263,34 +191,33 @@ def run_one(
     )  # fmt: skip
     loaders: list[subprocess.Popen[str]] = []
     try:
-        hello = _read_json_line(server, 30)
+        hello = common.read_json_line(server, 30)
         pid, tid = hello["pid"], hello["tid"]
         # idle: the server listens, nothing else happens
-        m0, s0 = machine_jiffies(), echo_app.cpu_seconds(pid)
-        t0 = echo_app.cpu_seconds(pid, tid) if tid else 0.0
+        m0, s0 = common.machine_jiffies(), common.cpu_seconds(pid)
+        t0 = common.cpu_seconds(pid, tid) if tid else 0.0
         w0 = time.monotonic()
         threading.Event().wait(IDLE_S)  # the idle interval being measured
         wall = time.monotonic() - w0
-        res.idle_server_cpu_pct = 100 * (echo_app.cpu_seconds(pid) - s0) / wall
+        res.idle_server_cpu_pct = 100 * (common.cpu_seconds(pid) - s0) / wall
         if tid:
-            res.idle_mtcp_thread_cpu_pct = 100 * (echo_app.cpu_seconds(pid, tid) - t0) / wall
-        busy = busy_seconds(m0, machine_jiffies())
+            res.idle_mtcp_thread_cpu_pct = 100 * (common.cpu_seconds(pid, tid) - t0) / wall
+        busy = common.busy_seconds(m0, common.machine_jiffies())
         idle_busy_rate = busy["cpu"] / wall  # CPU-seconds per second, all CPUs
         res.idle_machine_cpu_pct = 100 * idle_busy_rate / (os.cpu_count() or 1)
 
         if client == "wrk":
-            argv = [
-                "ip", "netns", "exec", client_ns.name, "taskset", "-c", str(opts.client_cpu),
-                "wrk", "-t1", f"-c{opts.concurrency}", f"-d{round(opts.duration)}s", "--latency",
-                "--timeout", "5s", "-H", "Connection: close", f"http://{ip}:{PORT}/",
-            ]  # fmt: skip
-            m0, s0, w0 = machine_jiffies(), echo_app.cpu_seconds(pid), time.monotonic()
+            url = f"http://{ip}:{PORT}/"
+            wrk = common.wrk_argv(url, connections=opts.concurrency, seconds=opts.duration,
+                                  close=True)  # fmt: skip
+            argv = common.in_ns(client_ns, [opts.client_cpu], wrk)
+            m0, s0, w0 = common.machine_jiffies(), common.cpu_seconds(pid), time.monotonic()
             out = subprocess.run(
                 argv, capture_output=True, text=True, timeout=opts.duration + 30, check=True
             ).stdout
             wall = time.monotonic() - w0
-            m1, s1 = machine_jiffies(), echo_app.cpu_seconds(pid)
-            w = parse_wrk(out)
+            m1, s1 = common.machine_jiffies(), common.cpu_seconds(pid)
+            w = common.parse_wrk(out)
             if "requests" not in w:
                 raise RuntimeError(f"cannot read wrk's output:\n{out}")
             res.requests = int(w["requests"])
@@ -327,15 +254,15 @@ def run_one(
                     )  # fmt: skip
                 )
             for p in loaders:
-                _read_json_line(p, 30)
-            m0, s0, w0 = machine_jiffies(), echo_app.cpu_seconds(pid), time.monotonic()
+                common.read_json_line(p, 30)
+            m0, s0, w0 = common.machine_jiffies(), common.cpu_seconds(pid), time.monotonic()
             for p in loaders:
                 assert p.stdin is not None
                 p.stdin.write("go\n")
                 p.stdin.flush()
-            outs = [_read_json_line(p, opts.max_time + 30) for p in loaders]
+            outs = [common.read_json_line(p, opts.max_time + 30) for p in loaders]
             wall = time.monotonic() - w0
-            m1, s1 = machine_jiffies(), echo_app.cpu_seconds(pid)
+            m1, s1 = common.machine_jiffies(), common.cpu_seconds(pid)
             lat = [x for o in outs for x in o["latencies"]]
             res.requests = sum(o["ok"] for o in outs)
             res.errors = sum(o["errors"] for o in outs)
@@ -345,7 +272,7 @@ def run_one(
             res.notes += [e for o in outs for e in o["first_errors"]][:5]
         res.rps = res.requests / res.seconds if res.seconds else 0.0
         res.server_cpu_s = s1 - s0
-        busy = busy_seconds(m0, m1)
+        busy = common.busy_seconds(m0, m1)
         res.machine_cpu_s = busy["cpu"]
         res.per_cpu_busy_s = {k: round(v, 3) for k, v in busy.items() if k != "cpu"}
         res.server_cpu_pct = 100 * res.server_cpu_s / wall
@@ -365,7 +292,7 @@ def run_one(
                 server.stdin.write("stop\n")
                 server.stdin.flush()
         try:
-            final = _read_json_line(server, 30)
+            final = common.read_json_line(server, 30)
             res.server_report = final.get("report", {})
             res.server_stats = final.get("stats", {})
         except RuntimeError as exc:
@@ -425,26 +352,6 @@ def ratios(results: list[Result]) -> dict[str, float]:
     return out
 
 
-def environment(client: str) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "client": client,
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                env["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        env["commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (a few seconds each)")
@@ -464,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the core's TIME_WAIT (0: its default, 2 s)")  # fmt: skip
     ap.add_argument("--afpacket-rx", choices=["copy", "ring"], default="copy",
                     help="the core's afpacket receive path (Stack(afpacket_rx=...))")  # fmt: skip
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     # internal: the child processes
     ap.add_argument("--role", choices=["main", "serve", "load"], default="main",
                     help=argparse.SUPPRESS)  # fmt: skip
@@ -480,14 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "load":
         return role_load(args)
 
-    reason = netns.missing_privileges()
-    if reason:
-        print(f"echo_bench: {reason}; run it as root (sudo)", file=sys.stderr)
-        return 2
-    cpus = os.sched_getaffinity(0)
-    if args.server_cpu not in cpus or args.client_cpu not in cpus:
-        print(f"echo_bench: CPUs {args.server_cpu}/{args.client_cpu} not in {cpus}",
-              file=sys.stderr)  # fmt: skip
+    if msg := common.check_root("echo_bench") or common.check_cpus(
+        "echo_bench", args.server_cpu, args.client_cpu
+    ):
+        print(msg, file=sys.stderr)
         return 2
     client = args.client
     if client == "auto":
@@ -503,11 +406,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     with netns.Lab() as lab:
-        cl, sv = lab.namespace("benchcl"), lab.namespace("benchsv")
-        link = lab.veth(cl, sv, address_b=False)
-        # the client makes many connections quickly: a wide port range, TIME_WAIT reuse
-        cl.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"])
-        cl.run(["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"])
+        cl, sv, link = common.client_server_pair(lab, "bench")
         for i in range(args.repeat):
             for stack in ("mtcp", "kernel") if i % 2 == 0 else ("kernel", "mtcp"):
                 r = run_one(stack, args, cl, sv, link, client)
@@ -522,19 +421,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mtcp counters of the run: {seen or 'no drops, resets or retransmits'}")
     rat = ratios(results)
     print("mtcp / kernel: " + ", ".join(f"{k.split('_mtcp')[0]} {v:.2f}" for k, v in rat.items()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"echo-{args.mode}-{stamp}.json"
+    when = common.stamp()
+    path = common.result_path(args.out, f"echo-{args.mode}", when)
+    internal = ("role", "stack", "netns", "cpu", "ip", "iface", "target")
     doc = {
-        "when": stamp,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k not in ("role", "stack", "netns", "cpu", "ip", "iface", "target")},
-        "environment": environment(client),
+        "when": when,
+        "settings": common.settings(args, internal),
+        "environment": common.environment(client=client),
         "results": [asdict(r) for r in results],
         "ratios_mtcp_over_kernel": rat,
-    }  # fmt: skip
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    }
+    common.write_json(path, doc)
+    print(f"wrote {common.shown(path)}")
     return 0
 
 

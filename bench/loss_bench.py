@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -46,14 +43,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # netns is shared with the tests
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts tests/ on sys.path: netns is shared with the tests)
 import netns  # noqa: E402
 
 import mtcp_core  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SINK_PORT = 5001
 PAIR_SENDER, PAIR_RECEIVER = "198.18.0.1", "198.18.0.2"
 PATHS = ("pair", "kernel", "core")
@@ -455,22 +450,6 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        env["nft"] = subprocess.run(["nft", "--version"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip()  # fmt: skip
-        env["commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rates", default="0,1,5,10", help="loss rates in percent, comma separated")
@@ -480,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="transfers per path and rate")
     ap.add_argument("--timeout", type=float, default=120.0, help="bound of one transfer, s")
     ap.add_argument("--paths", default=",".join(PATHS), help="which of pair,kernel,core")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
     paths = [p for p in args.paths.split(",") if p]
@@ -490,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     args.timeout = min(args.timeout, 600.0)
     veth = any(p in paths for p in ("kernel", "core"))
     if veth:
-        if reason := netns.missing_privileges():
-            print(f"loss_bench: {reason}; run it as root (sudo)", file=sys.stderr)
+        if msg := common.check_root("loss_bench"):
+            print(msg, file=sys.stderr)
             return 2
         if shutil.which("nft") is None:
             print("loss_bench: needs nftables' nft (apt-get install nftables)", file=sys.stderr)
@@ -524,22 +503,17 @@ def main(argv: list[str] | None = None) -> int:
                 rigs.stack.close()
     rows = summary(results, rates)
     print(table(rows, args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"loss-{stamp}.json"
-    for n in range(2, 100):
-        if not path.exists():
-            break
-        path = args.out / f"loss-{stamp}-{n}.json"
+    when = common.stamp()
+    path = common.result_path(args.out, "loss", when)
     doc = {
-        "when": stamp,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": environment(),
+        "when": when,
+        "settings": common.settings(args),
+        "environment": common.environment(nft=common.tool_version(["nft", "--version"])),
         "summary": rows,
         "results": [asdict(r) | {"mb_s": r.mb_s} for r in results],
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    common.write_json(path, doc)
+    print(f"wrote {common.shown(path)}")
     return 0 if all(r.ok for r in results) else 1
 
 
