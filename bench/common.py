@@ -202,6 +202,23 @@ def client_server_pair(
     return cl, sv, link
 
 
+def steer_receive(
+    cl: netns.Namespace,
+    sv: netns.Namespace,
+    link: netns.Veth,
+    client_cpus: Sequence[int],
+    server_cpus: Sequence[int],
+) -> None:
+    """Receive packet steering on both ends of the veth: each side's receive work (its
+    kernel's TCP input, or the AF_PACKET copy to the user-level stack) runs on that side's
+    own CPUs, as on two machines. Without it, a veth runs the receiver's softirq on the
+    sender's CPU: the client's TCP input would be charged to the server's CPU (inside the
+    server's send() or TX flush) and the server's to the client's."""
+    for ns, ifname, cpus in ((cl, link.if_a, client_cpus), (sv, link.if_b, server_cpus)):
+        mask = format(sum(1 << c for c in cpus), "x")
+        ns.run(["sh", "-c", f"echo {mask} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"])
+
+
 # ---------------------------------------------------------------- child processes
 
 

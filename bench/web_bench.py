@@ -219,6 +219,9 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
                     name = f"{kind}-{_fmt_size(size)}-c{conns}"
                     out.append(Workload(name, kind, path, size, conns, d))
     out.append(Workload(f"download-{_fmt_size(opts.big)}", "download", BIG_FILE, opts.big, 1, d))
+    if opts.only:
+        wanted = set(opts.only.split(","))
+        out = [wl for wl in out if wl.name in wanted or wl.kind in wanted]
     return out
 
 
@@ -1048,6 +1051,8 @@ def scaling_rows(rig: Rig, rows: list[Row], idles: list[Idle], cpus: list[int]) 
     half = len(cpus) // 2
     server_cpus, client_cpus = cpus[:half], cpus[half:]
     scaled = Rig(rig.cl, rig.sv, rig.link, server_cpus, client_cpus, rig.site, rig.opts)
+    if rig.opts.rps:
+        common.steer_receive(rig.cl, rig.sv, rig.link, client_cpus, server_cpus)
     n = 1
     while n <= len(server_cpus):
         threads = len(client_cpus)
@@ -1139,6 +1144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="priority rows: connections a second of the probe that times the handshake too",
     )
     ap.add_argument(
+        "--only",
+        metavar="ROWS",
+        help="only these workloads, by name or kind, comma-separated (short-64B-c64,download)",
+    )
+    ap.add_argument(
+        "--no-rps",
+        dest="rps",
+        action="store_false",
+        help="leave the veth's receive work where the kernel puts it (on the sending side's "
+        "CPU) instead of on each side's own CPUs, as on two machines",
+    )
+    ap.add_argument(
         "--priority-link-mbps",
         type=int,
         default=1000,
@@ -1192,6 +1209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with netns.Lab() as lab:
             cl, sv, link = common.client_server_pair(lab, "web")
             rig = Rig(cl, sv, link, [opts.server_cpu], [opts.client_cpu], site, opts)
+            if opts.rps:
+                common.steer_receive(cl, sv, link, rig.client_cpus, rig.server_cpus)
             if opts.scaling != "only":
                 wls = workloads(opts)
                 for i in range(opts.repeat):
