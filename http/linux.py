@@ -101,14 +101,20 @@ class KernelNet:
         return out
 
     def send_many(
-        self, items: Sequence[tuple[socket.socket, bytes | memoryview]]
+        self,
+        items: Sequence[tuple[socket.socket, bytes | memoryview]],
+        close: Sequence[bool] | None = None,
     ) -> list[int | OSError]:
         out: list[int | OSError] = []
-        for h, data in items:
+        for i, (h, data) in enumerate(items):
             try:
-                out.append(h.send(data))
+                sent = h.send(data)
             except OSError as exc:
                 out.append(exc)
+                continue
+            out.append(sent)
+            if close is not None and close[i] and sent == len(data):
+                self.close_many([h])
         return out
 
     def close_many(self, handles: Sequence[socket.socket]) -> None:

@@ -45,14 +45,16 @@ class Net(Protocol):
     def register(self, handle: Any, events: int) -> None: ...
     def modify(self, handle: Any, events: int) -> None: ...
     def recv_many(self, handles: Sequence[Any]) -> list[bytes | OSError]: ...
-    def send_many(self, items: Sequence[tuple[Any, bytes | memoryview]]) -> list[int | OSError]: ...
+    def send_many(
+        self, items: Sequence[tuple[Any, bytes | memoryview]], close: Sequence[bool] | None = None
+    ) -> list[int | OSError]: ...  # close[i]: close handle i too once its bytes are all taken
     def close_many(self, handles: Sequence[Any]) -> None: ...
     def close_listener(self) -> None: ...
     def close(self) -> None: ...
 
 
 class _Conn:
-    __slots__ = ("handle", "key", "http", "out", "events", "timer_at", "dead")
+    __slots__ = ("handle", "key", "http", "out", "events", "timer_at", "dead", "sent_closed")
 
     def __init__(self, handle: Any, key: int, http: Connection) -> None:
         self.handle = handle
@@ -62,6 +64,7 @@ class _Conn:
         self.events = EPOLLIN | EPOLLRDHUP
         self.timer_at = -1.0
         self.dead = False  # close now (reset, error, abort)
+        self.sent_closed = False  # closed together with its last bytes (send_many's close)
 
     def wanted(self) -> int:
         ev = EPOLLOUT if self.out else 0
@@ -178,14 +181,18 @@ def run(
                 if c.out:
                     batch.append(c)
             if batch:
-                results2 = net.send_many([(c.handle, c.out) for c in batch])
-                for c, sent in zip(batch, results2, strict=True):
+                # a connection whose response ends with these bytes and that closes after
+                # it is closed in the same crossing: its FIN rides on the last segment
+                last = [c.http.closed and not c.http.has_output and not c.http.abort for c in batch]
+                results2 = net.send_many([(c.handle, c.out) for c in batch], last)
+                for c, sent, closing in zip(batch, results2, last, strict=True):
                     if isinstance(sent, BlockingIOError):
                         continue
                     if isinstance(sent, OSError):
                         c.dead = True
                         continue
                     if sent >= len(c.out):
+                        c.sent_closed = closing
                         c.out = b""
                         if c.http.has_output:  # next file chunk: sent when EPOLLOUT says so
                             c.out = c.http.pull(now)
@@ -214,7 +221,9 @@ def run(
                 for c in done:
                     del conns[c.key]
                     c.http.close(now)
-                net.close_many([c.handle for c in done])
+                handles = [c.handle for c in done if not c.sent_closed]
+                if handles:
+                    net.close_many(handles)
             if len(timers) > 4 * len(conns) + 64:
                 timers = [(c.timer_at, c.key) for c in conns.values() if c.timer_at >= 0]
                 heapq.heapify(timers)

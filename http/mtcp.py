@@ -74,9 +74,11 @@ class MtcpNet:
         return out
 
     def send_many(
-        self, items: Sequence[tuple[m.Socket, bytes | memoryview]]
+        self,
+        items: Sequence[tuple[m.Socket, bytes | memoryview]],
+        close: Sequence[bool] | None = None,
     ) -> list[int | OSError]:
-        return self.ctx.send_many(items)  # type: ignore[arg-type]
+        return self.ctx.send_many(items, close)  # type: ignore[arg-type]
 
     def close_many(self, handles: Sequence[m.Socket]) -> None:
         self.ctx.close_many(handles)

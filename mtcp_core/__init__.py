@@ -424,9 +424,13 @@ class Context:
                 out.append(OSError(-r, os.strerror(-r)))
         return out
 
-    def send_many(self, items: Sequence[tuple[Socket, bytes]]) -> list[int | OSError]:
+    def send_many(
+        self, items: Sequence[tuple[Socket, bytes]], close: Sequence[bool] | None = None
+    ) -> list[int | OSError]:
         """Writes each buffer to its socket in one crossing; each result is the number
-        of bytes taken or the OSError a send() would raise."""
+        of bytes taken or the OSError a send() would raise. ``close``: one flag per item;
+        a flagged socket whose buffer was taken whole is closed in the same crossing (its
+        FIN then rides on the data), as ``close_many`` would."""
         n = len(items)
         if n == 0:
             return []
@@ -435,11 +439,21 @@ class Context:
         bufs = ffi.new("char *[]", keep)
         lens = ffi.new("size_t[]", [len(d) for _, d in items])
         out = ffi.new("ssize_t[]", n)
-        lib.mtcp_write_batch(self._check(), ids, bufs, lens, n, out)
+        if close is None:
+            lib.mtcp_write_batch(self._check(), ids, bufs, lens, n, out)
+        else:
+            if len(close) != n:
+                raise ValueError(f"close: {len(close)} flags for {n} items")
+            flags = ffi.new("unsigned char[]", [1 if c else 0 for c in close])
+            lib.mtcp_write_close_batch(self._check(), ids, bufs, lens, flags, n, out)
         res: list[int | OSError] = []
         for i in range(n):
             r = int(out[i])
             res.append(r if r >= 0 else OSError(-r, os.strerror(-r)))
+            if close is not None and close[i] and r == lens[i]:
+                s = items[i][0]
+                s._open = False
+                self._socks.pop(s.fd, None)
         return res
 
     def close_many(self, socks: Iterable[Socket]) -> None:

@@ -12,14 +12,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from pcapfile import tcp_frames
 
 import mtcp_core as m
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"
 DEADLINE_S = 30.0
+FIN = 0x01
 
 
 @dataclass
@@ -546,3 +549,34 @@ def test_priority_lists_are_observable_and_switchable() -> None:
                 assert k in cs
         finally:
             close_net(n)
+
+
+def test_send_many_with_close_puts_the_fin_on_the_last_data_segment(tmp_path: Path) -> None:
+    """send_many(..., close=[True]) writes and closes in one crossing: the mTCP thread takes
+    both in one round, so the response's last segment carries the FIN (one frame less per
+    short connection); a flagged socket whose bytes were not all taken stays open."""
+    pcap = tmp_path / "server-%u.pcap"
+    n = make_net(time_wait_ms=100)
+    n.server_stack.close()
+    n.server_stack = m.Stack("pair", f"{SERVER}/24", pair=n.link, pair_side=1,
+                             time_wait_ms=100, pcap=str(pcap))  # fmt: skip
+    n.server = n.server_stack.context(0)
+    try:
+        acc = accept_one(n)
+        port = acc.c.getsockname()[1]
+        assert n.server.send_many([(acc.s, b"response")], close=[True]) == [len(b"response")]
+        with pytest.raises(OSError):
+            acc.s.send(b"more")  # closed by the same call
+        got = transfer(acc.ep, acc.c, b"", len(b"response"))
+        assert got == b"response"
+        wait_event(acc.ep, acc.c, m.EPOLLIN)
+        assert acc.c.recv(100) == b""  # the FIN
+        acc.c.close()
+        with pytest.raises(ValueError, match="close"):
+            n.server.send_many([(acc.s, b"x")], close=[True, False])
+    finally:
+        close_net(n)
+    frames = tcp_frames(Path(str(pcap).replace("%u", "0")))
+    data = [f for f in frames if f[0] == 80 and f[1] == port and f[3] > 0]
+    assert len(data) == 1 and data[0][2] & FIN, data
+    assert not any(f[2] & FIN for f in frames if f[0] == 80 and f[1] == port and f[3] == 0)

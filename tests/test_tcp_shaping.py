@@ -9,12 +9,12 @@ upper bound any machine meets, and the order is read from a capture."""
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from pcapfile import tcp_frames
 from test_tcp_pair import CLIENT, SERVER, Peer, close_net, connect, make_net, transfer
 
 import mtcp_core as m
@@ -47,26 +47,6 @@ def test_a_shaped_stack_sends_no_faster_than_its_link() -> None:
     finally:
         peer.join()
         close_net(n)
-
-
-def _frames(pcap: Path) -> list[tuple[int, int, int, int]]:
-    """(sport, dport, tcp flags, payload length) of every TCP frame in a capture, in order."""
-    data = pcap.read_bytes()
-    out = []
-    pos = 24  # global header
-    while pos + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, pos + 8)[0]
-        frame = data[pos + 16 : pos + 16 + incl]
-        pos += 16 + incl
-        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-            continue
-        ihl = (frame[14] & 0x0F) * 4
-        total = struct.unpack_from("!H", frame, 16)[0]
-        tcp = 14 + ihl
-        sport, dport = struct.unpack_from("!HH", frame, tcp)
-        doff = (frame[tcp + 12] >> 4) * 4
-        out.append((sport, dport, frame[tcp + 13], total - ihl - doff))
-    return out
 
 
 def _data_frames_before_synack(priority: bool, tmp_path: Path) -> int:
@@ -107,7 +87,7 @@ def _data_frames_before_synack(priority: bool, tmp_path: Path) -> int:
     finally:
         peer.join()
         close_net(n)
-    frames = _frames(Path(str(pcap).replace("%u", "0")))
+    frames = tcp_frames(Path(str(pcap).replace("%u", "0")))
     syn = next(i for i, f in enumerate(frames) if f[0] == second_port and f[2] & SYN)
     synack = next(
         i for i, f in enumerate(frames)

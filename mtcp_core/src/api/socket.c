@@ -497,6 +497,21 @@ int mtcp_abort(mctx_t ctx, int sockid)
     return r;
 }
 
+int mtcp_write_close_batch(mctx_t ctx, const int *sockids, const char *const *bufs,
+                           const size_t *lens, const unsigned char *close, int n, ssize_t *out)
+{
+    for (int i = 0; i < n; i++) {
+        struct tcb *t = stream_tcb(ctx, sockids[i]);
+        struct mtcp_iovec v = {bufs[i], lens[i]};
+        ssize_t r = t ? write_tcb(ctx, t, &v, 1) : -1;
+        out[i] = r < 0 ? -errno : r;
+        if (close[i] && r >= 0 && (size_t)r == lens[i])
+            close_one(ctx, sockids[i], 0);
+    }
+    ctx_kick(ctx);
+    return n;
+}
+
 int mtcp_close_batch(mctx_t ctx, const int *sockids, int n)
 {
     int bad = 0;
