@@ -5,12 +5,13 @@ an internal error (500) and never serves a file from outside the root."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.http.config import SiteConfig
+from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.site import Site
 
@@ -49,10 +50,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     return Site(cfg)
 
 
-def drive(site: Site, chunks: list[bytes], eof: bool = True) -> tuple[bytes, Connection]:
+def drive(
+    site: Site,
+    chunks: list[bytes],
+    eof: bool = True,
+    *,
+    timers: bool = True,
+    fast: bool = True,
+    on_request: Callable[[RequestRecord], None] | None = None,
+) -> tuple[bytes, Connection]:
     """Feeds the chunks as an adapter would (reads only while it wants input), then the end
     of the stream and the timers; returns everything sent."""
-    c = Connection(site, T0)
+    c = Connection(site, T0, fast=fast, on_request=on_request)
     out = []
     now = T0
     for chunk in chunks:
@@ -68,7 +77,7 @@ def drive(site: Site, chunks: list[bytes], eof: bool = True) -> tuple[bytes, Con
         out.append(c.receive(b"", now))
         while c.has_output:
             out.append(c.pull(now))
-    for _ in range(3):
+    for _ in range(3 if timers else 0):
         now = max(now, c.deadline) + 0.001
         out.append(c.timer(now))
         while c.has_output:
@@ -190,21 +199,12 @@ def simple_requests(draw: st.DrawFn) -> bytes:
 def _drive_both(site: Site, reqs: list[bytes], fast: bool) -> tuple[bytes, list[tuple], int]:
     """Each request in a receive of its own, as a client that waits for each response."""
     records: list[tuple] = []
-    c = Connection(site, T0, fast=fast, on_request=lambda r: records.append(
-        (r.method, r.status, r.bytes_sent)))  # fmt: skip
-    out = []
-    now = T0
-    for req in reqs:
-        now += 0.001
-        while c.has_output:
-            out.append(c.pull(now))
-        if not c.wants_input:
-            break
-        out.append(c.receive(req, now))
-    while c.has_output:
-        out.append(c.pull(now))
-    c.close(now)
-    data = re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", b"".join(out))
+
+    def record(r: RequestRecord) -> None:
+        records.append((r.method, r.status, r.bytes_sent))
+
+    raw, c = drive(site, reqs, eof=False, timers=False, fast=fast, on_request=record)
+    data = re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", raw)
     return data, records, c.fast_requests
 
 

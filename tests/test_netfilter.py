@@ -5,14 +5,13 @@ idempotently, and removes them on exit."""
 
 from __future__ import annotations
 
-import http.client
 import shutil
 import subprocess
 from pathlib import Path
 
 import netns
 import pytest
-from test_appliance_support import APPLIANCE, Appliance
+from test_appliance_support import APPLIANCE, Appliance, http_get
 
 from appliance import netfilter
 from appliance.config import ConfigError, load
@@ -87,16 +86,6 @@ def test_nft_guard_from_the_environment() -> None:
     assert load({}, env={**env, "MTCP_APPLIANCE_NFT_GUARD": "0"}).nft_guard is False
 
 
-def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 @pytest.mark.requires_root
 def test_stack_and_kernel_share_an_interface_and_its_address(
     netlab: netns.Lab, tmp_path: Path
@@ -121,11 +110,11 @@ def test_stack_and_kernel_share_an_interface_and_its_address(
         assert "tcp dport 80 drop" in listed and "8081" not in listed
         assert "tcp sport != 80" in listed and "ip daddr set 0.0.0.0" in listed
         for _ in range(20):
-            status, body = client.call(_get, ip, 80, "/")
+            status, body = http_get(client, ip, 80, "/")
             assert status == 200 and b"mtcp-appliance" in body
-            status, body = client.call(_get, ip, 9100, "/healthz")
+            status, body = http_get(client, ip, 9100, "/healthz")
             assert status == 200, body
-        status, body = client.call(_get, ip, 9100, "/metrics")
+        status, body = http_get(client, ip, 9100, "/metrics")
         assert status == 200 and b"mtcp_http_requests_total" in body
         assert app.stop() == 0
         assert "nftables: removed table" in app.log()
