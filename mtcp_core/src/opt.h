@@ -10,6 +10,16 @@
 #ifndef MTCP_MTU
 #define MTCP_MTU 1500
 #endif
+/* TCP segmentation offload: where the device can cut large segments (io_dev.tso_max;
+ * afpacket with PACKET_VNET_HDR), the sender hands it TCP segments of up to this many
+ * bytes (Ethernet, IPv4 and TCP headers included) instead of MSS-sized ones. 0 turns
+ * it off. MTCP_AFP_TSO 0 keeps the afpacket backend from offering it at all. */
+#ifndef MTCP_TSO_MAX
+#define MTCP_TSO_MAX 65536
+#endif
+#ifndef MTCP_AFP_TSO
+#define MTCP_AFP_TSO 1
+#endif
 /* Frames taken from the device in one round. */
 #ifndef MTCP_RX_BATCH
 #define MTCP_RX_BATCH 64

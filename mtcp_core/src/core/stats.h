@@ -42,7 +42,8 @@
     X(dup_acks_rx, C) X(ooo_segments, C) X(delayed_acks, C) X(zero_window_probes, C) \
     X(keepalive_probes, C) X(idle_timeouts, C) X(conn_timeouts, C) \
     X(challenge_acks, C) X(challenge_acks_suppressed, C) \
-    X(syn_cookies_ok, C) X(syn_cookies_bad, C) X(loss_probes, C) X(time_wait_reclaimed, C)
+    X(syn_cookies_ok, C) X(syn_cookies_bad, C) X(loss_probes, C) X(time_wait_reclaimed, C) \
+    X(tx_tso_frames, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -17,6 +17,21 @@
  * Sockets bound to one protocol are not on ptype_all, so neither sees the
  * frames this stack transmits; PACKET_IGNORE_OUTGOING is set anyway.
  *
+ * TCP segmentation offload: a third socket per core, never bound (it receives
+ * nothing) and without a ring, has PACKET_VNET_HDR on. A TCP segment of up to
+ * 64 KiB (IO_FRAME_TSO) goes out through it with one sendmsg(): a struct
+ * virtio_net_hdr (gso_type TCPV4, gso_size = MSS, NEEDS_CSUM with csum_start/
+ * csum_offset at the TCP checksum) in front of the frame, the payload gathered
+ * straight from the send ring. The kernel makes it one GSO skb
+ * (virtio_net_hdr_to_skb); a veth carries it whole to the peer, whose TCP takes
+ * it as one unit like a GRO packet, and a real NIC cuts it (hardware TSO, or the
+ * kernel's GSO before the driver). See packet(7) PACKET_VNET_HDR and the virtio
+ * spec, "Packet Transmission" (5.1.6.2). The data socket keeps its TX ring for
+ * everything else, and its receive path stays free of vnet headers. Before a
+ * TSO frame the ring is flushed, so frames leave in the order they were queued
+ * (control and ACK frames first, DESIGN.md) unless the ring's own send buffer
+ * is full, in which case its frames follow with the next flush.
+ *
  * Fanout: the kernel runs the group's cBPF program and uses
  * `return value % num_members` as the member index (fanout_demux_bpf), members
  * numbered in join order. open_all joins the sockets in core order, and the
@@ -36,6 +51,7 @@
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -45,6 +61,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "io_internal.h"
@@ -57,6 +74,9 @@
 #endif
 #ifndef PACKET_FANOUT_FLAG_UNIQUEID
 #define PACKET_FANOUT_FLAG_UNIQUEID 0x2000
+#endif
+#ifndef PACKET_VNET_HDR
+#define PACKET_VNET_HDR 15
 #endif
 
 /* RX block retire timeout: a block that is not full is handed over after at
@@ -77,11 +97,20 @@
 /* Where frame data starts in a V3 TX slot (tpacket_parse_header without
  * PACKET_TX_HAS_OFF: tp_hdrlen - sizeof(struct sockaddr_ll)). */
 #define AFP_TX_DATA_OFF (TPACKET3_HDRLEN - sizeof(struct sockaddr_ll))
+/* TSO: the largest frame (an IPv4 datagram is at most 65535 bytes, RFC 791) and
+ * the TSO socket's send buffer (a cwnd of such frames in flight on a real NIC;
+ * over a veth the skb is orphaned when it crosses into the peer's namespace). */
+#define AFP_TSO_MAX (14u + 65535u)
+#ifndef AFP_TSO_SNDBUF
+#define AFP_TSO_SNDBUF (8u * 1024u * 1024u)
+#endif
 
 struct afp_dev {
     int fd;     /* data socket: fanout member, V3 RX + TX rings */
     int arp_fd; /* ARP socket: V2 RX ring */
     int ep;     /* epoll over both, made in start() */
+    int tso_fd; /* TSO socket: PACKET_VNET_HDR, unbound, no ring; -1 without TSO */
+    int ifindex;
 
     uint32_t rx_block_size, rx_block_nr;
     uint32_t tx_frame_size, tx_frame_nr, tx_block_size, tx_frames_per_block;
@@ -358,6 +387,28 @@ static int open_arp_socket(struct afp_dev *ad, int ifindex, const char **err_msg
     return 0;
 }
 
+/* The TSO socket of one core, or -1 when the kernel cannot take vnet headers (the
+ * stack then sends MSS-sized frames only). Protocol 0 and never bound: it is on no
+ * receive list. */
+static int open_tso_socket(void)
+{
+#if MTCP_AFP_TSO
+    int fd = socket(AF_PACKET, SOCK_RAW, 0);
+    if (fd < 0)
+        return -1;
+    if (setopt_int(fd, SOL_PACKET, PACKET_VNET_HDR, 1) < 0) {
+        close(fd);
+        return -1;
+    }
+    (void)setopt_int(fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+    if (setopt_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, (int)AFP_TSO_SNDBUF) < 0)
+        (void)setopt_int(fd, SOL_SOCKET, SO_SNDBUF, (int)AFP_TSO_SNDBUF);
+    return fd;
+#else
+    return -1;
+#endif
+}
+
 static int join_fanout(int fd, uint32_t id, uint32_t flags)
 {
     int v = (int)((id & 0xffffu) | ((PACKET_FANOUT_CBPF | flags) << 16));
@@ -382,7 +433,7 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
             *err_msg = "afpacket: out of memory";
             return -ENOMEM;
         }
-        ad->fd = ad->arp_fd = ad->ep = -1;
+        ad->fd = ad->arp_fd = ad->ep = ad->tso_fd = -1;
         g->devs[i].priv = ad;
         void *cur = mmap(NULL, sizeof(struct afp_cursors), PROT_READ | PROT_WRITE,
                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -452,6 +503,9 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         ad->rx_copy = g->cfg.afpacket_rx_copy != 0;
         if ((rc = open_data_socket(ad, ifindex, fanout, err_msg)) < 0)
             return rc;
+        ad->ifindex = ifindex;
+        ad->tso_fd = open_tso_socket();
+        dev->tso_max = ad->tso_fd >= 0 ? AFP_TSO_MAX : 0;
         if (!fanout)
             break;
         /* Join in core order: member index = core number. */
@@ -586,6 +640,46 @@ static void tx_flush(struct afp_dev *ad)
     uint32_t last = (ad->tx_head + ad->tx_frame_nr - 1) % ad->tx_frame_nr;
     struct tpacket3_hdr *h = (struct tpacket3_hdr *)(void *)tx_slot(ad, last);
     ad->tx_backlog = load_acq(&h->tp_status) == TP_STATUS_SEND_REQUEST;
+}
+
+/* One IO_FRAME_TSO frame through the TSO socket: 0, or -errno (the frame is lost;
+ * TCP retransmits it). */
+static int tx_tso(struct afp_dev *ad, const struct io_frame *f)
+{
+    uint32_t payload = f->more_len[0] + f->more_len[1];
+    /* virtio spec 5.1.6.2: csum_start/csum_offset say where the device computes the
+     * checksum (from csum_start to the end, stored at csum_start + csum_offset, the
+     * field holding the pseudo-header sum); gso_size is the payload per segment and
+     * hdr_len the bytes of headers. Fields in native order (legacy virtio header, as
+     * the kernel reads it with vio_le() on a little-endian host). */
+    struct virtio_net_hdr vh;
+    memset(&vh, 0, sizeof vh);
+    vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vh.gso_type = payload > f->gso_size ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE;
+    vh.gso_size = vh.gso_type == VIRTIO_NET_HDR_GSO_NONE ? 0 : f->gso_size;
+    vh.hdr_len = (uint16_t)f->len;
+    vh.csum_start = f->l4_off;
+    vh.csum_offset = 16; /* TCP checksum field (RFC 9293 3.1) */
+    struct iovec iov[4] = {
+        {.iov_base = &vh, .iov_len = sizeof vh},
+        {.iov_base = (void *)(uintptr_t)f->data, .iov_len = f->len},
+        {.iov_base = (void *)(uintptr_t)f->more[0], .iov_len = f->more_len[0]},
+        {.iov_base = (void *)(uintptr_t)f->more[1], .iov_len = f->more_len[1]},
+    };
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof sll);
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_IP);
+    sll.sll_ifindex = ad->ifindex;
+    struct msghdr mh = {
+        .msg_name = &sll,
+        .msg_namelen = sizeof sll,
+        .msg_iov = iov,
+        .msg_iovlen = f->more_len[1] ? 4 : f->more_len[0] ? 3 : 2,
+    };
+    ssize_t want = (ssize_t)(sizeof vh + f->len + payload);
+    ssize_t rc = sendmsg(ad->tso_fd, &mh, MSG_DONTWAIT);
+    return rc == want ? 0 : rc < 0 ? io_neg_errno() : -EIO;
 }
 
 static int afp_rx_copy(struct afp_dev *ad, struct io_frame *frames, int max)
@@ -723,9 +817,35 @@ static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n
     uint32_t max_len = dev->mtu + 18u; /* Ethernet header + MTU + one VLAN tag */
     if (max_len > ad->tx_frame_size - (uint32_t)AFP_TX_DATA_OFF)
         max_len = ad->tx_frame_size - (uint32_t)AFP_TX_DATA_OFF;
-    int queued = 0, i;
+    int queued = 0, unflushed = 0, i;
     for (i = 0; i < n; i++) {
         const struct io_frame *f = &frames[i];
+        if (f->flags & IO_FRAME_TSO) {
+            uint64_t total = (uint64_t)f->len + f->more_len[0] + f->more_len[1];
+            if (ad->tso_fd < 0 || f->len < 14u + 20u + 20u || f->l4_off + 20u > f->len ||
+                f->gso_size == 0 || total > dev->tso_max) {
+                dev->tx_dropped++;
+                continue;
+            }
+            /* what the ring holds goes first: the wire order stays the queue's */
+            if (unflushed) {
+                tx_flush(ad);
+                unflushed = 0;
+            }
+            int rc = tx_tso(ad, f);
+            if (rc == 0) {
+                dev->tx_frames++;
+            } else {
+                dev->tx_dropped++;
+                /* a kernel that takes PACKET_VNET_HDR but refuses these frames would
+                 * lose every one of them: from here on the stack sends MSS-sized
+                 * frames (TCP retransmits this one). A full send buffer or a down
+                 * link is not that. */
+                if (rc == -EINVAL || rc == -EOPNOTSUPP || rc == -EMSGSIZE || rc == -EIO)
+                    dev->tso_max = 0;
+            }
+            continue;
+        }
         if (f->len < 14 || f->len > max_len) {
             dev->tx_dropped++;
             continue;
@@ -750,9 +870,10 @@ static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n
         store_rel(&h->tp_status, TP_STATUS_SEND_REQUEST);
         ad->tx_head = (ad->tx_head + 1) % ad->tx_frame_nr;
         queued++;
+        unflushed++;
     }
     ad->cur->tx_head = ad->tx_head;
-    if (queued > 0 || ad->tx_backlog)
+    if (unflushed > 0 || ad->tx_backlog)
         tx_flush(ad);
     dev->tx_frames += (uint64_t)queued;
     if (i < n)
@@ -787,6 +908,8 @@ static void afp_close(struct io_dev *dev)
         close(ad->fd);
     if (ad->arp_fd >= 0)
         close(ad->arp_fd);
+    if (ad->tso_fd >= 0)
+        close(ad->tso_fd);
     if (ad->cur)
         munmap(ad->cur, sizeof(struct afp_cursors));
     free(ad->rx_bufs);

@@ -154,6 +154,10 @@ int io_dev_start(struct io_dev *dev)
     if (rc < 0)
         return rc;
     const struct io_config *cfg = dev->cfg;
+    /* A capture records the frames the stack moves one record each, MSS-sized as the peer
+     * sees them on the wire: no segmentation offload while capturing. */
+    if (cfg && cfg->pcap_path)
+        dev->tso_max = 0;
     if (cfg && cfg->pcap_path && !dev->pcap) {
         const char *path = cfg->pcap_path;
         char *tmp = NULL;

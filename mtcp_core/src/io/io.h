@@ -21,11 +21,26 @@
                                       (veth/tap offload, TP_STATUS_CSUMNOTREADY):
                                       the frame is valid, do not verify it */
 #define IO_FRAME_CSUM_VALID 0x2u   /* the kernel already verified the L4 checksum */
+#define IO_FRAME_TSO 0x4u          /* TX only, where io_dev.tso_max allows it: a TCP/IPv4
+                                      segment larger than one MSS that the device cuts into
+                                      gso_size pieces (TCP segmentation offload). data/len
+                                      hold the Ethernet, IPv4 and TCP headers, the payload
+                                      follows in more[]; the TCP checksum field holds the
+                                      pseudo-header sum only (the device completes it per
+                                      piece, as for CHECKSUM_PARTIAL in the kernel's
+                                      Documentation/networking/checksum-offloads.rst) */
 
 struct io_frame {
     const uint8_t *data; /* RX: borrowed from the backend until rx_done(); TX: caller's */
     uint32_t len;
     uint32_t flags;
+    /* IO_FRAME_TSO only (never set on RX): the payload in up to two pieces (a send ring
+     * may wrap; an unused piece has length 0), the payload bytes per wire segment, and
+     * where the TCP header starts in data. Valid until tx_burst returns. */
+    const uint8_t *more[2];
+    uint32_t more_len[2];
+    uint16_t gso_size;
+    uint16_t l4_off;
 };
 
 /* Fault injector of the pair link; rates are probabilities in [0, 1]. */
@@ -108,6 +123,8 @@ struct io_dev {
     uint8_t peer_mac[6];     /* tap: the host side MAC (known without ARP); else zero */
     int has_peer_mac;
     unsigned mtu;
+    uint32_t tso_max;        /* largest IO_FRAME_TSO frame the device takes (bytes, Ethernet
+                                header included); 0: none, every frame fits the MTU */
     struct io_pcap *pcap;    /* NULL when not capturing */
     uint64_t rx_frames, tx_frames, tx_dropped; /* backend's own counts */
     const struct io_config *cfg; /* the group's config (heap copy owned by the group; stays

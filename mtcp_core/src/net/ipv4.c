@@ -31,6 +31,28 @@ void net_tx_commit(struct mtcp_context *ctx, uint32_t len)
     STAT_ADD(&ctx->stats, tx_bytes, len);
 }
 
+void net_tx_commit_tso(struct mtcp_context *ctx, uint32_t hdr_len, uint16_t l4_off,
+                       uint16_t gso_size, const uint8_t *p0, uint32_t l0, const uint8_t *p1,
+                       uint32_t l1)
+{
+    struct io_frame *f = &ctx->txf[ctx->ntx];
+    net_tx_commit(ctx, hdr_len);
+    f->flags = IO_FRAME_TSO;
+    f->more[0] = p0;
+    f->more_len[0] = l0;
+    f->more[1] = p1;
+    f->more_len[1] = l1;
+    f->gso_size = gso_size;
+    f->l4_off = l4_off;
+    STAT_ADD(&ctx->stats, tx_bytes, (uint64_t)l0 + l1);
+    if (ctx->stack->tx_rate_Bps && gso_size) {
+        /* the shaped link carries every wire segment with its own headers */
+        uint32_t nsegs = (l0 + l1 + gso_size - 1u) / gso_size;
+        ctx->tx_tokens -= (int64_t)l0 + l1 +
+                          (int64_t)(nsegs ? nsegs - 1u : 0u) * (hdr_len + MTCP_WIRE_OVERHEAD);
+    }
+}
+
 void net_tx_flush(struct mtcp_context *ctx)
 {
     if (ctx->ntx == 0)

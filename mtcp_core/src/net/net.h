@@ -16,6 +16,12 @@ void net_input(struct mtcp_context *ctx, const struct io_frame *f);
 uint8_t *net_tx_alloc(struct mtcp_context *ctx);
 void net_tx_commit(struct mtcp_context *ctx, uint32_t len);
 void net_tx_flush(struct mtcp_context *ctx);
+/* Commit a TSO frame (IO_FRAME_TSO, only where ctx->dev->tso_max allows): hdr_len
+ * bytes of headers in the buffer from net_tx_alloc, the TCP header at l4_off, the
+ * payload in one or two pieces that stay untouched until the next net_tx_flush. */
+void net_tx_commit_tso(struct mtcp_context *ctx, uint32_t hdr_len, uint16_t l4_off,
+                       uint16_t gso_size, const uint8_t *p0, uint32_t l0, const uint8_t *p1,
+                       uint32_t l1);
 
 /* Ethernet + IPv4 headers for an L4 payload of l4_len bytes; returns the L4 offset. */
 uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_t dst_mac[6],

@@ -88,6 +88,8 @@ struct tcb {
     uint16_t mss;               /* effective send MSS (peer's MSS, our MTU) */
     uint32_t fin_seq;           /* sequence number our FIN occupies */
     uint32_t cwnd, ssthresh;
+    uint32_t bytes_acked;       /* congestion avoidance: bytes ACKed toward the next SMSS
+                                   of cwnd (RFC 3465 2.1) */
     uint32_t snd_sml;           /* end of the last small segment sent (Nagle, Minshall) */
     uint8_t sml_out;            /* ... and it is not acknowledged yet */
 

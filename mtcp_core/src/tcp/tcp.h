@@ -117,5 +117,8 @@ void tcp_send_cookie_synack(struct mtcp_context *ctx, const uint8_t dst_mac[6],
                             uint16_t mss);
 /* Payload bytes a segment of t can carry (MSS less the options it carries). */
 uint32_t tcp_seg_max(const struct tcb *t);
+/* Payload bytes one TSO frame of t may carry on this core's device (a multiple of
+ * tcp_seg_max), or 0 when the device cannot segment (io_dev.tso_max). */
+uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t);
 
 #endif

@@ -393,6 +393,39 @@ static int una_lost(const struct tcb *t)
     return 0;
 }
 
+/* cwnd growth for `acked` newly acknowledged bytes outside recovery, counted in bytes
+ * (RFC 3465, Appropriate Byte Counting) so that stretch ACKs grow it as much as one ACK
+ * per segment would: a receiver of TSO frames, or any GRO receiver, ACKs once per
+ * received unit of up to 44 segments, and RFC 5681 3.1's min(N, SMSS) per ACK would
+ * then slow slow start 20-fold. Slow start adds every acknowledged byte (ABC without
+ * the L limit, as Linux's tcp_slow_start) up to ssthresh; the rest, and congestion
+ * avoidance, add one SMSS per cwnd of acknowledged bytes (RFC 3465 2.1, RFC 5681 3.1
+ * eq. 3's intent). */
+static void tcp_cwnd_grow(struct tcb *t, uint32_t acked, uint32_t flight)
+{
+    /* only while cwnd is what limits the sender (RFC 7661 4, Linux's
+     * tcp_is_cwnd_limited in slow start: at least half of it was in flight): an
+     * application- or receiver-limited flow would otherwise grow it without bound */
+    if (2ull * flight < t->cwnd || t->cwnd >= (1u << 30))
+        return;
+    if (t->cwnd < t->ssthresh) {
+        uint32_t room = t->ssthresh - t->cwnd;
+        uint32_t ss = acked < room ? acked : room;
+        t->cwnd += ss;
+        acked -= ss;
+        if (acked == 0)
+            return;
+    }
+    uint32_t cwnd = t->cwnd ? t->cwnd : t->mss;
+    t->bytes_acked += acked;
+    if (t->bytes_acked >= cwnd) {
+        t->bytes_acked -= cwnd;
+        if (t->bytes_acked >= cwnd)
+            t->bytes_acked = 0; /* at most one SMSS per ACK, as the RFC's formula */
+        t->cwnd += t->mss;
+    }
+}
+
 /* The cumulative ACK moved, or a duplicate came: congestion control and recovery. */
 static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg,
                          uint32_t seglen)
@@ -420,10 +453,8 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
                     STAT_INC(&ctx->stats, fast_retransmits);
                 t->cwnd = (t->cwnd > acked ? t->cwnd - acked : 0) + t->mss;
             }
-        } else if (t->cwnd < t->ssthresh) {
-            t->cwnd += acked < t->mss ? acked : t->mss; /* slow start (RFC 5681 3.1) */
         } else {
-            t->cwnd += (uint32_t)((uint64_t)t->mss * t->mss / (t->cwnd ? t->cwnd : 1));
+            tcp_cwnd_grow(t, acked, t->snd_max - (ack - acked));
         }
         t->dupacks = 0;
         t->lt_extra = 0;

@@ -88,8 +88,33 @@ static void sack_blocks(const struct tcb *t, struct wire_tcp_opts *o)
     o->nsack = n;
 }
 
+uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t)
+{
+    uint32_t seg_max = tcp_seg_max(t);
+    uint32_t dev_max = ctx->dev->tso_max;
+    /* a shaped link models a slow NIC: its token bucket lets two MTU frames through
+     * at once, where a TSO frame would be a burst of up to 44 */
+    if (ctx->stack->tx_rate_Bps)
+        return 0;
+    if (MTCP_TSO_MAX < dev_max)
+        dev_max = MTCP_TSO_MAX;
+    /* room for the headers at their largest (Ethernet, IPv4 and TCP with 40 bytes of
+     * options), and an IPv4 total length that fits 16 bits (RFC 791) */
+    uint32_t hdrs = WIRE_ETH_HLEN + WIRE_IPV4_HLEN + WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN;
+    if (dev_max <= hdrs || seg_max == 0)
+        return 0;
+    uint32_t room = dev_max - hdrs;
+    if (room > 0xffffu - (hdrs - WIRE_ETH_HLEN))
+        room = 0xffffu - (hdrs - WIRE_ETH_HLEN);
+    room -= room % seg_max; /* whole segments */
+    return room >= 2u * seg_max ? room : 0;
+}
+
 /* Builds and queues one segment. payload: len bytes of the send ring starting at
- * sequence number seq. Returns 0, or -1 when the round's TX budget is spent. */
+ * sequence number seq. A payload larger than tcp_seg_max() (only ever asked for up
+ * to tcp_tso_max()) goes out as one TSO frame that the device cuts into MSS-sized
+ * segments, each with a copy of this header (the kernel's tcp_gso_segment: PSH and
+ * FIN on the last one only). Returns 0, or -1 when the round's TX budget is spent. */
 static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint32_t seq,
                     uint32_t len)
 {
@@ -134,14 +159,33 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
     uint32_t off = net_ipv4_headers(ctx, f, t->rmac, t->raddr, WIRE_IPPROTO_TCP,
                                     (uint16_t)(hlen + len));
     memcpy(f + off, hdr, hlen);
-    if (len) {
-        uint32_t idx = atomic_load_explicit(&t->snd.head, memory_order_relaxed) +
-                       (seq - t->snd_head_seq);
-        mtcp_bytering_copy_out(&t->snd, idx, f + off + hlen, len);
+    uint32_t idx = atomic_load_explicit(&t->snd.head, memory_order_relaxed) +
+                   (seq - t->snd_head_seq);
+    if (len > tcp_seg_max(t)) {
+        /* TSO: the payload stays in the send ring (the ACK that could free it is
+         * processed only after this round's flush). Each wire segment carries the
+         * same options, so it holds the MSS less their length. The checksum field
+         * gets the pseudo-header sum and the device completes it per segment
+         * (CHECKSUM_PARTIAL, as the kernel's __tcp_v4_send_check prepares it). */
+        uint32_t gso = t->mss - (uint32_t)(hlen - WIRE_TCP_HLEN);
+        uint32_t o = idx & (t->snd.cap - 1);
+        uint32_t first = t->snd.cap - o < len ? t->snd.cap - o : len;
+        uint16_t ph = (uint16_t)~wire_csum_fold(
+            wire_csum_pseudo(ctx->ip, t->raddr, WIRE_IPPROTO_TCP, (uint16_t)(hlen + len)));
+        f[off + 16] = (uint8_t)(ph >> 8);
+        f[off + 17] = (uint8_t)ph;
+        net_tx_commit_tso(ctx, off + (uint32_t)hlen, (uint16_t)off, (uint16_t)gso,
+                          t->snd.buf + o, first, t->snd.buf, len - first);
+        uint32_t nsegs = (len + gso - 1) / gso;
+        STAT_ADD(&ctx->stats, tcp_segs_tx, nsegs);
+        STAT_INC(&ctx->stats, tx_tso_frames);
+    } else {
+        if (len)
+            mtcp_bytering_copy_out(&t->snd, idx, f + off + hlen, len);
+        wire_tcp_fill_csum(f + off, hlen + len, ctx->ip, t->raddr);
+        net_tx_commit(ctx, off + (uint32_t)hlen + len);
+        STAT_INC(&ctx->stats, tcp_segs_tx);
     }
-    wire_tcp_fill_csum(f + off, hlen + len, ctx->ip, t->raddr);
-    net_tx_commit(ctx, off + (uint32_t)hlen + len);
-    STAT_INC(&ctx->stats, tcp_segs_tx);
     if (flags & WIRE_TCP_ACK) {
         t->last_ack_sent = t->rcv_nxt;
         t->rcv_adv = edge;
@@ -291,9 +335,22 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         if (avail == 0 || usable == 0 || t->fin_sent)
             break;
         uint32_t seg_max = tcp_seg_max(t);
-        uint32_t len = avail < seg_max ? avail : seg_max;
+        /* new data may go out as one TSO frame of several segments; what is resent
+         * after a timeout (go-back-N, SND.NXT below SND.MAX) stays one segment at a
+         * time, so that SACKed ranges are skipped as before */
+        uint32_t cap = seg_max;
+        if (SEQ_GEQ(t->snd_nxt, t->snd_max)) {
+            uint32_t tso = tcp_tso_max(ctx, t);
+            if (tso > cap)
+                cap = tso;
+        }
+        uint32_t len = avail < cap ? avail : cap;
         if (len > usable)
             len = usable;
+        /* a TSO frame carries whole segments unless it ends the data: the rest goes
+         * as its own segment, under Nagle below, exactly as without TSO */
+        if (len > seg_max && len < avail)
+            len -= len % seg_max;
         /* Nagle (RFC 896, RFC 9293 3.7.4) in Minshall's form, as Linux: hold a small
          * segment only while an earlier small one is unacknowledged, so that a
          * response of one full segment and a tail does not wait for a delayed ACK;
@@ -310,8 +367,8 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t seq = t->snd_nxt;
         if (tcp_emit(ctx, t, flags, seq, len) < 0)
             return -1;
-        STAT_INC(&ctx->stats, tx_data_pkts);
-        if (len < seg_max) {
+        STAT_ADD(&ctx->stats, tx_data_pkts, (len + seg_max - 1) / seg_max);
+        if (len % seg_max) {
             t->snd_sml = seq + len; /* the last small segment (Minshall) */
             t->sml_out = 1;
         }

@@ -1,0 +1,192 @@
+"""TCP segmentation offload on afpacket, against Linux's TCP.
+
+Where the device can cut large segments (afpacket: a socket with ``PACKET_VNET_HDR``), the
+core hands it TCP segments of up to 64 KiB, each behind a ``struct virtio_net_hdr`` (GSO
+TCPV4, gso_size = MSS, partial checksum); a veth carries such a frame whole and the kernel
+peer takes it as one unit. These tests check that bulk data really leaves that way (the
+``tx_tso_frames`` counter, and frames larger than the MTU on average) and that it arrives
+byte-exact, also over a lossy link:
+
+- ``frames``: the loss rig of test_tcp_kernel_loss (a bridge in a "wire" namespace drops in
+  its forward hook, where a TSO frame is still one packet: a drop loses up to 44 segments);
+- ``segments``: the bridge's port toward the kernel has its TX offloads off, so the kernel
+  cuts TSO frames there; a netdev ingress rule on the kernel's end then drops single
+  segments out of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import netns
+import pytest
+from echo_app import pools_back, wait_stats
+from test_interop_kernel import make_afpacket_rig
+from test_tcp_kernel_loss import (
+    TRANSFER_LIMIT_S,
+    CoreRun,
+    LossRig,
+    bridge_drop_rules,
+    core_sender,
+    make_loss_rig,
+    nft_missing,
+)
+
+import mtcp_core
+
+pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
+
+SIZE = 8 << 20
+MTU_FRAME = 1514  # Ethernet header + a 1500-byte MTU
+
+
+def kernel_sink(ns: netns.Namespace, ip: str) -> tuple[socket.socket, int]:
+    with ns.entered():
+        listener = socket.create_server((ip, 0))
+    return listener, listener.getsockname()[1]
+
+
+def send_to_kernel(
+    ctx: mtcp_core.Context,
+    listener: socket.socket,
+    addr: tuple[str, int],
+    payload: bytes,
+    *,
+    on_established: Callable[[], None] | None = None,
+) -> tuple[bytes, CoreRun]:
+    """The core connects to ``addr`` (``listener`` in the kernel), writes ``payload`` and
+    closes; returns what the kernel read up to the FIN, and the sender's record."""
+    got = bytearray()
+    sink_error: list[BaseException] = []
+    sink_done = threading.Event()
+
+    def sink() -> None:
+        try:
+            listener.settimeout(10)
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(TRANSFER_LIMIT_S)
+                while chunk := conn.recv(1 << 20):
+                    got.extend(chunk)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            sink_error.append(exc)
+        finally:
+            sink_done.set()
+
+    run = CoreRun()
+    with listener:
+        sink_thread = threading.Thread(target=sink, daemon=True)
+        sink_thread.start()
+        app = threading.Thread(target=core_sender, args=(ctx, addr, payload, run), daemon=True)
+        app.start()
+        assert run.established.wait(15), "the core's connect did not finish"
+        assert run.error is None, run.error
+        if on_established is not None:
+            on_established()
+        run.go.set()
+        assert run.done.wait(TRANSFER_LIMIT_S + 15), "the core's sender hung"
+        assert sink_done.wait(15), "the kernel never saw the end of the stream"
+        app.join(5)
+        sink_thread.join(5)
+    assert run.error is None, repr(run.error)
+    assert sink_error == [], sink_error
+    return bytes(got), run
+
+
+def check_exact(got: bytes, payload: bytes) -> None:
+    assert len(got) == len(payload), f"{len(got)} B arrived of {len(payload)}"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), "bytes changed"
+
+
+@pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])
+def test_bulk_data_leaves_as_tso_frames(netlab: netns.Lab, afpacket_rx: str) -> None:
+    """8 MiB to a kernel sink over a plain veth: most of it leaves in frames larger than the
+    MTU (TSO), and the kernel reads every byte unchanged."""
+    for rig in make_afpacket_rig(netlab, afpacket_rx=afpacket_rx):
+        payload = os.urandom(SIZE)
+        listener, port = kernel_sink(rig.client, rig.client_ip)
+        before = rig.ctx.stats()
+        got, run = send_to_kernel(rig.ctx, listener, (rig.client_ip, port), payload)
+        after = wait_stats(rig.ctx, pools_back)
+        d = {k: after[k] - before[k] for k in after}
+        frames, nbytes = d["tx_packets"], d["tx_bytes"]
+        print(f"\n{SIZE >> 20} MiB in {run.elapsed:.3f}s: {d['tx_tso_frames']} TSO frames, "
+              f"{frames} frames, {nbytes / max(frames, 1):.0f} B per frame, "
+              f"{d['tcp_segs_tx']} segments")  # fmt: skip
+        check_exact(got, payload)
+        assert d["tx_tso_frames"] > 0, "no TSO frame left the core"
+        # every TSO frame is at least two segments; most of the 8 MiB went in them
+        assert d["tcp_segs_tx"] >= frames + d["tx_tso_frames"]
+        assert nbytes / frames > 4 * MTU_FRAME, "frames no larger than the MTU on average"
+
+
+# ---------------------------------------------------------------- under loss
+
+
+def segment_drop_rules(percent: int, dev: str, core_ip: str) -> str:
+    """Drops ``percent`` % of the core's TCP segments as the kernel's end receives them."""
+    return f"""
+table netdev mtsegloss {{
+  chain ingress {{
+    type filter hook ingress device "{dev}" priority 0; policy accept;
+    ip saddr {core_ip} ip protocol tcp numgen random mod 100 < {percent} counter drop
+  }}
+}}
+"""
+
+
+@pytest.fixture
+def lossrig(netlab: netns.Lab) -> Iterator[LossRig]:
+    reason = nft_missing()
+    if reason:
+        pytest.skip(reason)
+    yield from make_loss_rig(netlab)
+
+
+@pytest.mark.parametrize("lost", ["frames", "segments"])
+def test_tso_transfer_under_loss_is_byte_exact(lossrig: LossRig, lost: str) -> None:
+    """8 MiB from the core to the kernel while whole TSO frames (5 % in the bridge, both
+    directions) or single segments cut from them (3 % at the kernel's end) are lost: every
+    byte arrives unchanged, and TSO frames kept leaving around the retransmissions."""
+    rig = lossrig
+    payload = os.urandom(SIZE)
+    listener, port = kernel_sink(rig.peer, rig.peer_ip)
+    # the kernel's end of its veth: the one link in its namespace besides lo
+    links = [
+        ln.split(":")[1].strip().split("@")[0]
+        for ln in rig.peer.ip("-o", "link", "show").splitlines()
+    ]
+    (peer_dev,) = [name for name in links if name != "lo"]
+
+    armed: list[str] = []
+
+    def loss_on() -> None:
+        if lost == "frames":
+            rig.wire.nft(bridge_drop_rules(5, rig.ip, rig.peer_ip))
+        else:
+            rig.peer.nft(segment_drop_rules(3, peer_dev, rig.ip))
+        armed.append(lost)
+
+    before = rig.ctx.stats()
+    try:
+        got, run = send_to_kernel(
+            rig.ctx, listener, (rig.peer_ip, port), payload, on_established=loss_on
+        )
+    finally:
+        if armed and lost == "frames":
+            rig.wire.nft("delete table bridge mtloss\n")
+        elif armed:
+            rig.peer.nft("delete table netdev mtsegloss\n")
+    after = wait_stats(rig.ctx, pools_back)
+    d = {k: after[k] - before[k] for k in after}
+    mb_s = SIZE / run.elapsed / 1e6 if run.elapsed else 0.0
+    print(f"\n{lost} lost: {run.elapsed:.2f}s ({mb_s:.1f} MB/s); {d['tx_tso_frames']} TSO "
+          f"frames; retransmits {d['retransmits']}, fast {d['fast_retransmits']}, sack "
+          f"{d['sack_retransmits']}, rto {d['rto_timeouts']}")  # fmt: skip
+    check_exact(got, payload)
+    assert d["tx_tso_frames"] > 0, "no TSO frame left the core"
+    assert d["retransmits"] > 0, "nothing was lost: the rule did not bite"
