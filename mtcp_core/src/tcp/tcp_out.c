@@ -415,16 +415,27 @@ static int send_all(struct mtcp_context *ctx, struct tcb *t)
     return 0;
 }
 
-/* Walk one list; a TCB whose send ran out of budget stays at the head for the
- * next round. */
+/* Walk one list. A TCB whose send ran out of budget stays listed for the next round: at
+ * the head when it sent nothing, else at the tail, so that the next round serves the others
+ * first (round robin). Kept at the head, a long flow whose window reopens every round would
+ * take every round's budget, and a short connection's response behind it would wait until
+ * that flow ran out of window. */
 static void drain(struct mtcp_context *ctx, struct tcb **head, struct tcb **tail, uint32_t *count,
                   size_t link_off, uint8_t bit, int (*fn)(struct mtcp_context *, struct tcb *))
 {
     while (*head) {
         struct tcb *t = *head;
         struct tcb **link = (struct tcb **)((uint8_t *)t + link_off);
-        if (t->in_use && fn(ctx, t) < 0)
+        int budget = ctx->tx_budget;
+        if (t->in_use && fn(ctx, t) < 0) {
+            if (ctx->tx_budget < budget && *link) {
+                *head = *link;
+                *link = NULL;
+                *(struct tcb **)((uint8_t *)*tail + link_off) = t;
+                *tail = t;
+            }
             return;
+        }
         *head = *link;
         if (!*head)
             *tail = NULL;
