@@ -276,6 +276,7 @@ class Supervisor:
                 priority=cfg.priority,
                 afpacket_rx=cfg.afpacket_rx,
                 tx_rate_mbps=cfg.tx_rate_mbps,
+                sndbuf=cfg.sndbuf,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

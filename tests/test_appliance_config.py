@@ -140,6 +140,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("flag", "--pcap", "/no/such/dir/x.pcap", "pcap (from --pcap): its folder /no/such/dir"),
     ("env", "TX_RATE_MBPS", "1G", "tx_rate_mbps (from MTCP_APPLIANCE_TX_RATE_MBPS): must be an"),
     ("file", "tx_rate_mbps", -5, "tx_rate_mbps (from {file}): must be an integer 0..1000000"),
+    ("flag", "--sndbuf", "1000", "sndbuf (from --sndbuf): must be an integer 4096..67108864"),
     ("env", "DRAIN_TIMEOUT", "-1", "drain_timeout (from MTCP_APPLIANCE_DRAIN_TIMEOUT): must be a"),
     ("flag", "--tap-host", "198.18.0.2/24", "tap_host (from --tap-host): 198.18.0.2/24 is the"),
     ("file", "frobnicate", 1, "frobnicate (from {file}): unknown key; known keys: stack,"),
