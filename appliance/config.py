@@ -275,7 +275,8 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "nft_guard": (
         _bool,
         "afpacket: keep the kernel from answering the served port on the interface (an "
-        "nftables rule, removed on exit), for an address shared with the kernel (a container)",
+        "nftables rule, removed on exit), for an address shared with the kernel (a "
+        "container); the stack then leaves the kernel's other ports and pings alone",
     ),
 }
 

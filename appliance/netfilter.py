@@ -9,18 +9,12 @@ the kernel's stack). Both then see every frame, so each must leave the other's t
   runs in ``ip_rcv``, after AF_PACKET sockets bound to ETH_P_IP took their copy, so the stack
   still gets those segments (a ``netdev`` *ingress* drop would run before that, and take them
   from the stack too);
-- the stack answers every TCP segment that is not for its port with a RST (RFC 9293), which
-  would reset the kernel's own connections (a scrape of the management port, which the
-  stack's RST wins every time); a ``netdev`` ``egress`` chain on the interface readdresses
-  TCP RSTs from the stack's address whose source port is not the served one to 0.0.0.0, which
-  every receiver drops as a martian. AF_PACKET's qdisc bypass still passes that hook (kernel
-  5.16+). It does not *drop* them: a drop there makes the TX ring's ``send()`` fail with the
-  frame left in TP_STATUS_SEND_REQUEST (the socket has no PACKET_LOSS), and every later flush
-  retries that frame, so the stack's transmit stops for good. The kernel's own RSTs on other
-  ports go the same way, which costs it nothing but a timeout.
+- the stack must leave the kernel's ports alone: it runs with ``shared_addr`` (see
+  ``mtcp_core.Stack``), so a segment for a port it does not listen on gets no RST from it
+  (the kernel's management connections would be reset) and pings are the kernel's.
 
-``install`` is idempotent (it replaces the tables in one ``nft -f`` transaction, so it also
-cleans up after a supervisor that was killed), ``remove`` too. The tables are named after the
+``install`` is idempotent (it replaces the table in one ``nft -f`` transaction, so it also
+cleans up after a supervisor that was killed), ``remove`` too. The table is named after the
 interface, so two appliances on two interfaces do not touch each other's rules.
 """
 
@@ -36,9 +30,6 @@ import subprocess
 from dataclasses import dataclass
 
 TABLE_PREFIX = "mtcp_appliance_"
-# where the stack's unwanted RSTs are readdressed to: every receiver drops a packet to 0.0.0.0
-# as a martian, and no router forwards it
-UNDELIVERABLE = "0.0.0.0"
 NFT_TIMEOUT_S = 10.0
 _SIOCGIFADDR = 0x8915
 _SIOCGIFNETMASK = 0x891B
@@ -66,7 +57,6 @@ class Guard:
     iface: str
     ip: str
     port: int
-    egress: bool = True  # the RST filter (needs the netdev egress hook, kernel 5.16+)
 
     def ruleset(self) -> str:
         """The ``nft -f`` script that (re)installs the rules."""
@@ -83,28 +73,14 @@ class Guard:
             "  }",
             "}",
         ]
-        if self.egress:
-            lines += [
-                f"table netdev {name} {{",
-                "  chain egress {",
-                f"    type filter hook egress device {dev} priority 0; policy accept;",
-                f"    ip saddr {ip} tcp sport != {port} tcp flags & rst == rst "
-                f"ip daddr set {UNDELIVERABLE} "
-                f'comment "mtcp-appliance: the stack resets what it does not serve"',
-                "  }",
-                "}",
-            ]
         return "\n".join(lines) + "\n"
 
 
 def _drop_tables(iface: str) -> list[str]:
-    """Lines that delete this interface's tables whether or not they exist."""
+    """Lines that delete this interface's table whether or not it exists."""
     name = table_name(iface)
     # "table X" creates the table if missing, so the "delete" after it cannot fail
-    return [f"table ip {name}", f"delete table ip {name}"] + [
-        f"table netdev {name}",
-        f"delete table netdev {name}",
-    ]
+    return [f"table ip {name}", f"delete table ip {name}"]
 
 
 def _nft(script: str) -> None:
@@ -123,20 +99,9 @@ def _nft(script: str) -> None:
 
 
 def install(guard: Guard) -> Guard:
-    """Installs (or replaces) the rules; without an egress hook in the kernel, only the
-    prerouting drop. Returns what was installed."""
-    try:
-        _nft(guard.ruleset())
-        return guard
-    except NetfilterError as exc:
-        if not guard.egress or shutil.which("nft") is None:
-            raise
-        fallback = Guard(guard.iface, guard.ip, guard.port, egress=False)
-        try:
-            _nft(fallback.ruleset())
-        except NetfilterError:
-            raise exc from None
-        return fallback
+    """Installs (or replaces) the rule. Returns what was installed."""
+    _nft(guard.ruleset())
+    return guard
 
 
 def remove(iface: str) -> None:
@@ -145,21 +110,17 @@ def remove(iface: str) -> None:
 
 
 def listed(iface: str) -> str:
-    """``nft list`` of this interface's tables ('' when there are none)."""
+    """``nft list`` of this interface's table ('' when there is none)."""
     nft = shutil.which("nft")
     if nft is None:
         return ""
-    out = []
-    for family in ("ip", "netdev"):
-        res = subprocess.run(
-            [nft, "list", "table", family, table_name(iface)],
-            capture_output=True,
-            text=True,
-            timeout=NFT_TIMEOUT_S,
-        )
-        if res.returncode == 0:
-            out.append(res.stdout)
-    return "".join(out)
+    res = subprocess.run(
+        [nft, "list", "table", "ip", table_name(iface)],
+        capture_output=True,
+        text=True,
+        timeout=NFT_TIMEOUT_S,
+    )
+    return res.stdout if res.returncode == 0 else ""
 
 
 # ----------------------------------------------------------------- the interface's address

@@ -277,6 +277,7 @@ class Supervisor:
                 afpacket_rx=cfg.afpacket_rx,
                 tx_rate_mbps=cfg.tx_rate_mbps,
                 sndbuf=cfg.sndbuf,
+                shared_addr=cfg.nft_guard,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None
@@ -296,12 +297,11 @@ class Supervisor:
         except (netfilter.NetfilterError, ValueError, OSError) as exc:
             raise StartupError(f"nft_guard: {exc}") from None
         log.info(
-            "nftables: the kernel drops TCP to %s:%d on %s (table %s)%s",
+            "nftables: the kernel drops TCP to %s:%d on %s (table %s)",
             cfg.host,
             cfg.port,
             cfg.iface,
             netfilter.table_name(cfg.iface),
-            "" if self._guard.egress else "; no egress hook: the stack's RSTs are not filtered",
         )
 
     def _announce(self) -> None:

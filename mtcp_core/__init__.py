@@ -268,6 +268,7 @@ class Stack:
         no_delayed_ack: bool = False,
         afpacket_rx: str = "copy",
         tx_rate_mbps: int = 0,
+        shared_addr: bool = False,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -317,6 +318,7 @@ class Stack:
         if not 0 <= tx_rate_mbps <= 1_000_000:
             raise ValueError(f"tx_rate_mbps: 0 (no shaping) to 1000000, not {tx_rate_mbps}")
         conf.tx_rate_mbps = tx_rate_mbps
+        conf.shared_addr = 1 if shared_addr else 0
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:

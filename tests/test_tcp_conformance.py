@@ -507,6 +507,27 @@ def test_syn_to_a_closed_port_gets_rst(rig: Rig) -> None:
     assert pools_back(st)
 
 
+def test_shared_address_leaves_the_kernels_ports_alone(netlab: netns.Lab) -> None:
+    """shared_addr (a container's eth0, which the kernel keeps too): a SYN for a port with no
+    listener is the kernel's and gets no RST from the stack; a segment for a listening port
+    without a connection still does (RFC 9293 3.10.7.1), and pings are left to the kernel."""
+    with contextlib.contextmanager(make_rig)(netlab, shared_addr=True) as rig, rig.serve():
+        before = rig.ctx.stats()
+        c = rig.conn(CLOSED_PORT)
+        c.send(SYN, options=tcp_options(mss=1460))
+        assert c.quiet(0.5) == []
+        st = wait_stats(rig.ctx, lambda s: s["drop_tcp_no_socket"] > before["drop_tcp_no_socket"])
+        assert delta(st, before, "rst_tx") == 0
+        stray = rig.conn(ECHO)  # an ACK for no connection of a port the stack serves
+        stray.send(ACK, seq=stray.iss, ack=12345)
+        seg = stray.recv(2.0)
+        assert seg is not None and seg.has(RST), seg
+        before = rig.ctx.stats()
+        rig.peer.run(["ping", "-c", "1", "-W", "1", rig.ip], check=False)
+        st = wait_stats(rig.ctx, lambda s: s["drop_icmp_type"] > before["drop_icmp_type"])
+        assert delta(st, before, "icmp_echo_replies") == 0
+
+
 def test_out_of_window_rst_is_ignored(rig: Rig) -> None:
     """RFC 5961 3.2: a RST outside the receive window is dropped without an answer."""
     with rig.serve() as report:

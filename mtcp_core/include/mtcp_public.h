@@ -85,6 +85,9 @@ struct mtcp_conf {
     unsigned tx_rate_mbps;     /* 0: send as fast as the device takes frames; N: a link of
                                   N Mb/s (a veth has no line rate: this gives the queue that
                                   forms at a real NIC, where priority queueing matters) */
+    int shared_addr;           /* 1: the kernel keeps this address too (a container's eth0):
+                                  a segment for a port with no listener and no connection is
+                                  the kernel's and gets no RST, and pings are the kernel's */
 };
 
 struct mtcp_stack;

@@ -118,6 +118,7 @@ struct mtcp_stack {
     uint32_t idle_timeout_ms, syn_backlog, challenge_ack_limit;
     int sack, delayed_ack;
     uint64_t tx_rate_Bps;        /* link rate in bytes/s; 0 = no shaping */
+    int shared_addr;             /* the kernel keeps the address too (conf.shared_addr) */
     uint64_t isn_key[2];
 };
 

@@ -82,8 +82,8 @@ static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
         STAT_DROP(&ctx->stats, r);
         return;
     }
-    if (ic.type != WIRE_ICMP_ECHO_REQUEST) {
-        STAT_INC(&ctx->stats, drop_icmp_type);
+    if (ic.type != WIRE_ICMP_ECHO_REQUEST || ctx->stack->shared_addr) {
+        STAT_INC(&ctx->stats, drop_icmp_type); /* shared address: the kernel answers pings */
         return;
     }
     if ((size_t)ip->payload_len + WIRE_ETH_HLEN + WIRE_IPV4_HLEN > MTCP_MAX_FRAME) {

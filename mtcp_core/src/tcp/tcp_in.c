@@ -617,7 +617,11 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             /* fall through: the ACK completes the handshake and may carry data */
         } else {
             STAT_INC(&ctx->stats, drop_tcp_no_socket);
-            tcp_send_rst_for(ctx, src_mac, ip, &seg);
+            /* RFC 9293 3.10.7.1 answers with a RST; on an address the kernel shares, a
+             * port the stack does not listen on is the kernel's (its management port,
+             * its own connections): a RST would reset them. */
+            if (!ctx->stack->shared_addr || l)
+                tcp_send_rst_for(ctx, src_mac, ip, &seg);
             return;
         }
     }
