@@ -103,7 +103,7 @@ class KernelNet:
     def send_many(
         self,
         items: Sequence[tuple[socket.socket, bytes | memoryview]],
-        close: Sequence[bool] | None = None,
+        close: list[bool] | None = None,
     ) -> list[int | OSError]:
         out: list[int | OSError] = []
         for i, (h, data) in enumerate(items):
@@ -111,10 +111,15 @@ class KernelNet:
                 sent = h.send(data)
             except OSError as exc:
                 out.append(exc)
+                if close is not None:
+                    close[i] = False
                 continue
             out.append(sent)
-            if close is not None and close[i] and sent == len(data):
-                self.close_many([h])
+            if close is not None and close[i]:
+                if sent == len(data):
+                    self.close_many([h])
+                else:
+                    close[i] = False
         return out
 
     def close_many(self, handles: Sequence[socket.socket]) -> None:

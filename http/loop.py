@@ -46,8 +46,8 @@ class Net(Protocol):
     def modify(self, handle: Any, events: int) -> None: ...
     def recv_many(self, handles: Sequence[Any]) -> list[bytes | OSError]: ...
     def send_many(
-        self, items: Sequence[tuple[Any, bytes | memoryview]], close: Sequence[bool] | None = None
-    ) -> list[int | OSError]: ...  # close[i]: close handle i too once its bytes are all taken
+        self, items: Sequence[tuple[Any, bytes | memoryview]], close: list[bool] | None = None
+    ) -> list[int | OSError]: ...  # close[i]: close handle i too (cleared where it was not)
     def close_many(self, handles: Sequence[Any]) -> None: ...
     def close_listener(self) -> None: ...
     def close(self) -> None: ...
@@ -192,7 +192,7 @@ def run(
                         c.dead = True
                         continue
                     if sent >= len(c.out):
-                        c.sent_closed = closing
+                        c.sent_closed = closing  # cleared by send_many where not closed
                         c.out = b""
                         if c.http.has_output:  # next file chunk: sent when EPOLLOUT says so
                             c.out = c.http.pull(now)

@@ -76,9 +76,13 @@ class MtcpNet:
     def send_many(
         self,
         items: Sequence[tuple[m.Socket, bytes | memoryview]],
-        close: Sequence[bool] | None = None,
+        close: list[bool] | None = None,
     ) -> list[int | OSError]:
-        return self.ctx.send_many(items, close)  # type: ignore[arg-type]
+        out = self.ctx.send_many(items, close)  # type: ignore[arg-type]
+        if close is not None:
+            for i, (sock, _) in enumerate(items):
+                close[i] = close[i] and sock.closed  # not closed: unread data, or not all sent
+        return out
 
     def close_many(self, handles: Sequence[m.Socket]) -> None:
         self.ctx.close_many(handles)

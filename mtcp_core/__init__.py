@@ -431,8 +431,9 @@ class Context:
     ) -> list[int | OSError]:
         """Writes each buffer to its socket in one crossing; each result is the number
         of bytes taken or the OSError a send() would raise. ``close``: one flag per item;
-        a flagged socket whose buffer was taken whole is closed in the same crossing (its
-        FIN then rides on the data), as ``close_many`` would."""
+        a flagged socket whose buffer was taken whole and that has no unread data is closed
+        in the same crossing (its FIN then rides on the data), as ``close_many`` would; the
+        others stay open (``Socket.closed`` tells which)."""
         n = len(items)
         if n == 0:
             return []
@@ -452,7 +453,7 @@ class Context:
         for i in range(n):
             r = int(out[i])
             res.append(r if r >= 0 else OSError(-r, os.strerror(-r)))
-            if close is not None and close[i] and r == lens[i]:
+            if close is not None and flags[i]:
                 s = items[i][0]
                 s._open = False
                 self._socks.pop(s.fd, None)
@@ -492,6 +493,11 @@ class Socket:
         self.ctx = ctx
         self.fd = fd
         self._open = True
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (``close``, ``Context.close_many`` or ``send_many``'s close)."""
+        return not self._open
 
     def fileno(self) -> int:
         return self.fd

@@ -32,7 +32,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -337,18 +337,19 @@ def reductions(samples: list[Sample]) -> list[Reduction]:
     return out
 
 
-# ---------------------------------------------------------------- the tests
-
-
-def test_core_sends_8mib_to_the_kernel_under_loss(lossrig: LossRig) -> None:
-    rig = lossrig
-    payload = os.urandom(SIZE)
+def send_to_kernel(
+    ctx: mtcp_core.Context,
+    listener: socket.socket,
+    addr: tuple[str, int],
+    payload: bytes,
+    *,
+    on_established: Callable[[], None] | None = None,
+) -> tuple[bytes, CoreRun]:
+    """The core connects to ``addr`` (``listener`` in the kernel), writes ``payload`` and
+    closes; returns what the kernel read up to the FIN, and the sender's record."""
     got = bytearray()
-    sink_done = threading.Event()
     sink_error: list[BaseException] = []
-    with rig.peer.entered():
-        listener = socket.create_server((rig.peer_ip, 0))
-    port = listener.getsockname()[1]
+    sink_done = threading.Event()
 
     def sink() -> None:
         try:
@@ -363,24 +364,49 @@ def test_core_sends_8mib_to_the_kernel_under_loss(lossrig: LossRig) -> None:
         finally:
             sink_done.set()
 
-    before = rig.ctx.stats()
     run = CoreRun()
     with listener:
         sink_thread = threading.Thread(target=sink, daemon=True)
         sink_thread.start()
-        app = threading.Thread(
-            target=core_sender, args=(rig.ctx, (rig.peer_ip, port), payload, run), daemon=True
-        )
+        app = threading.Thread(target=core_sender, args=(ctx, addr, payload, run), daemon=True)
         app.start()
         assert run.established.wait(15), "the core's connect did not finish"
         assert run.error is None, run.error
-        rig.loss_on(LOSS_PERCENT)
+        if on_established is not None:
+            on_established()
         run.go.set()
         assert run.done.wait(TRANSFER_LIMIT_S + 15), "the core's sender hung"
         assert sink_done.wait(15), "the kernel never saw the end of the stream"
-        drops = rig.loss_off()
         app.join(5)
         sink_thread.join(5)
+    assert run.error is None, repr(run.error)
+    assert sink_error == [], sink_error
+    return bytes(got), run
+
+
+def check_exact(got: bytes, payload: bytes) -> None:
+    assert len(got) == len(payload), f"{len(got)} B arrived of {len(payload)}"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), "bytes changed"
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def test_core_sends_8mib_to_the_kernel_under_loss(lossrig: LossRig) -> None:
+    rig = lossrig
+    payload = os.urandom(SIZE)
+    with rig.peer.entered():
+        listener = socket.create_server((rig.peer_ip, 0))
+    port = listener.getsockname()[1]
+    before = rig.ctx.stats()
+    got, run = send_to_kernel(
+        rig.ctx,
+        listener,
+        (rig.peer_ip, port),
+        payload,
+        on_established=lambda: rig.loss_on(LOSS_PERCENT),
+    )
+    drops = rig.loss_off()
     after = wait_stats(rig.ctx, pools_back)
     d = {k: after[k] - before[k] for k in after}
     red = reductions(run.samples)
@@ -395,10 +421,7 @@ def test_core_sends_8mib_to_the_kernel_under_loss(lossrig: LossRig) -> None:
           f"({len(fast)} fast); srtt p50 {srtt_ms:.2f} ms")  # fmt: skip
     for r in red[:5]:
         print("  ", r)
-    assert run.error is None, repr(run.error)
-    assert sink_error == [], sink_error
-    assert len(got) == len(payload), f"{len(got)} B arrived of {len(payload)}"
-    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), "bytes changed"
+    check_exact(got, payload)
     assert run.elapsed < TRANSFER_LIMIT_S
     assert drops.get("to_kernel", 0) > 0 and drops.get("to_core", 0) > 0, drops
     assert d["retransmits"] > 0

@@ -580,3 +580,17 @@ def test_send_many_with_close_puts_the_fin_on_the_last_data_segment(tmp_path: Pa
     data = [f for f in frames if f[0] == 80 and f[1] == port and f[3] > 0]
     assert len(data) == 1 and data[0][2] & FIN, data
     assert not any(f[2] & FIN for f in frames if f[0] == 80 and f[1] == port and f[3] == 0)
+
+
+def test_send_many_with_close_leaves_a_socket_with_unread_data_open(net: Net) -> None:
+    """Closing with unread data is an abort (RFC 2525 2.17): its RST would leave before the
+    bytes just written. send_many's close then leaves the socket open for the caller."""
+    acc = accept_one(net)
+    acc.ep_s.register(acc.s, m.EPOLLIN)
+    acc.c.send(b"unread request body")
+    wait_event(acc.ep_s, acc.s, m.EPOLLIN)
+    assert net.server.send_many([(acc.s, b"413 response")], close=[True]) == [12]
+    assert not acc.s.closed
+    assert transfer(acc.ep, acc.c, b"", 12) == b"413 response"
+    acc.s.close()
+    assert acc.s.closed

@@ -16,27 +16,22 @@ byte-exact, also over a lossy link:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import netns
 import pytest
 from echo_app import pools_back, wait_stats
 from test_interop_kernel import make_afpacket_rig
 from test_tcp_kernel_loss import (
-    TRANSFER_LIMIT_S,
-    CoreRun,
     LossRig,
     bridge_drop_rules,
-    core_sender,
+    check_exact,
     make_loss_rig,
     nft_missing,
+    send_to_kernel,
 )
-
-import mtcp_core
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 
@@ -48,58 +43,6 @@ def kernel_sink(ns: netns.Namespace, ip: str) -> tuple[socket.socket, int]:
     with ns.entered():
         listener = socket.create_server((ip, 0))
     return listener, listener.getsockname()[1]
-
-
-def send_to_kernel(
-    ctx: mtcp_core.Context,
-    listener: socket.socket,
-    addr: tuple[str, int],
-    payload: bytes,
-    *,
-    on_established: Callable[[], None] | None = None,
-) -> tuple[bytes, CoreRun]:
-    """The core connects to ``addr`` (``listener`` in the kernel), writes ``payload`` and
-    closes; returns what the kernel read up to the FIN, and the sender's record."""
-    got = bytearray()
-    sink_error: list[BaseException] = []
-    sink_done = threading.Event()
-
-    def sink() -> None:
-        try:
-            listener.settimeout(10)
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(TRANSFER_LIMIT_S)
-                while chunk := conn.recv(1 << 20):
-                    got.extend(chunk)
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            sink_error.append(exc)
-        finally:
-            sink_done.set()
-
-    run = CoreRun()
-    with listener:
-        sink_thread = threading.Thread(target=sink, daemon=True)
-        sink_thread.start()
-        app = threading.Thread(target=core_sender, args=(ctx, addr, payload, run), daemon=True)
-        app.start()
-        assert run.established.wait(15), "the core's connect did not finish"
-        assert run.error is None, run.error
-        if on_established is not None:
-            on_established()
-        run.go.set()
-        assert run.done.wait(TRANSFER_LIMIT_S + 15), "the core's sender hung"
-        assert sink_done.wait(15), "the kernel never saw the end of the stream"
-        app.join(5)
-        sink_thread.join(5)
-    assert run.error is None, repr(run.error)
-    assert sink_error == [], sink_error
-    return bytes(got), run
-
-
-def check_exact(got: bytes, payload: bytes) -> None:
-    assert len(got) == len(payload), f"{len(got)} B arrived of {len(payload)}"
-    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), "bytes changed"
 
 
 @pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])

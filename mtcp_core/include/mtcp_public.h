@@ -146,11 +146,12 @@ int mtcp_write_batch(mctx_t mctx, const int *sockids, const char *const *bufs,
 /* close several sockets in one crossing. */
 int mtcp_close_batch(mctx_t mctx, const int *sockids, int n);
 /* write as mtcp_write_batch, then close each socket i with close[i] set whose buffer was
- * taken whole (out[i] == lens[i]), in the same crossing: the mTCP thread sees the data
- * and the close in one round, so the FIN rides on the last data segment. Returns n. */
+ * taken whole (out[i] == lens[i]) and that has no unread data, in the same crossing: the
+ * mTCP thread sees the data and the close in one round, so the FIN rides on the last data
+ * segment. close[i] is cleared for a socket left open (a close with unread data is an
+ * abort, RFC 2525 2.17: the caller decides when). Returns n. */
 int mtcp_write_close_batch(mctx_t mctx, const int *sockids, const char *const *bufs,
-                           const size_t *lens, const unsigned char *close, int n,
-                           ssize_t *out);
+                           const size_t *lens, unsigned char *close, int n, ssize_t *out);
 
 struct mtcp_epoll_event {
     uint32_t events;

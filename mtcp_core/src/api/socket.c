@@ -498,15 +498,19 @@ int mtcp_abort(mctx_t ctx, int sockid)
 }
 
 int mtcp_write_close_batch(mctx_t ctx, const int *sockids, const char *const *bufs,
-                           const size_t *lens, const unsigned char *close, int n, ssize_t *out)
+                           const size_t *lens, unsigned char *close, int n, ssize_t *out)
 {
     for (int i = 0; i < n; i++) {
         struct tcb *t = stream_tcb(ctx, sockids[i]);
         struct mtcp_iovec v = {bufs[i], lens[i]};
         ssize_t r = t ? write_tcb(ctx, t, &v, 1) : -1;
         out[i] = r < 0 ? -errno : r;
-        if (close[i] && r >= 0 && (size_t)r == lens[i])
+        /* unread data: the close would reset the connection, and the RST would leave
+         * before the bytes just written (the peer would lose the response) */
+        if (close[i] && r >= 0 && (size_t)r == lens[i] && mtcp_bytering_used(&t->rcv) == 0)
             close_one(ctx, sockids[i], 0);
+        else
+            close[i] = 0;
     }
     ctx_kick(ctx);
     return n;
