@@ -1024,7 +1024,9 @@ def render_png(svg: str, width: int, height: int, png: Path) -> str | None:
             page.as_uri(),
         ]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            # a sanitizer runtime preloaded for the appliance (scripts/test-asan) breaks it
+            env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         except subprocess.TimeoutExpired:
             return "chromium did not finish the chart within 60 s"
     if proc.returncode != 0 or not png.exists():
