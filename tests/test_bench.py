@@ -84,6 +84,20 @@ def _finite(v: float) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+def test_only_keeps_the_named_workloads_and_kinds() -> None:
+    import argparse
+
+    def names(only: str | None) -> list[str]:
+        opts = argparse.Namespace(duration=1.0, quick=False, big=8 << 20, only=only)
+        return [wl.name for wl in web_bench.workloads(opts)]
+
+    every = names(None)
+    assert len(every) == 9 and "download-8M" in every
+    assert names("short-64B-c64,download") == ["short-64B-c64", "download-8M"]
+    assert names("keepalive") == [n for n in every if n.startswith("keepalive-")]
+    assert names("none") == []
+
+
 @pytest.mark.requires_root
 def test_quick_mode_every_row_has_figures_and_no_errors(tmp_path: Path) -> None:
     argv = [sys.executable, str(BENCH / "web_bench.py"), "--quick", "--out", str(tmp_path)]
