@@ -21,7 +21,7 @@ import errno
 import ipaddress
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "PairLink",
     "Socket",
     "Stack",
+    "SteppedContext",
     "flow_core",
     "read_stats_file",
     "stat_names",
@@ -224,6 +225,26 @@ class PairLink:
         if r < 0:
             _raise("drop_next")
 
+    def inject(self, side: int, frame: bytes, now_ns: int) -> None:
+        """Sends ``frame`` as ``side``, a side that no stack has open (a test playing the
+        peer), at ``now_ns`` on the stepped clock: it goes through that side's faults and
+        is due at ``now_ns`` plus the delay."""
+        if lib.mtcp_pair_inject(self._ptr, side, frame, len(frame), now_ns) < 0:
+            _raise("pair inject")
+
+    def take(self, side: int, now_ns: int) -> bytes | None:
+        """The next frame sent to ``side`` (a side no stack has open) that is due by
+        ``now_ns``, or None."""
+        buf = ffi.new("char[]", 2048)
+        n = lib.mtcp_pair_take(self._ptr, side, buf, 2048, now_ns)
+        if n < 0:
+            _raise("pair take")
+        return ffi.unpack(buf, n) if n else None
+
+    def next_due(self, side: int) -> int:
+        """When the next frame for ``side`` is due (ns on the link's clock), 0 if none."""
+        return int(lib.mtcp_pair_next_due(self._ptr, side))
+
     def close(self) -> None:
         if self._ptr is not None:
             lib.mtcp_pair_destroy(self._ptr)
@@ -269,6 +290,7 @@ class Stack:
         afpacket_rx: str = "copy",
         tx_rate_mbps: int = 0,
         shared_addr: bool = False,
+        secret_seed: int = 0,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -319,6 +341,9 @@ class Stack:
             raise ValueError(f"tx_rate_mbps: 0 (no shaping) to 1000000, not {tx_rate_mbps}")
         conf.tx_rate_mbps = tx_rate_mbps
         conf.shared_addr = 1 if shared_addr else 0
+        if not 0 <= secret_seed < 1 << 64:
+            raise ValueError(f"secret_seed: 0 (random) or a 64-bit seed, not {secret_seed}")
+        conf.secret_seed = secret_seed
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -346,6 +371,18 @@ class Stack:
         if ptr == ffi.NULL:
             _raise(f"context {core}")
         ctx = Context(self, ptr, core)
+        self._contexts.append(ctx)
+        return ctx
+
+    def stepped_context(self, core: int = 0, start_ns: int = 1_000_000_000) -> SteppedContext:
+        """Core ``core`` with no mTCP thread, for tests: the caller runs its rounds on a
+        clock of its own that starts at ``start_ns`` (see ``SteppedContext``)."""
+        if start_ns <= 0:
+            raise ValueError("start_ns: the clock starts after 0")
+        ptr = lib.mtcp_create_stepped_context(self._ptr, core, start_ns)
+        if ptr == ffi.NULL:
+            _raise(f"stepped context {core}")
+        ctx = SteppedContext(self, ptr, core, start_ns)
         self._contexts.append(ctx)
         return ctx
 
@@ -483,6 +520,72 @@ class Context:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SteppedContext(Context):
+    """A core with no mTCP thread (``Stack.stepped_context``): the caller runs its rounds,
+    one ``step`` at a time, on a clock of its own, and the stack reads no other clock. So a
+    test can hand the stack a frame at time t, move time on, and see exactly what it sent,
+    with no threads and no sleeps. The socket and epoll API work from the same thread:
+    what the app asks for (connect, send, close ...) is done by the next step, and
+    ``Epoll.poll`` never waits (step the clock instead)."""
+
+    #: rounds that ``settle``/``advance`` run at one instant before giving up: a stack that
+    #: is still busy after that many is looping, which is a bug worth an error
+    MAX_ROUNDS_AT_ONCE = 10_000
+
+    def __init__(self, stack: Stack, ptr: Any, core: int, start_ns: int) -> None:
+        super().__init__(stack, ptr, core)
+        self.now_ns = start_ns
+        self.deadline_ns = start_ns  # when the stack wants its next round
+
+    @property
+    def now_ms(self) -> float:
+        return self.now_ns / 1e6
+
+    def step(self, now_ns: int | None = None) -> int:
+        """One round at ``now_ns`` (default: the current time; never earlier). Returns
+        when the stack wants the next round (``now_ns`` itself: at once)."""
+        t = self.now_ns if now_ns is None else now_ns
+        if t < self.now_ns:
+            raise ValueError(f"step: {t} ns is before the clock ({self.now_ns} ns)")
+        d = int(lib.mtcp_ctx_step(self._check(), t))
+        if d == 0:
+            _raise("step")
+        self.now_ns = t
+        self.deadline_ns = d
+        return d
+
+    def settle(self, on_round: Callable[[], bool] | None = None) -> int:
+        """A round at the current time (it takes what the app queued), then more while the
+        stack has more to do at once; returns when it wants its next round. ``on_round()``
+        runs after every round (a test's peer takes what was sent) and returns True when
+        it sent something back, which takes another round."""
+        self.step()
+        self._run_now(on_round)
+        return self.deadline_ns
+
+    def advance(
+        self, ms: float = 0.0, *, ns: int = 0, on_round: Callable[[], bool] | None = None
+    ) -> None:
+        """Moves the clock ``ms`` milliseconds (plus ``ns``) on, running every round the
+        stack asks for on the way, at its deadline, as the thread would wake for it, and
+        settles at the end. ``on_round`` as for ``settle``."""
+        end = self.now_ns + round(ms * 1_000_000) + ns
+        self.settle(on_round)
+        while self.now_ns < end:
+            self.step(min(self.deadline_ns, end))
+            self._run_now(on_round)
+
+    def _run_now(self, on_round: Callable[[], bool] | None) -> None:
+        for _ in range(self.MAX_ROUNDS_AT_ONCE):
+            if on_round is not None and on_round():
+                self.step()
+            elif self.deadline_ns <= self.now_ns:
+                self.step()
+            else:
+                return
+        raise RuntimeError(f"stack still busy after {self.MAX_ROUNDS_AT_ONCE} rounds at once")
 
 
 class Socket:

@@ -88,6 +88,9 @@ struct mtcp_conf {
     int shared_addr;           /* 1: the kernel keeps this address too (a container's eth0):
                                   a segment for a port with no listener and no connection is
                                   the kernel's and gets no RST, and pings are the kernel's */
+    uint64_t secret_seed;      /* tests only: nonzero = the stack's secret key (ISNs,
+                                  timestamp offsets, SYN cookies, the first ephemeral port)
+                                  derived from this seed; 0 = getrandom() */
 };
 
 struct mtcp_stack;
@@ -106,6 +109,18 @@ int mtcp_stack_mac(struct mtcp_stack *stack, char *out, size_t outlen);
 mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu);
 /* Stops the thread, resets every open connection, frees the pools. */
 void mtcp_destroy_context(mctx_t mctx);
+
+/* A context with no mTCP thread, for tests: the caller runs its rounds with mtcp_ctx_step
+ * on a clock of its own that starts at now_ns (> 0; monotonic ns, any origin), and the
+ * stack reads no other clock (TCP timers, timestamps, ISNs, SYN cookies, ARP, the shaper,
+ * the pair link's delays). The socket/epoll API works on it from the same thread: jobs
+ * wait for the next step, mtcp_epoll_wait never waits (any timeout acts as 0), listen()
+ * runs the round that registers the listener at the context's current time. */
+mctx_t mtcp_create_stepped_context(struct mtcp_stack *stack, unsigned core, uint64_t now_ns);
+/* One round at now_ns (not before the last step's): receive, the app's jobs, timers,
+ * transmit, events. Returns when the next round is due (ns, now_ns when at once: more
+ * work is waiting), or 0 with errno EINVAL (a threaded context, time going backwards). */
+uint64_t mtcp_ctx_step(mctx_t mctx, uint64_t now_ns);
 
 int mtcp_socket(mctx_t mctx, int domain, int type, int protocol);
 int mtcp_bind(mctx_t mctx, int sockid, uint32_t addr, uint16_t port);
@@ -219,6 +234,16 @@ void mtcp_pair_counters(void *pair, int side, struct mtcp_pair_counters *out);
  * rules per side. 0, or -1 with errno EINVAL / ENOSPC. */
 int mtcp_pair_drop_next(void *pair, int side, unsigned mask, unsigned value, unsigned count,
                         unsigned min_payload, unsigned max_payload);
+
+/* A side of the link that no stack has open, driven by hand (tests), on the caller's
+ * clock. inject: sends one frame as `side` (through its fault injector; due at now_ns
+ * plus the delay): 0, or -1 with errno EBUSY (a stack has that side), EMSGSIZE, ENOBUFS
+ * (the link is full). take: copies the next frame sent to `side` that is due by now_ns
+ * into buf: its length, 0 when none is due, -1 with errno EMSGSIZE (it stays) or EBUSY.
+ * next_due: when the next frame for `side` is due (ns), 0 when none is queued. */
+int mtcp_pair_inject(void *pair, int side, const void *frame, size_t len, uint64_t now_ns);
+int mtcp_pair_take(void *pair, int side, void *buf, size_t cap, uint64_t now_ns);
+uint64_t mtcp_pair_next_due(void *pair, int side);
 
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,

@@ -98,6 +98,12 @@ void ctx_push_job(struct mtcp_context *ctx, const struct mtcp_job *job)
     /* The job queue is large; when it is full the mTCP thread is behind, so let
      * it run rather than drop a job. */
     while (mtcp_spsc_push(&ctx->jobq, job) < 0) {
+        if (ctx->stepped) {
+            /* no thread to wait for: the caller's thread runs the round at the
+             * context's current time, as the thread would have */
+            ctx_round(ctx, ctx->now_ns);
+            continue;
+        }
         wake_fd(ctx->stack_efd);
         sched_yield();
     }
@@ -174,78 +180,95 @@ static uint64_t shaper_wait_ns(const struct mtcp_context *ctx)
     return owed * MTCP_NS_PER_S / ctx->stack->tx_rate_Bps + 1;
 }
 
+static int take_jobs(struct mtcp_context *ctx)
+{
+    int jobs = 0;
+    struct mtcp_job job;
+    while (jobs < JOBS_PER_ROUND && mtcp_spsc_pop(&ctx->jobq, &job)) {
+        tcp_handle_job(ctx, &job);
+        jobs++;
+    }
+    return jobs;
+}
+
+/* One round at now_ns (the only clock the layers below read: ctx->now_ns/now_ms, and the
+ * device's through io_dev.now_ns on a stepped context). Returns when the next round is due
+ * (monotonic ns): now_ns when there is more to do at once (frames or jobs were taken, TX
+ * lists or events are left), else the nearest of the next timer, the next delayed frame of
+ * the device, the shaper's next token and now + 1 s (the idle thread's stats heartbeat). */
+uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
+{
+    struct io_frame frames[MTCP_RX_BATCH];
+    ctx->now_ns = now_ns;
+    ctx->now_ms = now_ns / MTCP_NS_PER_MS;
+    ctx->dev->now_ns = now_ns;
+    ctx->tx_budget = MTCP_TX_BATCH;
+    int shaped = ctx->stack->tx_rate_Bps != 0;
+    if (shaped)
+        shaper_refill(ctx, now_ns);
+    STAT_INC(&ctx->stats, rounds);
+
+    int n = io_rx_burst(ctx->dev, frames, MTCP_RX_BATCH);
+    count_batch(&ctx->stats, n);
+    for (int i = 0; i < n; i++)
+        net_input(ctx, &frames[i]);
+    if (n > 0)
+        io_rx_done(ctx->dev);
+
+    int jobs = take_jobs(ctx);
+
+    uint64_t next = tcp_timers(ctx);
+    uint64_t arp_next = arp_timer(ctx);
+    if (arp_next < next)
+        next = arp_next;
+
+    tcp_output_round(ctx);
+    net_tx_flush(ctx);
+
+    if (flush_events(ctx) && atomic_load(&ctx->app_waiting))
+        wake_fd(ctx->app_efd);
+
+    /* a stepped context publishes every round: its caller reads exact counters */
+    if (ctx->stepped || now_ns - ctx->last_publish_ns >= MTCP_NS_PER_MS || n == 0) {
+        update_gauges(ctx);
+        mtcp_stats_publish(&ctx->stats, now_ns);
+        ctx->last_publish_ns = now_ns;
+    }
+
+    int tx_pending = ctx->ctrl_head || ctx->ack_head || ctx->data_head;
+    uint64_t tx_wait_ns = 0;
+    if (shaped && tx_pending) {
+        tx_wait_ns = shaper_wait_ns(ctx);
+        if (tx_wait_ns)
+            tx_pending = 0; /* the link is busy: wait until it takes a frame again */
+    }
+    if (n > 0 || jobs > 0 || tx_pending || ctx->ev_head)
+        return now_ns;
+    if (next > 1000)
+        next = 1000; /* once a second at most: the stats heartbeat; no busy spinning */
+    uint64_t deadline = now_ns + next * MTCP_NS_PER_MS;
+    uint64_t due = ctx->dev->ops->next_due_ns ? ctx->dev->ops->next_due_ns(ctx->dev) : 0;
+    if (due && due < deadline)
+        deadline = due > now_ns ? due : now_ns;
+    if (tx_wait_ns && now_ns + tx_wait_ns < deadline)
+        deadline = now_ns + tx_wait_ns;
+    return deadline;
+}
+
+/* The mTCP thread: rounds on the monotonic clock, and between them a sleep on the device
+ * and the stack eventfd (the app's kick) until the round's deadline. */
 static void *ctx_loop(void *arg)
 {
     struct mtcp_context *ctx = arg;
-    struct io_frame frames[MTCP_RX_BATCH];
     struct pollfd pfd[2] = {{.fd = ctx->dev->ops->poll_fd(ctx->dev), .events = POLLIN},
                             {.fd = ctx->stack_efd, .events = POLLIN}};
-    uint64_t last_publish = 0;
 
     while (!atomic_load_explicit(&ctx->stop, memory_order_acquire)) {
         uint64_t now_ns = mtcp_now_ns();
-        ctx->now_ms = now_ns / MTCP_NS_PER_MS;
-        ctx->tx_budget = MTCP_TX_BATCH;
-        int shaped = ctx->stack->tx_rate_Bps != 0;
-        if (shaped)
-            shaper_refill(ctx, now_ns);
-        STAT_INC(&ctx->stats, rounds);
-
-        int n = io_rx_burst(ctx->dev, frames, MTCP_RX_BATCH);
-        count_batch(&ctx->stats, n);
-        for (int i = 0; i < n; i++)
-            net_input(ctx, &frames[i]);
-        if (n > 0)
-            io_rx_done(ctx->dev);
-
-        int jobs = 0;
-        struct mtcp_job job;
-        while (jobs < JOBS_PER_ROUND && mtcp_spsc_pop(&ctx->jobq, &job)) {
-            tcp_handle_job(ctx, &job);
-            jobs++;
-        }
-
-        uint64_t next = tcp_timers(ctx);
-        uint64_t arp_next = arp_timer(ctx);
-        if (arp_next < next)
-            next = arp_next;
-
-        tcp_output_round(ctx);
-        net_tx_flush(ctx);
-
-        if (flush_events(ctx) && atomic_load(&ctx->app_waiting))
-            wake_fd(ctx->app_efd);
-
-        if (now_ns - last_publish >= MTCP_NS_PER_MS || n == 0) {
-            update_gauges(ctx);
-            mtcp_stats_publish(&ctx->stats, now_ns);
-            last_publish = now_ns;
-        }
-
-        int tx_pending = ctx->ctrl_head || ctx->ack_head || ctx->data_head;
-        uint64_t tx_wait_ns = 0;
-        if (shaped && tx_pending) {
-            tx_wait_ns = shaper_wait_ns(ctx);
-            if (tx_wait_ns)
-                tx_pending = 0; /* the link is busy: sleep until it takes a frame again */
-        }
-        int busy = n > 0 || jobs > 0 || tx_pending || ctx->ev_head;
-        if (busy)
+        uint64_t deadline = ctx_round(ctx, now_ns);
+        if (deadline <= now_ns)
             continue;
-        uint64_t due = ctx->dev->ops->next_due_ns ? ctx->dev->ops->next_due_ns(ctx->dev) : 0;
-        if (due) {
-            uint64_t now = mtcp_now_ns();
-            uint64_t d = due > now ? (due - now + MTCP_NS_PER_MS - 1) / MTCP_NS_PER_MS : 0;
-            if (d < next)
-                next = d;
-        }
-        if (next > 1000)
-            next = 1000; /* wake once a second at most to publish stats; no busy spinning */
-        if (next == 0)
-            continue;
-        uint64_t sleep_ns = next * MTCP_NS_PER_MS;
-        if (tx_wait_ns && tx_wait_ns < sleep_ns)
-            sleep_ns = tx_wait_ns;
+        uint64_t sleep_ns = deadline - now_ns;
         atomic_store(&ctx->stack_sleeping, 1);
         if (!mtcp_spsc_empty(&ctx->jobq) || atomic_load(&ctx->stop)) {
             atomic_store(&ctx->stack_sleeping, 0);
@@ -286,7 +309,10 @@ static void ctx_free(struct mtcp_context *ctx)
     free(ctx);
 }
 
-mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
+/* A context with its pools, queues and device started, and no thread: now_ns is its
+ * clock's start (the monotonic clock for a threaded context, the caller's for a stepped one). */
+static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int cpu,
+                                    uint64_t now_ns, int stepped)
 {
     if (!stack || core >= stack->ncores) {
         errno = EINVAL;
@@ -310,8 +336,12 @@ mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
     ctx->priority = !stack->conf.no_priority;
     ctx->trace = stack->conf.trace;
     ctx->cpu = cpu;
-    ctx->now_ms = mtcp_now_ns() / MTCP_NS_PER_MS;
+    ctx->stepped = stepped;
+    ctx->now_ns = now_ns;
+    ctx->now_ms = now_ns / MTCP_NS_PER_MS;
     ctx->wheel_ms = ctx->now_ms;
+    ctx->dev->manual_clock = stepped;
+    ctx->dev->now_ns = now_ns;
 
     int rc = io_dev_start(ctx->dev);
     if (rc < 0) {
@@ -361,9 +391,21 @@ mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
     STAT_SET(&ctx->stats, pool_rcvbuf_total, n);
     STAT_SET(&ctx->stats, hugepages, ctx->tcb_pool.huge + ctx->sndbuf_pool.huge + ctx->rcvbuf_pool.huge);
     update_gauges(ctx);
-    mtcp_stats_publish(&ctx->stats, mtcp_now_ns());
+    mtcp_stats_publish(&ctx->stats, now_ns);
+    return ctx;
+nomem:
+    ctx_free(ctx);
+    errno = ENOMEM;
+    return NULL;
+}
 
+mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
+{
+    struct mtcp_context *ctx = ctx_new(stack, core, cpu, mtcp_now_ns(), 0);
+    if (!ctx)
+        return NULL;
     if (pthread_create(&ctx->thread, NULL, ctx_loop, ctx) != 0) {
+        io_dev_stop(ctx->dev);
         ctx_free(ctx);
         errno = EAGAIN;
         return NULL;
@@ -379,10 +421,24 @@ mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
     snprintf(name, sizeof(name), "mtcp-core%u", core % 100000u);
     pthread_setname_np(ctx->thread, name);
     return ctx;
-nomem:
-    ctx_free(ctx);
-    errno = ENOMEM;
-    return NULL;
+}
+
+mctx_t mtcp_create_stepped_context(struct mtcp_stack *stack, unsigned core, uint64_t now_ns)
+{
+    if (now_ns == 0) {
+        errno = EINVAL; /* 0 is no time: the clock starts later than that */
+        return NULL;
+    }
+    return ctx_new(stack, core, -1, now_ns, 1);
+}
+
+uint64_t mtcp_ctx_step(mctx_t ctx, uint64_t now_ns)
+{
+    if (!ctx || !ctx->stepped || now_ns < ctx->now_ns) {
+        errno = EINVAL; /* a threaded context, or time going backwards */
+        return 0;
+    }
+    return ctx_round(ctx, now_ns);
 }
 
 void mtcp_destroy_context(mctx_t ctx)
@@ -393,7 +449,9 @@ void mtcp_destroy_context(mctx_t ctx)
         atomic_store(&ctx->stop, 1);
         wake_fd(ctx->stack_efd);
         pthread_join(ctx->thread, NULL);
-        /* the thread is gone: this thread may act as the mTCP thread now */
+    }
+    if (ctx->thread_started || ctx->stepped) {
+        /* no round runs any more: this thread acts as the mTCP thread now */
         struct mtcp_job job;
         while (mtcp_spsc_pop(&ctx->jobq, &job))
             tcp_handle_job(ctx, &job);
@@ -406,7 +464,7 @@ void mtcp_destroy_context(mctx_t ctx)
             free(l);
         }
         update_gauges(ctx);
-        mtcp_stats_publish(&ctx->stats, mtcp_now_ns());
+        mtcp_stats_publish(&ctx->stats, ctx->stepped ? ctx->now_ns : mtcp_now_ns());
     }
     io_dev_stop(ctx->dev);
     ctx_free(ctx);

@@ -134,6 +134,8 @@ struct mtcp_context {
 
     pthread_t thread;
     int thread_started;
+    int stepped;                 /* no thread: the caller runs rounds (mtcp_ctx_step) on its
+                                    own clock; nothing on the app side may wait for a round */
     _Atomic int stop;
     int cpu;
 
@@ -147,7 +149,9 @@ struct mtcp_context {
     struct mtcp_spsc evq;        /* struct mtcp_event */
 
     /* ---- mTCP thread only ---- */
-    uint64_t now_ms;
+    uint64_t now_ns;             /* the round's time: the only clock the stack reads */
+    uint64_t now_ms;             /* now_ns in ms (TCP's timers, ARP) */
+    uint64_t last_publish_ns;    /* when the stats block was last published */
     struct mtcp_stats stats;
     struct mtcp_pool tcb_pool, sndbuf_pool, rcvbuf_pool;
     struct tcb **flow;           /* MTCP_FLOW_BUCKETS chains */
@@ -198,6 +202,10 @@ struct mtcp_context {
 void ctx_push_job(struct mtcp_context *ctx, const struct mtcp_job *job);
 /* wake the mTCP thread if it sleeps (after a batch of pushes) */
 void ctx_kick(struct mtcp_context *ctx);
+
+/* One round of the mTCP thread at now_ns (RX, jobs, timers, TX, events, stats); returns
+ * when the next is due, now_ns when at once (api/ctx.c). */
+uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns);
 
 /* mTCP thread helpers */
 void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events);

@@ -222,6 +222,8 @@ int mtcp_epoll_wait(mctx_t ctx, int epid, struct mtcp_epoll_event *events, int m
         errno = EINVAL;
         return -1;
     }
+    if (ctx->stepped)
+        timeout_ms = 0; /* no thread will post events while we wait: the caller steps */
     uint64_t deadline = timeout_ms > 0 ? mtcp_now_ns() + (uint64_t)timeout_ms * MTCP_NS_PER_MS : 0;
     struct pollfd pfd = {.fd = ctx->app_efd, .events = POLLIN};
     for (;;) {

@@ -175,6 +175,11 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
     s->listener = l;
     struct mtcp_job j = {.type = JOB_LISTEN, .sockid = sockid, .obj = l};
     ctx_push_job(ctx, &j);
+    if (ctx->stepped) {
+        /* no thread: run the round that would have registered it, at the context's time */
+        ctx_round(ctx, ctx->now_ns);
+        return 0;
+    }
     ctx_kick(ctx);
     /* Wait until the mTCP thread has it in its table, so that a SYN arriving right
      * after listen() returns finds it (bounded: the thread takes jobs every round). */

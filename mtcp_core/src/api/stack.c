@@ -110,7 +110,16 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
     s->shared_addr = conf->shared_addr != 0;
     s->sack = !conf->no_sack;
     s->delayed_ack = !conf->no_delayed_ack;
-    if (getrandom(s->isn_key, sizeof(s->isn_key), 0) != sizeof(s->isn_key)) {
+    if (conf->secret_seed) {
+        /* tests: a key from the seed (splitmix64), so a stepped run repeats exactly */
+        uint64_t x = conf->secret_seed;
+        for (int i = 0; i < 2; i++) {
+            uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            s->isn_key[i] = z ^ (z >> 31);
+        }
+    } else if (getrandom(s->isn_key, sizeof(s->isn_key), 0) != sizeof(s->isn_key)) {
         fail(err, errlen, "getrandom failed");
         goto einval;
     }
@@ -248,4 +257,31 @@ int mtcp_pair_drop_next(void *pair, int side, unsigned mask, unsigned value, uns
         return -1;
     }
     return 0;
+}
+
+int mtcp_pair_inject(void *pair, int side, const void *frame, size_t len, uint64_t now_ns)
+{
+    int rc = len > UINT32_MAX ? -EMSGSIZE
+                              : io_pair_inject(pair, side, frame, (uint32_t)len, now_ns);
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
+    return 0;
+}
+
+int mtcp_pair_take(void *pair, int side, void *buf, size_t cap, uint64_t now_ns)
+{
+    uint32_t c = cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
+    int rc = io_pair_take(pair, side, buf, c, now_ns);
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
+    return rc;
+}
+
+uint64_t mtcp_pair_next_due(void *pair, int side)
+{
+    return io_pair_next_due(pair, side);
 }

@@ -73,6 +73,18 @@ void io_pair_get_counters(struct io_pair *p, int side, struct io_pair_counters *
 int io_pair_drop_next(struct io_pair *p, int side, uint8_t mask, uint8_t value, uint32_t count,
                       uint32_t min_payload, uint32_t max_payload);
 
+/* A side that no stack has open, driven by hand (tests), on the caller's clock:
+ * io_pair_inject sends one frame as `side` (through that side's fault injector, due at
+ * now_ns + the delay); io_pair_take copies the next frame sent to `side` that is due by
+ * now_ns into buf and returns its length, 0 when none is due, -EMSGSIZE when it does not fit
+ * (it stays queued). -EBUSY when a stack has that side open, -EINVAL for a bad side,
+ * -ENOBUFS when the link is full (counted as overflow). io_pair_next_due: when the next
+ * frame for `side` is due (ns), 0 when none is queued. Thread-safe. */
+int io_pair_inject(struct io_pair *p, int side, const uint8_t *frame, uint32_t len,
+                   uint64_t now_ns);
+int io_pair_take(struct io_pair *p, int side, uint8_t *buf, uint32_t cap, uint64_t now_ns);
+uint64_t io_pair_next_due(struct io_pair *p, int side);
+
 struct io_config {
     const char *backend;     /* "afpacket" | "tap" | "pair" */
     const char *iface;       /* afpacket: interface to bind; tap: device name (created if absent) */
@@ -126,6 +138,9 @@ struct io_dev {
     uint32_t tso_max;        /* largest IO_FRAME_TSO frame the device takes (bytes, Ethernet
                                 header included); 0: none, every frame fits the MTU */
     struct io_pcap *pcap;    /* NULL when not capturing */
+    int manual_clock;        /* 1: the device's time is now_ns, set by the context's round
+                                (a stepped context); 0: the monotonic clock */
+    uint64_t now_ns;
     uint64_t rx_frames, tx_frames, tx_dropped; /* backend's own counts */
     const struct io_config *cfg; /* the group's config (heap copy owned by the group; stays
                                     valid if the io_group struct itself is copied) */

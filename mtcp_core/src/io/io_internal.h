@@ -15,6 +15,12 @@ static inline uint64_t io_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The device's time: the round's on a stepped context, else the monotonic clock. */
+static inline uint64_t io_dev_now_ns(const struct io_dev *dev)
+{
+    return dev->manual_clock ? dev->now_ns : io_mono_ns();
+}
+
 /* errno as a negative return value; never 0 even if errno was not set. */
 static inline int io_neg_errno(void)
 {

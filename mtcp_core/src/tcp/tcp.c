@@ -223,7 +223,7 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
         return ctx->stack->conf.fixed_isn;
     uint64_t f = siphash_2_4(ctx->stack->isn_key, (uint64_t)laddr << 32 | raddr,
                              (uint64_t)lport << 16 | rport);
-    uint64_t m = mtcp_now_ns() / 4000; /* 4 us ticks */
+    uint64_t m = ctx->now_ns / 4000; /* 4 us ticks of the round's clock */
     return (uint32_t)(m + f);
 }
 
