@@ -1,0 +1,627 @@
+"""TCP as segment scripts: the stack on a stepped context, the test as its peer.
+
+Each test hands the stack hand-built frames at times it chooses and checks exactly what the
+stack sends back and when (``mtcp_core.testing``): RFC 9293 state machine, RFC 5961,
+RFC 7323 (PAWS, timestamps), RFC 1337, SYN cookies, the timers (retransmission backoff and
+the abort, keepalive, the idle timeout, delayed ACKs) and Nagle. No threads, no sleeps, no
+root: a script of minutes of stack time runs in milliseconds, and the same script gives the
+same segments every run. What needs a real kernel peer stays in the namespace tests
+(test_interop_kernel.py, test_tcp_conformance.py's SYN flood).
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+
+import mtcp_core as m
+from mtcp_core.testing import ACK, FIN, PSH, RST, SYN, PeerConn, Rig, icmp_echo_frame, pools_back
+
+ECHO, ONCE, SINK = 7, 8, 9
+CLOSED_PORT = 10
+TIME_WAIT_MS = 3000
+SYN_BACKLOG = 64
+CHALLENGE_ACK_LIMIT = 100
+RAW_NET = "198.19.0."  # peers off the stack's subnet, through its gateway (the peer)
+# tcp/tcp.h
+TCP_RTO_MIN_MS = 200
+TCP_MAX_RETRIES = 8
+DELACK_MS = 40  # opt.h MTCP_DELACK_MS
+
+
+def delta(after: dict[str, int], before: dict[str, int], name: str) -> int:
+    return after[name] - before[name]
+
+
+@pytest.fixture
+def rig() -> Rig:
+    with Rig(
+        time_wait_ms=TIME_WAIT_MS, syn_backlog=SYN_BACKLOG, challenge_ack_limit=CHALLENGE_ACK_LIMIT
+    ) as r:
+        r.app.serve(ECHO, "echo")
+        r.app.serve(ONCE, "once")
+        yield r
+
+
+def established(rig: Rig, dport: int = ECHO, **kw: object) -> PeerConn:
+    c = rig.conn(dport, **kw)  # type: ignore[arg-type]
+    c.handshake()
+    c.echo(b"before\n")
+    return c
+
+
+# ---------------------------------------------------------------- RST and closed ports
+
+
+def test_syn_to_a_closed_port_gets_rst(rig: Rig) -> None:
+    """RFC 9293 3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>."""
+    before = rig.stats()
+    c = rig.conn(CLOSED_PORT)
+    c.syn()
+    c.expect(flags=RST | ACK, seq=0, ack=c.iss + 1, at_ms=rig.now_ms)
+    rig.advance(200)
+    c.expect_none()
+    st = rig.stats()
+    assert delta(st, before, "drop_tcp_no_socket") == 1
+    assert delta(st, before, "rst_tx") == 1
+    assert pools_back(st)
+
+
+def test_shared_address_leaves_the_kernels_ports_alone() -> None:
+    """shared_addr (a container's eth0, which the kernel keeps too): a SYN for a port with no
+    listener is the kernel's and gets no RST from the stack; a segment for a listening port
+    without a connection still does (RFC 9293 3.10.7.1), and pings are left to the kernel."""
+    with Rig(shared_addr=True) as rig:
+        rig.app.serve(ECHO, "echo")
+        before = rig.stats()
+        c = rig.conn(CLOSED_PORT)
+        c.syn()
+        rig.advance(500)
+        c.expect_none()
+        st = rig.stats()
+        assert delta(st, before, "drop_tcp_no_socket") == 1
+        assert delta(st, before, "rst_tx") == 0
+        stray = rig.conn(ECHO)  # an ACK for no connection of a port the stack serves
+        stray.send(ACK, seq=stray.iss, ack=12345)
+        stray.expect(flags=RST, seq=12345)
+        before = rig.stats()
+        rig.inject(icmp_echo_frame(rig.PEER_MAC, rig.mac, rig.peer_ip, rig.ip))
+        rig.advance(100)
+        assert rig.other == []  # no echo reply
+        st = rig.stats()
+        assert delta(st, before, "drop_icmp_type") == 1
+        assert delta(st, before, "icmp_echo_replies") == 0
+    # and without shared_addr the same ping is answered (the test can fail)
+    with Rig() as rig:
+        rig.inject(icmp_echo_frame(rig.PEER_MAC, rig.mac, rig.peer_ip, rig.ip))
+        assert [f.icmp_type for f in rig.other] == [0]
+        assert rig.stats()["icmp_echo_replies"] == 1
+
+
+def test_out_of_window_rst_is_ignored(rig: Rig) -> None:
+    """RFC 5961 3.2: a RST outside the receive window is dropped without an answer."""
+    c = established(rig)
+    before = rig.stats()
+    for off in (1 << 20, 1 << 30, -(1 << 20)):  # beyond the window, and behind RCV.NXT
+        c.send(RST, seq=c.snd_nxt + off)
+    rig.advance(300)
+    c.expect_none()
+    c.echo(b"after\n")  # still there
+    st = rig.stats()
+    assert delta(st, before, "rst_rx") == 0
+    assert st["state_established"] == 1
+    assert rig.app.report.resets == 0
+
+
+def test_in_window_rst_gets_a_challenge_ack(rig: Rig) -> None:
+    """RFC 5961 3.2: a RST in the window but not at RCV.NXT gets a challenge ACK and the
+    connection lives on."""
+    c = established(rig)
+    before = rig.stats()
+    c.send(RST, seq=c.snd_nxt + 1000)
+    seg = c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt, payload=b"", at_ms=rig.now_ms)
+    assert c.is_challenge_ack(seg)
+    rig.advance(200)
+    c.expect_none()
+    c.echo(b"after\n")
+    st = rig.stats()
+    assert delta(st, before, "challenge_acks") == 1
+    assert delta(st, before, "rst_rx") == 0 and delta(st, before, "rst_tx") == 0
+    assert st["state_established"] == 1
+    assert rig.app.report.resets == 0
+
+
+def test_exact_rst_resets_the_connection(rig: Rig) -> None:
+    """RFC 5961 3.2: a RST at exactly RCV.NXT resets; the application sees ECONNRESET."""
+    c = established(rig)
+    before = rig.stats()
+    c.send(RST, seq=c.snd_nxt)
+    st = rig.stats()
+    assert delta(st, before, "rst_rx") == 1
+    rig.advance(200)
+    c.expect_none()  # an acceptable RST gets no answer
+    # the connection is gone: our next segment meets no socket and gets a RST
+    c.send(ACK | PSH, b"gone?\n")
+    c.expect(flags=RST, seq=c.rcv_nxt)
+    st = rig.stats()
+    assert st["state_established"] == 0
+    assert rig.app.report.resets == 1, "the application did not see ECONNRESET"
+    assert pools_back(st)
+
+
+def test_syn_in_established_gets_a_challenge_ack(rig: Rig) -> None:
+    """RFC 5961 4.2: a SYN in a synchronized state, whatever its sequence number, gets a
+    challenge ACK and no reset."""
+    c = established(rig)
+    cases = (
+        ("in the window", c.snd_nxt + 5000),
+        ("at RCV.NXT", c.snd_nxt),
+        ("behind the window", c.iss),
+    )
+    for where, seq in cases:
+        before = rig.stats()
+        c.send(SYN, seq=seq, mss=1460)
+        seg = c.recv()
+        assert seg is not None, f"SYN {where}: no challenge ACK"
+        assert c.is_challenge_ack(seg), f"SYN {where}: {seg} is not a challenge ACK"
+        c.expect_none()
+        st = rig.stats()
+        assert delta(st, before, "challenge_acks") == 1, where
+        assert delta(st, before, "rst_tx") == 0, where
+        rig.advance(1000)  # out of the challenge-ACK rate limit's second
+    c.echo(b"after\n")
+    assert rig.stats()["state_established"] == 1
+    assert rig.app.report.resets == 0
+
+
+def test_bad_tcp_checksum_is_dropped_and_counted(rig: Rig) -> None:
+    c = established(rig)
+    before = rig.stats()
+    c.send(ACK | PSH, b"CORRUPTED\n", bad_checksum=True)
+    rig.advance(300)
+    c.expect_none()
+    assert delta(rig.stats(), before, "drop_tcp_checksum") == 1
+    c.echo(b"good!\n")  # the same sequence numbers, now intact
+    assert rig.app.report.bytes_in == len(b"before\n") + len(b"good!\n")
+
+
+def test_paws_drops_an_old_timestamp(rig: Rig) -> None:
+    """RFC 7323 5.3: a segment whose TSval is older than TS.Recent is not acceptable: it is
+    ACKed, dropped, and its data never reaches the application."""
+    c = rig.conn(ECHO, timestamps=True)
+    syn_ack = c.handshake()
+    assert syn_ack.ts is not None, "the stack did not negotiate timestamps"
+    newer = c.tsval()
+    c.send_data(b"first\n", tsval=newer)
+    assert c.read(6) == b"first\n"
+    before = rig.stats()
+    c.send(ACK | PSH, b"STALE\n", tsval=newer - 100_000)
+    seg = c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt, payload=b"")
+    assert c.is_challenge_ack(seg)
+    c.expect_none()
+    assert delta(rig.stats(), before, "drop_tcp_paws") == 1
+    c.send_data(b"fresh\n")  # the same sequence numbers, a current TSval
+    assert c.read(6) == b"fresh\n"
+    assert rig.app.report.bytes_in == len(b"first\nfresh\n")
+
+
+def test_challenge_acks_are_rate_limited(rig: Rig) -> None:
+    """RFC 5961 7: a burst of in-window RSTs gets exactly the per-second limit of challenge
+    ACKs; the rest are counted as suppressed, and the next second has a fresh allowance."""
+    limit = CHALLENGE_ACK_LIMIT
+    burst = 10 * limit
+    c = established(rig)
+    rig.advance(1000)  # a fresh rate-limit second (the handshake's ACKs are in the last one)
+    before = rig.stats()
+    for i in range(burst):
+        rig.link.inject(1, c.frame(RST, seq=c.snd_nxt + 1 + i, ts=False), rig.now_ns)
+    rig.settle()
+    acks = [s for s in c.pending() if c.is_challenge_ack(s)]
+    st = rig.stats()
+    assert len(acks) == limit
+    assert delta(st, before, "challenge_acks") == limit
+    assert delta(st, before, "challenge_acks_suppressed") == burst - limit
+    assert delta(st, before, "rst_rx") == 0
+    rig.advance(999)
+    c.send(RST, seq=c.snd_nxt + 1)  # still the same second: suppressed
+    c.expect_none()
+    rig.advance(1)
+    c.send(RST, seq=c.snd_nxt + 1)  # a new second
+    assert c.is_challenge_ack(c.expect(flags=ACK))
+    c.echo(b"after\n")  # data is not rate limited: the connection lives
+    assert rig.app.report.resets == 0
+
+
+def test_rst_in_time_wait_is_ignored(rig: Rig) -> None:
+    """RFC 1337: a RST for a connection in TIME_WAIT is ignored (TIME_WAIT assassination);
+    TIME_WAIT still answers a retransmitted FIN afterwards, and ends after its time."""
+    c = rig.conn(ONCE)
+    c.handshake()
+    c.send_data(b"bye\n")
+    assert c.read(4) == b"bye\n"
+    if not c.fin_received:  # the stack closes first; its FIN may ride on the data
+        c.take(c.wait_for(lambda s: s.has(FIN)))
+    assert c.fin_received
+    c.send_fin()
+    last = c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt)
+    entered_ms = last.at_ms
+    st = rig.stats()
+    assert st["state_time_wait"] == 1
+    before = st
+    c.send(RST, seq=c.snd_nxt)  # exactly RCV.NXT: would kill any other state
+    c.send(RST | ACK, seq=c.snd_nxt)
+    c.expect_none()
+    st = rig.stats()
+    assert delta(st, before, "drop_tcp_rst_time_wait") == 2
+    assert st["state_time_wait"] == 1 and st["flows"] == 1
+    assert delta(st, before, "rst_rx") == 0
+    # still there: a retransmitted FIN is ACKed again
+    c.send(FIN | ACK, seq=c.snd_nxt - 1)
+    c.expect(flags=ACK, ack=c.snd_nxt)
+    # TIME_WAIT ends TIME_WAIT_MS after it began (the FIN restarted it: RFC 9293 3.10.7.4)
+    rig.advance(TIME_WAIT_MS - 1 - (rig.now_ms - entered_ms))
+    assert rig.stats()["state_time_wait"] == 1
+    rig.advance(TIME_WAIT_MS)
+    assert pools_back(rig.stats())
+
+
+def test_timestamps_increase_across_connections_between_two_hosts(rig: Rig) -> None:
+    """RFC 7323 5.4 (and Linux's secure_tcp_ts_off): the TSval clock's offset depends on the
+    two addresses, not the ports, so successive connections from one host see increasing
+    timestamps (RFC 6191 reuse of a TIME-WAIT 4-tuple depends on it); the clock is 1 ms."""
+    tsvals = []
+    for _ in range(16):
+        c = rig.conn(ECHO)
+        syn_ack = c.handshake()
+        assert syn_ack.ts is not None
+        tsvals.append(syn_ack.ts[0])
+        c.send(RST | ACK)
+        rig.advance(7)
+    steps = [(b - a) & 0xFFFFFFFF for a, b in zip(tsvals, tsvals[1:], strict=False)]
+    assert steps == [7] * 15, (tsvals, steps)
+
+
+def test_time_wait_gives_its_tcb_to_a_new_connection_when_the_pool_is_empty() -> None:
+    """A server that closes first keeps a TIME-WAIT per connection. With 32 TCBs and a 60 s
+    TIME-WAIT, 120 sequential connections still all succeed: when the pool is empty, the
+    oldest TIME-WAIT connection gives its TCB back (as Linux does past tcp_max_tw_buckets)."""
+    with Rig(max_conns=32, time_wait_ms=60_000) as rig:
+        rig.app.serve(ONCE, "once")
+        for i in range(120):
+            c = rig.conn(ONCE)
+            c.handshake()
+            line = b"x%d\n" % i
+            c.send_data(line)
+            assert c.read(len(line)) == line
+            if not c.fin_received:  # the FIN may ride on the data
+                c.take(c.wait_for(lambda s: s.has(FIN)))
+            c.send_fin()
+            c.expect(flags=ACK, ack=c.snd_nxt)
+            rig.advance(1)
+        st = rig.stats()
+        assert st["state_time_wait"] == 32
+        assert st["time_wait_reclaimed"] == 120 - 32
+        assert st["drop_tcp_no_memory"] == 0
+        assert rig.app.report.accepted == 120
+
+
+# ---------------------------------------------------------------- SYN cookies
+
+
+def fill_syn_backlog(rig: Rig, seed: int = 1337) -> dict[str, int]:
+    """Spoofed SYNs (off-link sources, through the gateway) until the listener's half-open
+    backlog is full; returns the counters then."""
+    rnd = random.Random(seed)
+    for _ in range(SYN_BACKLOG + 50):
+        src = RAW_NET + str(rnd.randrange(1, 255))
+        frame = rig.tcp(src, rnd.randrange(1024, 65536), ECHO, rnd.getrandbits(32), 0, SYN,
+                        mss=1460, ip_id=rnd.getrandbits(16))  # fmt: skip
+        rig.link.inject(1, frame, rig.now_ns)
+    rig.settle()
+    rig.inbox.clear()  # the SYN-ACKs to the spoofed sources
+    st = rig.stats()
+    assert st["state_syn_received"] == SYN_BACKLOG
+    assert st["syn_cookies_sent"] >= 1
+    return st
+
+
+def test_syn_cookie_handshake_carries_data_at_once(rig: Rig) -> None:
+    """With the backlog full, a SYN gets a cookie SYN-ACK (no state kept); the ACK that
+    returns the cookie opens the connection, and the data right behind it is taken at once."""
+    before = fill_syn_backlog(rig)
+    c = rig.conn(ECHO, src=RAW_NET + "77")
+    synack = c.handshake()
+    assert synack.mss is not None, f"the cookie SYN-ACK carries no MSS: {synack}"
+    t0 = rig.now_ns
+    c.echo(b"through a cookie\n")
+    assert rig.now_ns == t0  # answered in the same instant: nothing waited for a timer
+    st = rig.stats()
+    assert delta(st, before, "syn_cookies_sent") == 1
+    assert delta(st, before, "syn_cookies_ok") == 1
+    assert delta(st, before, "syn_cookies_bad") == 0
+    assert delta(st, before, "retransmits") == 0
+    c.echo(b"and more\n")
+    assert rig.app.report.accepted == 1 and rig.app.report.resets == 0
+
+
+def test_bad_syn_cookie_is_refused(rig: Rig) -> None:
+    """An ACK to the listener whose acknowledgment is not a valid cookie opens nothing: it is
+    counted and answered with <SEQ=SEG.ACK><CTL=RST> (RFC 9293 3.10.7.2)."""
+    before = fill_syn_backlog(rig)
+    c = rig.conn(ECHO, src=RAW_NET + "77")
+    c.syn()
+    synack = c.expect(flags=SYN | ACK, ack=c.iss + 1)
+    forged = (synack.seq + 1 + 0x10000) & 0xFFFFFFFF
+    c.send(ACK | PSH, b"forged\n", seq=c.iss + 1, ack=forged, ts=False)
+    c.expect(flags=RST, seq=forged)
+    st = rig.stats()
+    assert delta(st, before, "syn_cookies_bad") == 1
+    assert delta(st, before, "syn_cookies_ok") == 0
+    assert delta(st, before, "conn_passive_opens") == 0
+    assert rig.app.report.accepted == 0
+
+
+def test_a_cookie_expires_after_two_ticks(rig: Rig) -> None:
+    """A cookie is valid in its 64 s tick and the next one, not later: the same ACK that
+    would have opened the connection is refused once the clock has moved on."""
+    fill_syn_backlog(rig)
+    c = rig.conn(ECHO, src=RAW_NET + "78")
+    c.syn()
+    synack = c.expect(flags=SYN | ACK, ack=c.iss + 1)
+    late = c.frame(ACK, seq=c.iss + 1, ack=synack.seq + 1, ts=False)
+    rig.advance(2 * 64_000)
+    before = rig.stats()
+    rig.inject(late)
+    c.expect(flags=RST, seq=synack.seq + 1)
+    assert delta(rig.stats(), before, "syn_cookies_bad") == 1
+
+
+# ---------------------------------------------------------------- retransmission timers
+
+
+def stack_client(rig: Rig, **sockopts: int) -> tuple[m.Socket, PeerConn]:
+    """The stack opens a connection to the peer (the peer listens on 80)."""
+    s = rig.ctx.socket()
+    for name, value in sockopts.items():
+        level = m.SOL_SOCKET if name.startswith("SO_") else m.IPPROTO_TCP
+        s.setsockopt(level, getattr(m, name), value)
+    assert s.connect_ex((rig.peer_ip, 80)) == errno.EINPROGRESS
+    delay_ms = rig.link.faults.delay_us / 1000
+    for _ in range(100):  # ARP there and back, the SYN there
+        if rig.inbox:
+            break
+        rig.advance(1)
+    syn = rig.inbox.pop()
+    assert syn.has(SYN) and not syn.has(ACK), syn
+    c = PeerConn(rig, rig.peer_ip, 80, syn.sport, iss=5000)  # the peer's port, then the stack's
+    c.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
+    c.ts_recent = syn.ts[0] if syn.ts else 0
+    c.timestamps = syn.ts is not None
+    c.send(SYN | ACK, seq=c.iss, mss=1460, sack_ok=True, wscale=7)
+    c.snd_nxt = (c.iss + 1) & 0xFFFFFFFF
+    rig.advance(2 * delay_ms)  # the SYN-ACK there, the ACK back
+    c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt)
+    return s, c
+
+
+def test_retransmission_timeouts_back_off_exponentially_and_the_connection_gives_up() -> None:
+    """RFC 6298 5.5: each timeout doubles the RTO (200 ms, 400, 800 ...); after
+    TCP_MAX_RETRIES retransmissions the connection is aborted (ETIMEDOUT, RFC 9293 3.8.3).
+    The whole ~102 s runs on the stepped clock, every retransmission at its exact time."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        before = rig.stats()
+        assert s.send(b"x" * 100) == 100
+        first = c.expect(flags=ACK, seq=c.rcv_nxt, payload=b"x" * 100)
+        sent_ms = first.at_ms
+        # the peer never answers: the same segment again after 200, 400, 800 ... ms
+        rto = TCP_RTO_MIN_MS
+        times = []
+        for _ in range(TCP_MAX_RETRIES):
+            rig.advance(rto - 1)
+            c.expect_none()
+            rig.advance(1)
+            seg = c.expect(seq=first.seq, payload=first.payload)
+            times.append(seg.at_ms - sent_ms)
+            rto *= 2
+        assert times == [200 * (2 ** (k + 1) - 1) for k in range(TCP_MAX_RETRIES)], times
+        assert s.tcp_info()["state"] == "ESTABLISHED"  # not given up yet
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0
+        # the expiry after the last retry gives up
+        rig.advance(rto - 1)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0
+        rig.advance(1)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
+        with pytest.raises(TimeoutError):
+            s.recv(10)
+        st = rig.stats()
+        assert delta(st, before, "rto_timeouts") == TCP_MAX_RETRIES
+        assert delta(st, before, "retransmits") == TCP_MAX_RETRIES
+        assert delta(st, before, "conn_timeouts") == 1
+        assert rig.now_ms - sent_ms == 200 * (2 ** (TCP_MAX_RETRIES + 1) - 1)
+        s.close()
+        rig.settle()
+        assert pools_back(rig.stats())
+
+
+def test_a_retransmission_is_acked_and_the_backoff_ends() -> None:
+    """Karn's rule aside, an ACK of new data resets the backoff: the next loss waits one
+    RTO again, not the backed-off one (RFC 6298 5.7)."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        s.send(b"a" * 10)
+        first = c.expect(payload=b"a" * 10)
+        rig.advance(200)
+        c.expect(seq=first.seq)
+        rig.advance(400)
+        seg = c.expect(seq=first.seq)
+        c.take(seg)  # ACKed now
+        assert s.tcp_info()["rto_backoff"] == 0
+        s.send(b"b" * 10)
+        nxt = c.expect(payload=b"b" * 10)
+        rig.advance(s.tcp_info()["rto_ms"])
+        again = c.expect(seq=nxt.seq, payload=b"b" * 10)
+        assert again.at_ms - nxt.at_ms <= 400  # one RTO, not the 800 ms of the backoff
+
+
+# ---------------------------------------------------------------- keepalive and idle
+
+
+def test_keepalive_probes_an_idle_peer_and_gives_up_when_it_vanishes() -> None:
+    """SO_KEEPALIVE with TCP_KEEPIDLE 1 s, TCP_KEEPINTVL 1 s, TCP_KEEPCNT 3: the first probe
+    after 1 s of silence (<SEQ=SND.UNA-1><ACK=RCV.NXT>, RFC 1122 4.2.3.6), answered ones keep
+    the connection, and 3 unanswered ones reset it (ETIMEDOUT) after 1 + 3 s."""
+    with Rig() as rig:
+        s, c = stack_client(rig, SO_KEEPALIVE=1, TCP_KEEPIDLE=1, TCP_KEEPINTVL=1, TCP_KEEPCNT=3)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_KEEPALIVE) == 1
+        assert s.getsockopt(m.IPPROTO_TCP, m.TCP_KEEPIDLE) == 1
+        t0 = rig.now_ms
+        before = rig.stats()
+        for k in range(2):  # idle, the peer answers: probes go out, the connection stays up
+            rig.advance(999)
+            c.expect_none()
+            rig.advance(1)
+            probe = c.expect(flags=ACK, seq=c.rcv_nxt - 1, ack=c.snd_nxt, payload=b"")
+            assert probe.at_ms == t0 + 1000 * (k + 1)
+            c.send(ACK)  # the answer
+        assert delta(rig.stats(), before, "keepalive_probes") == 2
+        assert s.tcp_info()["state"] == "ESTABLISHED"
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0
+        with pytest.raises(BlockingIOError):
+            s.recv(10)  # probes carry nothing the application sees
+        # the peer vanishes: 3 probes 1 s apart, then the reset 1 s after the last
+        t1 = rig.now_ms
+        for k in range(3):
+            rig.advance(1000)
+            c.expect(flags=ACK, seq=c.rcv_nxt - 1, at_ms=t1 + 1000 * (k + 1))
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0
+        rig.advance(1000)
+        c.expect(flags=RST | ACK, at_ms=t1 + 4000)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
+        with pytest.raises(TimeoutError):
+            s.recv(10)
+        st = rig.stats()
+        assert delta(st, before, "keepalive_probes") == 5
+        assert delta(st, before, "conn_timeouts") == 1
+
+
+def test_idle_timeout_resets_idle_connections_only() -> None:
+    """idle_timeout_ms: a connection with no segment in either direction for that long is
+    reset (the app sees an error); one with traffic every 100 ms is not."""
+    with Rig(idle_timeout_ms=500) as rig:
+        rig.app.serve(SINK, "sink")
+        idle = rig.conn(SINK)
+        idle.handshake()
+        busy = rig.conn(SINK)
+        busy.handshake()
+        t0 = rig.now_ms
+        for k in range(16):  # 1.6 s of traffic on busy, none on idle
+            rig.advance(100)
+            busy.send_data(b"k")
+            busy.expect(flags=ACK, ack=busy.snd_nxt)
+            if k == 4:  # 500 ms in: idle's timer fired exactly at its timeout
+                rst = idle.expect(flags=RST | ACK, seq=idle.rcv_nxt)
+                assert rst.at_ms == t0 + 500
+        idle.expect_none()
+        st = rig.stats()
+        assert st["idle_timeouts"] == 1
+        assert st["state_established"] == 1
+        idle_sock, busy_sock = rig.app.accepted
+        assert bytes(rig.app.received[busy_sock.fd]) == b"k" * 16
+        assert busy_sock.tcp_info()["state"] == "ESTABLISHED"
+
+
+# ---------------------------------------------------------------- delayed ACKs and Nagle
+
+
+def test_delayed_acks_ride_on_responses_or_come_after_40_ms() -> None:
+    """RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: past the quick ACKs a connection starts with,
+    a request's ACK rides on the response; data with nothing to answer is ACKed
+    DELACK_MS later; without delayed ACKs every segment is ACKed at once."""
+    for delayed in (True, False):
+        with Rig(delayed_ack=delayed) as rig:
+            rig.app.serve(ECHO, "echo")
+            rig.app.serve(SINK, "sink")
+            c = rig.conn(ECHO)
+            c.handshake()
+            pure_acks = 0
+            for i in range(40):  # more than the 16 quick ACKs
+                req = b"q%02d\n" % i
+                c.send_data(req)
+                segs = c.pending()
+                data = [s for s in segs if s.payload]
+                assert [s.payload for s in data] == [req], segs
+                assert all(s.ack == c.snd_nxt for s in segs)
+                pure_acks += len(segs) - len(data)
+                c.take(data[0])
+            if delayed:
+                assert pure_acks <= 16, pure_acks  # the quick ACKs at the start only
+            else:
+                assert pure_acks == 40, pure_acks
+            sink = rig.conn(SINK)
+            sink.handshake()
+            for _ in range(20):
+                sink.send_data(b"d" * 10)
+                rig.advance(100)
+                sink.pending()
+            sink.send_data(b"last")
+            t = rig.now_ms
+            if delayed:
+                sink.expect_none()
+                rig.advance(DELACK_MS - 1)
+                sink.expect_none()
+                rig.advance(1)
+                sink.expect(flags=ACK, ack=sink.snd_nxt, at_ms=t + DELACK_MS)
+            else:
+                sink.expect(flags=ACK, ack=sink.snd_nxt, at_ms=t)
+            assert (rig.stats()["delayed_acks"] > 0) == delayed
+
+
+def nagle_segments(nodelay: bool, count: int = 200) -> tuple[int, bytes]:
+    """``count`` one-byte sends 1 ms apart over a 5 ms link, the peer ACKing what it gets;
+    returns (data segments the stack sent, bytes the peer got)."""
+    with Rig(faults=m.Faults(delay_us=5000)) as rig:
+        s, c = stack_client(rig, TCP_NODELAY=1 if nodelay else 0)
+        assert s.getsockopt(m.IPPROTO_TCP, m.TCP_NODELAY) == (1 if nodelay else 0)
+        segs = 0
+        for i in range(count):
+            assert s.send(bytes([i])) == 1
+            rig.advance(1)
+            for seg in c.pending():
+                segs += bool(seg.payload)
+                c.take(seg)
+        for _ in range(10):  # the tail, and the last ACKs across the link
+            rig.advance(10)
+            for seg in c.pending():
+                segs += bool(seg.payload)
+                c.take(seg)
+        assert s.tcp_info()["snd_una"] == s.tcp_info()["snd_nxt"]
+        return segs, bytes(c.received)
+
+
+def test_nagle_coalesces_small_writes_and_nodelay_does_not() -> None:
+    count = 200
+    nagle_segs, nagle_data = nagle_segments(nodelay=False, count=count)
+    fast_segs, fast_data = nagle_segments(nodelay=True, count=count)
+    assert nagle_data == fast_data == bytes(range(count))
+    assert fast_segs == count, fast_segs
+    # one small segment in flight per round trip (10 ms): about count / 10 of them
+    assert nagle_segs <= count // 8, nagle_segs
+
+
+def test_nagle_sends_a_full_segment_and_its_tail_without_waiting_for_an_ack() -> None:
+    """Minshall's Nagle (as Linux): only an unacknowledged small segment holds the next
+    small one. A response of one full segment plus a tail goes out at once; a plain Nagle
+    would hold the tail until the first segment's ACK."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        full = s.tcp_info()["mss"] - (12 if c.timestamps else 0)  # a full segment's payload
+        response = bytes(random.Random(2).getrandbits(8) for _ in range(2000))
+        assert s.send(response) == len(response)
+        rig.settle()
+        segs = c.pending()  # no ACK from the peer
+        assert [len(x.payload) for x in segs] == [full, len(response) - full], segs
+        assert segs[0].at_ns == segs[1].at_ns
+        assert b"".join(x.payload for x in segs) == response
