@@ -38,19 +38,7 @@ class Family:
     values: tuple[str, ...] = ()
 
 
-_STATES = (
-    "closed",
-    "listen",
-    "syn_sent",
-    "syn_received",
-    "established",
-    "fin_wait_1",
-    "fin_wait_2",
-    "close_wait",
-    "closing",
-    "last_ack",
-    "time_wait",
-)
+_STATES = tuple(s.lower() for s in mtcp_core.TCP_STATES)
 _DROPS = tuple(n for n in mtcp_core.stat_names() if n.startswith("drop_"))
 
 STACK_FAMILIES: tuple[Family, ...] = (

@@ -16,19 +16,13 @@ from typing import Any
 
 import jinja2
 
+import mtcp_core
 from appliance.metrics.source import ApplianceView, CoreView, MetricsSource
 
-# TCB states (mtcp_core counts connections, not listening sockets, so LISTEN is left out)
-STATES: tuple[str, ...] = (
-    "syn_sent",
-    "syn_received",
-    "established",
-    "fin_wait_1",
-    "fin_wait_2",
-    "close_wait",
-    "closing",
-    "last_ack",
-    "time_wait",
+# TCB states (a closed connection has no TCB and a listening socket none either: both are
+# left out), in the core's order
+STATES: tuple[str, ...] = tuple(
+    s.lower() for s in mtcp_core.TCP_STATES if s not in ("CLOSED", "LISTEN")
 )
 # name in the status data -> what it counts
 RATES: tuple[str, ...] = (

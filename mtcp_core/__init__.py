@@ -71,19 +71,6 @@ TCP_KEEPIDLE: int = lib.MTCP_TCP_KEEPIDLE
 TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
 TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
 
-TCP_STATES = (
-    "CLOSED",
-    "LISTEN",
-    "SYN_SENT",
-    "SYN_RECEIVED",
-    "ESTABLISHED",
-    "FIN_WAIT_1",
-    "FIN_WAIT_2",
-    "CLOSE_WAIT",
-    "CLOSING",
-    "LAST_ACK",
-    "TIME_WAIT",
-)
 
 _AF_INET = 2
 _SOCK_STREAM = 1
@@ -108,6 +95,20 @@ def _int_to_ip(value: int) -> str:
 def stat_names() -> list[str]:
     """Names of the per-core counters, in the stats block's order."""
     return [ffi.string(lib.mtcp_stats_name(i)).decode() for i in range(lib.mtcp_stats_count())]
+
+
+def _tcp_states() -> tuple[str, ...]:
+    """RFC 9293 state names indexed by state number (``MTCP_TCP_*``), from the core: the
+    stats block counts connections by state in that order (``state_closed`` ...)."""
+    names = stat_names()
+    states = tuple(n.removeprefix("state_").upper() for n in names if n.startswith("state_"))
+    for number, name in enumerate(states):
+        if getattr(lib, f"MTCP_TCP_{name}", None) != number:
+            raise ImportError(f"mtcp_core: stats state {name} is not MTCP_TCP_ {number}")
+    return states
+
+
+TCP_STATES: tuple[str, ...] = _tcp_states()
 
 
 def stat_is_gauge(name: str) -> bool:

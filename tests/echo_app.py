@@ -735,12 +735,3 @@ def wait_stats(
                 f"{interesting}"
             )
         time.sleep(0.01)
-
-
-def pools_back(st: dict[str, int]) -> bool:
-    return (
-        st["pool_tcb_free"] == st["pool_tcb_total"]
-        and st["pool_sndbuf_free"] == st["pool_sndbuf_total"]
-        and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
-        and st["flows"] == 0
-    )

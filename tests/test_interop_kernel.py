@@ -29,9 +29,10 @@ from typing import Any
 import echo_app
 import netns
 import pytest
-from echo_app import pools_back, wait_stats
+from echo_app import wait_stats
 
 import mtcp_core
+from mtcp_core.testing import pools_back
 
 pytestmark = pytest.mark.requires_root
 

@@ -120,3 +120,20 @@ def test_idle_context_uses_no_cpu() -> None:
     assert cpu < 0.05 * wall, f"idle mTCP thread used {cpu:.3f}s of CPU in {wall:.2f}s"
     # it sleeps until the next timer (at most 1 s): a handful of rounds, not a spin
     assert rounds < 50, f"{rounds} rounds in {wall:.2f}s while idle"
+
+
+def test_tcp_states_come_from_the_core() -> None:
+    """mtcp_core.TCP_STATES is derived from the stats block's state_* counters, whose order
+    is the core's state numbering (MTCP_TCP_*, what tcp_info reports); the metrics' lists
+    are derived from it, not copied."""
+    from appliance.metrics import collector, status
+    from mtcp_core._native import lib
+
+    assert mtcp_core.TCP_STATES[:5] == ("CLOSED", "LISTEN", "SYN_SENT", "SYN_RECEIVED",
+                                        "ESTABLISHED")  # fmt: skip
+    assert len(mtcp_core.TCP_STATES) == 11
+    for number, name in enumerate(mtcp_core.TCP_STATES):
+        assert getattr(lib, f"MTCP_TCP_{name}") == number
+    assert collector._STATES == tuple(s.lower() for s in mtcp_core.TCP_STATES)
+    assert "closed" not in status.STATES and "listen" not in status.STATES
+    assert len(status.STATES) == 9

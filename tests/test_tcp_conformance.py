@@ -31,10 +31,10 @@ from typing import Any
 import echo_app
 import netns
 import pytest
-from echo_app import pools_back, wait_stats
+from echo_app import wait_stats
 
 import mtcp_core
-from mtcp_core.testing import SYN, tcp_frame
+from mtcp_core.testing import SYN, pools_back, tcp_frame
 
 pytestmark = pytest.mark.requires_root
 

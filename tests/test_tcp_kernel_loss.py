@@ -39,9 +39,10 @@ from typing import Any
 
 import netns
 import pytest
-from echo_app import pools_back, wait_stats
+from echo_app import wait_stats
 
 import mtcp_core
+from mtcp_core.testing import pools_back
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 

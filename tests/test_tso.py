@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import netns
 import pytest
-from echo_app import pools_back, wait_stats
+from echo_app import wait_stats
 from test_interop_kernel import make_afpacket_rig
 from test_tcp_kernel_loss import (
     LossRig,
@@ -32,6 +32,8 @@ from test_tcp_kernel_loss import (
     nft_missing,
     send_to_kernel,
 )
+
+from mtcp_core.testing import pools_back
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 
