@@ -52,6 +52,34 @@ def established(rig: Rig, dport: int = ECHO, **kw: object) -> PeerConn:
     return c
 
 
+# ---------------------------------------------------------------- the rig itself
+
+
+def script_trace() -> list[tuple[object, ...]]:
+    """A script with a passive and an active connection, data, timers and closes; every
+    segment the stack sent, with its time."""
+    with Rig(time_wait_ms=500) as rig:
+        rig.app.serve(ECHO, "echo")
+        c = rig.conn(ECHO)
+        c.handshake()
+        c.echo(b"deterministic\n")
+        s, peer = stack_client(rig)
+        s.send(b"x" * 3000)
+        rig.advance(700)  # retransmissions of the unacknowledged data
+        c.send_fin()
+        rig.advance(1000)
+        return [(x.sport, x.dport, x.seq, x.ack, x.flags, x.window, x.ts, x.payload, x.at_ns)
+                for x in rig.inbox + c.pending() + peer.pending()]  # fmt: skip
+
+
+def test_a_script_repeats_to_the_bit() -> None:
+    """The stack reads no clock but the script's and no randomness but secret_seed: the
+    same script gives the same segments, ISNs and timestamps included, at the same times."""
+    first, second = script_trace(), script_trace()
+    assert len(first) > 10
+    assert first == second
+
+
 # ---------------------------------------------------------------- RST and closed ports
 
 
@@ -625,3 +653,328 @@ def test_nagle_sends_a_full_segment_and_its_tail_without_waiting_for_an_ack() ->
         assert [len(x.payload) for x in segs] == [full, len(response) - full], segs
         assert segs[0].at_ns == segs[1].at_ns
         assert b"".join(x.payload for x in segs) == response
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def test_handshake_negotiates_options_only_when_the_syn_offers_them(rig: Rig) -> None:
+    """RFC 9293 3.7.1, RFC 7323 1.3/3.2, RFC 2018: the SYN-ACK carries MSS always, and
+    window scale, timestamps (echoing our TSval) and SACK-permitted only when the SYN did."""
+    c = rig.conn(ECHO)
+    c.syn(wscale=7)
+    full = c.expect(flags=SYN | ACK, ack=c.iss + 1)
+    assert full.mss == 1460 and full.wscale is not None and full.sack_ok
+    assert full.ts is not None and full.ts[1] == c.tsval()  # TSecr = our TSval
+    bare = rig.conn(ECHO, timestamps=False)
+    bare.syn(sack_ok=False)
+    seg = bare.expect(flags=SYN | ACK, ack=bare.iss + 1)
+    assert seg.mss == 1460
+    assert seg.wscale is None and seg.ts is None and not seg.sack_ok, seg
+
+
+def test_the_peers_mss_bounds_the_segments(rig: Rig) -> None:
+    """RFC 9293 3.7.1: segments never exceed the MSS the peer announced (536 here)."""
+    c = rig.conn(ECHO, mss=536, timestamps=False)
+    c.handshake()
+    data = bytes(range(256)) * 5  # 1280 bytes
+    c.send_data(data)
+    segs = c.pending()
+    assert [len(s.payload) for s in segs if s.payload] == [536, 536, 208], segs
+    for s in segs:
+        c.take(s, ack=False)
+    assert bytes(c.received) == data
+
+
+def test_window_scaling_applies_to_the_peers_window(rig: Rig) -> None:
+    """RFC 7323 2.3: after a handshake with wscale 7 on both sides, a window field of 4
+    means 512 bytes: the stack sends exactly that much and waits."""
+    c = rig.conn(SINK)
+    rig.app.serve(SINK, "sink")
+    c.syn(wscale=7)
+    synack = c.expect(flags=SYN | ACK)
+    assert synack.wscale is not None
+    c.rcv_nxt = (synack.seq + 1) & 0xFFFFFFFF
+    c.send(ACK, window=4)  # 4 << 7 = 512 bytes
+    (s,) = rig.app.accepted
+    assert s.tcp_info()["snd_wnd"] == 512
+    assert s.send(b"w" * 2000) == 2000
+    segs = c.pending()
+    assert sum(len(x.payload) for x in segs) == 512, segs
+
+
+def test_simultaneous_open(rig: Rig) -> None:
+    """RFC 9293 3.5 figure 8: the stack's SYN crosses the peer's SYN; it answers with a
+    SYN-ACK (SYN-RECEIVED). The peer's SYN-ACK repeats a SYN already taken, so by the
+    segment-arrival rules (3.10.7.4, first check) it is not acceptable and gets an ACK; the
+    peer's ACK then establishes, with no RST."""
+    s = rig.ctx.socket()
+    assert s.connect_ex((rig.peer_ip, 80)) == errno.EINPROGRESS
+    rig.settle()
+    syn = rig.inbox.pop()
+    assert syn.has(SYN) and not syn.has(ACK)
+    c = PeerConn(rig, rig.peer_ip, 80, syn.sport, iss=7000, timestamps=False)
+    c.send(SYN, seq=c.iss, mss=1460)  # our own SYN, not an answer
+    c.snd_nxt = c.iss + 1
+    synack = c.expect(flags=SYN | ACK, seq=syn.seq, ack=c.iss + 1)
+    assert s.tcp_info()["state"] == "SYN_RECEIVED"
+    c.rcv_nxt = (synack.seq + 1) & 0xFFFFFFFF
+    c.send(SYN | ACK, seq=c.iss, mss=1460)
+    c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt)
+    assert s.tcp_info()["state"] == "SYN_RECEIVED"
+    c.send(ACK)
+    assert s.tcp_info()["state"] == "ESTABLISHED"
+    s.send(b"ok")
+    c.expect(flags=ACK, seq=c.rcv_nxt, payload=b"ok")
+    assert rig.stats()["rst_tx"] == 0
+
+
+def test_active_close_goes_through_fin_wait_and_time_wait() -> None:
+    """RFC 9293 3.6: the stack closes first: FIN-WAIT-1, FIN-WAIT-2 on our ACK, TIME-WAIT on
+    our FIN (ACKed), and the TCB is free exactly time_wait_ms later."""
+    with Rig(time_wait_ms=1000) as rig:
+        s, c = stack_client(rig)
+        s.close()
+        fin = c.expect(flags=FIN | ACK, seq=c.rcv_nxt)
+        st = rig.stats()
+        assert st["state_fin_wait_1"] == 1
+        c.take(fin, ack=False)
+        c.send(ACK)
+        assert rig.stats()["state_fin_wait_2"] == 1
+        c.send_fin()
+        c.expect(flags=ACK, ack=c.snd_nxt)
+        t = rig.now_ms
+        assert rig.stats()["state_time_wait"] == 1
+        rig.advance(999)
+        assert rig.stats()["state_time_wait"] == 1
+        rig.advance(1)
+        assert pools_back(rig.stats()), rig.now_ms - t
+
+
+def test_passive_close_goes_through_close_wait_and_last_ack(rig: Rig) -> None:
+    """RFC 9293 3.6: the peer closes first: the stack ACKs the FIN, the app reads EOF and
+    closes (CLOSE-WAIT), its FIN goes out (LAST-ACK), and our ACK frees the TCB."""
+    c = established(rig)
+    c.send_fin()
+    segs = c.pending()  # the FIN's ACK, and the app's FIN at once (it closes on EOF)
+    assert segs[-1].has(FIN | ACK) and segs[-1].ack == c.snd_nxt, segs
+    for seg in segs:
+        c.take(seg, ack=False)
+    assert rig.stats()["state_last_ack"] == 1
+    c.send(ACK)
+    assert pools_back(rig.stats())
+
+
+def test_simultaneous_close_ends_in_time_wait() -> None:
+    """RFC 9293 3.6 figure 13: both FINs cross: CLOSING, then TIME-WAIT on the ACK."""
+    with Rig(time_wait_ms=500) as rig:
+        s, c = stack_client(rig)
+        s.close()
+        fin = c.expect(flags=FIN | ACK)
+        c.send(FIN | ACK)  # ours, not acknowledging the stack's FIN yet
+        c.snd_nxt = (c.snd_nxt + 1) & 0xFFFFFFFF
+        c.expect(flags=ACK, ack=c.snd_nxt)
+        assert rig.stats()["state_closing"] == 1
+        c.send(ACK, ack=fin.seq_end)
+        assert rig.stats()["state_time_wait"] == 1
+        rig.advance(500)
+        assert pools_back(rig.stats())
+
+
+def test_rst_answering_the_syn_refuses_the_connection() -> None:
+    """RFC 9293 3.10.7.3: a RST acknowledging our SYN in SYN-SENT: connection refused."""
+    with Rig() as rig:
+        s = rig.ctx.socket()
+        ep = rig.ctx.epoll()
+        ep.register(s, m.EPOLLOUT | m.EPOLLIN)
+        assert s.connect_ex((rig.peer_ip, 80)) == errno.EINPROGRESS
+        rig.settle()
+        syn = rig.inbox.pop()
+        c = PeerConn(rig, rig.peer_ip, 80, syn.sport, timestamps=False)
+        c.send(RST | ACK, seq=0, ack=syn.seq + 1)
+        evs = dict(ep.poll(0))
+        assert evs[s] & m.EPOLLERR
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ECONNREFUSED
+        c.expect_none()
+        assert rig.stats()["state_syn_sent"] == 0
+        s.close()
+        rig.settle()
+        assert pools_back(rig.stats())
+
+
+def test_a_syn_retransmits_until_the_connect_fails() -> None:
+    """RFC 6298 5.5 on the SYN: 1 s, then doubling; after TCP_SYN_RETRIES the connect fails
+    with ETIMEDOUT (at the expiry after the last, whose backoff is capped at the 60 s
+    maximum RTO, RFC 6298 2.5) and no RST goes out."""
+    with Rig() as rig:
+        s = rig.ctx.socket()
+        assert s.connect_ex((rig.peer_ip, 80)) == errno.EINPROGRESS
+        rig.settle()
+        syn = rig.inbox.pop()
+        t0 = syn.at_ms
+        times = []
+        while s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0 and rig.now_ms - t0 < 300_000:
+            rig.advance(100)
+            for seg in rig.segments():
+                assert seg.has(SYN) and seg.seq == syn.seq, seg
+                times.append(seg.at_ms - t0)
+        assert times == [1000 * (2 ** (k + 1) - 1) for k in range(6)], times
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
+        assert 123_000 <= rig.now_ms - t0 < 123_100  # 63 s of retries, then 60 s
+        assert rig.stats()["rst_tx"] == 0
+
+
+# ---------------------------------------------------------------- loss and reordering
+
+
+def test_out_of_order_data_is_sacked_and_delivered_in_order(rig: Rig) -> None:
+    """RFC 9293 3.10.7.4, RFC 2018: a segment beyond a hole gets an immediate duplicate ACK
+    with a SACK block; the hole's data then completes both, in order, for the app."""
+    rig.app.serve(SINK, "sink")
+    c = rig.conn(SINK)
+    c.handshake()
+    base = c.snd_nxt
+    c.send(ACK | PSH, b"B" * 100, seq=base + 100)
+    dup = c.expect(flags=ACK, ack=base)
+    assert dup.sack == [((base + 100) & 0xFFFFFFFF, (base + 200) & 0xFFFFFFFF)], dup
+    (s,) = rig.app.accepted
+    assert rig.app.received[s.fd] == b""
+    c.send(ACK | PSH, b"A" * 100, seq=base)
+    c.snd_nxt = (base + 200) & 0xFFFFFFFF
+    c.expect(flags=ACK, ack=c.snd_nxt)
+    assert rig.app.received[s.fd] == b"A" * 100 + b"B" * 100
+
+
+def test_three_duplicate_acks_retransmit_before_the_timer() -> None:
+    """RFC 5681 3.2 / RFC 6675: with the first of several segments lost, duplicate ACKs
+    carrying SACK blocks make the stack resend it at once, long before its RTO."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        full = s.tcp_info()["mss"] - 12
+        data = bytes(random.Random(4).getrandbits(8) for _ in range(6 * full))
+        assert s.send(data) == len(data)
+        segs = [x for x in c.pending() if x.payload]
+        assert len(segs) == 6
+        lost, rest = segs[0], segs[1:]
+        before = rig.stats()
+        t = rig.now_ms
+        for seg in rest[:2]:  # two duplicate ACKs, SACKing what came: not yet
+            c.send(ACK, ack=lost.seq, sack=[(rest[0].seq, seg.seq_end)])
+            c.expect_none()
+        c.send(ACK, ack=lost.seq, sack=[(rest[0].seq, rest[2].seq_end)])  # the third
+        again = c.expect(seq=lost.seq, payload=lost.payload)
+        assert again.at_ms == t  # no timer: the duplicate ACKs triggered it
+        st = rig.stats()
+        assert delta(st, before, "retransmits") == 1
+        assert delta(st, before, "rto_timeouts") == 0
+        c.send(ACK, ack=rest[-1].seq_end)
+        assert s.tcp_info()["snd_una"] == s.tcp_info()["snd_nxt"]
+
+
+def test_a_zero_window_is_probed_with_backoff_and_reopens() -> None:
+    """RFC 9293 3.8.6.1: a peer that closes its window gets probes at backed-off intervals
+    (the RTO, doubling); when it opens again, the data flows."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        c.send(ACK, window=0)
+        assert s.send(b"z" * 1000) == 1000
+        c.expect_none()  # nothing goes into a closed window
+        rto = s.tcp_info()["rto_ms"]
+        t0 = rig.now_ms
+        times = []
+        for _ in range(4):
+            rig.advance(rto * 2 ** len(times))
+            probe = c.expect(flags=ACK)
+            assert len(probe.payload) <= 1, probe
+            times.append(probe.at_ms - t0)
+            c.send(ACK, window=0)  # still closed
+        assert times == [rto * (2 ** (k + 1) - 1) for k in range(4)], times
+        assert rig.stats()["zero_window_probes"] == 4
+        c.send(ACK, window=65535)
+        for seg in sorted(c.pending(), key=lambda x: x.seq):
+            c.take(seg, ack=False)
+        assert bytes(c.received) == b"z" * 1000
+        assert s.tcp_info()["state"] == "ESTABLISHED"
+
+
+# ---------------------------------------------------------------- buffer sizes
+
+
+def test_so_rcvbuf_set_before_connect_bounds_the_window_and_the_buffer() -> None:
+    small = 8192
+    with Rig() as rig:
+        s = rig.ctx.socket()
+        s.setsockopt(m.SOL_SOCKET, m.SO_RCVBUF, small)
+        with pytest.raises(OSError) as e:
+            s.setsockopt(m.SOL_SOCKET, m.SO_RCVBUF, 100)
+        assert e.value.errno == errno.EINVAL
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_RCVBUF) == small
+        s2, c = stack_client(rig)  # a default one for comparison
+        assert s2.tcp_info()["rcv_wnd"] > small
+        s2.abort()
+        rig.settle()
+        assert s.connect_ex((rig.peer_ip, 81)) == errno.EINPROGRESS
+        rig.settle()
+        syn = rig.inbox.pop()
+        assert syn.window <= small
+        c = PeerConn(rig, rig.peer_ip, 81, syn.sport, iss=9000, timestamps=False)
+        c.rcv_nxt = syn.seq + 1
+        c.send(SYN | ACK, seq=c.iss, mss=1460)
+        c.snd_nxt = c.iss + 1
+        c.pending()
+        sent = 0
+        for _ in range(20):  # the app does not read: the window closes at small bytes
+            c.send_data(b"r" * 1000)
+            ack = c.pending()[-1]
+            sent = (ack.ack - c.iss - 1) & 0xFFFFFFFF
+            c.snd_nxt = ack.ack
+            if ack.window == 0:
+                break
+        assert ack.window == 0
+        assert sent == small, sent
+        assert s.tcp_info()["rcvbuf_used"] == small
+
+
+def test_so_sndbuf_set_before_connect_bounds_what_the_app_can_queue() -> None:
+    small = 8192
+    with Rig() as rig:
+        s, c = stack_client(rig, SO_SNDBUF=small)
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_SNDBUF) == small
+        with pytest.raises(OSError) as e:
+            s.setsockopt(m.SOL_SOCKET, m.SO_SNDBUF, 100)
+        assert e.value.errno == errno.EINVAL
+        taken = 0
+        for _ in range(10):  # the peer ACKs nothing: only the send buffer holds data
+            try:
+                taken += s.send(b"z" * 4096)
+            except BlockingIOError:
+                break
+            rig.settle()
+        assert taken == small, taken
+        assert s.tcp_info()["sndbuf_used"] == small
+
+
+def test_accepted_connections_inherit_the_listeners_buffer_sizes() -> None:
+    small = 8192
+    with Rig() as rig:
+        ls = rig.ctx.socket()
+        ls.bind(("0.0.0.0", 80))
+        ls.setsockopt(m.SOL_SOCKET, m.SO_RCVBUF, small)  # before listen(), as on Linux
+        ls.listen(16)
+        c = rig.conn(80, timestamps=False)
+        c.syn()
+        synack = c.expect(flags=SYN | ACK)
+        assert synack.window <= small
+        c.rcv_nxt = synack.seq + 1
+        c.send(ACK)
+        s, _ = ls.accept()
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_RCVBUF) == small
+        assert s.tcp_info()["rcv_wnd"] <= small
+        for _ in range(20):  # nobody reads: the window closes at small bytes
+            c.send_data(b"i" * 1000)
+            last = c.pending()[-1]
+            c.snd_nxt = last.ack
+            if last.window == 0:
+                break
+        assert last.window == 0
+        assert s.tcp_info()["rcvbuf_used"] == small
