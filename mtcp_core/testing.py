@@ -50,11 +50,9 @@ __all__ = [
     "tcp_frame",
 ]
 
-FIN: int = lib.WIRE_TCP_FIN
-SYN: int = lib.WIRE_TCP_SYN
-RST: int = lib.WIRE_TCP_RST
-PSH: int = lib.WIRE_TCP_PSH
-ACK: int = lib.WIRE_TCP_ACK
+# TCP flags, from the wire code
+FIN, SYN, RST, PSH, ACK = (lib.WIRE_TCP_FIN, lib.WIRE_TCP_SYN, lib.WIRE_TCP_RST,
+                           lib.WIRE_TCP_PSH, lib.WIRE_TCP_ACK)  # fmt: skip
 _CONTROL = FIN | SYN | RST | ACK  # what ``expect(flags=...)`` compares (PSH is the sender's)
 _FLAG_LETTERS = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"), (ACK, "A"))
 _MAX_FRAME = 2048

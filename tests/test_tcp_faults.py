@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pairnet import settled, wait_event, wait_for
 
 import mtcp_core as m
 
@@ -88,37 +89,6 @@ def net() -> Iterator[Net]:
     n = make_net()
     yield n
     n.close()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def settled(
-    ctx: m.Context, cond: Callable[[dict[str, int]], bool], what: str, timeout: float = DEADLINE_S
-) -> dict[str, int]:
-    """Counters are published once per round of the mTCP thread: wait until they show it."""
-    box: list[dict[str, int]] = []
-
-    def check() -> bool:
-        box[:] = [ctx.stats()]
-        return cond(box[0])
-
-    wait_for(check, what, timeout)
-    return box[0]
-
-
-def wait_event(ep: m.Epoll, sock: m.Socket, mask: int, timeout: float = DEADLINE_S) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for s, ev in ep.poll(0.1):
-            if s is sock and ev & mask:
-                return ev
-    raise AssertionError(f"no event {mask:#x} on {sock}")
 
 
 def connect(ctx: m.Context, ep: m.Epoll, timeout: float = DEADLINE_S) -> m.Socket:

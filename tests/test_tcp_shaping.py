@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pairnet import CLIENT, SERVER, Peer, close_net, connect, make_net, transfer
 from pcapfile import tcp_frames
-from test_tcp_pair import CLIENT, SERVER, Peer, close_net, connect, make_net, transfer
 
 import mtcp_core as m
 
