@@ -23,9 +23,9 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
+import pairnet
 import pytest
 from pairnet import settled, wait_event, wait_for
 
@@ -57,14 +57,7 @@ MODES: dict[str, dict[str, float]] = {
 # ---------------------------------------------------------------- helpers
 
 
-@dataclass
-class Net:
-    link: m.PairLink
-    client_stack: m.Stack
-    server_stack: m.Stack
-    client: m.Context
-    server: m.Context
-
+class Net(pairnet.Net):
     def close(self) -> None:
         # a server thread still in a call on its context must leave it before the
         # context goes (its calls are bounded by their deadlines)
