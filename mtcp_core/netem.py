@@ -46,6 +46,7 @@ COUNTERS = (
     "queue_drops",
     "overflow",
     "oversize",
+    "segmented",
     "checksummed",
     "tx_errors",
 )

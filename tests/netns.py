@@ -306,13 +306,15 @@ class Lab:
         client_address: bool = True,
         server_address: bool = True,
         static_arp: bool = False,
+        offloads: bool = True,
         pcap_prefix: str | None = None,
         tag: str = "em",
     ) -> EmulatedPath:
         """Three namespaces, client — emulator — server, the two outer ones on one /24
         (client .1, server .2), and a running ``mtcp_core.LinkEmulator`` in the middle one
         (port a faces the client, b the server; ``shape``: a LinkShape or (a_to_b, b_to_a)).
-        The outer ends have TSO/GSO off, so the emulator sees wire-sized frames;
+        The emulator cuts the outer ends' TSO/GSO frames into MTU-sized segments as a NIC
+        would; ``offloads=False`` turns TSO/GSO off on those ends instead.
         ``x_address=False`` leaves that end without a kernel address (for a user-level
         stack). ``static_arp``: permanent neighbour entries on the kernel ends, so that no
         ARP frame takes a random draw. ``pcap_prefix``: PREFIX-a.pcap and PREFIX-b.pcap.
@@ -324,8 +326,9 @@ class Lab:
         net = self._subnet(None, own_namespace=False)
         cl = self.veth(client, middle, subnet=net, address_a=client_address, address_b=False)
         sl = self.veth(middle, server, subnet=net, address_a=False, address_b=server_address)
-        for ns, ifname in ((client, cl.if_a), (server, sl.if_b)):
-            _offload_off(ns.name, ifname, ("tso", "gso", "gro"))
+        if not offloads:
+            for ns, ifname in ((client, cl.if_a), (server, sl.if_b)):
+                _offload_off(ns.name, ifname, ("tso", "gso"))
         client_ip, server_ip = cl.addr_a, sl.addr_b
         if static_arp:
             macs = {ifn: _mac(ns.name, ifn) for ns, ifn in ((client, cl.if_a), (server, sl.if_b))}

@@ -273,7 +273,8 @@ struct mtcp_netem_counters {
     uint64_t rate_delayed;    /* waited in the rate limiter's FIFO for tokens */
     uint64_t queue_drops;     /* rate limiter FIFO full: tail drop */
     uint64_t overflow;        /* the delay line was full (4096 frames per direction) */
-    uint64_t oversize;        /* larger than a slot (a GSO frame: turn TSO/GSO off) */
+    uint64_t oversize;        /* over the MTU and not TCP/IPv4: dropped */
+    uint64_t segmented;       /* TCP GSO frames over the MTU, cut into segments (as TSO) */
     uint64_t checksummed;     /* partial checksums completed (sender's TX offload) */
     uint64_t tx_errors;       /* the egress port refused the frame (ring full, too big) */
 };

@@ -25,8 +25,8 @@
  * get it completed here, as the NIC would have done, so that the far end's checksum
  * check sees what the wire carried (and catches the corruption we inject). Frames
  * larger than a delay-line slot (GSO/TSO super-frames from a peer with segmentation
- * offload on) are dropped and counted as `oversize`: turn TSO/GSO off on the ends
- * (`ethtool -K IF tso off gso off`), the topology helper does.
+ * offload on, which a veth carries whole) are cut into MTU-sized TCP segments here, as
+ * the NIC would have (`segmented`); any other frame over the MTU is dropped (`oversize`).
  *
  * Counters are written by the loop thread only and read with atomic loads from any
  * thread; settings change from any thread (faults through the pair's lock, the rate
@@ -431,57 +431,147 @@ static void rate_drain(struct mtcp_netem *nm, int di, uint64_t now)
     }
 }
 
+/* The frames of one round on their way into a direction: a batch for the delay line,
+ * built in nm->scratch where a frame had to change (checksum, segmentation). */
+struct intake {
+    struct io_frame out[NETEM_BATCH];
+    int m;
+    uint64_t queued, qdrop;
+};
+
+static void intake_flush(struct mtcp_netem *nm, int di, struct intake *st)
+{
+    if (st->m > 0)
+        (void)io_tx_burst(&nm->link[di].devs[0], st->out, st->m); /* a full delay line
+                                                                      counts its overflow */
+    st->m = 0;
+}
+
+/* The scratch buffer the next frame of this round may be built in. */
+static uint8_t *intake_buf(struct mtcp_netem *nm, const struct intake *st)
+{
+    return nm->scratch[st->m];
+}
+
+/* One wire-sized frame into direction di: the rate limiter's FIFO (tail drop) when a rate
+ * is set or frames wait there, else the delay line. */
+static void intake_push(struct mtcp_netem *nm, int di, struct intake *st, const uint8_t *data,
+                        uint32_t len)
+{
+    struct netem_dir *d = &nm->dir[di];
+    if (d->rate.rate_bps || d->count > 0) {
+        if (d->count >= d->rate.limit || d->count >= d->cap) {
+            st->qdrop++;
+            return;
+        }
+        uint32_t slot = (d->head + d->count) % d->cap;
+        memcpy(d->slots + (size_t)slot * MTCP_MAX_FRAME, data, len);
+        d->lens[slot] = len;
+        d->count++;
+        st->queued++;
+        return;
+    }
+    memset(&st->out[st->m], 0, sizeof st->out[st->m]);
+    st->out[st->m].data = data;
+    st->out[st->m].len = len;
+    if (++st->m == NETEM_BATCH)
+        intake_flush(nm, di, st);
+}
+
+/* A TCP/IPv4 frame longer than the MTU (a GSO frame of a sender with segmentation offload)
+ * cut into MTU-sized segments, as the NIC would have: IP length, ID and checksum per
+ * piece, sequence numbers moved on, FIN and PSH on the last piece only, CWR on the first,
+ * full TCP checksums. false when the frame is not TCP/IPv4 (it is then dropped). */
+static bool intake_segment(struct mtcp_netem *nm, int di, struct intake *st, const uint8_t *f,
+                           uint32_t len, uint32_t mtu)
+{
+    if (len < 14 + 20 + 20 || f[12] != 0x08 || f[13] != 0x00)
+        return false;
+    const uint8_t *ip = f + 14;
+    uint32_t ihl = (uint32_t)(ip[0] & 0x0f) * 4;
+    uint32_t total = rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6 || total > len - 14 || total < ihl + 20)
+        return false;
+    const uint8_t *tcp = ip + ihl;
+    uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || ihl + doff > total || mtu <= ihl + doff || mtu > MTCP_MAX_FRAME - 14)
+        return false;
+    uint32_t hdrs = 14 + ihl + doff, payload = total - ihl - doff, mss = mtu - ihl - doff;
+    uint32_t seq = rd32(tcp + 4), saddr = rd32(ip + 12), daddr = rd32(ip + 16);
+    uint16_t id = rd16(ip + 4);
+    uint8_t flags = tcp[13];
+    for (uint32_t off = 0, k = 0; off < payload || (payload == 0 && k == 0); off += mss, k++) {
+        uint32_t n = payload - off < mss ? payload - off : mss;
+        bool last = off + n >= payload;
+        uint8_t *b = intake_buf(nm, st);
+        memcpy(b, f, hdrs);
+        memcpy(b + hdrs, f + hdrs + off, n);
+        uint8_t *bip = b + 14, *btcp = bip + ihl;
+        wr16(bip + 2, (uint16_t)(ihl + doff + n));
+        wr16(bip + 4, (uint16_t)(id + k));
+        wr16(bip + 10, 0);
+        wr16(bip + 10, wire_csum_fold(wire_csum_add(0, bip, ihl)));
+        wr32(btcp + 4, seq + off);
+        uint8_t fl = flags;
+        if (!last)
+            fl &= (uint8_t)~(WIRE_TCP_FIN | WIRE_TCP_PSH);
+        if (k > 0)
+            fl &= (uint8_t)~WIRE_TCP_CWR;
+        btcp[13] = fl;
+        wr16(btcp + 16, 0);
+        uint32_t sum = wire_csum_pseudo(saddr, daddr, 6, (uint16_t)(doff + n));
+        wr16(btcp + 16, wire_csum_fold(wire_csum_add(sum, btcp, doff + n)));
+        intake_push(nm, di, st, b, hdrs + n);
+        if (payload == 0)
+            break;
+    }
+    return true;
+}
+
 /* Takes frames from port `di` into direction di (a->b for port a). */
 static bool take_in(struct mtcp_netem *nm, int di, uint64_t now)
 {
     struct netem_dir *d = &nm->dir[di];
     struct io_dev *port = &nm->port[di].devs[0];
-    struct io_dev *in = &nm->link[di].devs[0];
-    struct io_frame fr[NETEM_BATCH], out[NETEM_BATCH];
+    uint32_t mtu = nm->port[1 - di].devs[0].mtu; /* the egress port's */
+    struct io_frame fr[NETEM_BATCH];
     int n = io_rx_burst(port, fr, NETEM_BATCH);
-    int m = 0;
-    uint64_t oversize = 0, csum = 0, qdrop = 0, queued = 0;
+    struct intake st;
+    st.m = 0;
+    st.queued = st.qdrop = 0;
+    uint64_t oversize = 0, csum = 0, segmented = 0;
     for (int i = 0; i < n; i++) {
         const uint8_t *data = fr[i].data;
         uint32_t len = fr[i].len;
-        if (len > MTCP_MAX_FRAME || len == 0) {
-            oversize++;
+        if (len == 0)
+            continue;
+        if (len > 14 + mtu || len > MTCP_MAX_FRAME) {
+            if (intake_segment(nm, di, &st, data, len, mtu))
+                segmented++;
+            else
+                oversize++;
             continue;
         }
         if (fr[i].flags & IO_FRAME_CSUM_PARTIAL) {
-            memcpy(nm->scratch[m], data, len);
-            if (complete_csum(nm->scratch[m], len))
+            uint8_t *b = intake_buf(nm, &st);
+            memcpy(b, data, len);
+            if (complete_csum(b, len))
                 csum++;
-            data = nm->scratch[m];
+            data = b;
         }
-        if (d->rate.rate_bps || d->count > 0) {
-            if (d->count >= d->rate.limit || d->count >= d->cap) {
-                qdrop++;
-                continue;
-            }
-            uint32_t slot = (d->head + d->count) % d->cap;
-            memcpy(d->slots + (size_t)slot * MTCP_MAX_FRAME, data, len);
-            d->lens[slot] = len;
-            d->count++;
-            queued++;
-            continue;
-        }
-        memset(&out[m], 0, sizeof out[m]);
-        out[m].data = data;
-        out[m].len = len;
-        m++;
+        intake_push(nm, di, &st, data, len);
     }
-    if (m > 0)
-        (void)io_tx_burst(in, out, m); /* a full delay line counts its own overflow */
+    intake_flush(nm, di, &st);
     io_rx_done(port);
     cadd(&d->c.received, (uint64_t)n);
     cadd(&d->c.oversize, oversize);
+    cadd(&d->c.segmented, segmented);
     cadd(&d->c.checksummed, csum);
-    cadd(&d->c.queue_drops, qdrop);
-    if (queued) {
+    cadd(&d->c.queue_drops, st.qdrop);
+    if (st.queued) {
         /* of the frames queued now, those still there had to wait for tokens */
         rate_drain(nm, di, now);
-        cadd(&d->c.rate_delayed, d->count < queued ? d->count : queued);
+        cadd(&d->c.rate_delayed, d->count < st.queued ? d->count : st.queued);
     }
     return n == NETEM_BATCH;
 }
@@ -637,6 +727,7 @@ void mtcp_netem_counters(struct mtcp_netem *nm, int dir, struct mtcp_netem_count
     out->queue_drops = __atomic_load_n(&d->c.queue_drops, __ATOMIC_RELAXED);
     out->oversize = __atomic_load_n(&d->c.oversize, __ATOMIC_RELAXED);
     out->checksummed = __atomic_load_n(&d->c.checksummed, __ATOMIC_RELAXED);
+    out->segmented = __atomic_load_n(&d->c.segmented, __ATOMIC_RELAXED);
     out->tx_errors = __atomic_load_n(&d->c.tx_errors, __ATOMIC_RELAXED);
     struct io_pair_counters pc;
     io_pair_get_counters(nm->pair, dir ? 1 : 0, &pc);
