@@ -245,7 +245,7 @@ _RATE_UNITS = {
 
 
 def parse_duration_us(text: str) -> int:
-    """"20ms", "1.5ms", "300us", "0.02s", "0" -> microseconds (a bare number is ms, as in
+    """Parses "20ms", "1.5ms", "300us", "0.02s", "0" -> microseconds (a bare number is ms, as in
     tc-netem)."""
     m = _DURATION.match(text)
     if not m:
@@ -258,7 +258,7 @@ def parse_duration_us(text: str) -> int:
 
 
 def parse_probability(text: str) -> float:
-    """"2%" -> 0.02; a bare number is a percentage too ("2" -> 0.02), as in tc-netem."""
+    """Parses "2%" -> 0.02; a bare number is a percentage too ("2" -> 0.02), as in tc-netem."""
     t = text.strip().removesuffix("%").strip()
     try:
         p = float(t) / 100
@@ -270,7 +270,7 @@ def parse_probability(text: str) -> float:
 
 
 def parse_rate_bps(text: str) -> int:
-    """"100mbit", "1gbit", "500kbit", "12.5mbps" (bytes) -> bits per second; a bare number
+    """Parses "100mbit", "1gbit", "500kbit", "12.5mbps" (bytes) -> bits per second; a bare number
     is bits per second; "0" is no limit."""
     m = _RATE.match(text)
     if not m:

@@ -309,6 +309,7 @@ class Lab:
         offloads: bool = True,
         pcap_prefix: str | None = None,
         tag: str = "em",
+        emulator: bool = True,
     ) -> EmulatedPath:
         """Three namespaces, client — emulator — server, the two outer ones on one /24
         (client .1, server .2), and a running ``mtcp_core.LinkEmulator`` in the middle one
@@ -318,7 +319,8 @@ class Lab:
         ``x_address=False`` leaves that end without a kernel address (for a user-level
         stack). ``static_arp``: permanent neighbour entries on the kernel ends, so that no
         ARP frame takes a random draw. ``pcap_prefix``: PREFIX-a.pcap and PREFIX-b.pcap.
-        The emulator stops before the namespaces go."""
+        The emulator stops before the namespaces go. ``emulator=False``: the topology only
+        (``EmulatedPath.emulator`` None), for running ``mtcp-appliance netem`` in the middle."""
         import mtcp_core  # only here: the rest of this module runs without the core
 
         client, middle, server = (self.namespace(f"{tag}c"), self.namespace(f"{tag}m"),
@@ -338,6 +340,8 @@ class Lab:
             if server_address:
                 server.ip("neigh", "replace", str(client_ip.ip), "lladdr", macs[cl.if_a],
                           "nud", "permanent", "dev", sl.if_b)  # fmt: skip
+        if not emulator:
+            return EmulatedPath(client, middle, server, cl, sl, client_ip, server_ip, None)
         emu = mtcp_core.LinkEmulator(
             cl.if_b,
             sl.if_a,
@@ -420,7 +424,15 @@ class EmulatedPath:
     server_link: Veth
     client_ip: ipaddress.IPv4Interface
     server_ip: ipaddress.IPv4Interface
-    emulator: Any  # mtcp_core.LinkEmulator
+    emulator: Any  # mtcp_core.LinkEmulator, or None
+
+    @property
+    def port_a(self) -> str:
+        return self.client_link.if_b
+
+    @property
+    def port_b(self) -> str:
+        return self.server_link.if_a
 
 
 def _mac(nsname: str, ifname: str) -> str:
