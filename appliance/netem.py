@@ -94,15 +94,15 @@ def add_parser(commands: Any, **kw: Any) -> argparse.ArgumentParser:
     p.add_argument("--burst", type=_both(_bytes), default=(0, 0), metavar="BYTES",
                    help="token bucket depth (default: 2 frames or 1 ms at the rate)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0,
-                   help="random seed: same seed and frames, same decisions (default 0)")  # fmt: skip
+                   help="random seed: same seed and frames, same choices (default 0)")  # fmt: skip
     p.add_argument("--netns", metavar="NAME",
                    help="open the interfaces in this network namespace")  # fmt: skip
     p.add_argument("--pcap", metavar="PREFIX",
-                   help="capture each port's frames to PREFIX-a.pcap and PREFIX-b.pcap")  # fmt: skip
+                   help="capture each port to PREFIX-a.pcap and PREFIX-b.pcap")  # fmt: skip
     p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this long (default: at SIGINT/SIGTERM)")  # fmt: skip
     p.add_argument("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-                   help="print the counters every SECONDS too (default: only at the end)")  # fmt: skip
+                   help="also print the counters every SECONDS (default: at the end)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="counters as JSON lines")
     p.set_defaults(func=netem_command)
     return p
