@@ -103,6 +103,8 @@ def add_parser(commands: Any, **kw: Any) -> argparse.ArgumentParser:
                    help="stop after this long (default: at SIGINT/SIGTERM)")  # fmt: skip
     p.add_argument("--stats-interval", type=float, default=0.0, metavar="SECONDS",
                    help="also print the counters every SECONDS (default: at the end)")  # fmt: skip
+    p.add_argument("--no-realtime", action="store_true",
+                   help="an ordinary thread, not SCHED_FIFO (less exact delays)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="counters as JSON lines")
     p.set_defaults(func=netem_command)
     return p
@@ -165,6 +167,7 @@ def netem_command(args: argparse.Namespace) -> int:
             netns=args.netns,
             pcap_a=f"{args.pcap}-a.pcap" if args.pcap else None,
             pcap_b=f"{args.pcap}-b.pcap" if args.pcap else None,
+            realtime=not args.no_realtime,
         )
     except OSError as exc:
         print(f"mtcp-appliance netem: {exc.strerror or exc}", file=sys.stderr)
@@ -184,7 +187,8 @@ def netem_command(args: argparse.Namespace) -> int:
     def report(final: bool) -> None:
         c = emu.counters()
         if args.json:
-            doc = {"elapsed_s": round(time.monotonic() - t0, 3), "final": final, **c}
+            doc = {"elapsed_s": round(time.monotonic() - t0, 3), "final": final,
+                   "realtime": emu.realtime_active, **c}  # fmt: skip
             print(json.dumps(doc), flush=True)
         else:
             print(format_counters(c) + "\n", flush=True)

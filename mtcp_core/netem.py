@@ -52,6 +52,7 @@ COUNTERS = (
 )
 DIRECTIONS = ("a_to_b", "b_to_a")
 MAX_QUEUE_FRAMES = 1_000_000
+RT_PRIORITY = 10  # SCHED_FIFO priority of the forwarding thread (below the kernel's IRQ threads)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ class LinkEmulator:
     ``shape``: one LinkShape for both directions or ``(a_to_b, b_to_a)``. ``netns``: open the
     interfaces in that namespace (a name under /run/netns, or a path); the caller's thread
     stays where it is. ``pcap_a``/``pcap_b``: capture every frame that port receives and
-    sends (timestamps when the emulator saw them). Needs CAP_NET_RAW."""
+    sends (timestamps when the emulator saw them). ``realtime``: run the forwarding thread
+    SCHED_FIFO where allowed, so that other load does not delay its wake-ups (see
+    ``realtime_active``). Needs CAP_NET_RAW."""
 
     def __init__(
         self,
@@ -129,6 +132,7 @@ class LinkEmulator:
         netns: str | None = None,
         pcap_a: str | None = None,
         pcap_b: str | None = None,
+        realtime: bool = True,
     ) -> None:
         if not 0 <= seed < 2**64:
             raise ValueError(f"seed: 0..2**64-1, got {seed}")
@@ -140,6 +144,7 @@ class LinkEmulator:
         conf.iface_a, conf.iface_b, conf.netns, conf.pcap_a, conf.pcap_b = keep
         for i, s in enumerate(self.shapes):
             s._fill(conf.dir[i], seed)
+        conf.rt_priority = RT_PRIORITY if realtime else 0
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_netem_open(conf, err, 256)
         if ptr == ffi.NULL:
@@ -162,6 +167,11 @@ class LinkEmulator:
         self._thread = threading.Thread(target=loop, name="netem", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def realtime_active(self) -> bool:
+        """Whether the running loop got its real-time priority."""
+        return self._ptr is not None and bool(lib.mtcp_netem_realtime(self._ptr))
 
     @property
     def running(self) -> bool:

@@ -261,6 +261,9 @@ struct mtcp_netem_conf {
     const char *netns;              /* open the ports in this namespace (a name under
                                        /run/netns or a path); NULL = the caller's */
     const char *pcap_a, *pcap_b;    /* capture what each port receives and sends; NULL = no */
+    int rt_priority;                /* > 0: the loop runs SCHED_FIFO at this priority where
+                                       allowed (CAP_SYS_NICE), so that a busy machine does not
+                                       delay its wake-ups; 0: an ordinary thread */
     struct mtcp_netem_dir dir[2];
 };
 struct mtcp_netem_counters {
@@ -285,6 +288,8 @@ struct mtcp_netem *mtcp_netem_open(const struct mtcp_netem_conf *conf, char *err
  * 0, or -EBUSY when it already runs. */
 int mtcp_netem_run(struct mtcp_netem *nm);
 void mtcp_netem_stop(struct mtcp_netem *nm); /* any thread; run returns within a round */
+/* 1 when the running loop got its real-time priority, 0 when not (or not asked). */
+int mtcp_netem_realtime(struct mtcp_netem *nm);
 /* New settings for one direction (0: a -> b) while it runs; a new seed restarts that
  * direction's random stream. 0 or -EINVAL (bad rate, queue_frames above the FIFO the
  * emulator opened with). */

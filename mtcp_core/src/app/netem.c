@@ -18,7 +18,8 @@
  *
  * One thread runs everything (mtcp_netem_run): it sleeps in epoll on both ports, a
  * timerfd armed at the earliest due time (the delay line's head or the bucket's next
- * departure) with a 1 ns timer slack, and a stop eventfd. A frame is forwarded within
+ * departure) with a 1 ns timer slack, and a stop eventfd; where allowed it runs SCHED_FIFO
+ * (rt_priority), so that other load on the machine does not make it wake up late. A frame is forwarded within
  * the timer's wake-up latency (tens of microseconds) of its due time.
  *
  * Frames the sending kernel left with a partial checksum (veth TX checksum offload)
@@ -87,6 +88,7 @@ struct mtcp_netem {
     int ep, tfd, stop_fd;
     int stop;
     int running;
+    int rt_priority, rt_active;
     struct netem_dir dir[2]; /* [0] = a -> b, [1] = b -> a */
     pthread_mutex_t lock;    /* guards pending and has_pending */
     struct netem_rate pending[2];
@@ -257,6 +259,7 @@ struct mtcp_netem *mtcp_netem_open(const struct mtcp_netem_conf *conf, char *err
         return NULL;
     }
     pthread_mutex_init(&nm->lock, NULL);
+    nm->rt_priority = conf->rt_priority;
     nm->ep = nm->tfd = nm->stop_fd = -1;
     nm->promisc_fd[0] = nm->promisc_fd[1] = -1;
     int rc = 0;
@@ -637,6 +640,17 @@ int mtcp_netem_run(struct mtcp_netem *nm)
         return -EBUSY;
     /* Wake-ups on time: the default 50 us timer slack would be added to every delay. */
     (void)prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    /* And ahead of ordinary threads: on a loaded machine the scheduler would otherwise add
+     * its own latency (milliseconds) to the delay. The loop sleeps whenever it has nothing
+     * due, so it takes only the CPU its frames need. */
+    int policy;
+    struct sched_param saved;
+    bool restore = false;
+    if (nm->rt_priority > 0 && pthread_getschedparam(pthread_self(), &policy, &saved) == 0) {
+        struct sched_param sp = {.sched_priority = nm->rt_priority};
+        restore = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
+    }
+    __atomic_store_n(&nm->rt_active, restore ? 1 : 0, __ATOMIC_RELEASE);
     uint64_t armed = 0;
     while (!__atomic_load_n(&nm->stop, __ATOMIC_ACQUIRE)) {
         uint64_t now = io_mono_ns();
@@ -680,6 +694,9 @@ int mtcp_netem_run(struct mtcp_netem *nm)
     }
     for (int i = 0; i < 2; i++)
         io_dev_stop(&nm->port[i].devs[0]); /* flush the captures */
+    if (restore)
+        (void)pthread_setschedparam(pthread_self(), policy, &saved);
+    __atomic_store_n(&nm->rt_active, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&nm->running, 0, __ATOMIC_RELEASE);
     return 0;
 }
@@ -691,6 +708,11 @@ void mtcp_netem_stop(struct mtcp_netem *nm)
     if (write(nm->stop_fd, &one, sizeof one) < 0) {
         /* a full eventfd is already readable: the loop wakes anyway */
     }
+}
+
+int mtcp_netem_realtime(struct mtcp_netem *nm)
+{
+    return __atomic_load_n(&nm->rt_active, __ATOMIC_ACQUIRE);
 }
 
 int mtcp_netem_set(struct mtcp_netem *nm, int dir, const struct mtcp_netem_dir *d)
