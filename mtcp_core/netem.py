@@ -28,9 +28,11 @@ __all__ = [
     "COUNTERS",
     "LinkEmulator",
     "LinkShape",
+    "complete_checksum",
     "parse_duration_us",
     "parse_probability",
     "parse_rate_bps",
+    "segment",
 ]
 
 COUNTERS = (
@@ -242,6 +244,36 @@ class LinkEmulator:
         if getattr(self, "_ptr", None) is not None and not self.running:
             lib.mtcp_netem_close(self._ptr)
             self._ptr = None
+
+
+# ---------------------------------------------------------------- per-frame work (tests, fuzzing)
+
+_MAX_PIECES = 65536
+
+
+def complete_checksum(frame: bytes) -> bytes | None:
+    """The frame with its partial TCP/UDP checksum completed as the forwarding loop does
+    (the field holds the pseudo-header sum), or None when it is not such a frame."""
+    buf = ffi.new("uint8_t[]", frame or b"\0")
+    if not lib.mtcp_netem_complete_csum(buf, len(frame)):
+        return None
+    return bytes(ffi.buffer(buf, len(frame)))
+
+
+def segment(frame: bytes, mtu: int) -> list[bytes] | None:
+    """A TCP/IPv4 frame cut into segments of at most ``mtu`` IP bytes, as the loop cuts a
+    GSO frame; None when it cannot be cut."""
+    src = ffi.new("uint8_t[]", frame or b"\0")
+    out = ffi.new("uint8_t[]", 65536 + 14)
+    pieces = []
+    for index in range(_MAX_PIECES):
+        n = lib.mtcp_netem_segment(src, len(frame), mtu, index, out, len(out))
+        if n < 0:
+            return None
+        if n == 0:
+            break
+        pieces.append(bytes(ffi.buffer(out, n)))
+    return pieces
 
 
 # ---------------------------------------------------------------- option values

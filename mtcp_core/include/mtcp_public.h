@@ -296,6 +296,15 @@ int mtcp_netem_realtime(struct mtcp_netem *nm);
 int mtcp_netem_set(struct mtcp_netem *nm, int dir, const struct mtcp_netem_dir *d);
 void mtcp_netem_counters(struct mtcp_netem *nm, int dir, struct mtcp_netem_counters *out);
 void mtcp_netem_close(struct mtcp_netem *nm); /* after run has returned */
+/* What the loop does to one frame, for tests and fuzzing. Completes a partial TCP/UDP
+ * checksum of an IPv4 frame in place (the field holds the pseudo-header sum): 1, or 0
+ * when the frame is not one (left as it is). */
+int mtcp_netem_complete_csum(uint8_t *frame, uint32_t len);
+/* Piece `index` of a TCP/IPv4 frame cut into segments of at most `mtu` IP bytes (as TSO
+ * would) written to out: its length, 0 when there is no such piece, -1 when the frame
+ * cannot be cut (not TCP/IPv4, bad lengths, a fragment) or out_size is too small. */
+int mtcp_netem_segment(const uint8_t *frame, uint32_t len, uint32_t mtu, uint32_t index,
+                       uint8_t *out, uint32_t out_size);
 
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,

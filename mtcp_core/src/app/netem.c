@@ -360,25 +360,27 @@ fail:
 /* A partial L4 checksum (the sender's kernel offloaded it) completed as the NIC would:
  * the field holds the pseudo-header sum, the device sums from the L4 header to the end
  * and stores the complement there. IPv4 TCP and UDP only (what a veth offloads here). */
-static bool complete_csum(uint8_t *f, uint32_t len)
+int mtcp_netem_complete_csum(uint8_t *f, uint32_t len)
 {
-    if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00)
-        return false;
+    if (!f || len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00)
+        return 0;
     uint8_t *ip = f + 14;
     uint32_t ihl = (uint32_t)(ip[0] & 0x0f) * 4;
-    uint32_t total = (uint32_t)ip[2] << 8 | ip[3];
+    uint32_t total = rd16(ip + 2);
     if ((ip[0] >> 4) != 4 || ihl < 20 || total > len - 14 || total < ihl)
-        return false;
+        return 0;
+    if (rd16(ip + 6) & 0x3fff)
+        return 0; /* a fragment: its L4 header is not (all) here */
     uint32_t off = ip[9] == 6 ? 16 : ip[9] == 17 ? 6 : 0;
     uint32_t l4len = total - ihl;
     if (off == 0 || l4len < off + 2)
-        return false;
+        return 0;
     uint8_t *l4 = ip + ihl;
     uint16_t c = wire_csum_fold(wire_csum_add(0, l4, l4len));
     if (ip[9] == 17 && c == 0)
         c = 0xffff; /* RFC 768: a computed zero is sent as all ones */
     wr16(l4 + off, c);
-    return true;
+    return 1;
 }
 
 static void rate_refill(struct netem_dir *d, uint64_t now)
@@ -481,54 +483,68 @@ static void intake_push(struct mtcp_netem *nm, int di, struct intake *st, const 
         intake_flush(nm, di, st);
 }
 
-/* A TCP/IPv4 frame longer than the MTU (a GSO frame of a sender with segmentation offload)
- * cut into MTU-sized segments, as the NIC would have: IP length, ID and checksum per
- * piece, sequence numbers moved on, FIN and PSH on the last piece only, CWR on the first,
- * full TCP checksums. false when the frame is not TCP/IPv4 (it is then dropped). */
-static bool intake_segment(struct mtcp_netem *nm, int di, struct intake *st, const uint8_t *f,
-                           uint32_t len, uint32_t mtu)
+int mtcp_netem_segment(const uint8_t *f, uint32_t len, uint32_t mtu, uint32_t index,
+                       uint8_t *out, uint32_t out_size)
 {
-    if (len < 14 + 20 + 20 || f[12] != 0x08 || f[13] != 0x00)
-        return false;
+    if (!f || len < 14 + 20 + 20 || f[12] != 0x08 || f[13] != 0x00)
+        return -1;
     const uint8_t *ip = f + 14;
     uint32_t ihl = (uint32_t)(ip[0] & 0x0f) * 4;
     uint32_t total = rd16(ip + 2);
     if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6 || total > len - 14 || total < ihl + 20)
-        return false;
+        return -1;
+    if (rd16(ip + 6) & 0x3fff)
+        return -1; /* a fragment: not a whole TCP segment */
     const uint8_t *tcp = ip + ihl;
     uint32_t doff = (uint32_t)(tcp[12] >> 4) * 4;
-    if (doff < 20 || ihl + doff > total || mtu <= ihl + doff || mtu > MTCP_MAX_FRAME - 14)
-        return false;
+    if (doff < 20 || ihl + doff > total || mtu <= ihl + doff || mtu > 65535)
+        return -1;
     uint32_t hdrs = 14 + ihl + doff, payload = total - ihl - doff, mss = mtu - ihl - doff;
-    uint32_t seq = rd32(tcp + 4), saddr = rd32(ip + 12), daddr = rd32(ip + 16);
-    uint16_t id = rd16(ip + 4);
-    uint8_t flags = tcp[13];
-    for (uint32_t off = 0, k = 0; off < payload || (payload == 0 && k == 0); off += mss, k++) {
-        uint32_t n = payload - off < mss ? payload - off : mss;
-        bool last = off + n >= payload;
+    uint32_t pieces = payload == 0 ? 1 : (payload + mss - 1) / mss;
+    if (index >= pieces)
+        return 0;
+    uint32_t off = index * mss;
+    uint32_t n = payload - off < mss ? payload - off : mss;
+    if (!out || out_size < hdrs + n)
+        return -1;
+    bool last = index + 1 == pieces;
+    memcpy(out, f, hdrs);
+    memcpy(out + hdrs, f + hdrs + off, n);
+    uint8_t *bip = out + 14, *btcp = bip + ihl;
+    wr16(bip + 2, (uint16_t)(ihl + doff + n));
+    wr16(bip + 4, (uint16_t)(rd16(ip + 4) + index));
+    wr16(bip + 10, 0);
+    wr16(bip + 10, wire_csum_fold(wire_csum_add(0, bip, ihl)));
+    wr32(btcp + 4, rd32(tcp + 4) + off);
+    uint8_t fl = tcp[13];
+    if (!last)
+        fl &= (uint8_t)~(WIRE_TCP_FIN | WIRE_TCP_PSH);
+    if (index > 0)
+        fl &= (uint8_t)~WIRE_TCP_CWR;
+    btcp[13] = fl;
+    wr16(btcp + 16, 0);
+    uint32_t sum = wire_csum_pseudo(rd32(ip + 12), rd32(ip + 16), 6, (uint16_t)(doff + n));
+    wr16(btcp + 16, wire_csum_fold(wire_csum_add(sum, btcp, doff + n)));
+    return (int)(hdrs + n);
+}
+
+/* A frame over the MTU (a GSO frame of a sender with segmentation offload, which a veth
+ * carries whole) cut into MTU-sized TCP segments as the NIC would have; false when it is
+ * not TCP/IPv4 (it is then dropped). */
+static bool intake_segment(struct mtcp_netem *nm, int di, struct intake *st, const uint8_t *f,
+                           uint32_t len, uint32_t mtu)
+{
+    if (mtu > MTCP_MAX_FRAME - 14)
+        return false; /* a piece would not fit a delay-line slot */
+    for (uint32_t k = 0;; k++) {
         uint8_t *b = intake_buf(nm, st);
-        memcpy(b, f, hdrs);
-        memcpy(b + hdrs, f + hdrs + off, n);
-        uint8_t *bip = b + 14, *btcp = bip + ihl;
-        wr16(bip + 2, (uint16_t)(ihl + doff + n));
-        wr16(bip + 4, (uint16_t)(id + k));
-        wr16(bip + 10, 0);
-        wr16(bip + 10, wire_csum_fold(wire_csum_add(0, bip, ihl)));
-        wr32(btcp + 4, seq + off);
-        uint8_t fl = flags;
-        if (!last)
-            fl &= (uint8_t)~(WIRE_TCP_FIN | WIRE_TCP_PSH);
-        if (k > 0)
-            fl &= (uint8_t)~WIRE_TCP_CWR;
-        btcp[13] = fl;
-        wr16(btcp + 16, 0);
-        uint32_t sum = wire_csum_pseudo(saddr, daddr, 6, (uint16_t)(doff + n));
-        wr16(btcp + 16, wire_csum_fold(wire_csum_add(sum, btcp, doff + n)));
-        intake_push(nm, di, st, b, hdrs + n);
-        if (payload == 0)
-            break;
+        int n = mtcp_netem_segment(f, len, mtu, k, b, MTCP_MAX_FRAME);
+        if (n < 0)
+            return k > 0;
+        if (n == 0)
+            return true;
+        intake_push(nm, di, st, b, (uint32_t)n);
     }
-    return true;
 }
 
 /* Takes frames from port `di` into direction di (a->b for port a). */
@@ -558,7 +574,7 @@ static bool take_in(struct mtcp_netem *nm, int di, uint64_t now)
         if (fr[i].flags & IO_FRAME_CSUM_PARTIAL) {
             uint8_t *b = intake_buf(nm, &st);
             memcpy(b, data, len);
-            if (complete_csum(b, len))
+            if (mtcp_netem_complete_csum(b, len))
                 csum++;
             data = b;
         }
