@@ -1,4 +1,4 @@
-"""Command line: ``mtcp-appliance serve`` and ``mtcp-appliance doctor``.
+"""Command line: ``mtcp-appliance serve``, ``doctor``, ``load`` and ``netem``.
 
 ``serve`` reads its settings from a TOML file (``--config``), ``MTCP_APPLIANCE_*`` variables
 and flags, in that order of precedence (flags win; see ``appliance.config``), checks all of
@@ -20,6 +20,7 @@ from typing import Any
 
 from appliance import __version__, caps
 from appliance import load as load_cmd
+from appliance import netem as netem_cmd
 from appliance.config import (
     DEFAULT_LINUX_IP,
     DEFAULT_METRICS,
@@ -100,6 +101,7 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     _add_config_options(doctor)
     doctor.set_defaults(func=doctor_command)
     load_cmd.add_parser(commands, **kw)  # mtcp-appliance load (appliance/load.py)
+    netem_cmd.add_parser(commands, **kw)  # mtcp-appliance netem (appliance/netem.py)
     if explicit_only:
         for p in (serve, doctor):
             for action in p._actions:

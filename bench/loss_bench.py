@@ -1,28 +1,29 @@
-"""Bulk transfer under random loss: the core next to the Linux kernel's own TCP, same run.
+"""Bulk transfer under random loss and delay: the core next to the Linux kernel's own TCP,
+same run, same path.
 
-For each loss rate (default 0, 1, 5 and 10 %), the time to move SIZE bytes (default 8 MiB) one
-way, measured from the moment the sender starts writing (the connection is already open, the
-loss already on) to the receiver's end of stream, every byte checked (SHA-256):
+Each row is a link: the plain veth at a loss rate (default 0, 1, 5 and 10 %), and a long
+path, 40 ms round trip at 100 Mb/s, at a loss rate (default 0, 1 and 3 %). Per row, the time
+to move SIZE bytes (default 8 MiB) one way, measured from the moment the sender starts
+writing (the connection is already open, the loss already on) to the receiver's end of
+stream, every byte checked (SHA-256):
 
   (a) pair:   two mtcp_core stacks in this process joined by the in-memory pair link, with its
               seeded fault injector dropping that share of frames in both directions and a
-              fixed one-way delay (``--delay-ms``, default 1 ms);
-  (b) kernel: Linux to Linux over a veth between two namespaces, with an nftables rule in the
-              receiver's namespace that drops that share of the sender's segments (input hook)
-              and of the receiver's ACKs (output hook);
-  (c) core:   the core (afpacket on a veth end with no kernel address) sending to a Linux
-              receiver, with the very same nftables rule in the receiver's namespace.
+              fixed one-way delay (``--delay-ms``, default 1 ms); plain veth rows only;
+  (b) kernel: Linux to Linux, client and server namespaces joined through the link emulator
+              (mtcp_core.LinkEmulator in a middle namespace: the loss in both directions, the
+              delay, the rate limit);
+  (c) core:   the core (afpacket on the client's veth end, no kernel address) sending to a
+              Linux receiver through a second emulator with the very same settings and seed.
 
-(b) and (c) differ only in the sender's stack, so their ratio is the comparison that counts;
-(a) has a delay that the veth runs do not have (there is no netem here to add one), so it is
-shown next to them, not divided by them. The kernel sender's TX offloads are off
-(``ethtool -K IF tx off``): its frames cross the veth one MSS each, so that one nftables drop
-is one lost segment, as for the core, and not a 64 KiB GSO burst.
+(b) and (c) differ only in the sender's stack, so their ratio is the comparison that counts.
+``--loss-by nft`` runs the plain veth rows the earlier way instead (an nftables rule in the
+receiver's namespace, no emulator), for comparison with older results.
 
-Needs root (namespaces, AF_PACKET) and nftables' ``nft``. Addresses from 198.18.0.0/15; the
-namespaces are removed at the end, also after a failure; every transfer is bounded by
-``--timeout``. Writes a table to stdout and everything to bench/results/loss-<time>.json.
-Usage: see bench/README.md.
+Needs root (namespaces, AF_PACKET; nftables' ``nft`` for ``--loss-by nft``). Addresses from
+198.18.0.0/15; the namespaces are removed at the end, also after a failure; every transfer is
+bounded by ``--timeout``. Writes a table to stdout and everything to
+bench/results/loss-<time>.json. Usage: see bench/README.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ PATHS = ("pair", "kernel", "core")
 @dataclass
 class Result:
     path: str  # pair | kernel | core
+    link: str  # "veth", or "<rtt>ms-<rate>M"
     loss_percent: float
     seconds: float | None  # None: failed or timed out
     ok: bool
@@ -250,7 +252,7 @@ def kernel_sender(ns: netns.Namespace, addr: tuple[str, int], payload: bytes,
         tr.fail("sender", exc)
 
 
-def finish(tr: Transfer, payload_digest: bytes, path: str, rate: float) -> Result:
+def finish(tr: Transfer, payload_digest: bytes, path: str, link: str, rate: float) -> Result:
     if not tr.done.wait(tr.timeout + 20):
         tr.errors.append("receiver did not end")
     ok = not tr.errors and tr.got == tr.size and tr.digest == payload_digest
@@ -258,7 +260,7 @@ def finish(tr: Transfer, payload_digest: bytes, path: str, rate: float) -> Resul
         same = tr.digest == payload_digest
         tr.errors.append(f"{tr.got} of {tr.size} B arrived, digest ok: {same}")
     seconds = tr.t_end - tr.t_go if ok else None
-    return Result(path, rate, seconds, ok, tr.size, error="; ".join(tr.errors))
+    return Result(path, link, rate, seconds, ok, tr.size, error="; ".join(tr.errors))
 
 
 # ---------------------------------------------------------------- the three paths
@@ -286,7 +288,7 @@ def run_pair(rate: float, payload: bytes, digest: bytes, args: argparse.Namespac
         tr.established.wait(15)
         link.set_faults(seed=args.seed, loss=rate / 100, delay_us=delay_us)
         tr.start()
-        res = finish(tr, digest, "pair", rate)
+        res = finish(tr, digest, "pair", "veth", rate)
         tx.join(10)
         rx.join(10)
         after = sender.stats()
@@ -306,80 +308,138 @@ def core_counters(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {k: after[k] - before[k] for k in keys if k in after}
 
 
+# ---------------------------------------------------------------- the links and the rigs
+
+
+@dataclass(frozen=True)
+class Link:
+    """One row's path: a loss rate on the plain veth, or on a long path (delay, rate)."""
+
+    name: str  # "veth" | "<rtt>ms-<rate>M"
+    loss_percent: float
+    delay_ms: float = 0.0  # one way
+    rate_mbit: float = 0.0  # 0: no limit
+    queue_frames: int = 1000  # the rate limiter's queue (tail drop)
+
+    def shape(self, loss: bool = True) -> mtcp_core.LinkShape:
+        return mtcp_core.LinkShape(
+            delay_us=round(self.delay_ms * 1000),
+            loss=self.loss_percent / 100 if loss else 0.0,
+            rate_bps=round(self.rate_mbit * 1e6),
+            queue_frames=self.queue_frames,
+        )
+
+
+def links(args: argparse.Namespace) -> list[Link]:
+    out = [Link("veth", r) for r in args.rate_list]
+    if args.rtt_rate_list:
+        name = f"{args.rtt_ms:g}ms-{args.rate_mbit:g}M"
+        bdp = args.rate_mbit * 1e6 / 8 * args.rtt_ms / 1000 / 1514
+        queue = args.queue_frames or max(16, min(1000, round(bdp)))
+        out += [Link(name, r, args.rtt_ms / 2, args.rate_mbit, queue) for r in args.rtt_rate_list]
+    return out
+
+
 @dataclass
-class VethRigs:
-    ksend: netns.Namespace
-    krecv: netns.Namespace
-    k_sender_ip: str
-    k_receiver_ip: str
-    core_ns: netns.Namespace
-    crecv: netns.Namespace
-    core_ip: str
-    c_receiver_ip: str
-    stack: mtcp_core.Stack
-    ctx: mtcp_core.Context
+class Rig:
+    """One sender's path to a Linux receiver: the kernel or the core sending, through an
+    emulator (``emulator``) or, for ``--loss-by nft``, a veth with the drop rule in the
+    receiver's namespace."""
+
+    kind: str  # kernel | core
+    send_ns: netns.Namespace
+    recv_ns: netns.Namespace
+    sender_ip: str
+    receiver_ip: str
+    emulator: mtcp_core.LinkEmulator | None = None
+    stack: mtcp_core.Stack | None = None
+    ctx: mtcp_core.Context | None = None
 
 
-def run_kernel(rate: float, payload: bytes, digest: bytes, rigs: VethRigs,
+def make_emulated_rig(lab: netns.Lab, kind: str, seed: int, sndbuf: int) -> Rig:
+    path = lab.emulated_path(seed=seed, client_address=kind == "kernel", tag=f"lb{kind[0]}")
+    rig = Rig(kind, path.client, path.server, str(path.client_ip.ip), str(path.server_ip.ip),
+              path.emulator)  # fmt: skip
+    if kind == "core":
+        rig.stack = path.client.call(mtcp_core.Stack, "afpacket", str(path.client_ip),
+                                     iface=path.client_link.if_a, time_wait_ms=100,
+                                     sndbuf=sndbuf)  # fmt: skip
+        rig.ctx = rig.stack.context(0)
+    return rig
+
+
+def make_nft_rig(lab: netns.Lab, kind: str, sndbuf: int) -> Rig:
+    """The earlier setup: a veth between sender and receiver, loss by nftables in the
+    receiver's namespace; the kernel sender's TX offloads off (one drop, one segment)."""
+    send, recv = lab.namespace(f"lb{kind[0]}snd"), lab.namespace(f"lb{kind[0]}rcv")
+    link = lab.veth(send, recv, address_a=kind == "kernel", tx_offload=False)
+    rig = Rig(kind, send, recv, str(link.addr_a.ip), str(link.addr_b.ip))
+    if kind == "core":
+        rig.stack = send.call(mtcp_core.Stack, "afpacket", str(link.addr_a), iface=link.if_a,
+                              time_wait_ms=100, sndbuf=sndbuf)  # fmt: skip
+        rig.ctx = rig.stack.context(0)
+    return rig
+
+
+def _emu_delta(before: dict[str, dict[str, int]],
+               after: dict[str, dict[str, int]]) -> dict[str, int]:  # fmt: skip
+    a, b = before["a_to_b"], after["a_to_b"]
+    ra, rb = before["b_to_a"], after["b_to_a"]
+    return {
+        "data_dropped": b["dropped"] - a["dropped"],
+        "data_queue_drops": b["queue_drops"] - a["queue_drops"],
+        "data_frames": b["forwarded"] - a["forwarded"],
+        "acks_dropped": rb["dropped"] - ra["dropped"],
+        "ack_frames": rb["forwarded"] - ra["forwarded"],
+    }
+
+
+def run_sender(link: Link, seed: int, payload: bytes, digest: bytes, rig: Rig,
                args: argparse.Namespace) -> Result:  # fmt: skip
+    """One transfer from rig's sender to a Linux receiver on ``link``."""
     tr = Transfer(len(payload), args.timeout)
-    with rigs.krecv.entered():
-        listener = socket.create_server((rigs.k_receiver_ip, 0))
+    emu = rig.emulator
+    if emu is not None:  # the path's delay and rate from the handshake on, the loss later
+        emu.set(link.shape(loss=False))
+    with rig.recv_ns.entered():
+        listener = socket.create_server((rig.receiver_ip, 0))
     with listener:
-        addr = (rigs.k_receiver_ip, listener.getsockname()[1])
+        addr = (rig.receiver_ip, listener.getsockname()[1])
         rx = threading.Thread(target=kernel_sink, args=(listener, tr), daemon=True)
         rx.start()
-        before = kernel_retrans(rigs.ksend)
-        tx = threading.Thread(target=kernel_sender, args=(rigs.ksend, addr, payload, tr),
-                              daemon=True)  # fmt: skip
+        if rig.kind == "core":
+            assert rig.ctx is not None
+            before_core = rig.ctx.stats()
+            tx = threading.Thread(target=mtcp_sender, args=(rig.ctx, addr, payload, tr),
+                                  daemon=True)  # fmt: skip
+        else:
+            before_k = kernel_retrans(rig.send_ns)
+            tx = threading.Thread(target=kernel_sender, args=(rig.send_ns, addr, payload, tr),
+                                  daemon=True)  # fmt: skip
         tx.start()
         tr.established.wait(15)
-        rigs.krecv.nft(receiver_loss_rules(rate, rigs.k_sender_ip))
+        if emu is not None:
+            before_emu = emu.counters()
+            emu.set(link.shape(), seed=seed)  # a new seed: the stream starts over
+        else:
+            rig.recv_ns.nft(receiver_loss_rules(link.loss_percent, rig.sender_ip))
         tr.start()
-        res = finish(tr, digest, "kernel", rate)
+        res = finish(tr, digest, rig.kind, link.name, link.loss_percent)
+        if emu is not None:
+            res.drops = _emu_delta(before_emu, emu.counters())
+            emu.set(link.shape(loss=False))
         tx.join(10)
         rx.join(10)
-        res.drops = loss_off(rigs.krecv)
-        res.retransmits = kernel_retrans(rigs.ksend) - before
+        if emu is None:
+            res.drops = loss_off(rig.recv_ns)
+        if rig.kind == "core":
+            assert rig.ctx is not None
+            after = rig.ctx.stats()
+            res.retransmits = after["retransmits"] - before_core["retransmits"]
+            res.counters = core_counters(before_core, after)
+        else:
+            res.retransmits = kernel_retrans(rig.send_ns) - before_k
     return res
-
-
-def run_core(rate: float, payload: bytes, digest: bytes, rigs: VethRigs,
-             args: argparse.Namespace) -> Result:  # fmt: skip
-    tr = Transfer(len(payload), args.timeout)
-    with rigs.crecv.entered():
-        listener = socket.create_server((rigs.c_receiver_ip, 0))
-    with listener:
-        addr = (rigs.c_receiver_ip, listener.getsockname()[1])
-        rx = threading.Thread(target=kernel_sink, args=(listener, tr), daemon=True)
-        rx.start()
-        before = rigs.ctx.stats()
-        tx = threading.Thread(target=mtcp_sender, args=(rigs.ctx, addr, payload, tr),
-                              daemon=True)  # fmt: skip
-        tx.start()
-        tr.established.wait(15)
-        rigs.crecv.nft(receiver_loss_rules(rate, rigs.core_ip))
-        tr.start()
-        res = finish(tr, digest, "core", rate)
-        tx.join(10)
-        rx.join(10)
-        res.drops = loss_off(rigs.crecv)
-        after = rigs.ctx.stats()
-        res.retransmits = after["retransmits"] - before["retransmits"]
-        res.counters = core_counters(before, after)
-    return res
-
-
-def make_veth_rigs(lab: netns.Lab) -> VethRigs:
-    ksend, krecv = lab.namespace("lbksnd"), lab.namespace("lbkrcv")
-    kl = lab.veth(ksend, krecv, tx_offload=False)
-    core_ns, crecv = lab.namespace("lbcore"), lab.namespace("lbcrcv")
-    cl = lab.veth(core_ns, crecv, address_a=False, tx_offload=False)
-    stack = core_ns.call(mtcp_core.Stack, "afpacket", str(cl.addr_a), iface=cl.if_a,
-                         time_wait_ms=100)  # fmt: skip
-    ctx = stack.context(0)
-    return VethRigs(ksend, krecv, str(kl.addr_a.ip), str(kl.addr_b.ip),
-                    core_ns, crecv, str(cl.addr_a.ip), str(cl.addr_b.ip), stack, ctx)  # fmt: skip
 
 
 # ---------------------------------------------------------------- report
@@ -394,12 +454,19 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "fail" if v is None else format(v, spec)
 
 
-def summary(results: list[Result], rates: list[float]) -> list[dict[str, Any]]:
-    rows = []
-    for rate in rates:
-        row: dict[str, Any] = {"loss_percent": rate}
+def summary(results: list[Result], rows: list[Link]) -> list[dict[str, Any]]:
+    out = []
+    for link in rows:
+        row: dict[str, Any] = {
+            "link": link.name,
+            "loss_percent": link.loss_percent,
+            "delay_ms_one_way": link.delay_ms,
+            "rate_mbit": link.rate_mbit,
+            "queue_frames": link.queue_frames if link.rate_mbit else None,
+        }
         for path in PATHS:
-            rs = [r for r in results if r.path == path and r.loss_percent == rate]
+            rs = [r for r in results if r.path == path and r.link == link.name
+                  and r.loss_percent == link.loss_percent]  # fmt: skip
             if not rs:
                 continue
             row[f"{path}_s"] = _median([r.seconds for r in rs])
@@ -408,8 +475,8 @@ def summary(results: list[Result], rates: list[float]) -> list[dict[str, Any]]:
             row[f"{path}_failed"] = sum(not r.ok for r in rs)
         k, c = row.get("kernel_s"), row.get("core_s")
         row["core_over_kernel_time"] = c / k if c and k else None
-        rows.append(row)
-    return rows
+        out.append(row)
+    return out
 
 
 def _cell(row: dict[str, Any], path: str) -> str:
@@ -428,21 +495,23 @@ def ratio_cell(row: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = " | ".join(
-        [f"{'loss':>5}"]
+        [f"{'link':>11} {'loss':>5}"]
         + [f"{name + ' s':>8} {'MB/s':>6} {'rtx':>5}" for name in PATHS]
         + [f"{'core/kernel':>11}"]
     )
+    via = ("the link emulator (loss both ways)" if args.loss_by == "emulator"
+           else "nftables drop in the receiver's namespace")  # fmt: skip
     lines = [
-        f"{args.size_mib} MiB one way; pair: 2 stacks, {args.delay_ms:g} ms one-way delay, "
-        f"seed {args.seed}; kernel, core: veth, nftables drop in the receiver's namespace; "
-        f"medians of {args.repeat}",
+        f"{args.size_mib} MiB one way; kernel, core: veth rows through {via}, long-path rows "
+        f"through the link emulator ({args.rtt_ms:g} ms RTT, {args.rate_mbit:g} Mb/s); pair: "
+        f"2 stacks, {args.delay_ms:g} ms one-way delay; medians of {args.repeat}",
         head,
         "-" * len(head),
     ]
     for r in rows:
         lines.append(
             " | ".join(
-                [f"{r['loss_percent']:>4g}%"]
+                [f"{r['link']:>11} {r['loss_percent']:>4g}%"]
                 + [_cell(r, path) for path in PATHS]
                 + [f"{ratio_cell(r):>11}"]
             )
@@ -450,66 +519,100 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _rates(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rates", default="0,1,5,10", help="loss rates in percent, comma separated")
+    ap.add_argument("--rates", default="0,1,5,10",
+                    help="loss rates on the plain veth, percent, comma separated")  # fmt: skip
+    ap.add_argument("--rtt-rates", default="0,1,3",
+                    help="loss rates on the long path, percent ('' for none)")  # fmt: skip
+    ap.add_argument("--rtt-ms", type=float, default=40.0, help="long path: round trip, ms")
+    ap.add_argument("--rate-mbit", type=float, default=100.0, help="long path: rate, Mb/s")
+    ap.add_argument("--queue-frames", type=int, default=0,
+                    help="long path: rate limiter queue, frames (default: one BDP)")  # fmt: skip
+    ap.add_argument("--loss-by", choices=("emulator", "nft"), default="emulator",
+                    help="plain veth rows: the emulator, or the earlier nftables rule")  # fmt: skip
+    ap.add_argument("--core-sndbuf", type=int, default=4 << 20,
+                    help="the core sender's send buffer, bytes (default 4 MiB, Linux's "
+                    "tcp_wmem maximum)")  # fmt: skip
     ap.add_argument("--size-mib", type=int, default=8, help="bytes per transfer, MiB")
     ap.add_argument("--delay-ms", type=float, default=1.0, help="pair: one-way delay")
-    ap.add_argument("--seed", type=int, default=1, help="pair: fault injector seed")
-    ap.add_argument("--repeat", type=int, default=1, help="transfers per path and rate")
+    ap.add_argument("--seed", type=int, default=1, help="fault injector seed")
+    ap.add_argument("--repeat", type=int, default=1, help="transfers per path and row")
     ap.add_argument("--timeout", type=float, default=120.0, help="bound of one transfer, s")
     ap.add_argument("--paths", default=",".join(PATHS), help="which of pair,kernel,core")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
-    rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    try:
+        args.rate_list, args.rtt_rate_list = _rates(args.rates), _rates(args.rtt_rates)
+    except ValueError:
+        print("loss_bench: --rates/--rtt-rates: comma separated numbers", file=sys.stderr)
+        return 2
     paths = [p for p in args.paths.split(",") if p]
+    rates = args.rate_list + args.rtt_rate_list
     if bad := [p for p in paths if p not in PATHS] + [r for r in rates if not 0 <= r <= 100]:
         print(f"loss_bench: bad --paths/--rates: {bad}", file=sys.stderr)
         return 2
+    if not 0 <= args.queue_frames <= 1000 or args.rtt_ms < 0 or args.rate_mbit < 0:
+        print("loss_bench: --queue-frames 0..1000, --rtt-ms and --rate-mbit >= 0",
+              file=sys.stderr)  # fmt: skip
+        return 2
     args.timeout = min(args.timeout, 600.0)
+    rows = links(args)
     veth = any(p in paths for p in ("kernel", "core"))
     if veth:
         if msg := common.check_root("loss_bench"):
             print(msg, file=sys.stderr)
             return 2
-        if shutil.which("nft") is None:
+        if args.loss_by == "nft" and shutil.which("nft") is None:
             print("loss_bench: needs nftables' nft (apt-get install nftables)", file=sys.stderr)
             return 2
     payload = os.urandom(args.size_mib << 20)
     digest = hashlib.sha256(payload).digest()
     results: list[Result] = []
+    rigs: dict[tuple[str, str], Rig] = {}  # (kind, "emulator" | "nft")
     with netns.Lab() as lab:
-        rigs = make_veth_rigs(lab) if veth else None
         try:
-            runners: dict[str, Callable[[float], Result]] = {
-                "pair": lambda r: run_pair(r, payload, digest, args)
-            }
-            if rigs is not None:
-                veth_rigs = rigs
-                runners["kernel"] = lambda r: run_kernel(r, payload, digest, veth_rigs, args)
-                runners["core"] = lambda r: run_core(r, payload, digest, veth_rigs, args)
-            for rate in rates:
-                for i in range(args.repeat):
-                    order = paths if i % 2 == 0 else list(reversed(paths))
+            for kind in ("kernel", "core"):
+                if kind not in paths:
+                    continue
+                rigs[kind, "emulator"] = make_emulated_rig(lab, kind, args.seed, args.core_sndbuf)
+                if args.loss_by == "nft" and args.rate_list:
+                    rigs[kind, "nft"] = make_nft_rig(lab, kind, args.core_sndbuf)
+            for i, link in enumerate(rows):
+                for rep in range(args.repeat):
+                    seed = args.seed + 1000 * rep + i
+                    order = paths if rep % 2 == 0 else list(reversed(paths))
                     for path in order:
-                        res = runners[path](rate)
+                        if path == "pair":
+                            if link.name != "veth":
+                                continue  # the pair link has no rate limit: veth rows only
+                            res = run_pair(link.loss_percent, payload, digest, args)
+                        else:
+                            via = "nft" if link.name == "veth" and args.loss_by == "nft" else (
+                                "emulator")  # fmt: skip
+                            res = run_sender(link, seed, payload, digest, rigs[path, via], args)
                         results.append(res)
-                        print(f"  {path:6} {rate:>4g}%: "
+                        print(f"  {path:6} {link.name:>11} {link.loss_percent:>4g}%: "
                               f"{_fmt(res.seconds)} s, retransmits {res.retransmits}, "
                               f"drops {res.drops}{', ' + res.error if res.error else ''}",
                               file=sys.stderr, flush=True)  # fmt: skip
         finally:
-            if rigs is not None:
-                rigs.stack.close()
-    rows = summary(results, rates)
-    print(table(rows, args))
+            for rig in rigs.values():
+                if rig.stack is not None:
+                    rig.stack.close()
+    summ = summary(results, rows)
+    print(table(summ, args))
     when = common.stamp()
     path = common.result_path(args.out, "loss", when)
     doc = {
         "when": when,
         "settings": common.settings(args),
         "environment": common.environment(nft=common.tool_version(["nft", "--version"])),
-        "summary": rows,
+        "summary": summ,
         "results": [asdict(r) | {"mb_s": r.mb_s} for r in results],
     }
     common.write_json(path, doc)

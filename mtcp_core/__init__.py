@@ -37,6 +37,8 @@ __all__ = [
     "Context",
     "Epoll",
     "LatencySummary",
+    "LinkEmulator",
+    "LinkShape",
     "LoadGenerator",
     "LoadResult",
     "PairLink",
@@ -1009,3 +1011,7 @@ class LoadGenerator:
 
     def stop(self) -> None:
         lib.mtcp_load_stop(self._conf)
+
+
+# The link emulator (mtcp_core/netem.py), re-exported: mtcp_core.LinkEmulator.
+from mtcp_core.netem import LinkEmulator, LinkShape  # noqa: E402

@@ -238,6 +238,7 @@ class Lab:
         self.namespaces: list[Namespace] = []
         self.links: list[Veth] = []
         self.processes: list[subprocess.Popen[Any]] = []
+        self.closers: list[Callable[[], None]] = []  # run first in close(), newest first
 
     def __enter__(self) -> Lab:
         return self
@@ -297,10 +298,73 @@ class Lab:
                 _tx_offload_off(nsname, ifname)
         return link
 
+    def emulated_path(
+        self,
+        shape: Any = None,
+        *,
+        seed: int = 0,
+        client_address: bool = True,
+        server_address: bool = True,
+        static_arp: bool = False,
+        offloads: bool = True,
+        pcap_prefix: str | None = None,
+        tag: str = "em",
+        emulator: bool = True,
+    ) -> EmulatedPath:
+        """Three namespaces, client — emulator — server, the two outer ones on one /24
+        (client .1, server .2), and a running ``mtcp_core.LinkEmulator`` in the middle one
+        (port a faces the client, b the server; ``shape``: a LinkShape or (a_to_b, b_to_a)).
+        The emulator cuts the outer ends' TSO/GSO frames into MTU-sized segments as a NIC
+        would; ``offloads=False`` turns TSO/GSO off on those ends instead.
+        ``x_address=False`` leaves that end without a kernel address (for a user-level
+        stack). ``static_arp``: permanent neighbour entries on the kernel ends, so that no
+        ARP frame takes a random draw. ``pcap_prefix``: PREFIX-a.pcap and PREFIX-b.pcap.
+        The emulator stops before the namespaces go. ``emulator=False``: the topology only
+        (``EmulatedPath.emulator`` None), for running ``mtcp-appliance netem`` in the middle."""
+        import mtcp_core  # only here: the rest of this module runs without the core
+
+        client, middle, server = (self.namespace(f"{tag}c"), self.namespace(f"{tag}m"),
+                                  self.namespace(f"{tag}s"))  # fmt: skip
+        net = self._subnet(None, own_namespace=False)
+        cl = self.veth(client, middle, subnet=net, address_a=client_address, address_b=False)
+        sl = self.veth(middle, server, subnet=net, address_a=False, address_b=server_address)
+        if not offloads:
+            for ns, ifname in ((client, cl.if_a), (server, sl.if_b)):
+                _offload_off(ns.name, ifname, ("tso", "gso"))
+        client_ip, server_ip = cl.addr_a, sl.addr_b
+        if static_arp:
+            macs = {ifn: _mac(ns.name, ifn) for ns, ifn in ((client, cl.if_a), (server, sl.if_b))}
+            if client_address:
+                client.ip("neigh", "replace", str(server_ip.ip), "lladdr", macs[sl.if_b],
+                          "nud", "permanent", "dev", cl.if_a)  # fmt: skip
+            if server_address:
+                server.ip("neigh", "replace", str(client_ip.ip), "lladdr", macs[cl.if_a],
+                          "nud", "permanent", "dev", sl.if_b)  # fmt: skip
+        if not emulator:
+            return EmulatedPath(client, middle, server, cl, sl, client_ip, server_ip, None)
+        emu = mtcp_core.LinkEmulator(
+            cl.if_b,
+            sl.if_a,
+            shape if shape is not None else mtcp_core.LinkShape(),
+            seed=seed,
+            netns=middle.name,
+            pcap_a=f"{pcap_prefix}-a.pcap" if pcap_prefix else None,
+            pcap_b=f"{pcap_prefix}-b.pcap" if pcap_prefix else None,
+        )
+        self.closers.append(emu.close)
+        emu.start()
+        return EmulatedPath(client, middle, server, cl, sl, client_ip, server_ip, emu)
+
     def close(self) -> None:
         """Stops the processes started in the namespaces, deletes the links and namespaces.
         Keeps going past failures and raises NetnsError for them at the end."""
         errors: list[str] = []
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - reported at the end
+                errors.append(repr(exc))
+        self.closers.clear()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -345,6 +409,46 @@ class Lab:
             if not any(net.overlaps(t) for t in taken):
                 return net
         raise NetnsError(f"no free /24 left in {BENCH_NET}")
+
+
+@dataclass
+class EmulatedPath:
+    """What ``Lab.emulated_path`` built: client_link is client (a) — middle (b), server_link
+    middle (a) — server (b); the emulator's port a is client_link.if_b, b is
+    server_link.if_a."""
+
+    client: Namespace
+    middle: Namespace
+    server: Namespace
+    client_link: Veth
+    server_link: Veth
+    client_ip: ipaddress.IPv4Interface
+    server_ip: ipaddress.IPv4Interface
+    emulator: Any  # mtcp_core.LinkEmulator, or None
+
+    @property
+    def port_a(self) -> str:
+        return self.client_link.if_b
+
+    @property
+    def port_b(self) -> str:
+        return self.server_link.if_a
+
+
+def _mac(nsname: str, ifname: str) -> str:
+    out = ip("-o", "link", "show", ifname, ns=nsname).split()
+    return out[out.index("link/ether") + 1]
+
+
+def _offload_off(nsname: str | None, ifname: str, features: Sequence[str]) -> None:
+    if shutil.which("ethtool") is None:
+        warnings.warn(f"ethtool not found: {'/'.join(features)} stay on for {ifname}",
+                      stacklevel=3)  # fmt: skip
+        return
+    argv = ["ethtool", "-K", ifname]
+    for f in features:
+        argv += [f, "off"]
+    _check(["ip", "netns", "exec", nsname, *argv] if nsname else argv)
 
 
 def _netns_arg(ns: Namespace | None) -> tuple[str, ...]:

@@ -245,6 +245,67 @@ int mtcp_pair_inject(void *pair, int side, const void *frame, size_t len, uint64
 int mtcp_pair_take(void *pair, int side, void *buf, size_t cap, uint64_t now_ns);
 uint64_t mtcp_pair_next_due(void *pair, int side);
 
+/* ---- Link emulator (src/app/netem.c): a two-port bridge with a bad link between ----
+ * Frames taken on interface a leave on b and the other way round, through the pair
+ * link's fault injector and delay line (one direction each) and, where a rate is set,
+ * a token bucket with a bounded FIFO in front (tail drop). dir[0] shapes a -> b,
+ * dir[1] b -> a; each direction draws from its own stream of its faults' seed. */
+struct mtcp_netem_dir {
+    struct mtcp_pair_faults faults; /* loss, duplicate, reorder, corrupt, delay, jitter */
+    uint64_t rate_bps;              /* bits of Ethernet frames per second; 0 = no limit */
+    uint32_t queue_frames;          /* rate limiter FIFO, frames; 0 = 1000 */
+    uint32_t burst_bytes;           /* bucket depth; 0 = max(2 frames, 1 ms at the rate) */
+};
+struct mtcp_netem_conf {
+    const char *iface_a, *iface_b;
+    const char *netns;              /* open the ports in this namespace (a name under
+                                       /run/netns or a path); NULL = the caller's */
+    const char *pcap_a, *pcap_b;    /* capture what each port receives and sends; NULL = no */
+    int rt_priority;                /* > 0: the loop runs SCHED_FIFO at this priority where
+                                       allowed (CAP_SYS_NICE), so that a busy machine does not
+                                       delay its wake-ups; 0: an ordinary thread */
+    struct mtcp_netem_dir dir[2];
+};
+struct mtcp_netem_counters {
+    uint64_t received;        /* frames taken on the ingress port */
+    uint64_t forwarded;       /* frames sent on the egress port */
+    uint64_t bytes_forwarded;
+    uint64_t dropped;         /* random loss */
+    uint64_t duplicated, reordered, corrupted;
+    uint64_t delayed;         /* forwarded after the delay line held them (delay/jitter set) */
+    uint64_t rate_delayed;    /* waited in the rate limiter's FIFO for tokens */
+    uint64_t queue_drops;     /* rate limiter FIFO full: tail drop */
+    uint64_t overflow;        /* the delay line was full (4096 frames per direction) */
+    uint64_t oversize;        /* over the MTU and not TCP/IPv4: dropped */
+    uint64_t segmented;       /* TCP GSO frames over the MTU, cut into segments (as TSO) */
+    uint64_t checksummed;     /* partial checksums completed (sender's TX offload) */
+    uint64_t tx_errors;       /* the egress port refused the frame (ring full, too big) */
+};
+struct mtcp_netem;
+/* Opens both ports (needs CAP_NET_RAW). NULL with errno set and err holding the reason. */
+struct mtcp_netem *mtcp_netem_open(const struct mtcp_netem_conf *conf, char *err, size_t errlen);
+/* Forwards until mtcp_netem_stop; call it on a thread of its own (cffi drops the GIL).
+ * 0, or -EBUSY when it already runs. */
+int mtcp_netem_run(struct mtcp_netem *nm);
+void mtcp_netem_stop(struct mtcp_netem *nm); /* any thread; run returns within a round */
+/* 1 when the running loop got its real-time priority, 0 when not (or not asked). */
+int mtcp_netem_realtime(struct mtcp_netem *nm);
+/* New settings for one direction (0: a -> b) while it runs; a new seed restarts that
+ * direction's random stream. 0 or -EINVAL (bad rate, queue_frames above the FIFO the
+ * emulator opened with). */
+int mtcp_netem_set(struct mtcp_netem *nm, int dir, const struct mtcp_netem_dir *d);
+void mtcp_netem_counters(struct mtcp_netem *nm, int dir, struct mtcp_netem_counters *out);
+void mtcp_netem_close(struct mtcp_netem *nm); /* after run has returned */
+/* What the loop does to one frame, for tests and fuzzing. Completes a partial TCP/UDP
+ * checksum of an IPv4 frame in place (the field holds the pseudo-header sum): 1, or 0
+ * when the frame is not one (left as it is). */
+int mtcp_netem_complete_csum(uint8_t *frame, uint32_t len);
+/* Piece `index` of a TCP/IPv4 frame cut into segments of at most `mtu` IP bytes (as TSO
+ * would) written to out: its length, 0 when there is no such piece, -1 when the frame
+ * cannot be cut (not TCP/IPv4, bad lengths, a fragment) or out_size is too small. */
+int mtcp_netem_segment(const uint8_t *frame, uint32_t len, uint32_t mtu, uint32_t index,
+                       uint8_t *out, uint32_t out_size);
+
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
                         unsigned ncores);

@@ -59,6 +59,9 @@ struct io_pair *io_pair_create(const struct io_pair_faults *faults);
 void io_pair_destroy(struct io_pair *p);
 /* Change the faults while running (tests drop "the next SYN" etc.). */
 void io_pair_set_faults(struct io_pair *p, const struct io_pair_faults *faults);
+/* The same for the one direction sent by `side` (the link emulator shapes its two
+ * directions apart); the other keeps its faults and its random stream. */
+void io_pair_set_faults_side(struct io_pair *p, int side, const struct io_pair_faults *faults);
 /* Per-direction counters of the link: side = sender side (0 or 1). */
 struct io_pair_counters {
     uint64_t sent, delivered, lost, duplicated, reordered, corrupted, overflow;

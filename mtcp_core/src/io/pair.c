@@ -254,6 +254,16 @@ void io_pair_set_faults(struct io_pair *p, const struct io_pair_faults *faults)
     }
 }
 
+void io_pair_set_faults_side(struct io_pair *p, int side, const struct io_pair_faults *faults)
+{
+    struct pair_dir *d = &p->dir[side ? 1 : 0];
+    pthread_mutex_lock(&d->lock);
+    if (faults->seed != d->faults.seed)
+        seed_dir(d, faults->seed, side ? 1 : 0);
+    d->faults = *faults;
+    pthread_mutex_unlock(&d->lock);
+}
+
 void io_pair_get_counters(struct io_pair *p, int side, struct io_pair_counters *out)
 {
     struct pair_dir *d = &p->dir[side ? 1 : 0];
