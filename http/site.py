@@ -199,6 +199,7 @@ class Reply:
     fd: int = -1
     close: bool = False  # the connection must close after this response
     head: bytes | None = None  # ``headers`` serialized (precomputed for cached files)
+    site: str = ""  # the virtual host that answered (access log, metrics); see vhosts.py
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -270,6 +271,8 @@ class Site:
         body_bytes: int,
         referer: bytes | None,
         user_agent: bytes | None,
+        site: str = "",
+        host: bytes | None = None,
     ) -> None:
         if self._log is not None:
             self._log.write(peer, request_line, status, body_bytes, referer, user_agent)
