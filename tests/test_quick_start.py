@@ -55,6 +55,8 @@ def checkout(tmp_path: Path) -> Path:
         'if [ "$1" = -m ] && [ "$2" = pip ]; then\n'
         '  echo "$*" >>"$(dirname "$0")/pip.log"; exit 0\n'
         "fi\n"
+        # under scripts/test-asan the sanitized _native needs its runtimes (conftest.py)
+        f'[ -n "${netns.PRELOAD_VAR}" ] && export LD_PRELOAD="${netns.PRELOAD_VAR}"\n'
         f'exec {sys.executable} "$@"\n'
     )
     wrapper.chmod(0o755)
