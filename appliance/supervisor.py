@@ -212,6 +212,14 @@ class Supervisor:
             self._site = vhost_config(cfg)
         except ConfigError as exc:
             raise StartupError(f"config error: {exc}", 2) from None
+        # what every worker imports, imported once here and inherited by the forks
+        import appliance.http.loop  # noqa: F401
+        import appliance.http.server  # noqa: F401
+
+        if cfg.stack == "mtcp":
+            import appliance.http.mtcp  # noqa: F401
+        else:
+            import appliance.http.linux  # noqa: F401
         if cfg.stack == "mtcp":
             missing = caps.missing_for(cfg.backend)
             if missing:

@@ -35,9 +35,15 @@ apt_install() {
   apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# Python.h of $PYTHON is there, and $PYTHON is 3.11 or newer (dies if not): one start of
+# the interpreter, as scripts/run pays for each.
 python_has_headers() {
+  local rc=0
   "$PYTHON" -c 'import os, sys, sysconfig
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+if sys.version_info < (3, 11): sys.exit(2)
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || rc=$?
+  ((rc == 2)) && die "$PYTHON is $("$PYTHON" --version 2>&1); the project needs Python 3.11 or newer"
+  return "$rc"
 }
 
 # setup_system [runtime]: the Debian packages of SYSTEM_COMMANDS (or, with "runtime", of
@@ -50,12 +56,14 @@ setup_system() {
     read -r cmd pkg <<<"$entry"
     command -v "$cmd" >/dev/null || missing+=("$pkg")
   done
-  if command -v "$PYTHON" >/dev/null && ! python_has_headers; then missing+=(python3-dev); fi
+  local headers=1
+  if command -v "$PYTHON" >/dev/null && ! python_has_headers; then
+    missing+=(python3-dev)
+    headers=0
+  fi
   apt_install "${missing[@]}"
   command -v "$PYTHON" >/dev/null || die "no $PYTHON"
-  python_has_headers || die "no Python headers (Python.h) for $PYTHON"
-  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$PYTHON is $("$PYTHON" --version 2>&1); the project needs Python 3.11 or newer"
+  ((headers)) || python_has_headers || die "no Python headers (Python.h) for $PYTHON"
 }
 
 # setup_containers: podman for tests/test_container.py (Debian's podman, buildah, runc,
@@ -95,14 +103,15 @@ EOF2
 # packaging files and the C sources (contents), the build flags, the interpreter, and the
 # names of the files that an editable install links (a new or removed file needs a
 # reinstall, an edited one does not); for a copy install the contents of every file.
+# Shell tools only (no interpreter start): scripts/run pays for this on every start.
 project_stamp() {
-  local mode=$1 extras=$2
+  local mode=$1 extras=$2 venv=$3
   (
     cd "$ROOT" || exit 1
     {
       printf '%s\n' "mode=$mode" "extras=$extras" "sanitize=${MTCP_SANITIZE:-}" \
         "debug=${MTCP_DEBUG:-}" "cc=${CC:-}" "cflags=${CFLAGS:-}"
-      "$PYTHON" -c 'import sys; print(sys.version)'
+      cat "$venv/pyvenv.cfg" 2>/dev/null  # the interpreter (its version, its path)
       sha256sum pyproject.toml setup.py MANIFEST.in mtcp_core/_build.py
       find mtcp_core/src mtcp_core/include -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
       find appliance http metrics mtcp_core static -type f ! -path '*/__pycache__/*' \
@@ -129,12 +138,14 @@ setup_venv() {
   fi
   local mode=${2:-editable} editable=() extras=${SETUP_EXTRAS-test} stamp_file stamp spec
   stamp_file=$venv/.mtcp-appliance-stamp
-  stamp=$(project_stamp "$mode" "$extras")
-  # a runtime-only setup is also satisfied by an install with the test extras
+  stamp=$(project_stamp "$mode" "$extras" "$venv")
+  # a runtime-only setup is also satisfied by an install with the test extras; the built
+  # core must still be where the install put it (build/ may have been cleaned)
   if [[ -z ${MTCP_FORCE_SETUP:-} && -f $stamp_file ]] &&
     { grep -qx "$stamp" "$stamp_file" ||
-      { [[ -z $extras ]] && grep -qx "$(project_stamp "$mode" test)" "$stamp_file"; }; } &&
-    (cd / && "$venv/bin/python" -c 'import mtcp_core._native' 2>/dev/null); then
+      { [[ -z $extras ]] && grep -qx "$(project_stamp "$mode" test "$venv")" "$stamp_file"; }; } &&
+    { compgen -G "$ROOT/build/__editable__.*/mtcp_core/_native*.so" >/dev/null ||
+      compgen -G "$venv/lib/python3*/site-packages/mtcp_core/_native*.so" >/dev/null; }; then
     say "== $1 is up to date (nothing the install depends on changed)"
     return 0
   fi

@@ -60,6 +60,10 @@ def checkout(tmp_path: Path) -> Path:
         f'exec {sys.executable} "$@"\n'
     )
     wrapper.chmod(0o755)
+    (root / ".venv" / "pyvenv.cfg").write_text(f"version = {sys.version.split()[0]}\n")
+    native = root / "build" / "__editable__.x" / "mtcp_core" / "_native.abi3.so"
+    native.parent.mkdir(parents=True)
+    native.write_bytes(b"")  # what pip would have built
     return root
 
 
@@ -104,6 +108,11 @@ def test_a_second_setup_reinstalls_nothing_when_nothing_changed(checkout: Path) 
     only_runtime = setup(checkout, extras="")
     assert len(only_runtime) == 1 and only_runtime[0].endswith(str(checkout)), only_runtime
     assert len(setup(checkout, MTCP_FORCE_SETUP="1")) == 1
+    # the built core gone (build/ cleaned): installed again
+    assert setup(checkout) == []
+    for so in (checkout / "build").rglob("_native*.so"):
+        so.unlink()
+    assert len(setup(checkout)) == 1
 
 
 def test_scripts_run_sets_up_the_runtime_only() -> None:
