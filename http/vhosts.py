@@ -139,13 +139,13 @@ def normalize_host(value: bytes | None) -> str | None:
 class SiteService:
     """One virtual site in a worker: its ``Site`` (files, cache, error pages) and rules."""
 
-    def __init__(self, vsite: VirtualSite, now: float) -> None:
+    def __init__(self, vsite: VirtualSite) -> None:
         self.vsite = vsite
         self.name = vsite.name
         self.site = Site(dataclasses.replace(vsite.site, access_log=None))
         self.rules = vsite.rules
         self._stamp = rules_mod.file_stamp(self.site.config.root)
-        self._checked = now
+        self._checked = float("-inf")  # the first request looks (clocks may differ)
         self._targets: dict[bytes, Target | None] = {}
         # (path, host) -> (headers it was made from, merged headers, serialized)
         self._merged: dict[
@@ -300,13 +300,10 @@ def _spa_eligible(t: Target) -> bool:
 class Sites:
     """The server's view of every virtual site: what ``loop.run`` and ``Connection`` call."""
 
-    def __init__(self, vhosts: VhostConfig, now: float | None = None) -> None:
-        import time
-
-        now = time.monotonic() if now is None else now
+    def __init__(self, vhosts: VhostConfig) -> None:
         self.vhosts = vhosts
         self.config = vhosts.config
-        self.services = {s.name: SiteService(s, now) for s in vhosts.sites}
+        self.services = {s.name: SiteService(s) for s in vhosts.sites}
         self.default = self.services[vhosts.default]
         self._exact: dict[str, SiteService] = {}
         self._wild: dict[str, SiteService] = {}  # ".example.com" -> service
@@ -322,7 +319,7 @@ class Sites:
             self._log = AccessLog(
                 vhosts.access_log, vhosts.log_format, with_site=len(vhosts.sites) > 1
             )
-        self._checked = now
+        self._checked = float("-inf")  # the caller's clock: the first request sets it
         self.access_log = vhosts.access_log
 
     def select(self, host: str | None) -> SiteService:
