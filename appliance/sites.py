@@ -22,6 +22,7 @@ mistake raises ``ConfigError`` naming the key (or the rule file) and the line.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,10 @@ def _where(cfg: Config, *key: Any) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def vhost_config(cfg: Config) -> Any:
+def vhost_config(cfg: Config, compile_rules: bool = True) -> Any:
     """The checked, compiled ``VhostConfig`` (imports the HTTP server: call it in the
-    supervisor, before the workers fork)."""
+    supervisor, before the workers fork); ``compile_rules`` False: the rules left to the
+    caller (a reload compiles them site by site)."""
     from appliance.http import rules as rules_mod
     from appliance.http.config import SiteConfig
     from appliance.http.vhosts import VhostConfig, VirtualSite
@@ -103,13 +105,44 @@ def vhost_config(cfg: Config) -> Any:
         if len(defaults) > 1:
             raise ConfigError("sites", f"more than one default site: {', '.join(defaults)}", where)
         default = defaults[0] if defaults else sites[0].name
-    vh = VhostConfig(tuple(sites), default, access_log=access_log, log_format=cfg.log_format)
+    vh = VhostConfig(
+        tuple(sites),
+        default,
+        access_log=access_log,
+        log_format=cfg.log_format,
+        source=(lambda: _reread(cfg)) if cfg.config_file is not None else None,
+    )
+    if not compile_rules:
+        return vh
     try:
         return vh.compile()
     except rules_mod.RuleError as exc:
         raise ConfigError(
             "rules", exc.reason, f"{exc.where}:{exc.line}" if exc.line else exc.where
         ) from None
+
+
+def _reread(cfg: Config) -> Any:
+    """SIGHUP: the sites as the config file says now (its site tables read again; every
+    other setting as it was), rules not compiled yet. ConfigError when the file has a
+    mistake now."""
+    from appliance.config import read_file, table_lines
+
+    assert cfg.config_file is not None
+    data = read_file(cfg.config_file)
+    tables: dict[str, Any] = {}
+    for key in ("redirects", "headers", "sites"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise ConfigError(key, "must be an array of tables", str(cfg.config_file))
+        tables[key] = tuple(value)
+    spa = cfg.spa_fallback
+    if cfg.sources.get("spa_fallback") == str(cfg.config_file):
+        spa = data.get("spa_fallback")
+    fresh = dataclasses.replace(
+        cfg, **tables, spa_fallback=spa, table_lines=table_lines(cfg.config_file)
+    )
+    return vhost_config(fresh, compile_rules=False)
 
 
 def _site(

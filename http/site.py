@@ -42,6 +42,7 @@ ALLOW = b"GET, HEAD"
 HTML = b"text/html; charset=utf-8"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 WELL_KNOWN = ".well-known"
+RULE_FILES = ("_redirects", "_headers")  # at the root: read as site rules, never served
 # (encoding token, file suffix, Content-Encoding), in order of preference at equal q
 ENCODINGS = (("br", ".br", b"br"), ("gzip", ".gz", b"gzip"))
 
@@ -548,8 +549,8 @@ class Site:
         try:
             with os.scandir(real) as it:
                 for de in it:
-                    if de.name.startswith("."):
-                        continue
+                    if de.name.startswith(".") or not t.segments and de.name in RULE_FILES:
+                        continue  # dotfiles, and the site's rule files (http/rules.py)
                     kind, _, st = self._resolve((*t.segments, de.name))
                     if kind == "none" or st is None:
                         continue  # not servable: dangling, outside the root, special file

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,14 @@ class VirtualSite:
     config_where: str = "config"
     config_lines: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
+    def compile_or_keep(self) -> VirtualSite:
+        """Compiled again, or as it was (logged) when the rules do not compile."""
+        try:
+            return self.compile()
+        except rules_mod.RuleError as exc:
+            log.error("site %s: keeping the old rules: %s", self.name, exc)
+            return self
+
     def compile(self) -> VirtualSite:
         """The same site with its rules compiled from the files and tables (RuleError)."""
         ruleset = rules_mod.compile_rules(
@@ -79,6 +87,8 @@ class VhostConfig:
     default: str
     access_log: Path | None = None  # "-": stdout
     log_format: str = "combined"
+    # SIGHUP: the sites as the configuration says now, not compiled (None: no config file)
+    source: Callable[[], VhostConfig] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sites]
@@ -105,15 +115,39 @@ class VhostConfig:
         return dataclasses.replace(self, sites=tuple(s.compile() for s in self.sites))
 
     def reload(self) -> VhostConfig:
-        """Rules compiled again (SIGHUP); a site whose rules fail keeps its old ones."""
-        out = []
-        for s in self.sites:
+        """SIGHUP: the rules compiled again, from the rule files and (with a config file)
+        the file's rule tables as they are now. What fails to compile keeps its old rules
+        (logged). The sites themselves (names, host names, roots) change only with a
+        restart: the metrics and the access log name them."""
+        fresh: VhostConfig | None = None
+        if self.source is not None:
             try:
-                out.append(s.compile())
-            except rules_mod.RuleError as exc:
-                log.error("site %s: keeping the old rules: %s", s.name, exc)
-                out.append(s)
-        return dataclasses.replace(self, sites=tuple(out))
+                fresh = self.source()
+            except Exception as exc:  # noqa: BLE001 - ConfigError, or the file is gone
+                log.error("config file: keeping the old site rules: %s", exc)
+        if fresh is not None:
+            same = [(s.name, s.server_names, s.site.root) for s in fresh.sites] == [
+                (s.name, s.server_names, s.site.root) for s in self.sites
+            ]
+            if not same:
+                log.warning(
+                    "the config file's sites changed (names, server names or roots): restart "
+                    "the appliance to apply that; their rules are reloaded"
+                )
+            out = []
+            for s in self.sites:
+                new = next((f for f in fresh.sites if f.name == s.name), None)
+                if new is not None:  # the new rule tables on the running site
+                    s = dataclasses.replace(
+                        s,
+                        redirects=new.redirects,
+                        headers=new.headers,
+                        spa_fallback=new.spa_fallback,
+                        config_lines=new.config_lines,
+                    )
+                out.append(s.compile_or_keep())
+            return dataclasses.replace(self, sites=tuple(out))
+        return dataclasses.replace(self, sites=tuple(s.compile_or_keep() for s in self.sites))
 
     def build(self) -> Sites:
         return Sites(self)

@@ -533,3 +533,14 @@ def test_rule_files_are_compiled_once_not_per_request(
     for i in range(200):
         s.respond(b"GET", b"/home", {b"host": b"x"}, T0 + i * 0.001)
     assert calls == []
+
+
+def test_rule_files_are_left_out_of_the_root_listing(root: Path) -> None:
+    (root / "index.html").unlink()
+    (root / "docs").mkdir()
+    (root / "docs" / "_headers").write_text("not a rule file here\n")
+    s = sites_for(root)
+    listing = body(ask(s, "/"))
+    assert b"small.txt" in listing and b"_redirects" not in listing and b"_headers" not in listing
+    assert b"_headers" in body(ask(s, "/docs/"))  # only the root's are rule files
+    assert ask(s, "/docs/_headers").status == 200

@@ -148,6 +148,7 @@ def test_appliance_json_access_log_on_stdout_sites_in_metrics_and_reload(
     conf = tmp_path / "c.toml"
     conf.write_text(
         f'[[sites]]\nname = "main"\nroot = "{root}"\ndefault = true\n'
+        '[[sites.redirects]]\nfrom = "/t"\nto = "/t1"\n'
         f'[[sites]]\nname = "other"\nserver_names = ["other.test"]\nroot = "{other}"\n'
     )
     ns = netlab.namespace("vh")
@@ -204,12 +205,22 @@ def test_appliance_json_access_log_on_stdout_sites_in_metrics_and_reload(
         assert get("/a", "x.test")[1]["location"] == "/b"
         event = json.loads([x for x in log.splitlines() if "keeping the old rules" in x][0])
         assert event["level"] == "ERROR" and "_redirects:1" in event["message"]
-        # fixed, and SIGHUP: compiled again
+        assert get("/t", "x.test")[1]["location"] == "/t1"
+        # fixed, the config file's rule changed too, and SIGHUP: both compiled again
         (root / "_redirects").write_text("/a /d 302\n")
+        conf.write_text(conf.read_text().replace('to = "/t1"', 'to = "/t2"'))
         app.send_signal(signal.SIGHUP)
         app.wait_log("reloaded: new server")
         deadline = time.monotonic() + 5
         while get("/a", "x.test")[1].get("location") != "/d":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        assert get("/t", "x.test")[1]["location"] == "/t2"
+        # a mistake in the config file on the next SIGHUP: the rules stay, the log says why
+        conf.write_text(conf.read_text().replace('to = "/t2"', 'to = "/t3/:nope"'))
+        app.send_signal(signal.SIGHUP)
+        app.wait_log("reloaded: new server", count=2)
+        log = app.wait_log("uses :nope")
+        assert get("/t", "x.test")[1]["location"] == "/t2"
+        assert "keeping the old rules" in log
         assert app.stop() == 0
