@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,15 @@ class Config:
     nft_guard: bool = False
     tx_rate_mbps: int = 0  # mtcp: the link's rate for the stack's shaper (0: none)
     sndbuf: int = DEFAULT_SNDBUF  # mtcp: send buffer per connection, bytes
+    log_format: str = "combined"  # access log: combined or json
+    event_log_format: str = "text"  # the event log (stderr): text or json
+    spa_fallback: str | None = None  # the default site's SPA fallback ("/index.html")
+    # file-only tables (appliance/sites.py checks them): [[redirects]], [[headers]], [[sites]]
+    redirects: tuple[dict[str, Any], ...] = ()
+    headers: tuple[dict[str, Any], ...] = ()
+    sites: tuple[dict[str, Any], ...] = ()
+    config_file: Path | None = None
+    table_lines: dict[tuple[Any, ...], int] = field(default_factory=dict, compare=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -211,6 +221,20 @@ def _path(v: Any) -> Path:
     return Path(s).expanduser()
 
 
+def _log_file(v: Any) -> Path:
+    """A log file, or "-" for stdout."""
+    if v == "-" or v == Path("-"):
+        return Path("-")
+    return _writable_file(v)
+
+
+def _site_path(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/") or any(c in s for c in "?#*") or any(c.isspace() for c in s):
+        raise ValueError(f"must be a path of the site such as /index.html, got {s!r}")
+    return s
+
+
 def _writable_file(v: Any) -> Path:
     p = _path(v)
     if p.is_dir():
@@ -251,7 +275,20 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "root": (_root, "folder to serve (default: the bundled static/)"),
     "cores": (_int(1, 256), "worker processes, one per core (default: all CPUs)"),
     "metrics": (_hostport, f"management address host:port (default {DEFAULT_METRICS})"),
-    "access_log": (_writable_file, "access log file (default: none)"),
+    "access_log": (_log_file, "access log file, - for stdout (default: none)"),
+    "log_format": (
+        _choice("combined", "json"),
+        "access log format: combined (default) or json (one object per line)",
+    ),
+    "event_log_format": (
+        _choice("text", "json"),
+        "event log (stderr) format: text (default) or json (one object per line)",
+    ),
+    "spa_fallback": (
+        _site_path,
+        "single-page app: answer unknown paths without an extension with this file "
+        "(such as /index.html); real files and missing assets keep their answer",
+    ),
     "no_priority": (_bool, "mtcp: one FIFO TX list instead of control > ACK > data"),
     "afpacket_rx": (
         _choice("copy", "ring"),
@@ -280,6 +317,9 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
 }
 
+
+# keys only the TOML file has: arrays of tables (site rules, virtual hosts)
+FILE_TABLES = ("redirects", "headers", "sites")
 
 # the TOML type of each key that is not a string
 TOML_TYPES: dict[str, Any] = {
@@ -336,9 +376,18 @@ def gather(
     if path is None and env.get(ENV_CONFIG):
         path = Path(env[ENV_CONFIG])
     if path is not None:
+        raw["config_file"], where["config_file"] = path, "--config"
         for key, value in read_file(path).items():
+            if key in FILE_TABLES:
+                if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                    raise ConfigError(
+                        key, f"must be an array of tables ([[{key}]]), got {value!r}", str(path)
+                    )
+                raw[key], where[key] = value, str(path)
+                continue
             if key not in KEYS:
-                raise ConfigError(key, f"unknown key; known keys: {', '.join(KEYS)}", str(path))
+                known = ", ".join((*KEYS, *FILE_TABLES))
+                raise ConfigError(key, f"unknown key; known keys: {known}", str(path))
             want = TOML_TYPES.get(key, str)
             if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
                 raise ConfigError(
@@ -365,7 +414,11 @@ def gather(
 def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
     """Checks every value and fills in the defaults."""
     val: dict[str, Any] = {}
+    tables = {k: tuple(raw[k]) for k in FILE_TABLES if k in raw}
+    config_file = raw.get("config_file")
     for key, value in raw.items():
+        if key in FILE_TABLES or key == "config_file":
+            continue
         parse = KEYS[key][0]
         if value is None:
             continue
@@ -442,8 +495,68 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         nft_guard=nft_guard,
         tx_rate_mbps=val.get("tx_rate_mbps", 0),
         sndbuf=val.get("sndbuf", DEFAULT_SNDBUF),
+        log_format=val.get("log_format", "combined"),
+        event_log_format=val.get("event_log_format", "text"),
+        spa_fallback=val.get("spa_fallback"),
+        redirects=tables.get("redirects", ()),
+        headers=tables.get("headers", ()),
+        sites=tables.get("sites", ()),
+        config_file=config_file,
+        table_lines=table_lines(config_file) if config_file is not None else {},
         sources=dict(where),
     )
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.]+)\s*\]\]")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
+
+
+def table_lines(path: Path) -> dict[tuple[Any, ...], int]:
+    """Line numbers of the file's arrays of tables, for error messages:
+    ("redirects", i), ("headers", i), ("sites", i), ("sites", i, "redirects", j), and
+    ("spa_fallback",) / ("sites", i, "spa_fallback") for that key."""
+    out: dict[tuple[Any, ...], int] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    counts: dict[tuple[Any, ...], int] = {}
+    site = -1
+    section: tuple[Any, ...] = ()
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _TABLE_HEADER.match(line)
+        if m is not None:
+            name = m.group(1)
+            if name == "sites":
+                site += 1
+                key: tuple[Any, ...] = ("sites", site)
+                section = key
+            elif name.startswith("sites.") and site >= 0:
+                sub = name.split(".", 1)[1]
+                base = ("sites", site, sub)
+                i = counts.get(base, 0)
+                counts[base] = i + 1
+                key = (*base, i)
+                section = key
+            else:
+                base = (name,)
+                i = counts.get(base, 0)
+                counts[base] = i + 1
+                key = (name, i)
+                section = key
+            out.setdefault(key, n)
+            continue
+        if line.lstrip().startswith("["):
+            section = ("?",)
+            continue
+        m = _KEY_LINE.match(line)
+        if m is not None:
+            k = m.group(1)
+            if section == ():
+                out.setdefault((k,), n)
+            elif len(section) == 2 and section[0] == "sites":
+                out.setdefault((*section, k), n)
+    return out
 
 
 def _checked(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from appliance import caps
+from appliance import caps, netfilter
 from appliance.config import Config, available_cpus
 
 IFF_UP = 0x1
@@ -134,6 +134,20 @@ def _kernel_address(name: str, cfg: Config) -> Check:
         )
     except (OSError, subprocess.TimeoutExpired):
         return Check("warn", f"cannot list the kernel's addresses on {name} (no ip command?)")
+    if f" {cfg.host}/" in res.stdout and cfg.nft_guard:
+        # a container's address: shared on purpose, the guard keeps the kernel off the port
+        if shutil.which("nft") is None:
+            return Check(
+                "FAIL",
+                f"the kernel also has {cfg.host} on {name} and --nft-guard needs nft, which is "
+                "not installed",
+                "apt-get install nftables",
+            )
+        return Check(
+            "ok",
+            f"the kernel also has {cfg.host} on {name}: shared, --nft-guard keeps the kernel "
+            f"off TCP port {cfg.port} (table {netfilter.table_name(name)})",
+        )
     if f" {cfg.host}/" in res.stdout:
         return Check(
             "FAIL",

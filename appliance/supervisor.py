@@ -190,6 +190,7 @@ class Supervisor:
     # ----------------------------------------------------------------- life cycle
 
     def run(self) -> int:
+        logs.set_format(self.config.event_log_format)
         logs.setup()
         try:
             self._start()
@@ -204,9 +205,21 @@ class Supervisor:
 
     def _start(self) -> None:
         cfg = self.config
-        from appliance.http.server import SiteConfig  # imported before the forks
+        from appliance.config import ConfigError
+        from appliance.sites import vhost_config  # the HTTP server, imported before the forks
 
-        self._site = SiteConfig(root=cfg.root, access_log=cfg.access_log)
+        try:
+            self._site = vhost_config(cfg)
+        except ConfigError as exc:
+            raise StartupError(f"config error: {exc}", 2) from None
+        # what every worker imports, imported once here and inherited by the forks
+        import appliance.http.loop  # noqa: F401
+        import appliance.http.server  # noqa: F401
+
+        if cfg.stack == "mtcp":
+            import appliance.http.mtcp  # noqa: F401
+        else:
+            import appliance.http.linux  # noqa: F401
         if cfg.stack == "mtcp":
             missing = caps.missing_for(cfg.backend)
             if missing:
@@ -228,6 +241,7 @@ class Supervisor:
         for core in range(cfg.cores):
             stats = str(self.run_dir / f"stack-{core}") if cfg.stack == "mtcp" else None
             block = HttpBlock.create(self.run_dir / f"http-{core}", core)
+            block.set_sites([vs.name for vs in self._site.sites])
             self.slots.append(Slot(core, cpus[core % len(cpus)], block, stats))
         if cfg.stack == "mtcp":
             self.stack = self._make_stack()

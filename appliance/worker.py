@@ -201,9 +201,11 @@ def _serve_loop(spec: WorkerSpec, state: _State, serve: Any) -> None:
             return
         state.reload = False
         state.draining = threading.Event()
-        site = dataclasses.replace(site)
+        # a new server: site rules compiled again (kept as they were when they fail)
+        site = site.reload() if hasattr(site, "reload") else dataclasses.replace(site)
         log.info(
-            "reloaded: new server (cache emptied, access log reopened), generation %d",
+            "reloaded: new server (cache emptied, rules compiled, access log reopened), "
+            "generation %d",
             generation + 1,
         )
 

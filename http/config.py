@@ -41,3 +41,4 @@ class RequestRecord:
     bytes_sent: int
     duration_s: float
     core: int
+    site: str = ""  # the virtual host's name (appliance.http.vhosts); "" without one

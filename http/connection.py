@@ -124,6 +124,7 @@ class Connection:
         self._req_headers: dict[bytes, bytes] = {}
         self._req_method = b""
         self._target = b""
+        self._site_name = ""  # the virtual host of the current response (Reply.site)
         self._body_bytes = 0
         self._status = 0
         self._sent_head = 0
@@ -347,6 +348,8 @@ class Connection:
         self._line = b"-"
         self._referer = self._agent = None
         self._is_head = False
+        self._req_headers = {}
+        self._site_name = ""
         self._body_bytes = 0
         self._sent_head = self._sent_body = 0
         h = self._h11c
@@ -494,6 +497,7 @@ class Connection:
         cfg = self.config
         status = reply.status
         self._status = status
+        self._site_name = reply.site
         close = (
             reply.close
             or self._draining
@@ -589,7 +593,8 @@ class Connection:
             self.closed = True  # it said Connection: close (error, drain, last request...)
         started = self._head_started if self._head_started is not None else now
         self.site.log(
-            self.peer, self._line, self._status, self._sent_body, self._referer, self._agent
+            self.peer, self._line, self._status, self._sent_body, self._referer, self._agent,
+            site=self._site_name, host=self._req_headers.get(b"host"),
         )
         if self.on_request is not None:
             record = RequestRecord(
@@ -598,6 +603,7 @@ class Connection:
                 bytes_sent=self._sent_head + self._sent_body,
                 duration_s=max(0.0, now - started),
                 core=self.core,
+                site=self._site_name,
             )
             try:
                 self.on_request(record)

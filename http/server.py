@@ -5,7 +5,8 @@
 
 Both run the same sans-I/O core (``connection.Connection`` on h11, ``site.Site`` for the
 files) in one loop (``loop.run``): no thread or process per request. ``on_request`` gets
-one ``RequestRecord`` per response (for metrics). ``draining`` set: the listener closes,
+one ``RequestRecord`` per response (for metrics). ``site`` is one ``SiteConfig`` or a
+``vhosts.VhostConfig`` (virtual hosts and site rules). ``draining`` set: the listener closes,
 requests in flight are finished (answered with ``Connection: close``), idle connections
 close, and the call returns when no connection is left; ``stop`` set: it returns at once
 (within ``loop.POLL_MAX_S``), closing every connection.
@@ -21,13 +22,14 @@ from appliance.http.config import RequestRecord, SiteConfig
 
 if TYPE_CHECKING:
     import mtcp_core
+    from appliance.http.vhosts import VhostConfig
 
 __all__ = ["RequestRecord", "SiteConfig", "serve_linux", "serve_mtcp"]
 
 
 def serve_mtcp(
     ctx: mtcp_core.Context,
-    site: SiteConfig,
+    site: SiteConfig | VhostConfig,
     port: int,
     stop: threading.Event,
     on_request: Callable[[RequestRecord], None] | None = None,
@@ -39,9 +41,9 @@ def serve_mtcp(
     ``ready`` is set once the port listens."""
     from appliance.http import loop
     from appliance.http.mtcp import MtcpNet
-    from appliance.http.site import Site
+    from appliance.http.vhosts import build
 
-    files = Site(site)
+    files = build(site)
     net = MtcpNet(ctx, port, peers=site.access_log is not None)
     loop.run(net, files, stop, core=ctx.core, on_request=on_request, draining=draining, ready=ready)
 
@@ -49,7 +51,7 @@ def serve_mtcp(
 def serve_linux(
     host: str,
     port: int,
-    site: SiteConfig,
+    site: SiteConfig | VhostConfig,
     stop: threading.Event,
     on_request: Callable[[RequestRecord], None] | None = None,
     draining: threading.Event | None = None,
@@ -61,8 +63,8 @@ def serve_linux(
     ``ready`` is set once the socket listens (a bind error raises OSError before)."""
     from appliance.http import loop
     from appliance.http.linux import KernelNet
-    from appliance.http.site import Site
+    from appliance.http.vhosts import build
 
-    files = Site(site)
+    files = build(site)
     net = KernelNet(host, port, reuse_port=reuse_port)
     loop.run(net, files, stop, on_request=on_request, draining=draining, ready=ready)

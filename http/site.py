@@ -42,6 +42,7 @@ ALLOW = b"GET, HEAD"
 HTML = b"text/html; charset=utf-8"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 WELL_KNOWN = ".well-known"
+RULE_FILES = ("_redirects", "_headers")  # at the root: read as site rules, never served
 # (encoding token, file suffix, Content-Encoding), in order of preference at equal q
 ENCODINGS = (("br", ".br", b"br"), ("gzip", ".gz", b"gzip"))
 
@@ -199,6 +200,7 @@ class Reply:
     fd: int = -1
     close: bool = False  # the connection must close after this response
     head: bytes | None = None  # ``headers`` serialized (precomputed for cached files)
+    site: str = ""  # the virtual host that answered (access log, metrics); see vhosts.py
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -270,6 +272,8 @@ class Site:
         body_bytes: int,
         referer: bytes | None,
         user_agent: bytes | None,
+        site: str = "",
+        host: bytes | None = None,
     ) -> None:
         if self._log is not None:
             self._log.write(peer, request_line, status, body_bytes, referer, user_agent)
@@ -545,8 +549,8 @@ class Site:
         try:
             with os.scandir(real) as it:
                 for de in it:
-                    if de.name.startswith("."):
-                        continue
+                    if de.name.startswith(".") or not t.segments and de.name in RULE_FILES:
+                        continue  # dotfiles, and the site's rule files (http/rules.py)
                     kind, _, st = self._resolve((*t.segments, de.name))
                     if kind == "none" or st is None:
                         continue  # not servable: dangling, outside the root, special file

@@ -279,6 +279,16 @@ class ApplianceCollector(Collector):
             "Bytes of HTTP responses (headers and bodies) handed to the stack",
             labels=["core"],
         )
+        site_reqs = CounterMetricFamily(
+            "mtcp_http_site_requests",
+            "HTTP requests answered, by site (virtual host) and status class",
+            labels=["core", "site", "status_class"],
+        )
+        site_bytes = CounterMetricFamily(
+            "mtcp_http_site_response_bytes",
+            "Bytes of HTTP responses (headers and bodies), by site (virtual host)",
+            labels=["core", "site"],
+        )
         for c in view.cores:
             h = c.http
             if h is None:
@@ -294,7 +304,11 @@ class ApplianceCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
             dur.add_metric([lab], buckets, h.duration_sum_s)
             out.add_metric([lab], h.response_bytes)
-        yield from (reqs, dur, out)
+            for site, (by_class, nbytes) in h.sites.items():
+                for cls, n in by_class.items():
+                    site_reqs.add_metric([lab, site, cls], n)
+                site_bytes.add_metric([lab, site], nbytes)
+        yield from (reqs, dur, out, site_reqs, site_bytes)
 
 
 def make_registry(source: MetricsSource) -> CollectorRegistry:

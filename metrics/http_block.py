@@ -19,12 +19,13 @@ import mmap
 import os
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 MAGIC = 0x4B4C42505454484D  # "MHTTPBLK" little endian
-VERSION = 1
+VERSION = 2
+MAX_SITES = 32  # per-site counters (virtual hosts): a bounded label set
 
 METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER")
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -51,7 +52,9 @@ _REQ = 4
 _BYTES = _REQ + len(METHODS) * len(STATUS_CLASSES)
 _DUR_SUM_NS = _BYTES + 1
 _DUR_BUCKETS = _DUR_SUM_NS + 1
-_SLOTS = _DUR_BUCKETS + len(DURATION_BUCKETS) + 1
+_SITE_BASE = _DUR_BUCKETS + len(DURATION_BUCKETS) + 1
+_SITE_STRIDE = len(STATUS_CLASSES) + 1  # requests by status class, then response bytes
+_SLOTS = _SITE_BASE + MAX_SITES * _SITE_STRIDE
 SIZE = _SLOTS * 8
 
 _METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
@@ -83,6 +86,8 @@ class HttpSnapshot:
     response_bytes: int
     duration_sum_s: float
     duration_buckets: tuple[int, ...]  # per bucket (not cumulative), +Inf last
+    # site -> (requests by status class, response bytes); empty without virtual hosts
+    sites: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
 
     @property
     def total_requests(self) -> int:
@@ -112,6 +117,15 @@ class HttpBlock:
             os.close(fd)
         self._slots: Any = (ctypes.c_uint64 * _SLOTS).from_buffer(self._map)
         self._lock = threading.Lock()
+        self.sites: tuple[str, ...] = ()
+        self._site_index: dict[str, int] = {}
+
+    def set_sites(self, names: list[str] | tuple[str, ...]) -> None:
+        """The site names (at most MAX_SITES), in slot order; set before the fork."""
+        if len(names) > MAX_SITES:
+            raise ValueError(f"at most {MAX_SITES} sites")
+        self.sites = tuple(names)
+        self._site_index = {n: i for i, n in enumerate(names)}
 
     @classmethod
     def create(cls, path: Path, core: int) -> HttpBlock:
@@ -137,6 +151,11 @@ class HttpBlock:
             s[_BYTES] += max(rec.bytes_sent, 0)
             s[_DUR_SUM_NS] += int(dur * 1e9)
             s[_DUR_BUCKETS + bisect.bisect_left(DURATION_BUCKETS, dur)] += 1
+            si = self._site_index.get(getattr(rec, "site", ""))
+            if si is not None:
+                base = _SITE_BASE + si * _SITE_STRIDE
+                s[base + class_slot(rec.status)] += 1
+                s[base + len(STATUS_CLASSES)] += max(rec.bytes_sent, 0)
 
     def read(self) -> HttpSnapshot | None:
         """The block's values, or None when it is not (yet) a valid block."""
@@ -155,7 +174,17 @@ class HttpBlock:
             requests=requests,
             response_bytes=raw[_BYTES],
             duration_sum_s=raw[_DUR_SUM_NS] / 1e9,
-            duration_buckets=tuple(raw[_DUR_BUCKETS:_SLOTS]),
+            duration_buckets=tuple(raw[_DUR_BUCKETS:_SITE_BASE]),
+            sites={
+                name: (
+                    {
+                        c: raw[_SITE_BASE + i * _SITE_STRIDE + ci]
+                        for ci, c in enumerate(STATUS_CLASSES)
+                    },
+                    raw[_SITE_BASE + i * _SITE_STRIDE + len(STATUS_CLASSES)],
+                )
+                for i, name in enumerate(self.sites)
+            },
         )
 
     def close(self) -> None:

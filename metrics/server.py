@@ -4,8 +4,9 @@ It runs in the supervisor (threads of its own, never a worker's), so that it kee
 answering while the data plane is busy or broken:
 
 - ``/metrics``: the Prometheus text exposition (``?json`` is not offered there);
-- ``/server-status``: the status page, HTML; ``?json`` for JSON, ``?refresh=N`` to set the
-  page's self-refresh period (0: off);
+- ``/server-status``: the status page, HTML with charts of the last ``?minutes=N`` (5..15,
+  default 15); ``?json`` for JSON, ``?series`` for the charts' numbers, ``?refresh=N`` to set
+  the page's self-refresh period (0: off);
 - ``/healthz``: 200 when every worker is up and every core's mTCP thread is running, else
   503; a JSON body says which (``appliance.metrics.health``). Container and Kubernetes
   health checks ask here: the site on the user-level stack is not reachable over loopback;
@@ -60,7 +61,16 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry), head)
             elif url.path in ("/server-status", "/server-status/"):
-                if "json" in query or query.get("format") == ["json"]:
+                try:
+                    minutes = float(query.get("minutes", ["15"])[0])
+                except ValueError:
+                    minutes = 15.0
+                if minutes != minutes:  # NaN
+                    minutes = 15.0
+                if "series" in query:
+                    body = json.dumps(self.server.status.series(minutes)).encode()
+                    self._send(200, "application/json", body, head)
+                elif "json" in query or query.get("format") == ["json"]:
                     body = json.dumps(self.server.status.data(), indent=1).encode()
                     self._send(200, "application/json", body, head)
                 else:
@@ -68,7 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
                         refresh = int(query.get("refresh", ["2"])[0])
                     except ValueError:
                         refresh = 2
-                    html = self.server.status.html(refresh=max(0, min(refresh, 3600)))
+                    html = self.server.status.html(
+                        refresh=max(0, min(refresh, 3600)), minutes=minutes
+                    )
                     self._send(200, "text/html; charset=utf-8", html.encode(), head)
             elif url.path == "/healthz":
                 doc = evaluate(self.server.source.view())

@@ -1,8 +1,11 @@
 """The status page (``/server-status``, like lighttpd's mod_status): per-core rates, connection
-states and worker facts, as HTML (jinja2, refreshing itself) or JSON (``?json``).
+states and worker facts, as HTML (jinja2, refreshing itself) or JSON (``?json``), and charts of
+the last minutes (inline SVG, ``metrics/charts.py``; the numbers as JSON: ``?series``).
 
 Rates need two moments: a sampler thread takes a view every ``interval`` seconds and a page
-shows the rates between the last two samples.
+shows the rates between the last two samples. Every sample's rates are also kept for
+``HISTORY_S`` (15 minutes): requests/s, connections/s, throughput, drops/s and
+retransmissions/s, per core; the charts show the last ``minutes`` (5 to 15) of them.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 import mtcp_core
+from appliance.metrics import charts
 from appliance.metrics.source import ApplianceView, CoreView, MetricsSource
 
 # TCB states (a closed connection has no TCB and a listening socket none either: both are
@@ -36,6 +41,17 @@ RATES: tuple[str, ...] = (
     "cpu_seconds",
 )
 
+HISTORY_S = 15 * 60
+# charted series: key, title, unit, and whether the kernel stack (no stack counters) has it
+SERIES: tuple[tuple[str, str, str, bool], ...] = (
+    ("requests", "Requests", "/s", True),
+    ("connections", "Connections opened", "/s", False),
+    ("throughput", "Throughput (sent)", "B/s", True),
+    ("drops", "Drops", "/s", False),
+    ("retransmits", "Retransmissions", "/s", False),
+)
+_SERIES_KEYS = tuple(k for k, _, _, _ in SERIES)
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
@@ -54,6 +70,12 @@ def _totals(c: CoreView) -> dict[str, float]:
         "requests": c.http.total_requests if c.http else 0,
         "response_bytes": c.http.response_bytes if c.http else 0,
         "cpu_seconds": c.cpu_seconds or 0.0,
+        # charted only: frames sent by the stack, or (kernel stack) the responses' bytes
+        "throughput": st.get("tx_bytes", 0)
+        if c.stack
+        else (c.http.response_bytes if c.http else 0),
+        "drops": sum(v for k, v in st.items() if k.startswith("drop_")),
+        "retransmits": st.get("retransmits", 0),
     }
 
 
@@ -70,6 +92,10 @@ class StatusPage:
         self.source = source
         self.interval = interval
         self._samples: deque[_Sample] = deque(maxlen=2)
+        # (monotonic time, {core: {series key: rate}}), one entry per sample
+        self._history: deque[tuple[float, dict[int, dict[str, float]]]] = deque(
+            maxlen=int(HISTORY_S / interval) + 2
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,7 +104,18 @@ class StatusPage:
         view = view or self.source.view()
         s = _Sample(view.taken_at, {c.core: _totals(c) for c in view.cores})
         with self._lock:
+            prev = self._samples[-1] if self._samples else None
             self._samples.append(s)
+            if prev is not None and s.at > prev.at:
+                dt = s.at - prev.at
+                rates = {}
+                for core, now in s.totals.items():
+                    before = prev.totals.get(core, now)
+                    # a counter that went down (a worker's restart) counts as no change
+                    rates[core] = {
+                        k: max(now[k] - before.get(k, now[k]), 0) / dt for k in _SERIES_KEYS
+                    }
+                self._history.append((s.at, rates))
 
     def start(self) -> None:
         self.sample()
@@ -166,9 +203,58 @@ class StatusPage:
             "total": {"rates": _rates_out(total_rates), "connections": total_states},
         }
 
-    def html(self, refresh: int = 2) -> str:
+    def series(self, minutes: float = 15, now: float | None = None) -> dict[str, Any]:
+        """The charted rates of the last ``minutes`` (5..15): seconds before now (``t``),
+        per core and in total; ``available``: what this stack counts."""
+        window = min(max(minutes, 5.0), HISTORY_S / 60) * 60
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            hist = [(at, r) for at, r in self._history if now - at <= window]
+        cores = sorted({c for _, r in hist for c in r})
+        kernel = self.source.view().stack != "mtcp"
+        out: dict[str, Any] = {
+            "window_s": window,
+            "t": [round(at - now, 3) for at, _ in hist],
+            "cores": {
+                str(c): {
+                    k: [round(r.get(c, {}).get(k, 0.0), 3) for _, r in hist] for k in _SERIES_KEYS
+                }
+                for c in cores
+            },
+            "total": {
+                k: [round(sum(x.get(k, 0.0) for x in r.values()), 3) for _, r in hist]
+                for k in _SERIES_KEYS
+            },
+            "available": {k: (avail or not kernel) for k, _, _, avail in SERIES},
+        }
+        return out
+
+    def charts(self, minutes: float = 15) -> list[Markup]:
+        """One inline SVG chart per series."""
+        s = self.series(minutes)
+        out = []
+        for key, title, unit, _ in SERIES:
+            lines: list[tuple[str, str, list[float], bool]] = [
+                (f"core {c}", charts.core_color(i), v[key], False)
+                for i, (c, v) in enumerate(s["cores"].items())
+            ]
+            lines.append(("all", charts.TOTAL_COLOR, s["total"][key], True))
+            note = "" if s["available"][key] else "not counted on the kernel's stack"
+            if not s["t"]:
+                note = "collecting: the first points come within seconds"
+            svg = charts.chart(f"{title}", unit, s["window_s"], s["t"], lines, note)
+            out.append(Markup(f'<figure class="chart" id="chart-{key}">{svg}</figure>'))
+        return out
+
+    def html(self, refresh: int = 2, minutes: float = 15) -> str:
         return _env.get_template("server-status.html").render(
-            s=self.data(), states=STATES, refresh=refresh, fmt_bytes=fmt_bytes, fmt_num=fmt_num
+            s=self.data(),
+            states=STATES,
+            refresh=refresh,
+            fmt_bytes=fmt_bytes,
+            fmt_num=fmt_num,
+            charts=self.charts(minutes),
+            minutes=round(min(max(minutes, 5.0), HISTORY_S / 60)),
         )
 
 

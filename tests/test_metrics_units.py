@@ -77,6 +77,7 @@ def _view(restarts: int = 0, up: bool = True, scale: int = 1) -> ApplianceView:
         response_bytes=1234 * scale,
         duration_sum_s=0.5,
         duration_buckets=(1, 2) + (0,) * (len(DURATION_BUCKETS) - 2) + (4 * scale,),
+        sites={"default": ({"2xx": 7 * scale, "4xx": 1}, 1234 * scale)},
     )
     cores = [
         CoreView(0, 0, 10 if up else None, restarts, time.time(), stack, http, 1.5, 1 << 20),

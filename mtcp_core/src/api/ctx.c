@@ -222,6 +222,10 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     if (arp_next < next)
         next = arp_next;
 
+    if (ctx->announce) {
+        arp_announce(ctx);
+        ctx->announce = 0;
+    }
     tcp_output_round(ctx);
     net_tx_flush(ctx);
 
@@ -337,6 +341,9 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     ctx->trace = stack->conf.trace;
     ctx->cpu = cpu;
     ctx->stepped = stepped;
+    /* one core announces the address on a real link (afpacket: a NIC or veth; a TAP's
+     * host side is known without ARP, a pair link's peer is a test's own stack) */
+    ctx->announce = core == 0 && strcmp(ctx->dev->ops->name, "afpacket") == 0;
     ctx->now_ns = now_ns;
     ctx->now_ms = now_ns / MTCP_NS_PER_MS;
     ctx->wheel_ms = ctx->now_ms;

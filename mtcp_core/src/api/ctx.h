@@ -152,6 +152,7 @@ struct mtcp_context {
     uint64_t now_ns;             /* the round's time: the only clock the stack reads */
     uint64_t now_ms;             /* now_ns in ms (TCP's timers, ARP) */
     uint64_t last_publish_ns;    /* when the stats block was last published */
+    int announce;                /* a gratuitous ARP is due (the first round sends it) */
     struct mtcp_stats stats;
     struct mtcp_pool tcb_pool, sndbuf_pool, rcvbuf_pool;
     struct tcb **flow;           /* MTCP_FLOW_BUCKETS chains */

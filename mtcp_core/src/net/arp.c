@@ -97,6 +97,14 @@ void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len)
         arp_send(ctx, WIRE_ARP_REPLY, a.sha, a.sha, a.spa);
 }
 
+void arp_announce(struct mtcp_context *ctx)
+{
+    /* RFC 5227 2.3: a request for our own address, broadcast. A neighbour still resolving
+     * us (it asked before this stack ran, and would ask again only after its retransmit
+     * timer, a second on Linux) takes our MAC at once, as does one that cached another. */
+    arp_send(ctx, WIRE_ARP_REQUEST, bcast, (const uint8_t[6]){0}, ctx->ip);
+}
+
 int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6])
 {
     if (ctx->dev->has_peer_mac) {

@@ -30,6 +30,8 @@ uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_
 /* Next-hop MAC for dst: 0 and mac filled, or -1 while it resolves (a request is
  * sent; net calls tcp_arp_resolved() when the answer comes). */
 int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6]);
+/* Announces our address (a gratuitous ARP request), once when the stack starts. */
+void arp_announce(struct mtcp_context *ctx);
 /* Expire entries and resend pending requests; returns ms until the next ARP deadline. */
 uint64_t arp_timer(struct mtcp_context *ctx);
 
