@@ -405,3 +405,28 @@ def test_per_source_connection_limit() -> None:
             x.close()
     finally:
         n.close()
+
+
+def test_the_http_server_sets_user_timeout_and_evictable_on_its_listener() -> None:
+    from appliance.http.mtcp import USER_TIMEOUT_MS, MtcpNet
+
+    n = net_with()
+    try:
+        net = MtcpNet(n.server, 80)
+        net.listen()
+        ls = net._lsock
+        assert ls is not None
+        assert ls.getsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT) == USER_TIMEOUT_MS
+        assert ls.getsockopt(m.SOL_SOCKET, m.SO_EVICTABLE) == 1
+        ep = n.client.epoll()
+        c = connect(n.client, ep)
+        got: list[Any] = []
+        wait_for(lambda: bool(got.extend(net.accept_many(8)) or got), "accepted", 10)
+        s = got[0][0]
+        assert s.getsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT) == USER_TIMEOUT_MS
+        assert s.getsockopt(m.SOL_SOCKET, m.SO_EVICTABLE) == 1
+        s.close()
+        net.close()
+        c.close()
+    finally:
+        n.close()
