@@ -10,7 +10,7 @@ SHELL := /bin/bash
 VENV_PY := .venv/bin/python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-scaling bench-setup
+.PHONY: bench bench-quick bench-scaling bench-setup bench-exhaust bench-exhaust-quick
 
 bench-setup:
 	source scripts/lib.sh && setup_system && setup_venv .venv
@@ -23,3 +23,10 @@ bench-quick: bench-setup
 
 bench-scaling: bench-setup
 	$(VENV_PY) bench/web_bench.py --scaling only $(BENCH_ARGS)
+
+# Exhaustion benchmark (issue 15): attacks against the appliance and nginx (~30 min; quick: ~2 min)
+bench-exhaust: bench-setup
+	$(VENV_PY) bench/exhaust_bench.py $(BENCH_ARGS)
+
+bench-exhaust-quick: bench-setup
+	$(VENV_PY) bench/exhaust_bench.py --quick $(BENCH_ARGS)
