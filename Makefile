@@ -12,7 +12,7 @@ SHELL := /bin/bash
 VENV_PY := .venv/bin/python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-scaling bench-loss bench-lossy-web bench-setup
+.PHONY: bench bench-quick bench-scaling bench-loss bench-lossy-web bench-setup bench-exhaust bench-exhaust-quick
 
 bench-setup:
 	source scripts/lib.sh && setup_system && setup_venv .venv
@@ -31,3 +31,10 @@ bench-loss: bench-setup
 
 bench-lossy-web: bench-setup
 	$(VENV_PY) bench/lossy_web_bench.py $(BENCH_ARGS)
+
+# Exhaustion benchmark (issue 15): attacks against the appliance and nginx (~30 min; quick: ~2 min)
+bench-exhaust: bench-setup
+	$(VENV_PY) bench/exhaust_bench.py $(BENCH_ARGS)
+
+bench-exhaust-quick: bench-setup
+	$(VENV_PY) bench/exhaust_bench.py --quick $(BENCH_ARGS)

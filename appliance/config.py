@@ -89,6 +89,8 @@ class Config:
     sites: tuple[dict[str, Any], ...] = ()
     config_file: Path | None = None
     table_lines: dict[tuple[Any, ...], int] = field(default_factory=dict, compare=False)
+    mem_budget_mb: int = 0  # mtcp: socket-buffer memory per core, MiB (0: the stack's 512)
+    max_conns_per_source: int = 0  # mtcp: connections per client address per core (0: any)
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -302,6 +304,17 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         f"{DEFAULT_SNDBUF}: a large file keeps the link busy while the app thread is not "
         "running; memory is used only as far as a connection fills it)",
     ),
+    "mem_budget_mb": (
+        _int(0, 1 << 20),
+        "mtcp: socket-buffer memory per core in MiB (default 0: 512). From half of it on, new "
+        "connections get 16 KiB buffers each way; past it, idle connections are evicted or "
+        "new ones refused. The connection pool is sized from it (MiB * 32 connections)",
+    ),
+    "max_conns_per_source": (
+        _int(0, 1 << 20),
+        "mtcp: connections one client address may hold per core (default 0: no limit); its "
+        "further SYNs are answered with RST (as nginx's limit_conn answers 503)",
+    ),
     "tx_rate_mbps": (
         _int(0, 1_000_000),
         "mtcp: shape each core's sending to a link of this many Mb/s (default 0: as fast as "
@@ -330,6 +343,8 @@ TOML_TYPES: dict[str, Any] = {
     "nft_guard": bool,
     "tx_rate_mbps": int,
     "sndbuf": int,
+    "mem_budget_mb": int,
+    "max_conns_per_source": int,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
@@ -457,6 +472,9 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
                     val["gateway"] = gw_auto
                     where = {**where, "gateway": f"the default route via {iface}"}
         ip = _checked(err, "ip", _cidr, ip_value)
+        budget = val.get("mem_budget_mb", 0) << 20
+        if budget and budget < 2 * val.get("sndbuf", DEFAULT_SNDBUF):
+            raise err("mem_budget_mb", "must hold at least two connections' send buffers")
         net = ipaddress.IPv4Interface(ip).network
         if backend == "tap":
             iface = iface or DEFAULT_TAP_NAME
@@ -472,7 +490,16 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
             ipaddress.ip_address(ip)
         except ValueError:
             raise err("ip", f"must be an IP address to listen on, got {ip!r}") from None
-        for key in ("gateway", "pcap", "tap_host", "iface", "tx_rate_mbps", "sndbuf"):
+        for key in (
+            "gateway",
+            "pcap",
+            "tap_host",
+            "iface",
+            "tx_rate_mbps",
+            "sndbuf",
+            "mem_budget_mb",
+            "max_conns_per_source",
+        ):
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
     return Config(
@@ -503,6 +530,8 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         sites=tables.get("sites", ()),
         config_file=config_file,
         table_lines=table_lines(config_file) if config_file is not None else {},
+        mem_budget_mb=val.get("mem_budget_mb", 0),
+        max_conns_per_source=val.get("max_conns_per_source", 0),
         sources=dict(where),
     )
 

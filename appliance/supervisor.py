@@ -291,6 +291,8 @@ class Supervisor:
                 afpacket_rx=cfg.afpacket_rx,
                 tx_rate_mbps=cfg.tx_rate_mbps,
                 sndbuf=cfg.sndbuf,
+                mem_budget=cfg.mem_budget_mb << 20,
+                max_conns_per_source=cfg.max_conns_per_source,
                 shared_addr=cfg.nft_guard,
             )
         except ValueError as exc:

@@ -65,6 +65,17 @@ _FAST_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+\
 _SLOW_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
 
+def _has_obs_fold(buf: bytes) -> bool:
+    """True when the request head at the start of ``buf`` (as far as it has arrived) has a
+    field line continued on the next line (obs-fold: a line that starts with SP or HTAB)."""
+    end = buf.find(b"\n\r\n")
+    end2 = buf.find(b"\n\n")
+    if end < 0 or 0 <= end2 < end:
+        end = end2
+    head = buf if end < 0 else buf[: end + 1]
+    return b"\n " in head or b"\n\t" in head
+
+
 def http_now() -> bytes:
     """The Date header's value, formatted once per second."""
     global _date_cache
@@ -301,6 +312,12 @@ class Connection:
             elif h.our_state is not h11.IDLE and h.our_state is not h11.SEND_RESPONSE:
                 self.closed = True  # CLOSED, ERROR
                 break
+            if h.their_state is h11.IDLE and _has_obs_fold(h.trailing_data[0]):
+                # RFC 9112 section 5.2: a server MUST reject obs-fold in a request with 400
+                # (or unfold it; h11 unfolds, which a proxy in front might not have done)
+                out.append(self._error(400, now))
+                size += len(out[-1])
+                continue
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:
@@ -432,6 +449,8 @@ class Connection:
         self._req_headers = headers
         self._referer = headers.get(b"referer")
         self._agent = headers.get(b"user-agent")
+        if req.http_version not in (b"1.0", b"1.1"):
+            return self._error(505, now)  # RFC 9110 15.6.6: only HTTP/1.x is spoken here
         if len(self._line) > cfg.max_request_line:
             return self._error(414, now)
         if head_bytes > cfg.max_header_bytes:

@@ -19,6 +19,7 @@ from appliance.http.config import SiteConfig
 
 RECV_SIZE = 65536
 BACKLOG = 4096
+USER_TIMEOUT_MS = 30_000  # TCP_USER_TIMEOUT of every connection
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
@@ -27,6 +28,9 @@ def listening_socket(host: str, port: int, reuse_port: bool = True) -> socket.so
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: a peer that stops acknowledging or keeps its
+        # window at zero is aborted (issue 15; the mtcp adapter sets the same)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))

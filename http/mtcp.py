@@ -14,6 +14,10 @@ import mtcp_core as m
 
 RECV_SIZE = 65536
 BACKLOG = 4096
+# TCP_USER_TIMEOUT of every connection: a peer that acknowledges nothing, or keeps its window
+# at zero, this long is aborted by the stack (issue 15: 4,200 clients that never read pinned
+# every TCB; the HTTP send timeout alone leaves an orphan behind)
+USER_TIMEOUT_MS = 30_000
 
 
 class MtcpNet:
@@ -30,6 +34,12 @@ class MtcpNet:
         sock = self.ctx.socket()
         try:
             sock.bind(("0.0.0.0", self.port))
+            # accepted connections inherit both: the stack may evict one that is idle at
+            # the TCP level (nothing unsent, unacknowledged or unread: a keep-alive
+            # connection between requests, or one whose request head trickles in) when
+            # its pool nears full, oldest first, as nginx reuses idle connections
+            sock.setsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+            sock.setsockopt(m.SOL_SOCKET, m.SO_EVICTABLE, 1)
             sock.listen(BACKLOG)
             self.ep.register(sock, m.EPOLLIN)
         except BaseException:

@@ -115,6 +115,30 @@ STACK_FAMILIES: tuple[Family, ...] = (
     ),
     Family("mtcp_hugepages", "gauge", "1 when the core's pools sit on huge pages", ("hugepages",)),
     Family("mtcp_flows", "gauge", "Entries in the core's flow table", ("flows",)),
+    Family(
+        "mtcp_buffer_memory_used_bytes",
+        "gauge",
+        "Socket-buffer bytes the core's connections may touch (their rings' sizes)",
+        ("buf_mem_used",),
+    ),
+    Family(
+        "mtcp_buffer_memory_budget_bytes",
+        "gauge",
+        "The core's socket-buffer budget: from half of it on, new connections get small buffers",
+        ("buf_mem_budget",),
+    ),
+    Family(
+        "mtcp_buffer_memory_pressure",
+        "gauge",
+        "1 while the core's buffers use half of the budget or more (small buffers for new ones)",
+        ("buf_mem_pressure",),
+    ),
+    Family(
+        "mtcp_buffer_released_bytes",
+        "counter",
+        "Bytes of closed connections' buffer pages given back to the kernel (madvise)",
+        ("buf_released_bytes",),
+    ),
 )
 
 # rx_batch_* counters: batches of 1, 2-3, 4-7 ... frames; le is each bucket's upper bound

@@ -72,6 +72,8 @@ TCP_MAXSEG: int = lib.MTCP_TCP_MAXSEG
 TCP_KEEPIDLE: int = lib.MTCP_TCP_KEEPIDLE
 TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
 TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
+TCP_USER_TIMEOUT: int = lib.MTCP_TCP_USER_TIMEOUT
+SO_EVICTABLE: int = lib.MTCP_SO_EVICTABLE
 
 
 _AF_INET = 2
@@ -294,6 +296,11 @@ class Stack:
         tx_rate_mbps: int = 0,
         shared_addr: bool = False,
         secret_seed: int = 0,
+        orphan_retries: int = 0,
+        max_orphans: int = 0,
+        mem_budget: int = 0,
+        max_conns_per_source: int = 0,
+        evict: bool = True,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -347,6 +354,11 @@ class Stack:
         if not 0 <= secret_seed < 1 << 64:
             raise ValueError(f"secret_seed: 0 (random) or a 64-bit seed, not {secret_seed}")
         conf.secret_seed = secret_seed
+        conf.orphan_retries = orphan_retries
+        conf.max_orphans = max_orphans
+        conf.mem_budget = mem_budget
+        conf.max_conns_per_source = max_conns_per_source
+        conf.no_evict = 0 if evict else 1
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -751,6 +763,8 @@ class Socket:
             "ooo_ranges",
             "dup_acks",
             "rto_backoff",
+            "sndbuf_cap",
+            "rcvbuf_cap",
         )
         out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
         out["state"] = TCP_STATES[info.state]

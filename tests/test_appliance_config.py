@@ -234,3 +234,14 @@ def test_help_lists_every_key(command: str, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for key in config.KEYS:
         assert config.flag_name(key) in out, key
+
+
+
+def test_exhaustion_options_reach_the_config(started: list[Config]) -> None:
+    args = ["serve", "--stack", "mtcp", "--cores", "1", "--mem-budget-mb", "256"]
+    assert cli.main([*args, "--max-conns-per-source", "64"]) == 0
+    cfg = started[-1]
+    assert (cfg.mem_budget_mb, cfg.max_conns_per_source) == (256, 64)
+    assert cfg.sources["mem_budget_mb"] == "--mem-budget-mb"
+    assert cli.main(["serve", "--stack", "mtcp", "--mem-budget-mb", "1"]) == 2
+    assert cli.main(["serve", "--stack", "linux", "--max-conns-per-source", "3"]) == 2

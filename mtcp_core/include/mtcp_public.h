@@ -35,6 +35,11 @@
 #define MTCP_TCP_KEEPIDLE 4
 #define MTCP_TCP_KEEPINTVL 5
 #define MTCP_TCP_KEEPCNT 6
+#define MTCP_TCP_USER_TIMEOUT 18
+/* Not a Linux option: the application lets the stack evict this connection (inherited from
+ * a listener) when the pool nears full and the connection is idle at the TCP level (nothing
+ * unsent, unacknowledged or unread), oldest first, as nginx reuses idle connections. */
+#define MTCP_SO_EVICTABLE 0x4d01
 
 /* TCP states (RFC 9293 names), as reported by mtcp_get_tcp_info */
 #define MTCP_TCP_CLOSED 0
@@ -91,6 +96,17 @@ struct mtcp_conf {
     uint64_t secret_seed;      /* tests only: nonzero = the stack's secret key (ISNs,
                                   timestamp offsets, SYN cookies, the first ephemeral port)
                                   derived from this seed; 0 = getrandom() */
+    /* Exhaustion bounds (as Linux's tcp_orphan_retries, tcp_max_orphans, tcp_mem): */
+    unsigned orphan_retries;   /* retransmissions or zero-window probes of a connection the
+                                  app has closed before it is aborted (0 = default 8) */
+    unsigned max_orphans;      /* connections closed by the app but not done; past this a
+                                  close with data unsent aborts (0 = default max_conns / 4) */
+    unsigned long long mem_budget; /* socket buffer bytes per core (0 = default 512 MiB):
+                                  from half of it on, new connections get small buffers
+                                  (pressure); past it they are refused (or idle ones evicted) */
+    unsigned max_conns_per_source; /* connections per peer address per core (0 = no limit):
+                                  more SYNs from that address are answered with RST */
+    int no_evict;              /* 1: never evict idle connections marked MTCP_SO_EVICTABLE */
 };
 
 struct mtcp_stack;
@@ -191,6 +207,7 @@ struct mtcp_tcp_info {
     uint64_t retransmits;
     uint32_t sack_ok, ts_ok, in_recovery, ooo_ranges;
     uint32_t dup_acks, rto_backoff;
+    uint32_t sndbuf_cap, rcvbuf_cap; /* bytes of buffer this connection may touch */
 };
 int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
 

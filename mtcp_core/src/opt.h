@@ -35,15 +35,43 @@
 #ifndef MTCP_EVQ_SIZE
 #define MTCP_EVQ_SIZE 65536
 #endif
-/* Defaults for a context's pools. */
-#ifndef MTCP_DEFAULT_MAX_CONNS
-#define MTCP_DEFAULT_MAX_CONNS 4096
-#endif
+/* Defaults for a context's pools (connections: sized from mem_budget, see below). */
 #ifndef MTCP_DEFAULT_RCVBUF
 #define MTCP_DEFAULT_RCVBUF (64 * 1024)
 #endif
 #ifndef MTCP_DEFAULT_SNDBUF
 #define MTCP_DEFAULT_SNDBUF (64 * 1024)
+#endif
+/* Exhaustion bounds (issue 15). Socket-buffer memory per core: a connection's rings are
+ * sized when it opens, from the full rcvbuf/sndbuf while less than half of the budget is
+ * committed, from the pressure sizes beyond that; past the budget a new connection needs an
+ * idle one evicted. The pool of TCBs is sized from the budget and the pressure sizes. */
+#ifndef MTCP_DEFAULT_MEM_BUDGET
+#define MTCP_DEFAULT_MEM_BUDGET (512ull * 1024 * 1024)
+#endif
+#ifndef MTCP_PRESSURE_SNDBUF
+#define MTCP_PRESSURE_SNDBUF (16 * 1024)
+#endif
+#ifndef MTCP_PRESSURE_RCVBUF
+#define MTCP_PRESSURE_RCVBUF (16 * 1024)
+#endif
+#ifndef MTCP_MAX_POOL
+#define MTCP_MAX_POOL 65536
+#endif
+/* Pages of a closed connection's ring are given back (madvise) when it used this much. */
+#ifndef MTCP_RELEASE_MIN
+#define MTCP_RELEASE_MIN (32 * 1024)
+#endif
+#ifndef MTCP_DEFAULT_ORPHAN_RETRIES
+#define MTCP_DEFAULT_ORPHAN_RETRIES 8
+#endif
+/* Evictable connections looked at per allocation, and the free share below which the pool
+ * counts as nearly full (nginx drains reusable connections below 1/16 free). */
+#ifndef MTCP_EVICT_SCAN
+#define MTCP_EVICT_SCAN 256
+#endif
+#ifndef MTCP_EVICT_FREE_SHARE
+#define MTCP_EVICT_FREE_SHARE 16
 #endif
 /* Flow hash table buckets per core (power of two). */
 #ifndef MTCP_FLOW_BUCKETS

@@ -141,6 +141,10 @@ static void update_gauges(struct mtcp_context *ctx)
     STAT_SET(st, pool_sndbuf_free, ctx->sndbuf_pool.nfree);
     STAT_SET(st, pool_rcvbuf_free, ctx->rcvbuf_pool.nfree);
     STAT_SET(st, flows, ctx->flow_count);
+    STAT_SET(st, orphans, ctx->orphans);
+    STAT_SET(st, buf_mem_used, ctx->mem_used);
+    STAT_SET(st, buf_mem_budget, ctx->stack->mem_budget);
+    STAT_SET(st, buf_mem_pressure, tcp_mem_pressure(ctx));
     for (int s = 0; s < TCP_NSTATES; s++)
         st->v[MTCP_STAT_state_closed + s] = ctx->state_count[s];
     /* a listening socket has no TCB: count the listener table instead */
@@ -295,6 +299,7 @@ static void *ctx_loop(void *arg)
 
 static void ctx_free(struct mtcp_context *ctx)
 {
+    tcp_source_destroy(ctx);
     mtcp_pool_destroy(&ctx->tcb_pool);
     mtcp_pool_destroy(&ctx->sndbuf_pool);
     mtcp_pool_destroy(&ctx->rcvbuf_pool);
@@ -362,7 +367,8 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
         mtcp_pool_init(&ctx->sndbuf_pool, stack->sndbuf, n, huge) < 0 ||
         mtcp_pool_init(&ctx->rcvbuf_pool, stack->rcvbuf, n, huge) < 0 ||
         mtcp_spsc_init(&ctx->jobq, MTCP_JOBQ_SIZE, sizeof(struct mtcp_job)) < 0 ||
-        mtcp_spsc_init(&ctx->evq, MTCP_EVQ_SIZE, sizeof(struct mtcp_event)) < 0)
+        mtcp_spsc_init(&ctx->evq, MTCP_EVQ_SIZE, sizeof(struct mtcp_event)) < 0 ||
+        tcp_source_init(ctx) < 0)
         goto nomem;
     ctx->flow = calloc(MTCP_FLOW_BUCKETS, sizeof(*ctx->flow));
     ctx->wheel = calloc(MTCP_WHEEL_SLOTS, sizeof(*ctx->wheel));

@@ -30,7 +30,7 @@ enum mtcp_job_type {
 
 /* JOB_SOCKOPT options (in .addr) */
 enum mtcp_job_opt { OPT_NODELAY = 1, OPT_LINGER0, OPT_KEEPALIVE, OPT_KEEPIDLE, OPT_KEEPINTVL,
-                    OPT_KEEPCNT };
+                    OPT_KEEPCNT, OPT_USER_TIMEOUT, OPT_EVICTABLE };
 
 struct mtcp_job {
     uint32_t type;
@@ -91,6 +91,8 @@ struct msock {
     uint32_t want_rcvbuf, want_sndbuf;
     uint8_t nodelay, keepalive, linger0, reuseaddr;
     uint32_t ka_idle_ms, ka_intvl_ms, ka_cnt;
+    uint8_t evictable;
+    uint32_t user_timeout_ms;
 };
 
 struct mtcp_epoll {
@@ -120,6 +122,9 @@ struct mtcp_stack {
     uint64_t tx_rate_Bps;        /* link rate in bytes/s; 0 = no shaping */
     int shared_addr;             /* the kernel keeps the address too (conf.shared_addr) */
     uint64_t isn_key[2];
+    uint32_t orphan_retries, max_orphans, max_per_source;
+    uint64_t mem_budget;
+    int evict;
 };
 
 struct mtcp_context {
@@ -170,6 +175,12 @@ struct mtcp_context {
     uint64_t wheel_ms;           /* last slot processed */
     uint32_t wheel_count;
     uint32_t state_count[TCP_NSTATES];
+    /* exhaustion bounds (tcp/tcp_mem.c) */
+    uint32_t orphans;
+    uint64_t mem_used;           /* ring bytes of live connections */
+    uint32_t evicted_pending;    /* evicted, waiting for the app's close */
+    uint32_t *src_addr, *src_cnt; /* per-source counts, open addressing (max_per_source) */
+    uint32_t src_mask;
     struct arp_entry arp[MTCP_ARP_ENTRIES];
     uint16_t next_port;
     uint16_t ip_id;

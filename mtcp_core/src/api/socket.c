@@ -212,6 +212,10 @@ static void sock_push_opts(struct mtcp_context *ctx, struct msock *s, struct tcb
         push_opt(ctx, t, OPT_KEEPCNT, s->ka_cnt);
     if (s->keepalive)
         push_opt(ctx, t, OPT_KEEPALIVE, 1);
+    if (s->user_timeout_ms)
+        push_opt(ctx, t, OPT_USER_TIMEOUT, s->user_timeout_ms);
+    if (s->evictable)
+        push_opt(ctx, t, OPT_EVICTABLE, 1);
 }
 
 static int accept_one(struct mtcp_context *ctx, struct msock *ls)
@@ -243,6 +247,8 @@ static int accept_one(struct mtcp_context *ctx, struct msock *ls)
     s->ka_idle_ms = ls->ka_idle_ms;
     s->ka_intvl_ms = ls->ka_intvl_ms;
     s->ka_cnt = ls->ka_cnt;
+    s->user_timeout_ms = ls->user_timeout_ms;
+    s->evictable = ls->evictable;
     sock_push_opts(ctx, s, t);
     return id;
 }
@@ -639,6 +645,9 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
         case MTCP_SO_KEEPALIVE:
             s->keepalive = v != 0;
             return tcb_opt(ctx, s, OPT_KEEPALIVE, (uint32_t)s->keepalive);
+        case MTCP_SO_EVICTABLE:
+            s->evictable = v != 0;
+            return tcb_opt(ctx, s, OPT_EVICTABLE, s->evictable);
         case MTCP_SO_RCVBUF:
         case MTCP_SO_SNDBUF:
             if (v < 2048) {
@@ -660,6 +669,14 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
         case MTCP_TCP_NODELAY:
             s->nodelay = v != 0;
             return tcb_opt(ctx, s, OPT_NODELAY, s->nodelay);
+        case MTCP_TCP_USER_TIMEOUT:
+            /* milliseconds, 0 = none (Linux's TCP_USER_TIMEOUT) */
+            if (v < 0) {
+                errno = EINVAL;
+                return -1;
+            }
+            s->user_timeout_ms = (uint32_t)v;
+            return tcb_opt(ctx, s, OPT_USER_TIMEOUT, s->user_timeout_ms);
         case MTCP_TCP_KEEPIDLE:
         case MTCP_TCP_KEEPINTVL:
         case MTCP_TCP_KEEPCNT:
@@ -712,6 +729,10 @@ int mtcp_getsockopt(mctx_t ctx, int sockid, int level, int optname, void *optval
         v = s->reuseaddr;
     } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_NODELAY) {
         v = s->nodelay;
+    } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_USER_TIMEOUT) {
+        v = (int)s->user_timeout_ms;
+    } else if (level == MTCP_SOL_SOCKET && optname == MTCP_SO_EVICTABLE) {
+        v = s->evictable;
     } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_KEEPIDLE) {
         v = (int)((s->ka_idle_ms ? s->ka_idle_ms : MTCP_KEEPIDLE_MS) / 1000u);
     } else if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_KEEPINTVL) {
@@ -757,6 +778,8 @@ int mtcp_get_tcp_info(mctx_t ctx, int sockid, struct mtcp_tcp_info *o)
     o->rto_ms = __atomic_load_n(&t->rto_ms, __ATOMIC_RELAXED);
     o->sndbuf_used = mtcp_bytering_used(&t->snd);
     o->rcvbuf_used = mtcp_bytering_used(&t->rcv);
+    o->sndbuf_cap = t->snd.cap;
+    o->rcvbuf_cap = t->rcv.cap;
     o->retransmits = __atomic_load_n(&t->retransmits, __ATOMIC_RELAXED);
     o->sack_ok = __atomic_load_n(&t->sack_ok, __ATOMIC_RELAXED);
     o->ts_ok = __atomic_load_n(&t->ts_ok, __ATOMIC_RELAXED);

@@ -94,13 +94,33 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         fail(err, errlen, "ncores: at most 256");
         goto einval;
     }
-    s->max_conns = conf->max_conns ? conf->max_conns : MTCP_DEFAULT_MAX_CONNS;
     s->rcvbuf = round_pow2_down(conf->rcvbuf ? conf->rcvbuf : MTCP_DEFAULT_RCVBUF);
     s->sndbuf = round_pow2_down(conf->sndbuf ? conf->sndbuf : MTCP_DEFAULT_SNDBUF);
     if (s->rcvbuf < 4096 || s->sndbuf < 4096) {
         fail(err, errlen, "rcvbuf/sndbuf: at least 4096 bytes");
         goto einval;
     }
+    s->mem_budget = conf->mem_budget ? conf->mem_budget : MTCP_DEFAULT_MEM_BUDGET;
+    {
+        /* the pool sized by memory: as many connections as the budget holds at the
+         * pressure sizes (pages are touched only as buffers are used) */
+        uint64_t per = (uint64_t)(s->sndbuf < MTCP_PRESSURE_SNDBUF ? s->sndbuf : MTCP_PRESSURE_SNDBUF) +
+                       (s->rcvbuf < MTCP_PRESSURE_RCVBUF ? s->rcvbuf : MTCP_PRESSURE_RCVBUF);
+        uint64_t n = s->mem_budget / per;
+        if (n > MTCP_MAX_POOL)
+            n = MTCP_MAX_POOL;
+        if (n < 64)
+            n = 64;
+        s->max_conns = conf->max_conns ? conf->max_conns : (uint32_t)n;
+    }
+    if (s->mem_budget < (uint64_t)s->sndbuf + s->rcvbuf) {
+        fail(err, errlen, "mem_budget: smaller than one connection's sndbuf + rcvbuf");
+        goto einval;
+    }
+    s->orphan_retries = conf->orphan_retries ? conf->orphan_retries : MTCP_DEFAULT_ORPHAN_RETRIES;
+    s->max_orphans = conf->max_orphans ? conf->max_orphans : s->max_conns / 4;
+    s->max_per_source = conf->max_conns_per_source;
+    s->evict = !conf->no_evict;
     s->time_wait_ms = conf->time_wait_ms ? conf->time_wait_ms : MTCP_DEFAULT_TIME_WAIT_MS;
     s->idle_timeout_ms = conf->idle_timeout_ms ? conf->idle_timeout_ms : MTCP_DEFAULT_IDLE_TIMEOUT_MS;
     s->syn_backlog = conf->syn_backlog ? conf->syn_backlog : MTCP_DEFAULT_SYN_BACKLOG;

@@ -43,7 +43,11 @@
     X(keepalive_probes, C) X(idle_timeouts, C) X(conn_timeouts, C) \
     X(challenge_acks, C) X(challenge_acks_suppressed, C) \
     X(syn_cookies_ok, C) X(syn_cookies_bad, C) X(loss_probes, C) X(time_wait_reclaimed, C) \
-    X(tx_tso_frames, C)
+    X(tx_tso_frames, C) \
+    X(orphans, G) X(orphan_aborts, C) X(orphan_overflows, C) X(user_timeouts, C) \
+    X(zero_window_aborts, C) X(evictions, C) X(drop_tcp_source_limit, C) \
+    X(buf_mem_used, G) X(buf_mem_budget, G) X(buf_mem_pressure, G) X(buf_pressure_opens, C) \
+    X(buf_released_bytes, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -155,6 +155,17 @@ struct tcb {
     struct tcb *ev_next;
     uint32_t ev_pending;
 
+    /* exhaustion bounds (issue 15) */
+    uint32_t user_timeout_ms;   /* TCP_USER_TIMEOUT: unacknowledged data or a zero window
+                                   this long aborts (0 = none) */
+    uint64_t persist_since_ms;  /* the current zero-window episode's first probe */
+    uint64_t rexmit_since_ms;   /* the current run of retransmission timeouts' first */
+    uint8_t orphan;             /* counted in ctx->orphans */
+    uint8_t evictable;          /* MTCP_SO_EVICTABLE */
+    uint8_t evicted;            /* reset by eviction, the app has not closed it yet */
+    uint8_t src_counted;        /* counted in the per-source table */
+    uint32_t mem_charge;        /* ring bytes charged to ctx->mem_used */
+
     struct mtcp_listener *listener; /* passive, until accepted */
     struct tcb *acc_next;           /* embryonic list of the listener */
 

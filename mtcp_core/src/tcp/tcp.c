@@ -105,14 +105,21 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
 {
     if (tcb_pools_empty(ctx))
         tcb_reclaim_time_wait(ctx);
-    if (tcb_pools_empty(ctx)) {
+    tcp_evict_idle(ctx, 2); /* near full: idle connections make room (nginx) */
+    uint32_t snd_cap, rcv_cap;
+    if (tcb_pools_empty(ctx) || tcp_mem_caps(ctx, &snd_cap, &rcv_cap) < 0) {
         STAT_INC(&ctx->stats, drop_tcp_no_memory);
         return NULL;
     }
     struct tcb *t = mtcp_pool_get(&ctx->tcb_pool);
     memset(t, 0, sizeof(*t));
-    mtcp_bytering_init(&t->snd, mtcp_pool_get(&ctx->sndbuf_pool), ctx->stack->sndbuf);
-    mtcp_bytering_init(&t->rcv, mtcp_pool_get(&ctx->rcvbuf_pool), ctx->stack->rcvbuf);
+    mtcp_bytering_init(&t->snd, mtcp_pool_get(&ctx->sndbuf_pool), snd_cap);
+    mtcp_bytering_init(&t->rcv, mtcp_pool_get(&ctx->rcvbuf_pool), rcv_cap);
+    tcp_mem_charge(ctx, t);
+    if (ctx->src_cnt) {
+        tcp_source_count(ctx, raddr, 1);
+        t->src_counted = 1;
+    }
     atomic_store(&t->sockid, -1);
     t->in_use = 1;
     t->laddr = laddr;
@@ -155,6 +162,7 @@ void tcb_free(struct mtcp_context *ctx, struct tcb *t)
     /* Still on a TX or event list: unlinked lazily when the list is walked. */
     t->in_use = 0;
     t->pend = 0;
+    tcp_mem_release(ctx, t);
     mtcp_pool_put(&ctx->sndbuf_pool, t->snd.buf);
     mtcp_pool_put(&ctx->rcvbuf_pool, t->rcv.buf);
     if (t->lists || t->ev_pending) {
@@ -347,6 +355,7 @@ void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
     idle_unlink(ctx, t);
     if (t->state != TCP_TIME_WAIT)
         tcp_set_state(ctx, t, TCP_TIME_WAIT);
+    tcp_orphan_clear(ctx, t); /* TIME-WAIT is bounded by itself (and reclaimable) */
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
     t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
     tw_append(ctx, t); /* a restarted 2MSL moves the entry to the tail */
@@ -475,8 +484,64 @@ static void give_up(struct mtcp_context *ctx, struct tcb *t)
     tcp_conn_done(ctx, t, ETIMEDOUT);
 }
 
+/* Bounds on a connection that makes no progress (issue 15), checked before a persist or
+ * retransmission timer does its work; 1 when t was given up. As Linux: TCP_USER_TIMEOUT
+ * bounds the time data stays unacknowledged or the peer's window stays zero
+ * (tcp_probe_timer, retransmits_timed_out); a connection the app closed gets
+ * orphan_retries retransmissions or probes (tcp_orphan_retries); and, unlike Linux, a
+ * window kept at zero for the idle timeout ends too: probes answered with a zero window
+ * are no sign of an application that will ever read. */
+static int stuck_give_up(struct mtcp_context *ctx, struct tcb *t)
+{
+    uint64_t now = ctx->now_ms;
+    if (t->timer_kind == TCP_TIMER_PERSIST) {
+        if (t->rto_backoff == 0 || !t->persist_since_ms)
+            t->persist_since_ms = now; /* the window closed again: a new episode */
+        uint64_t stuck = now - t->persist_since_ms;
+        if (t->user_timeout_ms && stuck >= t->user_timeout_ms) {
+            STAT_INC(&ctx->stats, user_timeouts);
+        } else if (t->app_closed && t->rto_backoff >= ctx->stack->orphan_retries) {
+            STAT_INC(&ctx->stats, orphan_aborts);
+        } else if (stuck >= ctx->stack->idle_timeout_ms) {
+            STAT_INC(&ctx->stats, zero_window_aborts);
+        } else {
+            return 0;
+        }
+    } else if (t->timer_kind == TCP_TIMER_RTO && t->state != TCP_SYN_SENT &&
+               t->state != TCP_SYN_RECEIVED) {
+        if (t->rto_backoff == 0)
+            t->rexmit_since_ms = now > t->rto_ms ? now - t->rto_ms : 0; /* sent at */
+        if (t->user_timeout_ms && now - t->rexmit_since_ms >= t->user_timeout_ms) {
+            STAT_INC(&ctx->stats, user_timeouts);
+        } else if (t->app_closed && t->rto_backoff >= ctx->stack->orphan_retries) {
+            STAT_INC(&ctx->stats, orphan_aborts);
+        } else {
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    give_up(ctx, t);
+    return 1;
+}
+
+/* The next zero-window probe, no later than the bound that ends the episode (Linux clamps
+ * it to the user timeout the same way), so that the bound is kept to the millisecond. */
+static uint64_t persist_delay(const struct mtcp_context *ctx, const struct tcb *t)
+{
+    uint64_t d = backed_off(t), now = ctx->now_ms;
+    uint64_t end = t->persist_since_ms + ctx->stack->idle_timeout_ms;
+    if (t->user_timeout_ms && t->persist_since_ms + t->user_timeout_ms < end)
+        end = t->persist_since_ms + t->user_timeout_ms;
+    if (end > now && end - now < d)
+        d = end - now;
+    return d;
+}
+
 static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
 {
+    if (stuck_give_up(ctx, t))
+        return;
     switch (t->timer_kind) {
     case TCP_TIMER_PERSIST:
         /* RFC 9293 3.8.6.1: probe the zero window, backing off; give up only if the
@@ -490,7 +555,7 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
         t->probes++;
         if (t->rto_backoff < 16)
             t->rto_backoff++;
-        wheel_arm(ctx, t, TCP_TIMER_PERSIST, backed_off(t));
+        wheel_arm(ctx, t, TCP_TIMER_PERSIST, persist_delay(ctx, t));
         return;
     case TCP_TIMER_KEEPALIVE: {
         /* RFC 1122 4.2.3.6 */

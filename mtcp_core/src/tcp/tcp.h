@@ -90,6 +90,22 @@ void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6
 void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip);
 /* Fast retransmit of SND.UNA and NewReno recovery (tcp_in.c). */
 void tcp_enter_recovery(struct mtcp_context *ctx, struct tcb *t);
+/* Exhaustion bounds (tcp_mem.c). */
+int tcp_mem_pressure(const struct mtcp_context *ctx);
+int tcp_mem_caps(struct mtcp_context *ctx, uint32_t *snd_cap, uint32_t *rcv_cap);
+void tcp_mem_charge(struct mtcp_context *ctx, struct tcb *t);
+/* Uncharges t's rings and gives back their pages when they were used (madvise), and
+ * drops t from the orphan, eviction and per-source counts. */
+void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t);
+/* The app closed t and it lingers: -1 when too many orphans made it reset instead. */
+int tcp_orphan_add(struct mtcp_context *ctx, struct tcb *t);
+void tcp_orphan_clear(struct mtcp_context *ctx, struct tcb *t);
+int tcp_evict_idle(struct mtcp_context *ctx, int max);
+int tcp_source_init(struct mtcp_context *ctx);
+void tcp_source_destroy(struct mtcp_context *ctx);
+uint32_t tcp_source_conns(struct mtcp_context *ctx, uint32_t addr);
+void tcp_source_count(struct mtcp_context *ctx, uint32_t addr, int delta);
+int tcp_source_allowed(struct mtcp_context *ctx, uint32_t addr);
 /* Tear everything down (context destroy). */
 void tcp_abort_all(struct mtcp_context *ctx);
 

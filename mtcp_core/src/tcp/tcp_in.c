@@ -81,15 +81,26 @@ static struct tcb *passive_open(struct mtcp_context *ctx, struct mtcp_listener *
         STAT_INC(&ctx->stats, drop_tcp_backlog_full);
         return NULL;
     }
-    if (l->pending >= l->syn_backlog) {
-        /* half-open backlog full (a SYN flood?): answer statelessly with a cookie */
+    if (!tcp_source_allowed(ctx, ip->src)) {
+        tcp_send_rst_for(ctx, mac, ip, seg); /* per-source limit (nginx limit_conn) */
+        return NULL;
+    }
+    int cookie = l->pending >= l->syn_backlog; /* half-open backlog full (a SYN flood?) */
+    struct tcb *t = NULL;
+    if (!cookie) {
+        t = passive_tcb(ctx, l, mac, ip, seg,
+                        tcp_isn(ctx, ip->dst, seg->dport, ip->src, seg->sport), seg->seq);
+        /* out of TCBs or memory while evicted connections are being closed: their slots
+         * are free by the time the handshake completes */
+        cookie = !t && ctx->evicted_pending;
+    }
+    if (cookie) {
+        /* answer statelessly with a cookie */
         uint16_t mss = clamp_mss(seg);
         uint32_t isn = tcp_cookie_make(ctx, ip->dst, seg->dport, ip->src, seg->sport, seg->seq, mss);
         tcp_send_cookie_synack(ctx, mac, ip, seg, isn, mss);
         return NULL;
     }
-    struct tcb *t = passive_tcb(ctx, l, mac, ip, seg,
-                                tcp_isn(ctx, ip->dst, seg->dport, ip->src, seg->sport), seg->seq);
     if (!t)
         return NULL;
     syn_options(ctx, t, seg);
@@ -116,6 +127,8 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
         STAT_INC(&ctx->stats, drop_tcp_backlog_full);
         return NULL;
     }
+    if (!tcp_source_allowed(ctx, ip->src))
+        return NULL;
     struct tcb *t = passive_tcb(ctx, l, mac, ip, seg, seg->ack - 1, seg->seq - 1);
     if (!t)
         return NULL;

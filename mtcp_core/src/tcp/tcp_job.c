@@ -70,6 +70,8 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
         t->ka_intvl_ms = s->ka_intvl_ms;
     if (s->ka_cnt)
         t->ka_cnt = (uint8_t)s->ka_cnt;
+    t->user_timeout_ms = s->user_timeout_ms;
+    t->evictable = s->evictable;
     t->recover = t->iss;
     atomic_store_explicit(&t->sock_gen, j->gen, memory_order_relaxed);
     atomic_store_explicit(&t->sockid, j->sockid, memory_order_release);
@@ -114,6 +116,9 @@ static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int ab
         tcp_conn_done(ctx, t, 0);
         return;
     }
+    /* it lingers without its app: bounded in number (max_orphans) and in retries */
+    if (tcp_orphan_add(ctx, t) < 0)
+        return;
     if (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
         t->state == TCP_SYN_RECEIVED)
         tcp_schedule(ctx, t, TCB_P_FIN | TCB_P_DATA);
@@ -213,6 +218,12 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
             break;
         case OPT_KEEPCNT:
             t->ka_cnt = (uint8_t)j->value;
+            break;
+        case OPT_USER_TIMEOUT:
+            t->user_timeout_ms = j->value;
+            break;
+        case OPT_EVICTABLE:
+            t->evictable = (uint8_t)j->value;
             break;
         default:
             break;
