@@ -77,6 +77,13 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tap-host", metavar="ADDR/PREFIX", help=h("tap_host"))
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS", help=h("drain_timeout"))
     p.add_argument("--nft-guard", action="store_true", help=h("nft_guard"))
+    p.add_argument("--tls-port", type=int, metavar="N", help=h("tls_port"))
+    p.add_argument("--cert", type=Path, metavar="FILE", help=h("cert"))
+    p.add_argument("--key", type=Path, metavar="FILE", help=h("key"))
+    p.add_argument("--ocsp-staple", type=Path, metavar="FILE", help=h("ocsp_staple"))
+    p.add_argument("--sni", action="append", metavar="NAME=CERT:KEY[:STAPLE]", help=h("sni"))
+    p.add_argument("--redirect-http", action="store_true", help=h("redirect_http"))
+    p.add_argument("--hsts", type=int, metavar="SECONDS", help=h("hsts"))
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
@@ -120,19 +127,21 @@ def _flags(argv: Sequence[str] | None) -> dict[str, Any]:
     """The config keys given as flags on this command line."""
     given = vars(build_parser(explicit_only=True).parse_args(argv))
     out = {k: v for k, v in given.items() if k not in _NOT_KEYS}
-    for key in ("no_priority", "nft_guard"):
+    for key in ("no_priority", "nft_guard", "redirect_http"):
         if out.pop(key, False):
             out[key] = True
-    for key in ("root", "access_log"):
+    for key in ("root", "access_log", "cert", "key", "ocsp_staple"):
         if key in out:
             out[key] = str(out[key])
+    if "sni" in out:
+        out["sni"] = ";".join(out["sni"])
     return out
 
 
-def _config(args: argparse.Namespace) -> Config | int:
+def _config(args: argparse.Namespace, check_certs: bool = True) -> Config | int:
     """The checked configuration, or the exit status after saying what is wrong."""
     try:
-        return load(args.flags, os.environ, args.config)
+        return load(args.flags, os.environ, args.config, check_certs)
     except ConfigError as exc:
         print(f"mtcp-appliance: config error: {exc}", file=sys.stderr)
         return 2
@@ -168,7 +177,7 @@ def serve_linux(cfg: Config) -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_certs=False)  # doctor checks the certificates itself
     if isinstance(cfg, int):
         return cfg
     from appliance.doctor import run_checks

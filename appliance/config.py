@@ -91,6 +91,14 @@ class Config:
     table_lines: dict[tuple[Any, ...], int] = field(default_factory=dict, compare=False)
     mem_budget_mb: int = 0  # mtcp: socket-buffer memory per core, MiB (0: the stack's 512)
     max_conns_per_source: int = 0  # mtcp: connections per client address per core (0: any)
+    # HTTPS (appliance.http.tls)
+    tls_port: int | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ocsp_staple: Path | None = None
+    sni: tuple[tuple[str, Path, Path, Path | None], ...] = ()  # (name, cert, key, staple)
+    redirect_http: bool = False
+    hsts: int = 0  # Strict-Transport-Security max-age, seconds (0: not sent)
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -101,6 +109,13 @@ class Config:
     @property
     def serve_url(self) -> str:
         return f"http://{self.host}:{self.port}/"
+
+    @property
+    def tls_url(self) -> str | None:
+        if self.tls_port is None:
+            return None
+        port = "" if self.tls_port == 443 else f":{self.tls_port}"
+        return f"https://{self.host}{port}/"
 
     @property
     def metrics_url(self) -> str:
@@ -256,6 +271,44 @@ def _root(v: Any) -> Path:
     return p
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOSTNAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+
+
+def _sni(v: Any) -> tuple[tuple[str, Path, Path, Path | None], ...]:
+    """Certificates by server name. TOML: a table ``[sni."name"]`` with ``cert``, ``key``
+    (and ``ocsp_staple``); a variable or flag: ``NAME=CERT:KEY[:STAPLE]`` entries separated
+    by ``;`` or spaces. A name may be a wildcard of one label (``*.example.org``)."""
+    entries: list[tuple[str, Any, Any, Any]] = []
+    if isinstance(v, dict):
+        for name, spec in v.items():
+            if not isinstance(spec, dict) or set(spec) - {"cert", "key", "ocsp_staple"}:
+                raise ValueError(
+                    f"{name!r}: must be a table with cert, key (and ocsp_staple), got {spec!r}"
+                )
+            if "cert" not in spec or "key" not in spec:
+                raise ValueError(f"{name!r}: needs both cert and key")
+            entries.append((name, spec["cert"], spec["key"], spec.get("ocsp_staple")))
+    else:
+        for item in _str(v).replace(";", " ").split():
+            name, eq, files = item.partition("=")
+            parts = files.split(":")
+            if not eq or len(parts) not in (2, 3) or not all(parts):
+                raise ValueError(f"entries must be NAME=CERT:KEY[:STAPLE], got {item!r}")
+            entries.append((name, parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+    out = []
+    seen = set()
+    for name, cert, key, staple in entries:
+        low = str(name).lower().rstrip(".")
+        if not _HOSTNAME.fullmatch(low):
+            raise ValueError(f"{name!r} is not a host name (or *.domain)")
+        if low in seen:
+            raise ValueError(f"{name!r} is given twice")
+        seen.add(low)
+        out.append((low, _path(cert), _path(key), _path(staple) if staple else None))
+    return tuple(out)
+
+
 def _pcap(v: Any) -> str:
     s = _str(v)
     _writable_file(s.replace("%u", "0"))
@@ -328,6 +381,20 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "nftables rule, removed on exit), for an address shared with the kernel (a "
         "container); the stack then leaves the kernel's other ports and pings alone",
     ),
+    "tls_port": (_int(1, 65535), "HTTPS port (needs cert and key; default: no HTTPS)"),
+    "cert": (_path, "HTTPS: the certificate chain (PEM: the leaf, then intermediates)"),
+    "key": (_path, "HTTPS: the certificate's private key (PEM, unencrypted)"),
+    "ocsp_staple": (_path, "HTTPS: a DER OCSP response stapled to handshakes (default: none)"),
+    "sni": (
+        _sni,
+        "HTTPS: more certificates, chosen by the client's server name (SNI): "
+        "NAME=CERT:KEY[:STAPLE] entries, ';'-separated (file: [sni.\"NAME\"] tables)",
+    ),
+    "redirect_http": (_bool, "HTTPS: answer plain-HTTP requests with 308 to https://"),
+    "hsts": (
+        _int(0, 2**31 - 1),
+        "HTTPS: Strict-Transport-Security max-age in seconds (default 0: not sent)",
+    ),
 }
 
 
@@ -345,12 +412,17 @@ TOML_TYPES: dict[str, Any] = {
     "sndbuf": int,
     "mem_budget_mb": int,
     "max_conns_per_source": int,
+    "tls_port": int,
+    "redirect_http": bool,
+    "hsts": int,
+    "sni": dict,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
     bool: "boolean (true or false)",
     int | float: "number",
     str: "string",
+    dict: "table",
 }
 
 
@@ -426,8 +498,9 @@ def gather(
     return raw, where
 
 
-def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
-    """Checks every value and fills in the defaults."""
+def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = True) -> Config:
+    """Checks every value and fills in the defaults. ``check_certs``: load every
+    certificate and key now (a bad one is a ConfigError naming the file and why)."""
     val: dict[str, Any] = {}
     tables = {k: tuple(raw[k]) for k in FILE_TABLES if k in raw}
     config_file = raw.get("config_file")
@@ -502,7 +575,9 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str]) -> Config:
         ):
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
+    tls = _tls(err, val, port, check_certs, tables.get("sites", ()), config_file)
     return Config(
+        **tls,
         stack=stack,
         backend=backend,
         iface=iface,
@@ -588,6 +663,109 @@ def table_lines(path: Path) -> dict[tuple[Any, ...], int]:
     return out
 
 
+SITE_TLS_KEYS = ("cert", "key", "ocsp_staple")  # a [[sites]] table's own certificate
+
+
+def _site_certs(
+    sites: tuple[dict[str, Any], ...], config_file: Path | None, where: str
+) -> list[tuple[str, Path, Path, Path | None]]:
+    """SNI entries from the virtual hosts: a ``[[sites]]`` table with ``cert`` and ``key``
+    (and ``ocsp_staple``) has that certificate for each of its ``server_names`` (paths
+    relative to the config file, like ``root``)."""
+    out: list[tuple[str, Path, Path, Path | None]] = []
+    for i, t in enumerate(sites):
+        given = {k: t[k] for k in SITE_TLS_KEYS if k in t}
+        if not given:
+            continue
+        if "cert" not in given or "key" not in given:
+            raise ConfigError(
+                f"sites[{i}].cert", "a site's certificate needs both cert and key", where
+            )
+        paths: dict[str, Path] = {}
+        for k, v in given.items():
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"sites[{i}].{k}", f"must be a path (a string), got {v!r}", where)
+            p = Path(v).expanduser()
+            if config_file is not None and not p.is_absolute():
+                p = config_file.parent / p
+            paths[k] = p
+        names = t.get("server_names", [])
+        if not isinstance(names, list) or not names:
+            raise ConfigError(
+                f"sites[{i}].cert", "a site with its own certificate needs server_names", where
+            )
+        for n in names:
+            if isinstance(n, str):
+                out.append(
+                    (
+                        n.strip().lower().rstrip("."),
+                        paths["cert"],
+                        paths["key"],
+                        paths.get("ocsp_staple"),
+                    )
+                )
+    return out
+
+
+def _tls(
+    err: Callable[[str, str], ConfigError],
+    val: Mapping[str, Any],
+    port: int,
+    check: bool,
+    sites: tuple[dict[str, Any], ...] = (),
+    config_file: Path | None = None,
+) -> dict[str, Any]:
+    """The HTTPS keys, checked together (and the files loaded, with ``check``); the
+    virtual hosts' own certificates join the SNI list."""
+    tls_port = val.get("tls_port")
+    where = str(config_file) if config_file is not None else "config"
+    if tls_port is None:
+        for key in ("cert", "key", "ocsp_staple", "sni", "redirect_http", "hsts"):
+            if val.get(key):
+                raise err(key, "only means something with tls_port (HTTPS)")
+        for i, t in enumerate(sites):
+            for k in SITE_TLS_KEYS:
+                if k in t:
+                    raise ConfigError(
+                        f"sites[{i}].{k}", "only means something with tls_port (HTTPS)", where
+                    )
+        return {}
+    if tls_port == port:
+        raise err("tls_port", f"{tls_port} is also the plain HTTP port")
+    for key in ("cert", "key"):
+        if key not in val:
+            raise err(key, f"tls_port {tls_port} needs a certificate and its key (cert, key)")
+    out = {
+        "tls_port": tls_port,
+        "cert": val["cert"],
+        "key": val["key"],
+        "ocsp_staple": val.get("ocsp_staple"),
+        "sni": (*val.get("sni", ()), *_site_certs(sites, config_file, where)),
+        "redirect_http": val.get("redirect_http", False),
+        "hsts": val.get("hsts", 0),
+    }
+    if check:
+        from appliance.http.tls import CertError, CertPair, make_context
+
+        pairs = [("cert", CertPair(out["cert"], out["key"], out["ocsp_staple"]))]
+        pairs += [("sni", CertPair(c, k, s)) for _, c, k, s in out["sni"]]
+        seen_names = set()
+        for name, *_ in out["sni"]:
+            if name in seen_names:
+                raise err("sni", f"{name!r} has two certificates (sni and a site, or two sites)")
+            seen_names.add(name)
+        for key, pair in dict.fromkeys(pairs):
+            try:
+                make_context(pair)
+            except CertError as exc:
+                if key == "cert":
+                    key = {str(pair.key): "key", str(pair.ocsp_staple): "ocsp_staple"}.get(
+                        exc.path, "cert"
+                    )
+                raise err(key, str(exc)) from None
+    return out
+
+
 def _checked(
     err: Callable[[str, str], ConfigError], key: str, parse: Callable[[Any], Any], value: Any
 ) -> Any:
@@ -629,7 +807,8 @@ def load(
     flags: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    check_certs: bool = True,
 ) -> Config:
     """The configuration from a file, the environment and flags (flags win)."""
     raw, where = gather(flags, os.environ if env is None else env, config_file)
-    return build(raw, where)
+    return build(raw, where, check_certs)

@@ -30,7 +30,10 @@ from typing import Any
 from appliance.config import Config, ConfigError
 
 MAX_SITES = 32  # the metrics label set is bounded by this (metrics/http_block.py)
-SITE_KEYS = ("name", "server_names", "root", "spa_fallback", "default", "redirects", "headers")
+SITE_KEYS = (
+    "name", "server_names", "root", "spa_fallback", "default", "redirects", "headers",
+    "cert", "key", "ocsp_staple",  # HTTPS: the site's own certificate (appliance.config)
+)  # fmt: skip
 _SITE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 _HOST = re.compile(
     r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
@@ -50,8 +53,17 @@ def vhost_config(cfg: Config, compile_rules: bool = True) -> Any:
     supervisor, before the workers fork); ``compile_rules`` False: the rules left to the
     caller (a reload compiles them site by site)."""
     from appliance.http import rules as rules_mod
-    from appliance.http.config import SiteConfig
+    from appliance.http.config import SiteConfig as PlainSiteConfig
     from appliance.http.vhosts import VhostConfig, VirtualSite
+
+    # HTTPS settings every site shares: the redirect of plain requests and HSTS
+    https = {
+        "redirect_https_port": cfg.tls_port if cfg.redirect_http else None,
+        "hsts": b"max-age=%d" % cfg.hsts if cfg.hsts else None,
+    }
+
+    def SiteConfig(**kw: Any) -> Any:  # noqa: N802 - stands in for the class
+        return PlainSiteConfig(**kw, **https)
 
     access_log = cfg.access_log
     where = str(cfg.config_file) if cfg.config_file is not None else "config"

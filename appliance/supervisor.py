@@ -80,6 +80,7 @@ class Slot:
     restart_at: float | None = None  # monotonic
     exit_status: int | None = None
     base: dict[str, int] = field(default_factory=dict)  # counters of workers that died
+    tls: Any = None  # the core's TlsBlock (HTTPS configured)
 
 
 def _describe_status(status: int) -> str:
@@ -136,6 +137,9 @@ class Supervisor:
         self._started_at = time.time()
         self._site: Any = None
         self._guard: netfilter.Guard | None = None
+        self._ticket_path: Path | None = None
+        self._ticket_keys = b""
+        self._ticket_rotated = 0.0
 
     # ----------------------------------------------------------------- MetricsSource
 
@@ -235,7 +239,9 @@ class Supervisor:
                 f"{exc.strerror or exc}"
             ) from None
         if cfg.stack == "linux":
-            self._check_linux_port()
+            self._check_linux_port(cfg.port)
+            if cfg.tls_port is not None:
+                self._check_linux_port(cfg.tls_port)
         self.run_dir = _run_dir()
         cpus = available_cpus()
         for core in range(cfg.cores):
@@ -243,6 +249,8 @@ class Supervisor:
             block = HttpBlock.create(self.run_dir / f"http-{core}", core)
             block.set_sites([vs.name for vs in self._site.sites])
             self.slots.append(Slot(core, cpus[core % len(cpus)], block, stats))
+        if cfg.tls_port is not None:
+            self._start_tls()
         if cfg.stack == "mtcp":
             self.stack = self._make_stack()
         if cfg.nft_guard:
@@ -258,21 +266,71 @@ class Supervisor:
         self.mgmt.start()
         self._announce()
 
-    def _check_linux_port(self) -> None:
+    def _check_linux_port(self, port: int) -> None:
         cfg = self.config
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
-                s.bind((cfg.host, cfg.port))
+                s.bind((cfg.host, port))
             except OSError as exc:
                 hint = ""
-                if exc.errno == errno.EACCES and cfg.port < 1024:
+                if exc.errno == errno.EACCES and port < 1024:
                     hint = " (ports below 1024 need CAP_NET_BIND_SERVICE: try --port 8080)"
                 raise StartupError(
-                    f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}{hint}"
+                    f"cannot listen on {cfg.host}:{port}: {exc.strerror}{hint}"
                 ) from None
+
+    # ----------------------------------------------------------------- HTTPS
+
+    def _start_tls(self) -> None:
+        """The workers' TLS blocks, the session-ticket keys they share (a file in the run
+        folder, rotated by ``_rotate_ticket_keys``) and the TLS metrics."""
+        from appliance.http.tls import new_ticket_keys, write_ticket_keys
+        from appliance.metrics.tls_block import TlsBlock, TlsCollector
+
+        assert self.run_dir is not None and self.mgmt is not None
+        for s in self.slots:
+            s.tls = TlsBlock.create(self.run_dir / f"tls-{s.core}", s.core)
+        self._ticket_path = self.run_dir / "tls-ticket-keys"
+        self._ticket_keys = new_ticket_keys()
+        write_ticket_keys(self._ticket_path, self._ticket_keys)
+        self._ticket_rotated = time.monotonic()
+        self.mgmt.registry.register(
+            TlsCollector(lambda: [s.tls for s in self.slots], self._certificate_expiry)
+        )
+
+    def _rotate_ticket_keys(self) -> None:
+        from appliance.http.tls import TICKET_ROTATE_S, new_ticket_keys, write_ticket_keys
+
+        if self._ticket_path is None or time.monotonic() - self._ticket_rotated < TICKET_ROTATE_S:
+            return
+        self._ticket_keys = new_ticket_keys(self._ticket_keys)
+        try:
+            write_ticket_keys(self._ticket_path, self._ticket_keys)
+        except OSError as exc:
+            log.warning("session ticket keys: cannot rotate: %s", exc)
+            return
+        self._ticket_rotated = time.monotonic()
+        log.info("session ticket keys rotated (the workers pick them up within a second)")
+
+    def _certificate_expiry(self) -> list[tuple[str, str, float]]:
+        """(name, file, notAfter) for every configured certificate, read at each scrape."""
+        from appliance.http.tls import CertError, cert_info
+
+        cfg = self.config
+        certs = [cfg.cert] + [c for _, c, _, _ in cfg.sni]
+        out = []
+        for path in certs:
+            if path is None:
+                continue
+            try:
+                info = cert_info(path)
+            except CertError:
+                continue
+            out += [(name, str(path), info.not_after) for name in info.names]
+        return out
 
     def _make_stack(self) -> mtcp_core.Stack:
         cfg = self.config
@@ -335,6 +393,9 @@ class Supervisor:
             file=self.out,
             flush=True,
         )
+        if cfg.tls_url is not None:
+            extra = ", plain HTTP redirected there" if cfg.redirect_http else ""
+            print(f"HTTPS at {cfg.tls_url} (TLS 1.3/1.2{extra})", file=self.out, flush=True)
         print(
             f"metrics at {self.mgmt.url}/metrics, status at {self.mgmt.url}/server-status",
             file=self.out,
@@ -360,6 +421,8 @@ class Supervisor:
             ready_fd=w,
             stack=self.stack,
             stats_path=slot.stats_path,
+            tls_block=slot.tls,
+            ticket_keys=str(self._ticket_path) if self._ticket_path else None,
             close_fds=tuple(close),
             restart=slot.restarts,
             supervisor_pid=os.getpid(),
@@ -525,6 +588,7 @@ class Supervisor:
                 forced = self._handle_signal(self._signals.pop(0)) or forced
             if not self._draining:
                 self._restart_due()
+                self._rotate_ticket_keys()
         clean = not forced and all(s.exit_status == 0 for s in self.slots)
         log.info("stopped%s", "" if clean else " (not every worker stopped cleanly)")
         return 0 if clean else 1
@@ -574,6 +638,9 @@ class Supervisor:
                 os.close(s.ready_fd)
                 s.ready_fd = None
             s.http.close()
+            if s.tls is not None:
+                s.tls.close()
+                s.tls = None
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None

@@ -60,6 +60,8 @@ class WorkerSpec:
     close_fds: tuple[int, ...] = ()  # the supervisor's descriptors, closed in the child
     restart: int = 0  # how many workers this core had before this one
     supervisor_pid: int = 0  # the parent; 0: unknown (then a parent of pid 1 means it died)
+    tls_block: Any = None  # appliance.metrics.tls_block.TlsBlock, with HTTPS
+    ticket_keys: str | None = None  # the supervisor's session-ticket key file
 
 
 class _State:
@@ -70,6 +72,7 @@ class _State:
         self.reload = False
         self.drain_timeout = drain_timeout
         self.drain_deadline = float("inf")
+        self.tls: Any = None  # the worker's TlsServer: reloads its certificates on SIGHUP
 
     def on_term(self, signum: int, _frame: Any) -> None:
         if self.terminating:
@@ -94,6 +97,8 @@ class _State:
         if not self.terminating:
             self.reload = True
             self.draining.set()
+            if self.tls is not None:
+                self.tls.request_reload()
 
 
 def run(spec: WorkerSpec) -> NoReturn:
@@ -142,6 +147,8 @@ def _main(spec: WorkerSpec) -> int:
     from appliance.http.server import serve_linux, serve_mtcp
 
     cfg = spec.config
+    tls = _tls_server(spec)
+    state.tls = tls
     started = log.info if spec.restart else log.debug  # the first start is quiet
     if cfg.stack == "mtcp":
         assert spec.stack is not None
@@ -161,7 +168,7 @@ def _main(spec: WorkerSpec) -> int:
                 state,
                 lambda site, draining: serve_mtcp(
                     ctx, site, cfg.port, state.stop, spec.http_block.record, draining,
-                    ready=ready,
+                    ready=ready, tls=tls,
                 ),
             )  # fmt: skip
             log.info("server stopped; waiting for the stack to send what it was handed")
@@ -186,10 +193,36 @@ def _main(spec: WorkerSpec) -> int:
                 draining,
                 reuse_port=True,
                 ready=ready,
+                tls=tls,
+                core=spec.core,
             ),
         )
     log.info("worker stopped")
     return EXIT_OK
+
+
+def _tls_server(spec: WorkerSpec) -> Any:
+    """The worker's TlsServer (HTTPS configured), counting in the core's TLS block."""
+    cfg = spec.config
+    if cfg.tls_port is None:
+        return None
+    from pathlib import Path
+
+    from appliance.http.tls import CertPair, TlsServer, TlsSettings
+
+    if spec.tls_block is not None:
+        spec.tls_block.claim(os.getpid())
+    settings = TlsSettings(
+        port=cfg.tls_port,
+        default=CertPair(cfg.cert, cfg.key, cfg.ocsp_staple),  # type: ignore[arg-type]
+        by_name=tuple((n, CertPair(c, k, st)) for n, c, k, st in cfg.sni),
+        ticket_keys=Path(spec.ticket_keys) if spec.ticket_keys else None,
+    )
+    try:
+        return TlsServer(settings, spec.tls_block)
+    except ValueError as exc:  # CertError: the files changed since the config was checked
+        log.error("HTTPS: %s", exc)
+        raise SystemExit(EXIT_STARTUP) from None
 
 
 def _serve_loop(spec: WorkerSpec, state: _State, serve: Any) -> None:

@@ -28,6 +28,10 @@ class SiteConfig:
     access_log: Path | None = None  # combined log format when set
     small_file_limit: int = 256 * 1024  # cached in memory (stat at most ~1/s per file)
     stream_chunk: int = 256 * 1024  # large files streamed in chunks under flow control
+    # HTTPS (appliance.http.tls): plain-HTTP requests answered with a 308 to https:// on
+    # this port (None: served as they are); Strict-Transport-Security on HTTPS responses
+    redirect_https_port: int | None = None
+    hsts: bytes | None = None  # the header's value, e.g. b"max-age=31536000"
 
 
 @dataclass(frozen=True)

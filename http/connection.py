@@ -61,6 +61,7 @@ _FAST_HEAD = re.compile(
     + rb"[ \t]*+\r\n)*+)\r\n"
 )
 _FAST_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+\r\n")
+_HOST = re.compile(rb"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")  # a host for a redirect's Location
 # header fields that need h11's framing or state machine
 _SLOW_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
@@ -97,6 +98,7 @@ class Connection:
         core: int = 0,
         on_request: Callable[[RequestRecord], None] | None = None,
         fast: bool = True,
+        secure: bool = False,
     ) -> None:
         if isinstance(site, Path):
             site = SiteConfig(root=site)
@@ -106,6 +108,7 @@ class Connection:
         self.config = cfg = site.config
         self.peer = peer
         self.core = core
+        self.secure = secure  # behind TLS (HSTS); plain ones may be redirected to HTTPS
         self.on_request = on_request
         now = time.monotonic() if now is None else now
         self._max_head = cfg.max_request_line + cfg.max_header_bytes + 4
@@ -343,9 +346,7 @@ class Connection:
             elif isinstance(event, h11.EndOfMessage):
                 piece = b""
                 if self._status == 0:  # not answered early (413...)
-                    reply = self.site.respond(
-                        self._req_method, self._target, self._req_headers, now
-                    )
+                    reply = self._respond(self._req_method, self._target, self._req_headers, now)
                     piece = self._start(reply, now)
             elif isinstance(event, h11.ConnectionClosed):
                 self.closed = True
@@ -430,7 +431,27 @@ class Connection:
         self._client_close = b"close" in tokens or minor == b"0"
         if minor == b"0":
             self._keep10 = b"keep-alive" in tokens and b"close" not in tokens
-        return self._start(self.site.respond(method, target, headers, now), now)
+        return self._start(self._respond(method, target, headers, now), now)
+
+    def _respond(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], now: float
+    ) -> Reply:
+        """The site's reply, or a 308 to HTTPS for a plain request when redirect_http is on
+        (ACME http-01 challenges excepted: a certificate authority asks over plain HTTP)."""
+        port = self.config.redirect_https_port
+        if port is None or self.secure or target.startswith(b"/.well-known/acme-challenge/"):
+            return self.site.respond(method, target, headers, now)
+        host = headers.get(b"host", b"").strip()
+        if host.startswith(b"["):
+            host = host[: host.find(b"]") + 1]
+        else:
+            host = host.partition(b":")[0]
+        if not host or not _HOST.fullmatch(host):
+            return self.site.error(400, close=True)
+        if not target.startswith(b"/"):
+            target = b"/"  # absolute-form or *: the site's root
+        where = host if port == 443 else b"%s:%d" % (host, port)
+        return self.site.error(308, [(b"Location", b"https://" + where + target)])
 
     def _on_request(self, req: h11.Request, now: float) -> bytes:
         cfg = self.config
@@ -537,6 +558,9 @@ class Connection:
             (
                 b"HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n"
                 % (status, _REASONS.get(status, b""), http_now(), SERVER),
+                b"Strict-Transport-Security: %s\r\n" % cfg.hsts
+                if self.secure and cfg.hsts
+                else b"",
                 block,
                 b"Connection: close\r\n\r\n"
                 if said_close

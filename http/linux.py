@@ -52,12 +52,16 @@ class KernelNet:
         *,
         reuse_port: bool = True,
         sock: socket.socket | None = None,
+        tls_port: int | None = None,
+        tls_sock: socket.socket | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.tls_port = tls_port
         self.reuse_port = reuse_port
         self.ep = select.epoll()
         self._lsock = sock
+        self._tsock = tls_sock
 
     def listen(self) -> int:
         if self._lsock is None:
@@ -66,19 +70,32 @@ class KernelNet:
         self.ep.register(self._lsock.fileno(), select.EPOLLIN)
         return self._lsock.fileno()
 
+    def listen_tls(self) -> int:
+        if self._tsock is None:
+            assert self.tls_port is not None
+            self._tsock = listening_socket(self.host, self.tls_port, self.reuse_port)
+        self._tsock.setblocking(False)
+        self.ep.register(self._tsock.fileno(), select.EPOLLIN)
+        return self._tsock.fileno()
+
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         try:
             return self.ep.poll(timeout)
         except InterruptedError:
             return []
 
-    def accept_many(self, max_sockets: int) -> list[tuple[socket.socket, int, str]]:
-        out = []
-        if self._lsock is None:
+    def accept_many(
+        self, max_sockets: int, listener: int = -1
+    ) -> list[tuple[socket.socket, int, str]]:
+        out: list[tuple[socket.socket, int, str]] = []
+        lsock = self._lsock
+        if self._tsock is not None and listener == self._tsock.fileno():
+            lsock = self._tsock
+        if lsock is None:
             return out
         for _ in range(max_sockets):
             try:
-                conn, addr = self._lsock.accept()
+                conn, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ECONNABORTED, EMFILE...: try again next round
@@ -133,11 +150,12 @@ class KernelNet:
             h.close()
 
     def close_listener(self) -> None:
-        if self._lsock is not None:
-            with contextlib.suppress(OSError):
-                self.ep.unregister(self._lsock.fileno())
-            self._lsock.close()
-            self._lsock = None
+        for lsock in (self._lsock, self._tsock):
+            if lsock is not None:
+                with contextlib.suppress(OSError):
+                    self.ep.unregister(lsock.fileno())
+                lsock.close()
+        self._lsock = self._tsock = None
 
     def close(self) -> None:
         self.close_listener()

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from appliance.http.config import RequestRecord
 from appliance.http.connection import Connection
 from appliance.http.site import Site
+from appliance.http.tls import TlsConnection, TlsServer
 
 EPOLLIN = 0x001
 EPOLLOUT = 0x004
@@ -40,8 +41,9 @@ class Net(Protocol):
     open ones and is what ``poll`` reports."""
 
     def listen(self) -> int: ...  # the listener's key
+    def listen_tls(self) -> int: ...  # the TLS listener's key (only called with ``tls``)
     def poll(self, timeout: float) -> list[tuple[int, int]]: ...
-    def accept_many(self, max_sockets: int) -> list[tuple[Any, int, str]]: ...
+    def accept_many(self, max_sockets: int, listener: int = -1) -> list[tuple[Any, int, str]]: ...
     def register(self, handle: Any, events: int) -> None: ...
     def modify(self, handle: Any, events: int) -> None: ...
     def recv_many(self, handles: Sequence[Any]) -> list[bytes | OSError]: ...
@@ -56,7 +58,7 @@ class Net(Protocol):
 class _Conn:
     __slots__ = ("handle", "key", "http", "out", "events", "timer_at", "dead", "sent_closed")
 
-    def __init__(self, handle: Any, key: int, http: Connection) -> None:
+    def __init__(self, handle: Any, key: int, http: Connection | TlsConnection) -> None:
         self.handle = handle
         self.key = key
         self.http = http
@@ -86,14 +88,18 @@ def run(
     on_request: Callable[[RequestRecord], None] | None = None,
     draining: threading.Event | None = None,
     ready: threading.Event | None = None,
+    tls: TlsServer | None = None,
 ) -> None:
     """Serves until ``stop`` is set, or until ``draining`` is set and the last connection
-    has closed. Always closes every connection, the listener and the site's log."""
+    has closed. Always closes every connection, the listener and the site's log. With
+    ``tls``, a second listener (``net.listen_tls``) serves HTTPS: its connections are
+    wrapped in ``tls.TlsConnection``, and ``tls.tick`` runs once per round (reloads)."""
     conns: dict[int, _Conn] = {}
     timers: list[tuple[float, int]] = []  # (deadline, key), stale entries skipped
     drained = False
     try:
         listener = net.listen()  # a bind error is the caller's to report
+        tls_listener = net.listen_tls() if tls is not None else -2
     except BaseException:
         try:
             net.close()
@@ -124,11 +130,22 @@ def run(
                 events = []
             readable: list[_Conn] = []
             for key, ev in events:
-                if key == listener:
+                if key == listener or key == tls_listener:
                     if drained:
                         continue
-                    for handle, hkey, peer in net.accept_many(ACCEPT_BATCH):
-                        http = Connection(site, now, peer=peer, core=core, on_request=on_request)
+                    secure = key == tls_listener
+                    accepted = (
+                        net.accept_many(ACCEPT_BATCH, key)
+                        if secure
+                        else net.accept_many(ACCEPT_BATCH)
+                    )
+                    for handle, hkey, peer in accepted:
+                        http: Any = Connection(
+                            site, now, peer=peer, core=core, on_request=on_request, secure=secure
+                        )
+                        if secure:
+                            assert tls is not None
+                            http = tls.wrap(http, now)
                         c = _Conn(handle, hkey, http)
                         conns[hkey] = c
                         touched[hkey] = c
@@ -228,6 +245,8 @@ def run(
                 timers = [(c.timer_at, c.key) for c in conns.values() if c.timer_at >= 0]
                 heapq.heapify(timers)
             site.flush()
+            if tls is not None:
+                tls.tick(now)
     except Exception:
         print("appliance.http: the serving loop failed", file=sys.stderr)
         raise

@@ -23,17 +23,21 @@ USER_TIMEOUT_MS = 30_000
 class MtcpNet:
     """``loop.Net`` over one mtcp_core context, listening on ``port``."""
 
-    def __init__(self, ctx: m.Context, port: int, *, peers: bool = False) -> None:
+    def __init__(
+        self, ctx: m.Context, port: int, *, peers: bool = False, tls_port: int | None = None
+    ) -> None:
         self.ctx = ctx
         self.port = port
+        self.tls_port = tls_port
         self.peers = peers  # look the peer's address up (one crossing per connection)
         self.ep = ctx.epoll()
         self._lsock: m.Socket | None = None
+        self._tsock: m.Socket | None = None
 
-    def listen(self) -> int:
+    def _listening(self, port: int) -> m.Socket:
         sock = self.ctx.socket()
         try:
-            sock.bind(("0.0.0.0", self.port))
+            sock.bind(("0.0.0.0", port))
             # accepted connections inherit both: the stack may evict one that is idle at
             # the TCP level (nothing unsent, unacknowledged or unread: a keep-alive
             # connection between requests, or one whose request head trickles in) when
@@ -45,18 +49,29 @@ class MtcpNet:
         except BaseException:
             sock.close()
             raise
-        self._lsock = sock
-        return sock.fd
+        return sock
+
+    def listen(self) -> int:
+        self._lsock = self._listening(self.port)
+        return self._lsock.fd
+
+    def listen_tls(self) -> int:
+        assert self.tls_port is not None
+        self._tsock = self._listening(self.tls_port)
+        return self._tsock.fd
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         return [(s.fd, ev) for s, ev in self.ep.poll(timeout)]
 
-    def accept_many(self, max_sockets: int) -> list[tuple[m.Socket, int, str]]:
-        if self._lsock is None:
+    def accept_many(self, max_sockets: int, listener: int = -1) -> list[tuple[m.Socket, int, str]]:
+        lsock = self._lsock
+        if self._tsock is not None and listener == self._tsock.fd:
+            lsock = self._tsock
+        if lsock is None:
             return []
         out = []
         try:
-            socks = self._lsock.accept_many(max_sockets)
+            socks = lsock.accept_many(max_sockets)
         except OSError:  # out of sockets, say: the rest wait for the next round
             return []
         for s in socks:
@@ -98,9 +113,10 @@ class MtcpNet:
         self.ctx.close_many(handles)
 
     def close_listener(self) -> None:
-        if self._lsock is not None:
-            self.ctx.close_many([self._lsock])
-            self._lsock = None
+        socks = [s for s in (self._lsock, self._tsock) if s is not None]
+        if socks:
+            self.ctx.close_many(socks)
+        self._lsock = self._tsock = None
 
     def close(self) -> None:
         if self.ctx._ptr is None:

@@ -22,6 +22,7 @@ from appliance.http.config import RequestRecord, SiteConfig
 
 if TYPE_CHECKING:
     import mtcp_core
+    from appliance.http.tls import TlsServer
     from appliance.http.vhosts import VhostConfig
 
 __all__ = ["RequestRecord", "SiteConfig", "serve_linux", "serve_mtcp"]
@@ -35,17 +36,22 @@ def serve_mtcp(
     on_request: Callable[[RequestRecord], None] | None = None,
     draining: threading.Event | None = None,
     ready: threading.Event | None = None,
+    tls: TlsServer | None = None,
 ) -> None:
     """Serves ``site`` on ``port`` of the context's stack, from the calling thread (the
     context's app thread), until ``stop`` (or ``draining`` and no connection left).
-    ``ready`` is set once the port listens."""
+    ``ready`` is set once the port listens; ``tls``: HTTPS on ``tls.settings.port`` too."""
     from appliance.http import loop
     from appliance.http.mtcp import MtcpNet
     from appliance.http.vhosts import build
 
     files = build(site)
-    net = MtcpNet(ctx, port, peers=site.access_log is not None)
-    loop.run(net, files, stop, core=ctx.core, on_request=on_request, draining=draining, ready=ready)
+    tls_port = tls.settings.port if tls is not None else None
+    net = MtcpNet(ctx, port, peers=site.access_log is not None, tls_port=tls_port)
+    loop.run(
+        net, files, stop, core=ctx.core, on_request=on_request, draining=draining, ready=ready,
+        tls=tls,
+    )  # fmt: skip
 
 
 def serve_linux(
@@ -57,14 +63,21 @@ def serve_linux(
     draining: threading.Event | None = None,
     reuse_port: bool = True,
     ready: threading.Event | None = None,
+    tls: TlsServer | None = None,
+    core: int = 0,
 ) -> None:
     """Serves ``site`` on ``host:port`` with the kernel's sockets (non-blocking, one
     ``select.epoll``, this thread) until ``stop`` (or ``draining`` and no connection left).
-    ``ready`` is set once the socket listens (a bind error raises OSError before)."""
+    ``ready`` is set once the socket listens (a bind error raises OSError before);
+    ``tls``: HTTPS on ``tls.settings.port`` too."""
     from appliance.http import loop
     from appliance.http.linux import KernelNet
     from appliance.http.vhosts import build
 
     files = build(site)
-    net = KernelNet(host, port, reuse_port=reuse_port)
-    loop.run(net, files, stop, on_request=on_request, draining=draining, ready=ready)
+    tls_port = tls.settings.port if tls is not None else None
+    net = KernelNet(host, port, reuse_port=reuse_port, tls_port=tls_port)
+    loop.run(
+        net, files, stop, core=core, on_request=on_request, draining=draining, ready=ready,
+        tls=tls,
+    )  # fmt: skip
