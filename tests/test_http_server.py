@@ -6,7 +6,9 @@ namespace, the server in another, on both stacks:
 - linux: ``serve_linux`` on the kernel's sockets, the same address on the same kind of veth.
 
 Every test runs against both (the ``srv`` and ``alt`` fixtures are parametrized over the
-stacks). Responses are compared byte for byte where the bytes are ours (Date aside).
+stacks), and again over HTTPS (``mtcp+tls``, ``linux+tls``: the same site on port 443 with
+a certificate from a test CA that the clients trust, ``appliance.http.tls``). Responses
+are compared byte for byte where the bytes are ours (Date aside).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import http.client
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -27,16 +30,20 @@ from typing import Any
 
 import netns
 import pytest
+from tlsca import CA
 
 import mtcp_core
 from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.server import serve_linux, serve_mtcp
 from appliance.http.site import http_date
+from appliance.http.tls import CertPair, TlsServer, TlsSettings
 
 pytestmark = pytest.mark.requires_root
 
 STACKS = ["mtcp", "linux"]
+SERVED = ["mtcp", "linux", "mtcp+tls", "linux+tls"]  # what srv and alt run on
 PORT = 80
+TLS_PORT = 443
 BIG = 2 * 1024 * 1024 + 12345  # streamed: over small_file_limit
 HUGE = 24 * 1024 * 1024  # more than both sides' socket buffers can hold
 HEADER_TIMEOUT_S = 1.5
@@ -100,17 +107,44 @@ class Server:
     thread: threading.Thread
     records: list[RequestRecord] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    ca: Path | None = None  # HTTPS: the CA the clients trust
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+    @property
+    def port(self) -> int:
+        return TLS_PORT if self.tls else PORT
 
     def url(self, path: str) -> str:
-        return f"http://{self.ip}:{PORT}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.ip}:{self.port}{path}"
 
-    def connect(self, timeout: float = 5.0) -> socket.socket:
+    def client_context(self) -> ssl.SSLContext:
+        assert self.ca is not None
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def connect(self, timeout: float = 5.0, rcvbuf: int = 0) -> socket.socket:
+        """A connection to the site (over TLS for the +tls servers)."""
         with self.client.entered():
-            return socket.create_connection((self.ip, PORT), timeout=timeout)
+            s = socket.socket()
+        try:
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.settimeout(timeout)
+            s.connect((self.ip, self.port))
+            if self.tls:
+                return self.client_context().wrap_socket(s, server_hostname=self.ip)
+        except BaseException:
+            s.close()
+            raise
+        return s
 
     def curl(self, path: str, *args: str) -> bytes:
         """curl's output (-i: the response head, then the body), as bytes."""
         argv = ["ip", "netns", "exec", self.client.name, "curl", "-sS", "--max-time", "10"]
+        if self.ca is not None:
+            argv += ["--cacert", str(self.ca)]
         proc = subprocess.run(
             [*argv, *args, self.url(path)], capture_output=True, timeout=20, check=False
         )
@@ -123,7 +157,13 @@ class Server:
         """One request with http.client from the client namespace."""
 
         def go() -> tuple[int, dict[str, str], bytes]:
-            conn = http.client.HTTPConnection(self.ip, PORT, timeout=10)
+            conn: http.client.HTTPConnection
+            if self.tls:
+                conn = http.client.HTTPSConnection(
+                    self.ip, self.port, timeout=10, context=self.client_context()
+                )
+            else:
+                conn = http.client.HTTPConnection(self.ip, PORT, timeout=10)
             try:
                 conn.request(method, path, body=body or None, headers=headers or {})
                 r = conn.getresponse()
@@ -141,10 +181,20 @@ class Server:
             return read_responses(s, methods or ["GET"])
 
 
-def start_server(lab: netns.Lab, stack: str, config: SiteConfig) -> tuple[Server, Any]:
+def start_server(
+    lab: netns.Lab, stack: str, config: SiteConfig, ca: CA | None = None
+) -> tuple[Server, Any]:
+    """The site on ``stack`` (``mtcp``, ``linux``; ``+tls``: HTTPS too, a certificate of
+    ``ca`` for the server's address)."""
+    stack, plus_tls = stack.removesuffix("+tls"), stack.endswith("+tls")
     client, server_ns = lab.namespace("hcl"), lab.namespace("hsv")
     link = lab.veth(client, server_ns, address_b=stack == "linux")
     ip = str(link.addr_b.ip)
+    tls: TlsServer | None = None
+    if plus_tls:
+        assert ca is not None
+        leaf = ca.issue(f"srv-{ip}", ["site.test"], [ip])
+        tls = TlsServer(TlsSettings(TLS_PORT, CertPair(leaf.cert, leaf.key)))
     stop, draining, ready = threading.Event(), threading.Event(), threading.Event()
     mstack = None
     errors: list[BaseException] = []
@@ -157,13 +207,13 @@ def start_server(lab: netns.Lab, stack: str, config: SiteConfig) -> tuple[Server
         ctx = mstack.context(0)
 
         def target() -> None:
-            serve_mtcp(ctx, config, PORT, stop, records.append, draining, ready=ready)
+            serve_mtcp(ctx, config, PORT, stop, records.append, draining, ready=ready, tls=tls)
 
     else:
 
         def target() -> None:
             with netns.entered(server_ns.name):
-                serve_linux(ip, PORT, config, stop, records.append, draining, ready=ready)
+                serve_linux(ip, PORT, config, stop, records.append, draining, ready=ready, tls=tls)
 
     def run() -> None:
         try:
@@ -182,6 +232,7 @@ def start_server(lab: netns.Lab, stack: str, config: SiteConfig) -> tuple[Server
         stack, client, str(link.addr_a.ip), ip, Path(config.root), config, stop, draining, thread
     )
     srv.records, srv.errors = records, errors
+    srv.ca = ca.cert if plus_tls and ca is not None else None
     return srv, mstack
 
 
@@ -195,9 +246,14 @@ def stop_server(srv: Server, mstack: Any) -> None:
     assert srv.errors == []
 
 
-@pytest.fixture(scope="module", params=STACKS)
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
+    return CA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module", params=SERVED)
 def stack(request: pytest.FixtureRequest) -> str:
-    """mtcp or linux: the ``srv`` and ``alt`` of one test run on the same stack."""
+    """mtcp or linux (+tls): the ``srv`` and ``alt`` of one test run on the same stack."""
     reason = netns.missing_privileges()
     if reason:
         pytest.skip(reason)
@@ -205,7 +261,7 @@ def stack(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def srv(stack: str, site_root: Path) -> Iterator[Server]:
+def srv(stack: str, site_root: Path, ca: CA) -> Iterator[Server]:
     """The default configuration (plus an access log and a short header deadline)."""
     config = SiteConfig(
         root=site_root,
@@ -213,7 +269,7 @@ def srv(stack: str, site_root: Path) -> Iterator[Server]:
         access_log=site_root.parent / f"access-{stack}.log",
     )
     with netns.Lab() as lab:
-        server, mstack = start_server(lab, stack, config)
+        server, mstack = start_server(lab, stack, config, ca)
         try:
             yield server
         finally:
@@ -221,7 +277,7 @@ def srv(stack: str, site_root: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def alt(stack: str, site_root: Path) -> Iterator[Server]:
+def alt(stack: str, site_root: Path, ca: CA) -> Iterator[Server]:
     """The other side of every switch."""
     config = SiteConfig(
         root=site_root,
@@ -236,7 +292,7 @@ def alt(stack: str, site_root: Path) -> Iterator[Server]:
         stream_chunk=16 * 1024,
     )
     with netns.Lab() as lab:
-        server, mstack = start_server(lab, stack, config)
+        server, mstack = start_server(lab, stack, config, ca)
         try:
             yield server
         finally:
@@ -716,12 +772,7 @@ def test_large_files_go_out_as_fast_as_the_client_reads(alt: Server) -> None:
         return [r for r in alt.records if r.bytes_sent > HUGE // 2]
 
     before = len(huge_records())
-    with alt.client.entered():
-        s = socket.socket()
-    with s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        s.settimeout(10)
-        s.connect((alt.ip, PORT))
+    with alt.connect(10, rcvbuf=64 * 1024) as s:
         s.sendall(get("/huge.bin"))
         time.sleep(0.5)
         assert len(huge_records()) == before  # not handed over whole: the client reads nothing
