@@ -393,15 +393,17 @@ class Supervisor:
             file=self.out,
             flush=True,
         )
-        if cfg.tls_url is not None:
-            extra = ", plain HTTP redirected there" if cfg.redirect_http else ""
-            print(f"HTTPS at {cfg.tls_url} (TLS 1.3/1.2{extra})", file=self.out, flush=True)
         print(
             f"metrics at {self.mgmt.url}/metrics, status at {self.mgmt.url}/server-status",
             file=self.out,
             flush=True,
         )
+        if cfg.tls_url is not None:  # third, after the two lines every run prints
+            extra = ", plain HTTP redirected there" if cfg.redirect_http else ""
+            print(f"HTTPS at {cfg.tls_url} (TLS 1.3/1.2{extra})", file=self.out, flush=True)
         log.info("serving at %s, management at %s", cfg.serve_url, self.mgmt.url)
+        if cfg.tls_url is not None:
+            log.info("HTTPS at %s", cfg.tls_url)
 
     # ----------------------------------------------------------------- workers
 
