@@ -254,6 +254,10 @@ def checks(cfg: Config) -> list[Check]:
     else:
         out.append(Check("ok", f"{cfg.cores} workers on {ncpu} available CPUs"))
     out.append(_metrics_port(cfg))
+    if cfg.tls_port is not None:
+        from appliance.tls_doctor import tls_checks  # HTTPS: the certificates
+
+        out += tls_checks(cfg)
     return out
 
 

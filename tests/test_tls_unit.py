@@ -533,3 +533,37 @@ def test_tls_block_counts(tmp_path: Path) -> None:
     assert snap["handshakes"][("-", "timeout")] == 1
     assert snap["resumptions"]["TLSv1.3"] == 1 and snap["reloads"]["failed"] == 1
     b.close()
+
+
+def test_doctor_checks_the_certificates(ca: CA, leaf: Leaf, tmp_path: Path) -> None:
+    from appliance.tls_doctor import tls_checks
+
+    soon = ca.issue("soon.test", ["soon.test"], days=5)
+    other = ca.issue("other.test")
+    sni = f"soon.test={soon.cert}:{soon.key};missing.test={other.cert}:{other.key}"
+    flags = {"stack": "linux", "tls_port": "8443", "cert": str(leaf.cert)}
+    cfg = load({**flags, "key": str(other.key), "sni": sni}, {}, check_certs=False)
+    got = [(c.level, c.what) for c in tls_checks(cfg)]
+    text = "\n".join(f"{lv} {w}" for lv, w in got)
+    assert ("FAIL", f"{other.key}: key: does not match the certificate {leaf.cert}") in got, text
+    assert any(lv == "ok" and w.startswith(f"{leaf.cert}: valid until") for lv, w in got), text
+    assert any(lv == "warn" and w.startswith(f"{soon.cert}: expires in ") for lv, w in got), text
+    assert ("ok", f"{soon.cert}: covers soon.test") in got, text
+    assert (
+        "FAIL",
+        f"{other.cert}: does not cover missing.test (it names other.test)",
+    ) in got, text
+    chain = [w for lv, w in got if "chain" in w]
+    assert chain and all("does not verify against the system's trust store" in w for w in chain)
+    assert all("unable to get local issuer certificate" in w for w in chain), chain  # a private CA
+    # the CA in the system's place: the same chain verifies
+    ok_cfg = load({**flags, "key": str(leaf.key)}, {}, check_certs=False)
+    env = os.environ.copy()
+    try:
+        os.environ["SSL_CERT_FILE"] = str(ca.cert)
+        got2 = [(c.level, c.what) for c in tls_checks(ok_cfg)]
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert ("ok", f"{leaf.cert}: the chain verifies to a trusted root") in got2, got2
+    assert all(lv == "ok" for lv, _ in got2), got2
