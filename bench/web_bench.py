@@ -16,9 +16,13 @@ for a 64 B and a 4 KiB file at 64 and 256 concurrent connections; one flow downl
 100 MiB file over and over (Gb/s); and, on mtcp only, the priority-queueing experiment:
 the latency of short connections (wrk, 16 at a time, and a probe that also times the handshake)
 while 8 connections download the big file, with the appliance's priority TX lists on and off
-(``--no-priority``). With ``--scaling``
-(machines with 4 CPUs or more) also short 64 B connections with 1, 2, 4 ... workers on the
-first half of the CPUs and wrk threads on the second half.
+(``--no-priority``). HTTPS rows (issue 18; mtcp, linux and nginx, one ECDSA P-256
+certificate and Mozilla's intermediate ciphers for all): new TLS 1.3 handshakes a second,
+full and resumed (a session ticket), one 64 B request each (``bench/tls_load.c``, built
+here: ``--tls-clients`` connections at once, bounded in time and count; wrk cannot resume
+sessions in a controlled way), and keep-alive 64 B requests over TLS (wrk on https://).
+With ``--scaling`` (machines with 4 CPUs or more) also short 64 B connections with 1, 2,
+4 ... workers on the first half of the CPUs and wrk threads on the second half.
 
 Figures per row: requests/s (Gb/s for downloads), latency p50/p99, errors (socket errors and
 non-2xx), the server's CPU (its whole process tree: the appliance's supervisor and workers with
@@ -38,6 +42,7 @@ import argparse
 import contextlib
 import html
 import http.client
+import json
 import math
 import os
 import shutil
@@ -59,6 +64,10 @@ import netns  # noqa: E402
 
 PROG = "web_bench"
 PORT = 80
+TLS_PORT = 443
+TLS_SERVERS = ("mtcp", "linux", "nginx")  # lighttpd is left out of the HTTPS rows
+TLS_KINDS = ("tls-full", "tls-resumed", "tls-keepalive")
+TLS_LOAD_MAX = 10_000_000  # connections a handshake row makes at most
 SERVERS = ("mtcp", "linux", "nginx", "lighttpd")
 SCALING_SERVERS = ("mtcp", "linux", "nginx")
 METRICS = "127.0.0.1:9100"  # the appliance's management address, inside the server namespace
@@ -90,6 +99,13 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("priority: handshake p99 under 8 flows, on / off (extra)", "handshake p99:on/off", 0.5, "<="),
     ("idle CPU of the appliance, mtcp (% of a core)", "idle:mtcp", 1.0, "<"),
     ("idle CPU of the appliance, linux (% of a core)", "idle:linux", 1.0, "<"),
+    # issue 18's targets
+    ("TLS 1.3 full handshakes/s, mtcp / nginx", "tls-full:mtcp/nginx", 0.9, ">="),
+    ("TLS 1.3 resumed handshakes/s, mtcp / nginx", "tls-resumed:mtcp/nginx", 0.9, ">="),
+    ("keep-alive 64 B over TLS req/s, mtcp / nginx", "tls-keepalive:mtcp/nginx", 0.9, ">="),
+    ("TLS 1.3 full handshakes/s, linux / nginx", "tls-full:linux/nginx", 0.9, ">="),
+    ("TLS 1.3 resumed handshakes/s, linux / nginx", "tls-resumed:linux/nginx", 0.9, ">="),
+    ("keep-alive 64 B over TLS req/s, linux / nginx", "tls-keepalive:linux/nginx", 0.9, ">="),
 )
 TARGET_ROW = "short-64B-c64"
 
@@ -116,7 +132,22 @@ http {{
         listen {ip}:{port};
         root {root};
     }}
-}}
+{tls}}}
+"""
+# the same certificate and policy as the appliance's (appliance.http.tls): TLS 1.3/1.2,
+# Mozilla intermediate ciphers and groups, session tickets (nginx's default), no cache
+NGINX_TLS = """    server {{
+        listen {ip}:{port} ssl;
+        root {root};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {ciphers};
+        ssl_ecdh_curve {groups};
+        ssl_prefer_server_ciphers off;
+        ssl_session_tickets on;
+        ssl_session_cache off;
+    }}
 """
 
 LIGHTTPD_CONF = """\
@@ -148,6 +179,10 @@ class Workload:
     @property
     def close(self) -> bool:
         return self.kind in ("short", "priority", "scaling")
+
+    @property
+    def tls(self) -> bool:
+        return self.kind in TLS_KINDS
 
 
 @dataclass
@@ -219,6 +254,10 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
                     name = f"{kind}-{_fmt_size(size)}-c{conns}"
                     out.append(Workload(name, kind, path, size, conns, d))
     out.append(Workload(f"download-{_fmt_size(opts.big)}", "download", BIG_FILE, opts.big, 1, d))
+    clients = getattr(opts, "tls_clients", 64)
+    out.append(Workload("tls-full-64B", "tls-full", SMALL_FILES[64], 64, clients, d))
+    out.append(Workload("tls-resumed-64B", "tls-resumed", SMALL_FILES[64], 64, clients, d))
+    out.append(Workload("tls-keepalive-64B-c64", "tls-keepalive", SMALL_FILES[64], 64, 64, d))
     if opts.only:
         wanted = set(opts.only.split(","))
         out = [wl for wl in out if wl.name in wanted or wl.kind in wanted]
@@ -252,8 +291,10 @@ class Server:
         workers: int = 1,
         priority: bool = True,
         extra: Sequence[str] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.kind, self.sv, self.link, self.cpus = kind, sv, link, list(cpus)
+        self.tls = tls  # (certificate, key): HTTPS on TLS_PORT too
         self.extra = list(extra)  # more flags for the appliance
         self.site, self.workers, self.priority = site, workers, priority
         self.ip = str(link.addr_b.ip)
@@ -271,6 +312,9 @@ class Server:
         k, n = self.kind, str(self.workers)
         flags = f"--port {PORT} --cores {n} --metrics {METRICS} --drain-timeout 2".split()
         flags += ["--root", str(self.site), *self.extra]
+        if self.tls is not None and k in ("mtcp", "linux"):
+            flags += ["--tls-port", str(TLS_PORT), "--cert", str(self.tls[0])]
+            flags += ["--key", str(self.tls[1])]
         if k == "mtcp":
             argv = [*appliance_argv(), "serve", *"--stack mtcp --backend afpacket".split()]
             argv += ["--iface", self.link.if_b, "--ip", str(self.link.addr_b), *flags]
@@ -280,9 +324,30 @@ class Server:
         if k == "nginx":
             masks = " ".join(format(1 << c, "b") for c in self.cpus[: self.workers])
             conf = self.tmp / "nginx.conf"
+            tls = ""
+            if self.tls is not None:
+                from appliance.http import tls as app_tls
+
+                tls = NGINX_TLS.format(
+                    ip=self.ip,
+                    port=TLS_PORT,
+                    root=self.site,
+                    cert=self.tls[0],
+                    key=self.tls[1],
+                    ciphers=app_tls.TLS12_CIPHERS,
+                    groups=app_tls.GROUPS.replace("P-256", "prime256v1").replace(
+                        "P-384", "secp384r1"
+                    ),
+                )
             conf.write_text(
                 NGINX_CONF.format(
-                    workers=n, affinity=masks, tmp=self.tmp, ip=self.ip, port=PORT, root=self.site
+                    workers=n,
+                    affinity=masks,
+                    tmp=self.tmp,
+                    ip=self.ip,
+                    port=PORT,
+                    root=self.site,
+                    tls=tls,
                 )
             )
             return ["nginx", "-c", str(conf), "-p", str(self.tmp)]
@@ -427,14 +492,18 @@ class Rig:
     client_cpus: list[int]
     site: Path
     opts: argparse.Namespace
+    tls: tuple[Path, Path] | None = None  # the HTTPS rows' certificate and key
+    tls_load: Path | None = None  # the HTTPS handshake rows' client (bench/tls_load.c)
 
-    def url(self, path: str) -> str:
+    def url(self, path: str, tls: bool = False) -> str:
+        if tls:
+            return f"https://{self.link.addr_b.ip}:{TLS_PORT}{path}"
         return f"http://{self.link.addr_b.ip}:{PORT}{path}"
 
     def wrk(self, wl: Workload, seconds: float | None = None) -> list[str]:
         timeout = 60.0 if wl.kind in ("download", "priority") else 5.0
         argv = common.wrk_argv(
-            self.url(wl.path),
+            self.url(wl.path, wl.tls),
             connections=wl.connections,
             seconds=seconds or wl.seconds,
             threads=wl.threads,
@@ -490,6 +559,49 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return vals[min(len(vals) - 1, max(0, math.ceil(q / 100 * len(vals)) - 1))]
 
 
+TLS_LOAD_SRC = Path(__file__).resolve().parent / "tls_load.c"
+
+
+def build_tls_load(folder: Path) -> Path:
+    """Compiles bench/tls_load.c (the handshake rows' client) into ``folder``."""
+    exe = folder / "tls_load"
+    proc = subprocess.run(
+        ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
+         str(TLS_LOAD_SRC), "-lssl", "-lcrypto"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot build {TLS_LOAD_SRC.name}: {proc.stderr[-500:]}")
+    return exe
+
+
+def _run_tls_load(rig: Rig, wl: Workload) -> dict[str, float]:
+    """bench/tls_load.c on the client CPU: ``wl.connections`` at a time, each a new TLS
+    connection (``tls-full``: a full handshake; ``tls-resumed``: offering a session
+    ticket) with one GET, for ``wl.seconds`` (at most TLS_LOAD_MAX connections)."""
+    assert rig.tls_load is not None
+    mode = "full" if wl.kind == "tls-full" else "resumed"
+    argv = [str(rig.tls_load), str(rig.link.addr_b.ip), str(TLS_PORT), wl.path, mode]
+    argv += [str(wl.connections), f"{wl.seconds:g}", str(TLS_LOAD_MAX)]
+    proc = subprocess.run(
+        common.in_ns(rig.cl, rig.client_cpus, argv),
+        capture_output=True, text=True, timeout=wl.seconds + 60, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"tls_load failed (rc {proc.returncode}): {proc.stderr[-300:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "requests": out["connections"],
+        "seconds": out["seconds"],
+        "resumed": out["resumed"],
+        "errors": out["errors"],
+        "socket_errors": out["errors"],
+        "non_2xx": 0,
+        "p50_ms": out["p50_ms"],
+        "p99_ms": out["p99_ms"],
+    }
+
+
 def _run_wrk(argv: list[str], seconds: float) -> dict[str, float]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 90)
     w = common.parse_wrk(proc.stdout)
@@ -534,7 +646,13 @@ def measure(rig: Rig, server: Server, wl: Workload) -> Row:
             )
             probe.start()
         m0, s0, w0 = common.machine_jiffies(), server.cpu_seconds(), time.monotonic()
-        w = _run_wrk(rig.wrk(wl), wl.seconds)
+        if wl.kind in ("tls-full", "tls-resumed"):
+            w = _run_tls_load(rig, wl)
+            want = w["requests"] if wl.kind == "tls-resumed" else 0
+            if w["resumed"] != want:
+                row.notes.append(f"{w['resumed']:g} of {w['requests']:g} connections resumed")
+        else:
+            w = _run_wrk(rig.wrk(wl), wl.seconds)
         wall = time.monotonic() - w0
         m1, s1 = common.machine_jiffies(), server.cpu_seconds()
         if probe is not None:
@@ -623,6 +741,7 @@ def running(
     workers: int = 1,
     priority: bool = True,
     extra: Sequence[str] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Server]:
     server = Server(
         kind,
@@ -633,6 +752,7 @@ def running(
         workers=workers,
         priority=priority,
         extra=[*rig.opts.appliance_arg, *extra] if kind in ("mtcp", "linux") else (),
+        tls=tls,
     )
     try:
         server.start(rig.cl)
@@ -667,9 +787,17 @@ def run_server(
     extra: Sequence[str] = (),
 ) -> None:
     """Starts one server, measures its idle CPU and the rows of ``wls``, stops it; a server
-    that does not start gives failed rows. ``extra``: more appliance flags."""
+    that does not start gives failed rows. ``extra``: more appliance flags. HTTPS rows run
+    on TLS_SERVERS only, with the rig's certificate."""
+    if kind not in TLS_SERVERS:
+        wls = [wl for wl in wls if not wl.tls]
+    tls = rig.tls if any(wl.tls for wl in wls) else None
+    if not wls:
+        return
     try:
-        with running(rig, kind, cpus, workers=workers, priority=priority, extra=extra) as server:
+        with running(
+            rig, kind, cpus, workers=workers, priority=priority, extra=extra, tls=tls
+        ) as server:
             idles.append(idle(server, rig.opts.idle))
             say(
                 f"  {kind} w{workers}: up in {server.start_s:.1f}s, idle "
@@ -746,6 +874,12 @@ def figures(rows: Sequence[Row], idles: Sequence[Idle]) -> dict[str, float]:
             pick(main, attr, kind="priority", priority=True),
             pick(main, attr, kind="priority", priority=False),
         )
+    for kind in TLS_KINDS:
+        for app in ("mtcp", "linux"):
+            f[f"{kind}:{app}/nginx"] = _ratio(
+                pick(main, "rps", server=app, kind=kind),
+                pick(main, "rps", server="nginx", kind=kind),
+            )
     for kind in ("mtcp", "linux"):
         f[f"idle:{kind}"] = max((i.server_cpu_pct for i in idles if i.server == kind), default=NAN)
     for wl in dict.fromkeys(r.workload for r in main if r.kind in ("short", "keepalive")):
@@ -864,7 +998,7 @@ def targets_table(tg: Sequence[dict[str, Any]]) -> str:
         ]
         for t in tg
     ]
-    return md_table(["target (issue 6)", "value", "target", ""], body)
+    return md_table(["target (issues 6, 18)", "value", "target", ""], body)
 
 
 def priority_table(rows: Sequence[Row]) -> str:
@@ -1083,10 +1217,28 @@ def make_site(root: Path, big: int) -> None:
         f.write(block[: big % (1 << 20)])
 
 
+def make_cert(folder: Path, ip: str) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for ``ip`` (and bench.test): every server of
+    the HTTPS rows uses it."""
+    os.chmod(folder, 0o755)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-nodes", "-subj", "/CN=bench.test",
+         "-addext", f"subjectAltName=DNS:bench.test,IP:{ip}"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    os.chmod(key, 0o644)  # nginx's workers run as root here; the appliance reads it too
+    return cert, key
+
+
 def preflight(opts: argparse.Namespace) -> str | None:
     if msg := common.check_root(PROG):
         return msg
-    missing = [t for t in ("wrk", "nginx", "lighttpd", "taskset") if shutil.which(t) is None]
+    tools = ("wrk", "nginx", "lighttpd", "taskset", "openssl", "gcc")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        missing.append("libssl-dev (for bench/tls_load.c)")
     if missing:
         return (
             f"{PROG}: missing {', '.join(missing)}: `make bench` installs them (or "
@@ -1172,6 +1324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one more argument for both appliance runs (repeat it: "
         "--appliance-arg=--afpacket-rx --appliance-arg=ring)",
     )
+    ap.add_argument(
+        "--tls-clients",
+        type=int,
+        default=64,
+        help="HTTPS handshake rows: connections at once (default 64, as the short rows)",
+    )
     ap.add_argument("--name", default="web", help="results file name prefix")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
     opts = ap.parse_args(argv)
@@ -1206,11 +1364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     idles: list[Idle] = []
     t0 = time.monotonic()
     site = Path(tempfile.mkdtemp(prefix="web-bench-site-"))
+    tls_dir = Path(tempfile.mkdtemp(prefix="web-bench-tls-"))  # not under the served root
     try:
         make_site(site, opts.big)
         with netns.Lab() as lab:
             cl, sv, link = common.client_server_pair(lab, "web")
             rig = Rig(cl, sv, link, [opts.server_cpu], [opts.client_cpu], site, opts)
+            rig.tls = make_cert(tls_dir, str(link.addr_b.ip))
+            rig.tls_load = build_tls_load(tls_dir)
             if opts.rps:
                 common.steer_receive(cl, sv, link, rig.client_cpus, rig.server_cpus)
             if opts.scaling != "only":
@@ -1224,6 +1385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scaling_rows(rig, rows, idles, cpus)
     finally:
         shutil.rmtree(site, ignore_errors=True)
+        shutil.rmtree(tls_dir, ignore_errors=True)
     if scaling.startswith("skipped"):
         say(f"scaling: {scaling}")
 

@@ -23,7 +23,7 @@ RUNTIME_COMMANDS=("gcc gcc" "ip iproute2" "ethtool ethtool" "nft nftables" "ps p
 SYSTEM_COMMANDS=(
   "${RUNTIME_COMMANDS[@]}" "ping iputils-ping" "tcpdump tcpdump" "curl curl" "chromium chromium"
   # the benchmark (bench/web_bench.py, make bench) and its quick test (tests/test_bench.py)
-  "wrk wrk" "nginx nginx-light" "lighttpd lighttpd" "taskset util-linux"
+  "wrk wrk" "nginx nginx-light" "lighttpd lighttpd" "taskset util-linux" "openssl openssl"
 )
 
 apt_install() {
@@ -61,6 +61,8 @@ setup_system() {
     missing+=(python3-dev)
     headers=0
   fi
+  # bench/tls_load.c (the benchmark's HTTPS handshake client) is built against OpenSSL
+  [[ -e /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
   apt_install "${missing[@]}"
   command -v "$PYTHON" >/dev/null || die "no $PYTHON"
   ((headers)) || python_has_headers || die "no Python headers (Python.h) for $PYTHON"

@@ -92,7 +92,12 @@ def test_only_keeps_the_named_workloads_and_kinds() -> None:
         return [wl.name for wl in web_bench.workloads(opts)]
 
     every = names(None)
-    assert len(every) == 9 and "download-8M" in every
+    assert len(every) == 12 and "download-8M" in every
+    assert names("tls-full,tls-resumed,tls-keepalive") == [
+        "tls-full-64B",
+        "tls-resumed-64B",
+        "tls-keepalive-64B-c64",
+    ]
     assert names("short-64B-c64,download") == ["short-64B-c64", "download-8M"]
     assert names("keepalive") == [n for n in every if n.startswith("keepalive-")]
     assert names("none") == []
@@ -120,6 +125,9 @@ def test_quick_mode_every_row_has_figures_and_no_errors(tmp_path: Path) -> None:
     seen = {(r["server"], r["kind"]) for r in rows}
     for server in web_bench.SERVERS:
         for kind in ("short", "keepalive", "download"):
+            assert (server, kind) in seen
+    for server in web_bench.TLS_SERVERS:
+        for kind in web_bench.TLS_KINDS:
             assert (server, kind) in seen
     assert sorted(r["priority"] for r in rows if r["kind"] == "priority") == [False, True]
     for r in rows:
