@@ -590,7 +590,7 @@ class TlsConnection:
         "_notified",
         "_counted",
         "_deadline",
-        "_plain_reply",
+        "_broken",
     )
 
     def __init__(self, server: TlsServer, http: Any, now: float) -> None:
@@ -604,7 +604,7 @@ class TlsConnection:
         self._notified = False  # close_notify written
         self._counted = False
         self._deadline = now + server.settings.handshake_timeout_s
-        self._plain_reply = b""
+        self._broken = False  # OpenSSL refused a write after the handshake: drop it
 
     # -- state the loop reads --------------------------------------------------------
 
@@ -629,7 +629,7 @@ class TlsConnection:
 
     @property
     def abort(self) -> bool:
-        return self._ready and self.http.abort
+        return self._broken or self._ready and self.http.abort
 
     @property
     def deadline(self) -> float:
@@ -651,7 +651,9 @@ class TlsConnection:
 
     def receive(self, data: bytes, now: float | None = None) -> bytes:
         now = time.monotonic() if now is None else now
-        if self._failed or self._ready and (self.http.closed or self.http.abort):
+        if self._failed or self._broken or self._in.eof:
+            return b""
+        if self._ready and (self.http.closed or self.http.abort):
             return b""
         if data:
             self._in.write(data)
@@ -755,11 +757,15 @@ class TlsConnection:
 
     def _encrypt(self, resp: bytes) -> bytes:
         obj = self._obj
-        if resp:
+        if resp and not self._broken:
             view = memoryview(resp)
-            while view:
-                n = obj.write(view)
-                view = view[n:]
+            try:
+                while view:
+                    n = obj.write(view)
+                    view = view[n:]
+            except (ssl.SSLError, OSError):
+                self._broken = True  # e.g. the peer's fatal alert: nothing more goes out
+                return self._out.read()
         h = self.http
         if h.closed and not h.has_output and not self._notified and not h.abort:
             self._notified = True

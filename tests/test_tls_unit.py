@@ -12,6 +12,7 @@ errors naming the file and why; redirects and HSTS.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tlsca import CA, Leaf, openssl
 
 from appliance.config import ConfigError, load
@@ -567,3 +570,56 @@ def test_doctor_checks_the_certificates(ca: CA, leaf: Leaf, tmp_path: Path) -> N
         os.environ.update(env)
     assert ("ok", f"{leaf.cert}: the chain verifies to a trusted root") in got2, got2
     assert all(lv == "ok" for lv, _ in got2), got2
+
+
+# ------------------------------------------------------------------ fuzz
+
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=400), max_size=6), st.booleans())
+def test_fuzz_any_bytes_on_the_tls_port_never_raise(
+    ca: CA, leaf: Leaf, root: Path, chunks: list[bytes], with_hello: bool
+) -> None:
+    """Random bytes (after a real ClientHello, or alone) into a TlsConnection: it never
+    raises, and ends closed, aborted or still waiting, counted at most once."""
+    srv, stats = server(leaf)
+    conn = srv.wrap(Connection(SiteConfig(root=root), 0.0), 0.0)
+    if with_hello:
+        out = ssl.MemoryBIO()
+        cobj = client_ctx(ca).wrap_bio(ssl.MemoryBIO(), out, server_hostname=NAME)
+        with pytest.raises(ssl.SSLWantReadError):
+            cobj.do_handshake()
+        chunks = [out.read(), *chunks]
+    t = 1.0
+    for chunk in [*chunks, b""]:
+        if not conn.wants_input:
+            break
+        conn.receive(chunk, t)
+        while conn.has_output:
+            conn.pull(t)
+        t += 0.1
+    conn.timer(100.0)
+    conn.close(100.0)
+    assert conn.closed or conn.abort or not conn.wants_input
+    assert len(stats.events) <= 1
+
+
+@SETTINGS
+@given(st.binary(max_size=80))
+def test_fuzz_redirect_host_header(root: Path, host: bytes) -> None:
+    """Any Host header: a 308 whose Location is https:// plus a host of the safe grammar,
+    or a 400; never a header injection."""
+    site = SiteConfig(root=root, redirect_https_port=8443)
+    conn = Connection(site, 0.0)
+    clean = host.replace(b"\r", b"").replace(b"\n", b"")
+    out = conn.receive(b"GET /x HTTP/1.1\r\nHost: " + clean + b"\r\n\r\n", 0.0)
+    head = out.split(b"\r\n\r\n", 1)[0]
+    status = head[9:12]
+    assert status in (b"308", b"400"), head
+    if status == b"308":
+        (loc,) = [line for line in head.split(b"\r\n") if line.startswith(b"Location: ")]
+        assert re.fullmatch(rb"Location: https://[A-Za-z0-9.\-\[\]:]+:8443/x", loc), loc
