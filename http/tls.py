@@ -211,7 +211,6 @@ class _OpenSSL:
         self.aes = c.EVP_aes_256_cbc()
         self.keys: list[_TicketKey] = []  # first: encrypts; all: decrypt
         self._ticket_cb = _TICKET_CB(self._on_ticket)
-        self._status_cbs: dict[int, Any] = {}  # SSL_CTX address -> its callback (kept alive)
         self.ticket_errors = 0
 
     def ctx_ptr(self, ctx: ssl.SSLContext) -> int:
@@ -278,7 +277,6 @@ class _OpenSSL:
         certificate's status; None: no stapling."""
         ptr = self.ctx_ptr(ctx)
         if response is None:
-            self._status_cbs.pop(ptr, None)
             return
         data = bytes(response)
         c, s = self.crypto, self.ssl
@@ -296,7 +294,7 @@ class _OpenSSL:
 
         cb = _STATUS_CB(on_status)
         s.SSL_CTX_callback_ctrl(ptr, _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB, ctypes.cast(cb, _V))
-        self._status_cbs[ptr] = (cb, ctx)
+        ctx._mtcp_status_cb = cb  # type: ignore[attr-defined]  # lives as long as the SSL_CTX
 
 
 _openssl: _OpenSSL | None = None
