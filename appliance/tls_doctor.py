@@ -161,7 +161,19 @@ def tls_checks(cfg: Config, now: float | None = None) -> list[Check]:
     if cfg.tls_port is None or cfg.cert is None or cfg.key is None:
         return []
     now = time.time() if now is None else now
-    out = _pair_checks(CertPair(cfg.cert, cfg.key, cfg.ocsp_staple), [], now)
+    # names served with the default certificate: those of virtual hosts without their own
+    own = {name for name, *_ in cfg.sni}
+    default_names = [
+        n.strip().lower().rstrip(".")
+        for t in getattr(cfg, "sites", ())
+        if "cert" not in t
+        for n in t.get("server_names", [])
+        if isinstance(n, str) and n.strip().lower().rstrip(".") not in own
+    ]
+    out = _pair_checks(CertPair(cfg.cert, cfg.key, cfg.ocsp_staple), default_names, now)
+    by_pair: dict[CertPair, list[str]] = {}
     for name, cert, key, staple in cfg.sni:
-        out += _pair_checks(CertPair(cert, key, staple), [name], now)
+        by_pair.setdefault(CertPair(cert, key, staple), []).append(name)
+    for pair, names in by_pair.items():
+        out += _pair_checks(pair, names, now)
     return out

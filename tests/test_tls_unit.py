@@ -623,3 +623,104 @@ def test_fuzz_redirect_host_header(root: Path, host: bytes) -> None:
     if status == b"308":
         (loc,) = [line for line in head.split(b"\r\n") if line.startswith(b"Location: ")]
         assert re.fullmatch(rb"Location: https://[A-Za-z0-9.\-\[\]:]+:8443/x", loc), loc
+
+
+# ------------------------------------------------------------------ virtual hosts
+
+
+def test_virtual_hosts_get_their_own_certificates_by_sni(
+    ca: CA, leaf: Leaf, tmp_path: Path
+) -> None:
+    """[[sites]] with cert/key: a TLS client asking for a site's name gets that site's
+    certificate and that site's files; a site without one gets the default certificate
+    (which doctor checks covers it); redirect and HSTS apply to every site."""
+    import socket
+    import threading
+
+    from appliance.http.server import serve_linux
+    from appliance.sites import vhost_config
+    from appliance.tls_doctor import tls_checks
+
+    a = ca.issue("a.test", ["a.test", "*.a.test"])
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text(f"site {name}\n")
+    tls_port, port = _free_port(), _free_port()
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f'stack = "linux"\nport = {port}\ntls_port = {tls_port}\ncert = "{leaf.cert}"\n'
+        f'key = "{leaf.key}"\nhsts = 600\nredirect_http = true\n'
+        f'[[sites]]\nname = "a"\nserver_names = ["a.test", "*.a.test"]\nroot = "a"\n'
+        f'cert = "{a.cert}"\nkey = "{a.key}"\n'
+        f'[[sites]]\nname = "b"\nserver_names = ["b.test"]\nroot = "b"\ndefault = true\n'
+        f'[[sites]]\nname = "c"\nserver_names = ["site.test"]\nroot = "c"\n'
+    )
+    cfg = load({}, {}, conf)
+    assert {n for n, *_ in cfg.sni} == {"a.test", "*.a.test"}
+    checks = [(c.level, c.what) for c in tls_checks(cfg)]
+    assert (
+        "FAIL",
+        f"{leaf.cert}: does not cover b.test (it names site.test, www.site.test)",
+    ) in checks
+    assert ("ok", f"{a.cert}: covers a.test, *.a.test") in checks
+    settings = TlsSettings(
+        tls_port,
+        CertPair(leaf.cert, leaf.key),
+        tuple((n, CertPair(c, k, s)) for n, c, k, s in cfg.sni),
+    )
+    srv = TlsServer(settings)
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(
+        target=serve_linux,
+        args=("127.0.0.1", port, vhost_config(cfg), stop),
+        kwargs={"ready": ready, "tls": srv},
+        daemon=True,
+    )
+    t.start()
+    assert ready.wait(10)
+    try:
+        for host, cn, body in [
+            ("a.test", "a.test", b"site a\n"),
+            ("x.a.test", "a.test", b"site a\n"),
+            ("site.test", NAME, b"site c\n"),
+        ]:
+            ctx = client_ctx(ca)
+            with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname=host) as s:
+                    assert dict(x[0] for x in s.getpeercert()["subject"])["commonName"] == cn
+                    s.sendall(
+                        f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                    )
+                    got = b""
+                    while chunk := s.recv(65536):
+                        got += chunk
+            assert got.endswith(b"\r\n\r\n" + body), got
+            assert b"\r\nStrict-Transport-Security: max-age=600\r\n" in got
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /p HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 308 ")
+        assert f"\r\nLocation: https://b.test:{tls_port}/p\r\n".encode() in got
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_a_site_certificate_needs_tls_port_and_both_files(leaf: Leaf, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    conf = tmp_path / "c.toml"
+    base = f'stack = "linux"\n[[sites]]\nname = "a"\nserver_names = ["a.test"]\nroot = "a"\n'
+    conf.write_text(base + f'cert = "{leaf.cert}"\nkey = "{leaf.key}"\n')
+    with pytest.raises(ConfigError) as ei:
+        load({}, {}, conf)
+    assert ei.value.key == "sites[0].cert" and "tls_port" in ei.value.reason
+    conf.write_text(
+        f'stack = "linux"\ntls_port = 8443\ncert = "{leaf.cert}"\nkey = "{leaf.key}"\n'
+        + base
+        + f'cert = "{leaf.cert}"\n'
+    )
+    with pytest.raises(ConfigError) as ei:
+        load({}, {}, conf)
+    assert ei.value.key == "sites[0].cert" and "both cert and key" in ei.value.reason
