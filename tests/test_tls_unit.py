@@ -711,8 +711,8 @@ def test_virtual_hosts_get_their_own_certificates_by_sni(
 def test_a_site_certificate_needs_tls_port_and_both_files(leaf: Leaf, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     conf = tmp_path / "c.toml"
-    base = f'stack = "linux"\n[[sites]]\nname = "a"\nserver_names = ["a.test"]\nroot = "a"\n'
-    conf.write_text(base + f'cert = "{leaf.cert}"\nkey = "{leaf.key}"\n')
+    base = '[[sites]]\nname = "a"\nserver_names = ["a.test"]\nroot = "a"\n'
+    conf.write_text('stack = "linux"\n' + base + f'cert = "{leaf.cert}"\nkey = "{leaf.key}"\n')
     with pytest.raises(ConfigError) as ei:
         load({}, {}, conf)
     assert ei.value.key == "sites[0].cert" and "tls_port" in ei.value.reason
