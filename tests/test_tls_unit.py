@@ -724,3 +724,28 @@ def test_a_site_certificate_needs_tls_port_and_both_files(leaf: Leaf, tmp_path: 
     with pytest.raises(ConfigError) as ei:
         load({}, {}, conf)
     assert ei.value.key == "sites[0].cert" and "both cert and key" in ei.value.reason
+
+
+def test_the_supervisor_rotates_the_shared_ticket_keys(tmp_path: Path) -> None:
+    """Every TICKET_ROTATE_S a new key goes first in the file the workers read; the two
+    before it stay (they still decrypt tickets issued before)."""
+    from appliance.config import Config
+    from appliance.supervisor import Supervisor
+
+    sup = Supervisor(Config(stack="linux"))
+    sup._ticket_path = tmp_path / "tls-ticket-keys"
+    sup._ticket_keys = tls.new_ticket_keys()
+    tls.write_ticket_keys(sup._ticket_path, sup._ticket_keys)
+    sup._ticket_rotated = time.monotonic()
+    first = sup._ticket_path.read_bytes()
+    sup._rotate_ticket_keys()
+    assert sup._ticket_path.read_bytes() == first  # not due yet
+    keys = [first[:80]]
+    for _ in range(3):
+        sup._ticket_rotated -= tls.TICKET_ROTATE_S + 1
+        sup._rotate_ticket_keys()
+        data = sup._ticket_path.read_bytes()
+        assert data[80:160] == keys[-1] and data[:80] not in keys
+        keys.append(data[:80])
+    assert len(data) == 80 * tls.TICKET_KEYS_KEPT
+    assert oct(sup._ticket_path.stat().st_mode & 0o777) == "0o600"
