@@ -80,6 +80,52 @@ def test_a_script_repeats_to_the_bit() -> None:
     assert first == second
 
 
+def test_a_stepped_context_never_waits_and_refuses_what_it_cannot_do() -> None:
+    """No thread behind it: epoll returns at once whatever the timeout, time cannot go back,
+    a threaded context cannot be stepped, the load generator (wall clock) is refused, and
+    the link's hand-driven side is refused where a stack sends."""
+    with Rig() as rig:
+        ep = rig.ctx.epoll()
+        ls = rig.app.serve(ECHO)
+        ep.register(ls, m.EPOLLIN)
+        assert ep.poll(5.0) == [] and ep.poll(None) == []  # returns at once
+        with pytest.raises(ValueError):
+            rig.ctx.step(rig.now_ns - 1)
+        with pytest.raises(ValueError):
+            m.LoadGenerator(rig.ctx, (rig.peer_ip, 80), b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(OSError) as e:
+            rig.link.inject(0, b"x" * 60, rig.now_ns)  # side 0 is the stack's
+        assert e.value.errno == errno.EBUSY
+        assert rig.link.take(1, rig.now_ns) is None
+    link = m.PairLink()
+    threaded = m.Stack("pair", "198.18.0.2/24", pair=link, pair_side=0)
+    try:
+        ctx = threaded.context(0)
+        assert m.lib.mtcp_ctx_step(ctx._ptr, 10**12) == 0
+        assert m.ffi.errno == errno.EINVAL
+    finally:
+        threaded.close()
+        link.close()
+
+
+def test_the_link_delays_frames_on_the_stepped_clock() -> None:
+    """A pair link with a delay hands a frame over exactly delay after it was sent, on the
+    script's clock, in both directions."""
+    with Rig(faults=m.Faults(delay_us=3000)) as rig:
+        rig.app.serve(ECHO)
+        c = rig.conn(ECHO)
+        c.syn()
+        assert c.recv() is None  # the SYN is still on the wire
+        rig.advance(2.999)
+        assert rig.stats()["rx_packets"] == 0
+        rig.advance(0.001)  # the SYN arrives; the SYN-ACK leaves now
+        assert rig.stats()["rx_packets"] == 1
+        rig.advance(2.999)
+        assert c.recv() is None
+        rig.advance(0.001)
+        c.expect(flags=SYN | ACK, at_ms=rig.now_ms)
+
+
 # ---------------------------------------------------------------- RST and closed ports
 
 
