@@ -341,6 +341,52 @@ def test_rst_in_time_wait_is_ignored(rig: Rig) -> None:
     assert pools_back(rig.stats())
 
 
+def time_wait_conn(rig: Rig) -> PeerConn:
+    """A connection to the ONCE port that the stack closed first: its TCB is in TIME-WAIT."""
+    c = rig.conn(ONCE, sport=45000)
+    c.handshake()
+    c.send_data(b"bye\n")
+    assert c.read(4) == b"bye\n"
+    if not c.fin_received:
+        c.take(c.wait_for(lambda s: s.has(FIN)))
+    c.send_fin()
+    c.expect(flags=ACK, ack=c.snd_nxt)
+    assert rig.stats()["state_time_wait"] == 1
+    return c
+
+
+def test_a_newer_syn_reopens_a_time_wait_connection(rig: Rig) -> None:
+    """RFC 6191: a SYN on the 4-tuple of a TIME-WAIT connection with a newer timestamp
+    opens a new connection at once, whose ISN lies beyond the old sequence space."""
+    old = time_wait_conn(rig)
+    rig.advance(10)
+    new = rig.conn(ONCE, sport=45000)
+    new.ts_base = old.ts_base  # the same host's clock: newer by the 10 ms
+    new.iss = new.snd_nxt = (old.snd_nxt + 100_000) & 0xFFFFFFFF
+    synack = new.handshake()
+    assert (synack.seq - old.rcv_nxt) & 0xFFFFFFFF < 1 << 31  # beyond the old incarnation
+    new.send_data(b"again\n")
+    assert new.read(6) == b"again\n"
+    assert rig.app.report.accepted == 2
+
+
+def test_an_older_syn_does_not_reopen_a_time_wait_connection(rig: Rig) -> None:
+    """RFC 6191: a SYN whose timestamp is older meets TIME-WAIT's rules instead: PAWS
+    (RFC 7323 5.3) drops it with an ACK of the old connection's numbers; no new one."""
+    old = time_wait_conn(rig)
+    before = rig.stats()
+    new = rig.conn(ONCE, sport=45000)
+    new.ts_base = old.ts_base - 1000  # an older clock
+    new.iss = new.snd_nxt = (old.snd_nxt + 100_000) & 0xFFFFFFFF
+    new.syn()
+    new.expect(flags=ACK, seq=old.rcv_nxt, ack=old.snd_nxt, payload=b"")
+    new.expect_none()
+    st = rig.stats()
+    assert delta(st, before, "drop_tcp_paws") == 1
+    assert st["state_time_wait"] == 1
+    assert rig.app.report.accepted == 1
+
+
 def test_timestamps_increase_across_connections_between_two_hosts(rig: Rig) -> None:
     """RFC 7323 5.4 (and Linux's secure_tcp_ts_off): the TSval clock's offset depends on the
     two addresses, not the ports, so successive connections from one host see increasing
