@@ -988,6 +988,8 @@ class LoadGenerator:
         max_requests: int = 0,
         timeout: float = 2.0,
     ) -> None:
+        if isinstance(ctx, SteppedContext):
+            raise ValueError("ctx: the load generator needs the wall clock (a stepped context)")
         max_conns = int(lib.MTCP_LOAD_MAX_CONNECTIONS)
         if not 1 <= connections <= max_conns:
             raise ValueError(f"connections: must be 1..{max_conns}, got {connections}")

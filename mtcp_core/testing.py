@@ -170,7 +170,8 @@ def icmp_echo_frame(
 
 @dataclass
 class Seg:
-    """A TCP segment the stack sent (``at_ns``: the round's time)."""
+    """A TCP segment the stack sent; ``at_ns``: when it reached the peer (the time of the
+    round that sent it, plus the link's delay if it has one)."""
 
     src: str
     dst: str
@@ -575,7 +576,7 @@ class PeerConn:
                window: int | None = None, at_ms: float | None = None) -> Seg:  # fmt: skip
         """The next segment of this connection, which must be there now and match: flags
         compare FIN, SYN, RST and ACK exactly (PSH is the sender's choice); the others
-        exactly; ``at_ms``: sent at that time of the clock."""
+        exactly; ``at_ms``: it reached the peer at that time of the clock."""
         seg = self.recv()
         want = {"flags": flags, "seq": seq, "ack": ack, "payload": payload, "window": window,
                 "at_ms": at_ms}  # fmt: skip

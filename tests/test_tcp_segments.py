@@ -80,6 +80,52 @@ def test_a_script_repeats_to_the_bit() -> None:
     assert first == second
 
 
+def test_a_stepped_context_never_waits_and_refuses_what_it_cannot_do() -> None:
+    """No thread behind it: epoll returns at once whatever the timeout, time cannot go back,
+    a threaded context cannot be stepped, the load generator (wall clock) is refused, and
+    the link's hand-driven side is refused where a stack sends."""
+    with Rig() as rig:
+        ep = rig.ctx.epoll()
+        ls = rig.app.serve(ECHO)
+        ep.register(ls, m.EPOLLIN)
+        assert ep.poll(5.0) == [] and ep.poll(None) == []  # returns at once
+        with pytest.raises(ValueError):
+            rig.ctx.step(rig.now_ns - 1)
+        with pytest.raises(ValueError):
+            m.LoadGenerator(rig.ctx, (rig.peer_ip, 80), b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(OSError) as e:
+            rig.link.inject(0, b"x" * 60, rig.now_ns)  # side 0 is the stack's
+        assert e.value.errno == errno.EBUSY
+        assert rig.link.take(1, rig.now_ns) is None
+    link = m.PairLink()
+    threaded = m.Stack("pair", "198.18.0.2/24", pair=link, pair_side=0)
+    try:
+        ctx = threaded.context(0)
+        assert m.lib.mtcp_ctx_step(ctx._ptr, 10**12) == 0
+        assert m.ffi.errno == errno.EINVAL
+    finally:
+        threaded.close()
+        link.close()
+
+
+def test_the_link_delays_frames_on_the_stepped_clock() -> None:
+    """A pair link with a delay hands a frame over exactly delay after it was sent, on the
+    script's clock, in both directions."""
+    with Rig(faults=m.Faults(delay_us=3000)) as rig:
+        rig.app.serve(ECHO)
+        c = rig.conn(ECHO)
+        c.syn()
+        assert c.recv() is None  # the SYN is still on the wire
+        rig.advance(2.999)
+        assert rig.stats()["rx_packets"] == 0
+        rig.advance(0.001)  # the SYN arrives; the SYN-ACK leaves now
+        assert rig.stats()["rx_packets"] == 1
+        rig.advance(2.999)
+        assert c.recv() is None
+        rig.advance(0.001)
+        c.expect(flags=SYN | ACK, at_ms=rig.now_ms)
+
+
 # ---------------------------------------------------------------- RST and closed ports
 
 
@@ -293,6 +339,52 @@ def test_rst_in_time_wait_is_ignored(rig: Rig) -> None:
     assert rig.stats()["state_time_wait"] == 1
     rig.advance(TIME_WAIT_MS)
     assert pools_back(rig.stats())
+
+
+def time_wait_conn(rig: Rig) -> PeerConn:
+    """A connection to the ONCE port that the stack closed first: its TCB is in TIME-WAIT."""
+    c = rig.conn(ONCE, sport=45000)
+    c.handshake()
+    c.send_data(b"bye\n")
+    assert c.read(4) == b"bye\n"
+    if not c.fin_received:
+        c.take(c.wait_for(lambda s: s.has(FIN)))
+    c.send_fin()
+    c.expect(flags=ACK, ack=c.snd_nxt)
+    assert rig.stats()["state_time_wait"] == 1
+    return c
+
+
+def test_a_newer_syn_reopens_a_time_wait_connection(rig: Rig) -> None:
+    """RFC 6191: a SYN on the 4-tuple of a TIME-WAIT connection with a newer timestamp
+    opens a new connection at once, whose ISN lies beyond the old sequence space."""
+    old = time_wait_conn(rig)
+    rig.advance(10)
+    new = rig.conn(ONCE, sport=45000)
+    new.ts_base = old.ts_base  # the same host's clock: newer by the 10 ms
+    new.iss = new.snd_nxt = (old.snd_nxt + 100_000) & 0xFFFFFFFF
+    synack = new.handshake()
+    assert (synack.seq - old.rcv_nxt) & 0xFFFFFFFF < 1 << 31  # beyond the old incarnation
+    new.send_data(b"again\n")
+    assert new.read(6) == b"again\n"
+    assert rig.app.report.accepted == 2
+
+
+def test_an_older_syn_does_not_reopen_a_time_wait_connection(rig: Rig) -> None:
+    """RFC 6191: a SYN whose timestamp is older meets TIME-WAIT's rules instead: PAWS
+    (RFC 7323 5.3) drops it with an ACK of the old connection's numbers; no new one."""
+    old = time_wait_conn(rig)
+    before = rig.stats()
+    new = rig.conn(ONCE, sport=45000)
+    new.ts_base = old.ts_base - 1000  # an older clock
+    new.iss = new.snd_nxt = (old.snd_nxt + 100_000) & 0xFFFFFFFF
+    new.syn()
+    new.expect(flags=ACK, seq=old.rcv_nxt, ack=old.snd_nxt, payload=b"")
+    new.expect_none()
+    st = rig.stats()
+    assert delta(st, before, "drop_tcp_paws") == 1
+    assert st["state_time_wait"] == 1
+    assert rig.app.report.accepted == 1
 
 
 def test_timestamps_increase_across_connections_between_two_hosts(rig: Rig) -> None:
