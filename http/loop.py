@@ -102,6 +102,7 @@ def run(
         raise
     if ready is not None:
         ready.set()
+    send_buffer = getattr(net, "send_buffer", None)  # the adapter's, when it has one
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -129,6 +130,8 @@ def run(
                         continue
                     for handle, hkey, peer in net.accept_many(ACCEPT_BATCH):
                         http = Connection(site, now, peer=peer, core=core, on_request=on_request)
+                        if send_buffer is not None:
+                            http.chunk_limit = send_buffer(handle)
                         c = _Conn(handle, hkey, http)
                         conns[hkey] = c
                         touched[hkey] = c
