@@ -195,7 +195,9 @@ def run_load(
     # TCBs: the loop's connections, plus those closing (LAST_ACK) or, after an abort or
     # a server that does not close first, in TIME_WAIT; buffers are mapped lazily
     max_conns = max(4096, 8 * max(per_conns))
-    stack = mtcp_core.Stack(**s.stack, max_conns=max_conns)
+    # every connection at full buffer sizes: the budget is no limit for a load generator
+    budget = max_conns * (2 * 65536)
+    stack = mtcp_core.Stack(**s.stack, max_conns=max_conns, mem_budget=budget)
     request = build_request(s.target, s.headers)
     address = (s.target.host, s.target.port)
     results: dict[int, mtcp_core.LoadResult | BaseException] = {}

@@ -114,6 +114,10 @@ class Connection:
         self._max_head = cfg.max_request_line + cfg.max_header_bytes + 4
         self._h11c: h11.Connection | None = None  # made when first needed (see _h11)
         self._fast_allowed = fast
+        # the largest piece of a file read at once: the socket's send buffer when the
+        # adapter knows it (the stack shrinks new connections' buffers under memory
+        # pressure; a stuck client then pins a small chunk here, not stream_chunk)
+        self.chunk_limit = 0
         self._fast = False  # the current response is framed here, not by h11
         self._said_close = False  # the current response's head said Connection: close
         self.fast_requests = 0  # requests taken by the fast path
@@ -603,7 +607,10 @@ class Connection:
                 self._part += 1
                 continue
             start, length = part
-            n = min(self.config.stream_chunk, length - self._offset)
+            chunk = self.config.stream_chunk
+            if 0 < self.chunk_limit < chunk:
+                chunk = max(4096, self.chunk_limit)
+            n = min(chunk, length - self._offset)
             data = os.pread(reply.fd, n, start + self._offset)
             if len(data) != n:
                 raise OSError(f"{len(data)} bytes read where {n} were due (file truncated?)")

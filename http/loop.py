@@ -108,6 +108,7 @@ def run(
         raise
     if ready is not None:
         ready.set()
+    send_buffer = getattr(net, "send_buffer", None)  # the adapter's, when it has one
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -140,12 +141,15 @@ def run(
                         else net.accept_many(ACCEPT_BATCH)
                     )
                     for handle, hkey, peer in accepted:
-                        http: Any = Connection(
+                        conn = Connection(
                             site, now, peer=peer, core=core, on_request=on_request, secure=secure
                         )
+                        if send_buffer is not None:
+                            conn.chunk_limit = send_buffer(handle)
+                        http: Any = conn
                         if secure:
                             assert tls is not None
-                            http = tls.wrap(http, now)
+                            http = tls.wrap(conn, now)
                         c = _Conn(handle, hkey, http)
                         conns[hkey] = c
                         touched[hkey] = c

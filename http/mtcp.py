@@ -84,6 +84,13 @@ class MtcpNet:
             out.append((s, s.fd, peer))
         return out
 
+    def send_buffer(self, handle: m.Socket) -> int:
+        """The connection's send buffer (small under the stack's memory pressure)."""
+        try:
+            return handle.getsockopt(m.SOL_SOCKET, m.SO_SNDBUF)
+        except OSError:
+            return 0
+
     def register(self, handle: m.Socket, events: int) -> None:
         self.ep.register(handle, events)
 

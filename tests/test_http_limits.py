@@ -117,3 +117,24 @@ def test_fold_after_the_head_is_body_not_fold(root: Path) -> None:
     while c.has_output:
         out += c.pull(T0)
     assert status_of(out) in (405, 413)  # refused for the body, not for a fold
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_file_chunks_follow_the_sockets_send_buffer(root: Path, fast: bool) -> None:
+    # the stack gives new connections small send buffers under memory pressure: the
+    # connection then reads the file in pieces that size, so that a client that stops
+    # reading pins little memory in the server, not a whole stream_chunk
+    data = (root / "big.bin").read_bytes()
+    c = Connection(SiteConfig(root=root, small_file_limit=1024, stream_chunk=65536), T0, fast=fast)
+    c.chunk_limit = 16384
+    first = c.receive(req("/big.bin"), T0)
+    head, _, body = first.partition(b"\r\n\r\n")
+    assert b" 200 " in head and len(body) in (0, 16384)  # the fast path sends the head alone
+    pieces = [len(body)]
+    while c.has_output:
+        piece = c.pull(T0)
+        pieces.append(len(piece))
+        body += piece
+    assert body == data and max(pieces) == 16384
+    unlimited = serve(root, req("/big.bin"), fast)
+    assert len(unlimited.partition(b"\r\n\r\n")[2]) == SIZE

@@ -115,7 +115,7 @@ static struct tcb *passive_open(struct mtcp_context *ctx, struct mtcp_listener *
 /* The ACK completing a handshake we answered with a SYN cookie. */
 static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l,
                                const uint8_t mac[6], const struct wire_ipv4 *ip,
-                               const struct wire_tcp *seg)
+                               const struct wire_tcp *seg, int *no_room)
 {
     uint16_t mss = tcp_cookie_check(ctx, ip->dst, seg->dport, ip->src, seg->sport, seg->seq - 1,
                                     seg->ack - 1);
@@ -130,8 +130,10 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
     if (!tcp_source_allowed(ctx, ip->src))
         return NULL;
     struct tcb *t = passive_tcb(ctx, l, mac, ip, seg, seg->ack - 1, seg->seq - 1);
-    if (!t)
+    if (!t) {
+        *no_room = 1; /* a valid cookie, no TCB yet: the peer retransmits, no RST */
         return NULL;
+    }
     STAT_INC(&ctx->stats, syn_cookies_ok);
     t->mss = mss;
     t->rcv_wscale = 0;
@@ -626,8 +628,12 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             passive_open(ctx, l, src_mac, ip, &seg);
             return;
         }
-        if (l && ctl == WIRE_TCP_ACK && (t = cookie_open(ctx, l, src_mac, ip, &seg)) != NULL) {
+        int no_room = 0;
+        if (l && ctl == WIRE_TCP_ACK &&
+            (t = cookie_open(ctx, l, src_mac, ip, &seg, &no_room)) != NULL) {
             /* fall through: the ACK completes the handshake and may carry data */
+        } else if (no_room) {
+            return;
         } else {
             STAT_INC(&ctx->stats, drop_tcp_no_socket);
             /* RFC 9293 3.10.7.1 answers with a RST; on an address the kernel shares, a
