@@ -243,7 +243,12 @@ class SiteService:
         rules = self.rules
         if rules.empty:
             reply = self.site.respond(method, target, headers, now)
-            if reply.status == 200 and target.startswith(b"/_") and self._is_rule_file(target):
+            # a name that decodes to _redirects or _headers has a "_" or a "%" in it
+            if (
+                reply.status == 200
+                and (b"_" in target or b"%" in target)
+                and (self._is_rule_file(target))
+            ):
                 reply.release()
                 reply = self.site.error(404)
             reply.site = self.name
@@ -348,6 +353,9 @@ class Sites:
                 else:
                     self._exact.setdefault(n, self.services[s.name])
         self._hosts: dict[str | None, SiteService] = {}
+        self._only = self.default if len(self.services) == 1 else None
+        # the Host value as received -> (site, normalized host): one lookup per request
+        self._by_raw: dict[bytes | None, tuple[SiteService, str | None]] = {}
         self._log: AccessLog | None = None
         if vhosts.access_log is not None:
             self._log = AccessLog(
@@ -380,12 +388,20 @@ class Sites:
             self._checked = now
             for svc in self.services.values():
                 svc.recheck(now)
+        only = self._only
+        if only is not None and only.rules.empty:  # one site, no rules: the Host is moot
+            return only.respond(method, target, headers, now, None)
         raw = headers.get(b"host")
-        if target.startswith((b"http://", b"https://")):  # absolute-form: its host wins
-            rest = target.split(b"//", 1)[1]
-            raw = rest.split(b"/", 1)[0]
-        host = normalize_host(raw)
-        return self.select(host).respond(method, target, headers, now, host)
+        if target[:1] != b"/" and target.startswith((b"http://", b"https://")):
+            raw = target.split(b"//", 1)[1].split(b"/", 1)[0]  # absolute-form: its host wins
+        hit = self._by_raw.get(raw)
+        if hit is None:
+            host = normalize_host(raw)
+            hit = (self.select(host), host)
+            if len(self._by_raw) >= MAX_HOSTS:
+                self._by_raw.clear()
+            self._by_raw[raw] = hit
+        return hit[0].respond(method, target, headers, now, hit[1])
 
     def error(
         self, status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = False

@@ -544,3 +544,23 @@ def test_rule_files_are_left_out_of_the_root_listing(root: Path) -> None:
     assert b"small.txt" in listing and b"_redirects" not in listing and b"_headers" not in listing
     assert b"_headers" in body(ask(s, "/docs/"))  # only the root's are rule files
     assert ask(s, "/docs/_headers").status == 200
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/_redirects",
+        "/%5Fredirects",
+        "/%5fheaders",
+        "/x/../_headers",
+        "http://h.test/_redirects",
+        "/_redirects?x",
+    ],
+)
+def test_rule_files_are_never_served_however_they_are_named(root: Path, target: str) -> None:
+    for rules in ("with rules", "empty rules"):
+        if rules == "empty rules":
+            (root / "_redirects").write_text("# nothing\n")
+            (root / "_headers").write_text("")
+        s = sites_for(root)
+        assert ask(s, target).status == 404, (target, rules)
