@@ -170,7 +170,7 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
                     for domain in ("Page", "Runtime", "Log", "Network"):
                         dt.call(f"{domain}.enable")
                     base = app.metrics_url.rsplit("/", 1)[0]
-                    dt.load(f"{base}/server-status?refresh=0&minutes=5")
+                    dt.load(f"{base}/server-status?refresh=1&minutes=5")
                     box = dt.evaluate(
                         "JSON.stringify(document.getElementById('chart-requests')"
                         ".getBoundingClientRect())"
@@ -187,14 +187,32 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
                     shot.write_bytes(base64.b64decode(png))
                     full = dt.call("Page.captureScreenshot", format="png")["data"]
                     (tmp_path / "server-status.png").write_bytes(base64.b64decode(full))
+                    # live: the content is swapped in place, without a reload
+                    dt.evaluate("window.__mark = 42; document.getElementById('live').__old = 1")
+                    points = "document.querySelector('#chart-requests polyline').points"
+                    before = dt.evaluate(points + ".numberOfItems")
+                    time.sleep(3.5)
+                    live = {
+                        "mark": dt.evaluate("window.__mark"),
+                        "swapped": dt.evaluate("document.getElementById('live').__old"),
+                        "grew": dt.evaluate(points + ".numberOfItems") - before,
+                        "navigations": dt.evaluate(
+                            "performance.getEntriesByType('navigation').length"
+                        ),
+                    }
                     return {
+                        "live": live,
                         "problems": dt.problems(),
                         "charts": dt.evaluate("document.querySelectorAll('svg.chart').length"),
                         "lines": dt.evaluate(
                             "[...document.querySelectorAll('#chart-requests polyline')]"
                             ".map(p => p.points.numberOfItems)"
                         ),
-                        "resources": dt.evaluate("performance.getEntriesByType('resource').length"),
+                        "resources": dt.evaluate(
+                            "performance.getEntriesByType('resource')"
+                            ".filter(e => !e.name.startsWith(location.origin + '/server-status'))"
+                            ".map(e => e.name)"
+                        ),
                     }
                 finally:
                     dt.close()
@@ -206,7 +224,10 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
         print(f"screenshots: {shot}, {tmp_path / 'server-status.png'}")
         assert got["problems"] == [], got["problems"]
         assert got["charts"] == len(SERIES)
-        assert got["resources"] == 0  # nothing fetched: works with no internet
+        live = got["live"]
+        assert live["mark"] == 42 and live["navigations"] == 1, live  # never reloaded
+        assert live["swapped"] is None and live["grew"] >= 2, live  # new content, new points
+        assert got["resources"] == []  # nothing but the page itself: works with no internet
         assert len(got["lines"]) == 3 and min(got["lines"]) >= 3, got["lines"]
         width, height, rows = decode_png(shot.read_bytes())
         assert width >= 600 and height >= 150, (width, height)
