@@ -147,18 +147,17 @@ class RuleSet:
         default_factory=dict, repr=False
     )
     _hdr_memo: dict[tuple[str, str | None], HeaderOps] = field(default_factory=dict, repr=False)
+    empty: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
+        # nothing to do for any request (an attribute: read on every request)
+        self.empty = not (self.redirects or self.headers or self.spa_fallback)
         for i, r in enumerate(self.redirects):
             p = r.pattern
             if p.regex is None and p.host is None and not r.query:
                 self._exact.setdefault(p.exact, i)
             else:
                 self._dynamic.append(i)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.redirects or self.headers or self.spa_fallback)
 
     @property
     def has_forced(self) -> bool:

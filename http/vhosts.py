@@ -242,17 +242,7 @@ class SiteService:
     ) -> Reply:
         rules = self.rules
         if rules.empty:
-            reply = self.site.respond(method, target, headers, now)
-            # a name that decodes to _redirects or _headers has a "_" or a "%" in it
-            if (
-                reply.status == 200
-                and (b"_" in target or b"%" in target)
-                and (self._is_rule_file(target))
-            ):
-                reply.release()
-                reply = self.site.error(404)
-            reply.site = self.name
-            return reply
+            return self.respond_plain(method, target, headers, now)
         t = self._parse(target)
         if t is None:
             reply = self.site.respond(method, target, headers, now)  # the 400
@@ -279,6 +269,22 @@ class SiteService:
         ops = rules.header_ops(path, host)
         if ops is not None:
             self._merge(reply, ops, path, host)
+        reply.site = self.name
+        return reply
+
+    def respond_plain(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], now: float
+    ) -> Reply:
+        """A site without rules: the file service, with the rule files kept hidden."""
+        reply = self.site.respond(method, target, headers, now)
+        # a name that decodes to _redirects or _headers has a "_" or a "%" in it
+        if (
+            reply.status == 200
+            and (b"_" in target or b"%" in target)
+            and self._is_rule_file(target)
+        ):
+            reply.release()
+            reply = self.site.error(404)
         reply.site = self.name
         return reply
 
@@ -390,7 +396,7 @@ class Sites:
                 svc.recheck(now)
         only = self._only
         if only is not None and only.rules.empty:  # one site, no rules: the Host is moot
-            return only.respond(method, target, headers, now, None)
+            return only.respond_plain(method, target, headers, now)
         raw = headers.get(b"host")
         if target[:1] != b"/" and target.startswith((b"http://", b"https://")):
             raw = target.split(b"//", 1)[1].split(b"/", 1)[0]  # absolute-form: its host wins
