@@ -388,6 +388,31 @@ def test_kernel_to_core_echo_byte_exact_40ms_3pct(netlab: netns.Lab) -> None:
         stack.close()
 
 
+def test_port_down_and_up_no_spin(netlab: netns.Lab) -> None:
+    """An interface that goes down raises an error on the port's sockets that nobody reads
+    (POLLERR until read): the loop reads it instead of waking for it forever, at real-time
+    priority, and forwards again once the interface is back."""
+    path = netlab.emulated_path(mtcp_core.LinkShape(delay_us=1_000), seed=1)
+    dst = str(path.server_ip.ip)
+    path.client.run(["ping", "-c", "2", "-i", "0.1", dst])
+    path.middle.ip("link", "set", path.port_b, "down")
+    path.client.run(["ping", "-c", "2", "-i", "0.1", "-W", "1", dst], check=False)
+
+    def busy_cpu_over(seconds: float) -> float:
+        t0 = os.times()
+        time.sleep(seconds)
+        t1 = os.times()
+        return (t1.user - t0.user) + (t1.system - t0.system)
+
+    assert busy_cpu_over(1.0) < 0.3  # a spinning loop takes the whole second
+    path.middle.ip("link", "set", path.port_b, "up")
+    wait_until(lambda: path.client.run(["ping", "-c", "1", "-W", "1", dst],
+                                       check=False).returncode == 0)  # fmt: skip
+    assert busy_cpu_over(1.0) < 0.3
+    assert path.emulator.direction("b_to_a")["port_errors"] >= 1
+    assert path.emulator.running
+
+
 # ---------------------------------------------------------------- the command
 
 
