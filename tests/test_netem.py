@@ -438,6 +438,7 @@ def test_cli_forwards_with_delay_and_prints_counters(netlab: netns.Lab) -> None:
     final = json.loads(stdout.strip().splitlines()[-1])
     assert final["final"] is True
     assert final["realtime"] is True  # root here: SCHED_FIFO allowed
+    assert "without real-time" not in stderr
     assert final["a_to_b"]["forwarded"] >= 6 and final["b_to_a"]["forwarded"] >= 6
 
 
