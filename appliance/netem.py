@@ -150,6 +150,16 @@ def format_counters(counters: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def _wait_realtime(emu: LinkEmulator, timeout: float = 1.0) -> bool:
+    """Whether the loop got its real-time priority (it sets it as it starts)."""
+    deadline = time.monotonic() + timeout
+    while not emu.realtime_active:
+        if time.monotonic() > deadline or not emu.running:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def netem_command(args: argparse.Namespace) -> int:
     try:
         a_to_b, b_to_a = shapes(args)
@@ -194,6 +204,9 @@ def netem_command(args: argparse.Namespace) -> int:
             print(format_counters(c) + "\n", flush=True)
 
     with emu:
+        if not args.no_realtime and not _wait_realtime(emu):
+            print("netem: running without real-time priority (needs CAP_SYS_NICE): on a busy "
+                  "machine frames may leave late", file=sys.stderr, flush=True)  # fmt: skip
         next_report = t0 + args.stats_interval if args.stats_interval else None
         while not stop.is_set():
             now = time.monotonic()

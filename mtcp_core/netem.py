@@ -51,6 +51,7 @@ COUNTERS = (
     "segmented",
     "checksummed",
     "tx_errors",
+    "port_errors",
 )
 DIRECTIONS = ("a_to_b", "b_to_a")
 MAX_QUEUE_FRAMES = 1_000_000

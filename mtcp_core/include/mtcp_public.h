@@ -297,6 +297,8 @@ struct mtcp_netem_counters {
     uint64_t segmented;       /* TCP GSO frames over the MTU, cut into segments (as TSO) */
     uint64_t checksummed;     /* partial checksums completed (sender's TX offload) */
     uint64_t tx_errors;       /* the egress port refused the frame (ring full, too big) */
+    uint64_t port_errors;     /* socket errors read on the ingress port (its interface went
+                                 down: ENETDOWN) */
 };
 struct mtcp_netem;
 /* Opens both ports (needs CAP_NET_RAW). NULL with errno set and err holding the reason. */

@@ -18,16 +18,17 @@
  *
  * One thread runs everything (mtcp_netem_run): it sleeps in epoll on both ports, a
  * timerfd armed at the earliest due time (the delay line's head or the bucket's next
- * departure) with a 1 ns timer slack, and a stop eventfd; where allowed it runs SCHED_FIFO
- * (rt_priority), so that other load on the machine does not make it wake up late. A frame is forwarded within
- * the timer's wake-up latency (tens of microseconds) of its due time.
+ * departure) with a 1 ns timer slack, and a stop eventfd; where allowed it runs
+ * SCHED_FIFO (rt_priority), so that other load on the machine does not make it wake up
+ * late. A frame is forwarded within the timer's wake-up latency (tens of microseconds;
+ * measured: median 57 us, p99 145 us late) of its due time.
  *
  * Frames the sending kernel left with a partial checksum (veth TX checksum offload)
  * get it completed here, as the NIC would have done, so that the far end's checksum
  * check sees what the wire carried (and catches the corruption we inject). Frames
- * larger than a delay-line slot (GSO/TSO super-frames from a peer with segmentation
- * offload on, which a veth carries whole) are cut into MTU-sized TCP segments here, as
- * the NIC would have (`segmented`); any other frame over the MTU is dropped (`oversize`).
+ * over the egress MTU (GSO/TSO super-frames from a peer with segmentation offload on,
+ * which a veth carries whole) are cut into MTU-sized TCP segments here, as the NIC
+ * would have (`segmented`); any other frame over the MTU is dropped (`oversize`).
  *
  * Counters are written by the loop thread only and read with atomic loads from any
  * thread; settings change from any thread (faults through the pair's lock, the rate
@@ -61,6 +62,11 @@
 #define NETEM_BATCH 64
 #define NETEM_DEFAULT_QUEUE 1000u
 #define NETEM_MAX_QUEUE 1000000u
+/* A port that wakes the loop this many times in a row with nothing to read has its sockets'
+ * errors read: after its interface went down, the ARP socket's error (POLLERR) stays raised
+ * until someone reads it, and would have the loop spin, at real-time priority, even after the
+ * interface is up again. */
+#define NETEM_EMPTY_WAKEUPS 16u
 
 struct netem_rate {
     uint64_t rate_bps;   /* 0: no limit */
@@ -80,8 +86,14 @@ struct netem_dir {
     struct mtcp_netem_counters c; /* loop thread writes, others read atomically */
 };
 
+struct netem_watch {
+    bool woke;       /* epoll reported it in the last sleep */
+    uint32_t empty;  /* wake-ups in a row with nothing to read */
+};
+
 struct mtcp_netem {
     struct io_group port[2]; /* afpacket: [0] = a, [1] = b */
+    struct netem_watch watch[2];
     struct io_group link[2]; /* pair: [0] = side 0 (a -> b enters here, b -> a leaves) */
     struct io_pair *pair;
     int promisc_fd[2];
@@ -548,7 +560,7 @@ static bool intake_segment(struct mtcp_netem *nm, int di, struct intake *st, con
 }
 
 /* Takes frames from port `di` into direction di (a->b for port a). */
-static bool take_in(struct mtcp_netem *nm, int di, uint64_t now)
+static int take_in(struct mtcp_netem *nm, int di, uint64_t now)
 {
     struct netem_dir *d = &nm->dir[di];
     struct io_dev *port = &nm->port[di].devs[0];
@@ -592,7 +604,7 @@ static bool take_in(struct mtcp_netem *nm, int di, uint64_t now)
         rate_drain(nm, di, now);
         cadd(&d->c.rate_delayed, d->count < st.queued ? d->count : st.queued);
     }
-    return n == NETEM_BATCH;
+    return n;
 }
 
 /* Forwards what the delay line of direction di has due onto the far port. */
@@ -637,6 +649,25 @@ static void apply_pending(struct mtcp_netem *nm, uint64_t now)
     pthread_mutex_unlock(&nm->lock);
 }
 
+/* After a round: a port that keeps waking the loop with nothing to read has its sockets'
+ * errors read (counted in its ingress direction's port_errors). */
+static void watch_port(struct mtcp_netem *nm, int i, int taken)
+{
+    struct netem_watch *w = &nm->watch[i];
+    bool woke = w->woke;
+    w->woke = false;
+    if (taken > 0) {
+        w->empty = 0;
+        return;
+    }
+    if (!woke || ++w->empty < NETEM_EMPTY_WAKEUPS)
+        return;
+    w->empty = 0;
+    int n = io_afpacket_clear_errors(&nm->port[i].devs[0]);
+    if (n > 0)
+        cadd(&nm->dir[i].c.port_errors, (uint64_t)n);
+}
+
 static void arm_timer(struct mtcp_netem *nm, uint64_t due_ns)
 {
     struct itimerspec its;
@@ -673,7 +704,9 @@ int mtcp_netem_run(struct mtcp_netem *nm)
         apply_pending(nm, now);
         bool busy = false;
         for (int di = 0; di < 2; di++) {
-            busy |= take_in(nm, di, now);
+            int taken = take_in(nm, di, now);
+            busy |= taken == NETEM_BATCH;
+            watch_port(nm, di, taken);
             if (nm->dir[di].count > 0)
                 rate_drain(nm, di, now);
         }
@@ -701,12 +734,15 @@ int mtcp_netem_run(struct mtcp_netem *nm)
         }
         struct epoll_event evs[4];
         int ne = epoll_wait(nm->ep, evs, 4, -1);
-        for (int i = 0; i < ne; i++)
+        for (int i = 0; i < ne; i++) {
+            if (evs[i].data.u32 < 2)
+                nm->watch[evs[i].data.u32].woke = true;
             if (evs[i].data.u32 == 2) {
                 uint64_t v;
                 if (read(nm->tfd, &v, sizeof v) == (ssize_t)sizeof v)
                     armed = 0; /* fired: it is disarmed now */
             }
+        }
     }
     for (int i = 0; i < 2; i++)
         io_dev_stop(&nm->port[i].devs[0]); /* flush the captures */
@@ -767,6 +803,7 @@ void mtcp_netem_counters(struct mtcp_netem *nm, int dir, struct mtcp_netem_count
     out->checksummed = __atomic_load_n(&d->c.checksummed, __ATOMIC_RELAXED);
     out->segmented = __atomic_load_n(&d->c.segmented, __ATOMIC_RELAXED);
     out->tx_errors = __atomic_load_n(&d->c.tx_errors, __ATOMIC_RELAXED);
+    out->port_errors = __atomic_load_n(&d->c.port_errors, __ATOMIC_RELAXED);
     struct io_pair_counters pc;
     io_pair_get_counters(nm->pair, dir ? 1 : 0, &pc);
     out->dropped = pc.lost;

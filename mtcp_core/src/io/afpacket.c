@@ -920,6 +920,22 @@ static void afp_close(struct io_dev *dev)
     dev->priv = NULL;
 }
 
+int io_afpacket_clear_errors(struct io_dev *dev)
+{
+    struct afp_dev *ad = dev && dev->ops == &io_afpacket_ops ? dev->priv : NULL;
+    if (!ad)
+        return 0;
+    int n = 0;
+    const int fds[3] = {ad->fd, ad->arp_fd, ad->tso_fd};
+    for (int i = 0; i < 3; i++) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (fds[i] >= 0 && getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+            n++;
+    }
+    return n;
+}
+
 const struct io_ops io_afpacket_ops = {
     .name = "afpacket",
     .open_all = afp_open_all,

@@ -184,6 +184,12 @@ static inline unsigned io_flow_core(uint32_t saddr, uint32_t daddr, uint16_t spo
     return ncores ? (unsigned)(h % ncores) : 0;
 }
 
+/* afpacket: reads (and so clears) the pending errors of the device's sockets, SO_ERROR.
+ * After the interface went down, the ARP socket (a ring, never read with recv) keeps its
+ * ENETDOWN and with it POLLERR, so its poll fd reports ready until someone reads it. Returns
+ * how many sockets had one; 0 for other backends. */
+int io_afpacket_clear_errors(struct io_dev *dev);
+
 /* pcap writer */
 struct io_pcap *io_pcap_open(const char *path, unsigned core);
 void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len);
