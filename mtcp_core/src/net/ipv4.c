@@ -58,9 +58,10 @@ void net_tx_flush(struct mtcp_context *ctx)
     if (ctx->ntx == 0)
         return;
     /* the device counts what it could not send (ring full, oversize frame) */
-    uint64_t dropped = ctx->dev->tx_dropped;
+    uint64_t dropped = ctx->dev->tx_dropped, reseg = ctx->dev->tx_resegmented;
     io_tx_burst(ctx->dev, ctx->txf, ctx->ntx);
     STAT_ADD(&ctx->stats, drop_tx_device, ctx->dev->tx_dropped - dropped);
+    STAT_ADD(&ctx->stats, tx_tso_resegmented, ctx->dev->tx_resegmented - reseg);
     STAT_INC(&ctx->stats, tx_batches);
     ctx->ntx = 0;
 }
