@@ -121,12 +121,14 @@ struct tcb {
     uint8_t nsacked;
     uint8_t nooo;
     uint8_t ooo_last;           /* index of the island the latest segment went to */
+    uint8_t nsack_prev;         /* blocks in sack_prev */
     uint8_t rfin;               /* the peer's FIN arrived out of order at rfin_seq */
     uint32_t rfin_seq;
     uint32_t recover;           /* snd_max when recovery began */
     uint32_t rexmit_nxt;        /* next sequence number to consider for a hole retransmit */
     struct tcp_range sacked[TCP_SACK_RANGES];
     struct tcp_range ooo[TCP_OOO_RANGES];
+    struct tcp_range sack_prev[4]; /* SACK blocks of the last ACK sent, in its order */
     uint64_t ts_recent_ms;      /* when ts_recent was taken (PAWS, RFC 7323 5.5) */
 
     /* delayed ACK FIFO */
