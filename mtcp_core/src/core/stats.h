@@ -50,7 +50,8 @@
     X(buf_released_bytes, C) X(tx_tso_resegmented, C) \
     X(ip_reassembled, C) X(frag_pending, G) \
     X(drop_frag_overlap, C) X(drop_frag_timeout, C) X(drop_frag_no_slot, C) \
-    X(drop_frag_malformed, C) X(drop_frag_duplicate, C) X(drop_frag_other_core, C)
+    X(drop_frag_malformed, C) X(drop_frag_duplicate, C) X(drop_frag_other_core, C) \
+    X(rcv_space_grows, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -96,6 +96,15 @@ struct tcb {
     /* receive sequence space */
     uint32_t irs, rcv_nxt;
     uint32_t rcv_adv;           /* right edge of the window last advertised */
+    /* receive-window auto-tuning (dynamic right-sizing, as Linux's tcp_rcv_space_adjust):
+     * the window offered is at most rcv_space less what the app has not read; once per
+     * receiver RTT rcv_space grows to twice (four times while growing) what arrived in
+     * that RTT, up to the ring (rcv.limit, which the window scale was chosen for) */
+    uint32_t rcv_space;
+    uint32_t rcv_space_seq;     /* rcv_nxt when the current measurement began */
+    uint32_t rcv_space_last;    /* bytes of the previous measurement */
+    uint64_t rcv_space_ms;      /* when it began; 0: not yet */
+    uint32_t rcv_rtt_ms;        /* receiver's RTT estimate from TSecr (0: none yet) */
     uint32_t ts_recent, ts_offset, last_ack_sent;
 
     /* retransmission (timing wheel slot list) */

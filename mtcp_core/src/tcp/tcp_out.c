@@ -52,9 +52,17 @@ void tcp_schedule(struct mtcp_context *ctx, struct tcb *t, uint8_t pend)
 
 /* ---------------------------------------------------------------- segments */
 
-uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
+uint32_t tcp_rcv_room(struct tcb *t)
 {
     uint32_t space = mtcp_bytering_free(&t->rcv);
+    uint32_t used = mtcp_bytering_used(&t->rcv);
+    uint32_t tuned = t->rcv_space > used ? t->rcv_space - used : 0;
+    return tuned < space ? tuned : space;
+}
+
+uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
+{
+    uint32_t space = tcp_rcv_room(t);
     /* never shrink the window (RFC 9293 3.8.6): keep the advertised right edge */
     uint32_t edge = t->rcv_nxt + space;
     if (SEQ_LT(edge, t->rcv_adv))
@@ -210,7 +218,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         t->rcv_adv = edge;
         t->pend &= (uint8_t)~TCB_P_ACK;
         tcp_delack_cancel(ctx, t);
-        if (win == 0 || (edge - t->rcv_nxt) < t->rcv.limit / 2)
+        if (win == 0 || (edge - t->rcv_nxt) < t->rcv_space / 2)
             atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
     }
     return 0;
