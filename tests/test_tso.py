@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import netns
@@ -184,11 +185,16 @@ def test_no_tso_on_the_device_loses_nothing(netlab: netns.Lab, when: str) -> Non
         assert "tx-tcp-segmentation: off" in rig.server_ns.run(["ethtool", "-k", dev]).stdout
         with rig.serve():
             before = rig.ctx.stats()
+            t0 = time.monotonic()
             rig.client.call(round_trips, (rig.ip, ECHO), 1200, 1200)
+            t1 = time.monotonic()
             rig.client.call(round_trips, (rig.ip, ECHO), 1 << 20, 16 << 10)
+            t2 = time.monotonic()
         after = wait_stats(rig.ctx, pools_back)
         d = {k: after[k] - before[k] for k in after}
-        print(f"\nretransmits {d['retransmits']}, loss probes {d['loss_probes']}, rto "
+        print(f"\n1200 B echo (connect included) {(t1 - t0) * 1e3:.1f} ms, 1 MiB in 16 KiB "
+              f"round trips {(t2 - t1) * 1e3:.1f} ms")  # fmt: skip
+        print(f"retransmits {d['retransmits']}, loss probes {d['loss_probes']}, rto "
               f"{d['rto_timeouts']}, tx drops {d['drop_tx_device']}, tso {d['tx_tso_frames']}, "
               f"cut in the ring {d['tx_tso_resegmented']}")  # fmt: skip
         assert d["drop_tx_device"] == 0
