@@ -67,7 +67,6 @@
 #include <unistd.h>
 
 #include "../wire/bytes.h"
-#include "../wire/wire.h"
 #include "io_internal.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -704,6 +703,23 @@ static int tx_tso(struct afp_dev *ad, const struct io_frame *f)
     return rc == want ? 0 : rc < 0 ? io_neg_errno() : -EIO;
 }
 
+/* RFC 1071 checksum over bytes (io/ keeps to itself: it links without wire/). */
+static uint32_t sw_csum_add(uint32_t sum, const uint8_t *p, size_t len)
+{
+    for (; len > 1; p += 2, len -= 2)
+        sum += (uint32_t)rd16(p);
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t sw_csum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffffu) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
 /* A TSO frame cut in software into MSS-sized frames in the TX ring, where the TSO
  * socket refused it (or the device lost TSO since the stack built it): what the
  * device would have done (RFC 9293 3.1 fields per segment: sequence number, FIN and
@@ -753,15 +769,19 @@ static int tx_segment(struct afp_dev *ad, const struct io_frame *f, uint32_t max
         wr16(p + 16, (uint16_t)(hlen - 14u + len));
         wr16(p + 18, (uint16_t)(id + k));
         wr16(p + 24, 0);
-        wr16(p + 24, wire_csum_fold(wire_csum_add(0, p + 14, ihl)));
+        wr16(p + 24, sw_csum_fold(sw_csum_add(0, p + 14, ihl)));
         wr32(p + l4 + 4, seq + off);
         uint8_t fl = flags;
         if (k + 1 < nsegs)
-            fl &= (uint8_t)~(WIRE_TCP_FIN | WIRE_TCP_PSH);
+            fl &= (uint8_t)~(0x01u | 0x08u); /* FIN, PSH: the last piece only */
         if (k > 0)
-            fl &= (uint8_t)~WIRE_TCP_CWR;
+            fl &= (uint8_t)~0x80u; /* CWR: the first piece only */
         p[l4 + 13] = fl;
-        wire_tcp_fill_csum(p + l4, hlen - l4 + len, src, dst);
+        /* TCP checksum in full: pseudo-header (RFC 9293 3.1), header and payload */
+        uint32_t tcp_len = hlen - l4 + len;
+        uint32_t sum = (src >> 16) + (src & 0xffffu) + (dst >> 16) + (dst & 0xffffu) + 6u + tcp_len;
+        wr16(p + l4 + 16, 0);
+        wr16(p + l4 + 16, sw_csum_fold(sw_csum_add(sum, p + l4, tcp_len)));
         uint32_t flen = hlen + len;
         h->tp_len = flen;
         h->tp_snaplen = flen;
