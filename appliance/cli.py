@@ -84,6 +84,11 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sni", action="append", metavar="NAME=CERT:KEY[:STAPLE]", help=h("sni"))
     p.add_argument("--redirect-http", action="store_true", help=h("redirect_http"))
     p.add_argument("--hsts", type=int, metavar="SECONDS", help=h("hsts"))
+    p.add_argument("--lingering-close", choices=("on", "off", "always"), help=h("lingering_close"))
+    p.add_argument("--lingering-time", type=float, metavar="SECONDS", help=h("lingering_time"))
+    p.add_argument(
+        "--lingering-timeout", type=float, metavar="SECONDS", help=h("lingering_timeout")
+    )
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:

@@ -32,6 +32,10 @@ DEFAULT_TAP_NAME = "mtcp0"
 DEFAULT_LINUX_IP = "127.0.0.1"
 DEFAULT_METRICS = "127.0.0.1:9100"
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# lingering close, as nginx's lingering_close / lingering_time / lingering_timeout
+DEFAULT_LINGERING_CLOSE = "on"
+DEFAULT_LINGERING_TIME_S = 30.0
+DEFAULT_LINGERING_TIMEOUT_S = 5.0
 # mtcp send buffer per connection: a large file at 10+ Gb/s needs ~ms of the link queued,
 # as the app thread shares the core with the mTCP thread. 100 MiB over a veth: 64 KiB
 # 0.39x nginx, 1 MiB 1.32x, 4 MiB 1.66x (bench/web_bench.py, one run each); 1 MiB keeps
@@ -99,6 +103,9 @@ class Config:
     sni: tuple[tuple[str, Path, Path, Path | None], ...] = ()  # (name, cert, key, staple)
     redirect_http: bool = False
     hsts: int = 0  # Strict-Transport-Security max-age, seconds (0: not sent)
+    lingering_close: str = DEFAULT_LINGERING_CLOSE
+    lingering_time: float = DEFAULT_LINGERING_TIME_S
+    lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT_S
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -375,6 +382,18 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
+    "lingering_close": (
+        _choice("on", "off", "always"),
+        "after the last response of a connection whose request was not read in full (an "
+        "error such as 413 or 431): shut the write side, read and drop what still comes, "
+        "then close, so that the client gets the response instead of a reset (on; always: "
+        "every connection the server closes; off)",
+    ),
+    "lingering_time": (_float_pos, "lingering close: seconds in all at most (30)"),
+    "lingering_timeout": (
+        _float_pos,
+        "lingering close: seconds without a byte from the client before closing (5)",
+    ),
     "nft_guard": (
         _bool,
         "afpacket: keep the kernel from answering the served port on the interface (an "
@@ -407,6 +426,8 @@ TOML_TYPES: dict[str, Any] = {
     "cores": int,
     "no_priority": bool,
     "drain_timeout": int | float,
+    "lingering_time": int | float,
+    "lingering_timeout": int | float,
     "nft_guard": bool,
     "tx_rate_mbps": int,
     "sndbuf": int,
@@ -607,6 +628,9 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         table_lines=table_lines(config_file) if config_file is not None else {},
         mem_budget_mb=val.get("mem_budget_mb", 0),
         max_conns_per_source=val.get("max_conns_per_source", 0),
+        lingering_close=val.get("lingering_close", DEFAULT_LINGERING_CLOSE),
+        lingering_time=val.get("lingering_time", DEFAULT_LINGERING_TIME_S),
+        lingering_timeout=val.get("lingering_timeout", DEFAULT_LINGERING_TIMEOUT_S),
         sources=dict(where),
     )
 

@@ -56,10 +56,14 @@ def vhost_config(cfg: Config, compile_rules: bool = True) -> Any:
     from appliance.http.config import SiteConfig as PlainSiteConfig
     from appliance.http.vhosts import VhostConfig, VirtualSite
 
-    # HTTPS settings every site shares: the redirect of plain requests and HSTS
+    # settings every site shares: the redirect of plain requests and HSTS (HTTPS), and the
+    # lingering close
     https = {
         "redirect_https_port": cfg.tls_port if cfg.redirect_http else None,
         "hsts": b"max-age=%d" % cfg.hsts if cfg.hsts else None,
+        "lingering_close": cfg.lingering_close,
+        "lingering_time_s": cfg.lingering_time,
+        "lingering_timeout_s": cfg.lingering_timeout,
     }
 
     def SiteConfig(**kw: Any) -> Any:  # noqa: N802 - stands in for the class

@@ -32,6 +32,22 @@ class SiteConfig:
     # this port (None: served as they are); Strict-Transport-Security on HTTPS responses
     redirect_https_port: int | None = None
     hsts: bytes | None = None  # the header's value, e.g. b"max-age=31536000"
+    # lingering close (nginx's lingering_close/lingering_time/lingering_timeout): after the
+    # last response, a connection whose request was not read in full ("on"; "always": any
+    # connection the server closes; "off": none) shuts its write side and reads and drops
+    # what still comes, so that the client's kernel is not reset before it hands the
+    # response over: until the client closes, lingering_time_s in all, lingering_timeout_s
+    # without a byte, or lingering_max_bytes dropped
+    lingering_close: str = "on"
+    lingering_time_s: float = 30.0
+    lingering_timeout_s: float = 5.0
+    lingering_max_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.lingering_close not in ("on", "off", "always"):
+            raise ValueError(
+                f"lingering_close: 'on', 'off' or 'always', not {self.lingering_close!r}"
+            )
 
 
 @dataclass(frozen=True)

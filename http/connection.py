@@ -227,6 +227,26 @@ class Connection:
         self.abort = True  # idle keep-alive (or a fresh connection that sent nothing)
         return b""
 
+    @property
+    def peer_closed(self) -> bool:
+        """The peer's end of stream has been seen."""
+        return self._eof
+
+    @property
+    def unread_input(self) -> bool:
+        """True when the peer may still be sending the request being answered (or one
+        after it): the connection closes with input the server did not read, which is when
+        a lingering close keeps the client's kernel from being reset before it hands the
+        response over."""
+        if self._eof:
+            return False
+        h = self._h11c
+        if h is None:
+            return False  # fast path only: every request came whole and was read
+        if h.trailing_data[0]:
+            return True  # the start of a request not looked at
+        return h.their_state not in (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
     def drain(self, now: float | None = None) -> None:
         """No new requests: an idle connection closes at once, a busy one after its
         current response (which says Connection: close when its head is still to come)."""

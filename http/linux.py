@@ -112,6 +112,9 @@ class KernelNet:
     def modify(self, handle: socket.socket, events: int) -> None:
         self.ep.modify(handle.fileno(), events)
 
+    def shutdown_write(self, handle: socket.socket) -> None:
+        handle.shutdown(socket.SHUT_WR)
+
     def recv_many(self, handles: Sequence[socket.socket]) -> list[bytes | OSError]:
         out: list[bytes | OSError] = []
         for h in handles:

@@ -11,6 +11,15 @@ the sockets, one system call each.
 Flow control: a connection is read only while it has nothing waiting to be sent and its
 ``Connection`` wants input; a large file is read one chunk at a time, the next chunk only
 once the socket took the previous one (EPOLLOUT, level-triggered).
+
+Lingering close (nginx's ``lingering_close``): a connection that is done while its client
+may still be sending (an error answered before the request was read in full: 400, 408, 413,
+431...; with ``lingering_close = "always"`` every connection the server closes) is not
+closed at once, which would make the kernel or the stack answer the unread bytes with a RST
+and the client's kernel drop the response it holds. Its write side is shut after the
+response (FIN), then whatever arrives is read and dropped until the client closes, no byte
+came for ``lingering_timeout_s``, ``lingering_time_s`` passed in all, or
+``lingering_max_bytes`` were dropped; then it is closed.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class Net(Protocol):
     def accept_many(self, max_sockets: int, listener: int = -1) -> list[tuple[Any, int, str]]: ...
     def register(self, handle: Any, events: int) -> None: ...
     def modify(self, handle: Any, events: int) -> None: ...
+    def shutdown_write(self, handle: Any) -> None: ...  # FIN after what was sent; may raise
     def recv_many(self, handles: Sequence[Any]) -> list[bytes | OSError]: ...
     def send_many(
         self, items: Sequence[tuple[Any, bytes | memoryview]], close: list[bool] | None = None
@@ -56,7 +66,10 @@ class Net(Protocol):
 
 
 class _Conn:
-    __slots__ = ("handle", "key", "http", "out", "events", "timer_at", "dead", "sent_closed")
+    __slots__ = (
+        "handle", "key", "http", "out", "events", "timer_at", "dead", "sent_closed",
+        "linger_end", "linger_at", "linger_bytes",
+    )  # fmt: skip
 
     def __init__(self, handle: Any, key: int, http: Connection | TlsConnection) -> None:
         self.handle = handle
@@ -67,8 +80,13 @@ class _Conn:
         self.timer_at = -1.0
         self.dead = False  # close now (reset, error, abort)
         self.sent_closed = False  # closed together with its last bytes (send_many's close)
+        self.linger_end = -1.0  # lingering close: until then at most (-1: not lingering)
+        self.linger_at = -1.0  # ... and until then unless a byte comes
+        self.linger_bytes = 0  # dropped while lingering
 
     def wanted(self) -> int:
+        if self.linger_end >= 0:
+            return EPOLLIN | EPOLLRDHUP
         ev = EPOLLOUT if self.out else 0
         if not self.out and self.http.wants_input:
             ev |= EPOLLIN | EPOLLRDHUP
@@ -77,6 +95,14 @@ class _Conn:
     def finished(self) -> bool:
         h = self.http
         return self.dead or h.abort or (not self.out and h.closed and not h.has_output)
+
+    def should_linger(self) -> bool:
+        """Done, and its client may still be sending: a lingering close, not a close."""
+        h = self.http
+        mode = h.config.lingering_close
+        if self.dead or h.abort or self.linger_end >= 0 or mode == "off":
+            return False
+        return h.unread_input or (mode == "always" and not h.peer_closed)
 
 
 def run(
@@ -117,7 +143,10 @@ def run(
                 drained = True
                 net.close_listener()
                 for c in conns.values():
-                    c.http.drain(now)
+                    if c.linger_end >= 0:  # lingering: at most one more quiet period
+                        c.linger_end = min(c.linger_end, now + site.config.lingering_timeout_s)
+                    else:
+                        c.http.drain(now)
                     touched[c.key] = c
             if drained and not conns:
                 break
@@ -176,11 +205,34 @@ def run(
                     continue
                 c.timer_at = -1.0
                 touched[key] = c
+                if c.linger_end >= 0:
+                    c.dead = True  # lingered long enough: close
+                    continue
                 out = c.http.timer(now)
                 if out:
                     c.out = bytes(c.out) + out if c.out else out
+            # lingering connections: read and drop; the client's end of stream, an error or
+            # the byte limit ends them
+            lingering = [c for c in readable if c.linger_end >= 0 and not c.dead]
+            if lingering:
+                cfg = site.config
+                results = net.recv_many([c.handle for c in lingering])
+                for c, res in zip(lingering, results, strict=True):
+                    if isinstance(res, BlockingIOError):
+                        continue
+                    if isinstance(res, OSError) or not res:
+                        c.dead = True
+                        continue
+                    c.linger_bytes += len(res)
+                    if c.linger_bytes > cfg.lingering_max_bytes:
+                        c.dead = True
+                    c.linger_at = min(c.linger_end, now + cfg.lingering_timeout_s)
             # reads
-            readable = [c for c in readable if not c.dead and not c.out and c.http.wants_input]
+            readable = [
+                c
+                for c in readable
+                if not c.dead and not c.out and c.http.wants_input and c.linger_end < 0
+            ]
             if readable:
                 results = net.recv_many([c.handle for c in readable])
                 for c, res in zip(readable, results, strict=True):
@@ -204,7 +256,12 @@ def run(
             if batch:
                 # a connection whose response ends with these bytes and that closes after
                 # it is closed in the same crossing: its FIN rides on the last segment
-                last = [c.http.closed and not c.http.has_output and not c.http.abort for c in batch]
+                # (not one that lingers: it shuts its write side instead, below)
+                last = [
+                    c.http.closed and not c.http.has_output and not c.http.abort
+                    and not c.should_linger()
+                    for c in batch
+                ]  # fmt: skip
                 results2 = net.send_many([(c.handle, c.out) for c in batch], last)
                 for c, sent, closing in zip(batch, results2, last, strict=True):
                     if isinstance(sent, BlockingIOError):
@@ -222,6 +279,32 @@ def run(
             # closes, interest changes, timers
             done: list[_Conn] = []
             for c in touched.values():
+                if c.finished() and not c.sent_closed and c.should_linger():
+                    try:
+                        net.shutdown_write(c.handle)
+                    except OSError:
+                        c.dead = True
+                    else:
+                        cfg = site.config
+                        c.linger_end = now + (
+                            min(cfg.lingering_time_s, cfg.lingering_timeout_s)
+                            if drained
+                            else cfg.lingering_time_s
+                        )
+                        c.linger_at = min(c.linger_end, now + cfg.lingering_timeout_s)
+                if c.linger_end >= 0 and not c.dead:
+                    want = c.wanted()
+                    if want != c.events:
+                        try:
+                            net.modify(c.handle, want)
+                        except OSError:
+                            done.append(c)
+                            continue
+                        c.events = want
+                    if c.linger_at != c.timer_at:
+                        c.timer_at = c.linger_at
+                        heapq.heappush(timers, (c.linger_at, c.key))
+                    continue
                 if c.finished():
                     done.append(c)
                     continue

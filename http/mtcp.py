@@ -97,6 +97,9 @@ class MtcpNet:
     def modify(self, handle: m.Socket, events: int) -> None:
         self.ep.modify(handle, events)
 
+    def shutdown_write(self, handle: m.Socket) -> None:
+        handle.shutdown(m.SHUT_WR)
+
     def recv_many(self, handles: Sequence[m.Socket]) -> list[bytes | OSError]:
         out: list[bytes | OSError] = []
         # the binding shares its 256 KiB scratch between the sockets of one crossing;

@@ -634,6 +634,20 @@ class TlsConnection:
         return self.http.deadline if self._ready else self._deadline
 
     @property
+    def config(self) -> Any:
+        return self.http.config
+
+    @property
+    def unread_input(self) -> bool:
+        """The request being answered may still be arriving (see Connection.unread_input):
+        a lingering close keeps the client's kernel from being reset."""
+        return self._ready and not self._in.eof and self.http.unread_input
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._in.eof or (self._ready and self.http.peer_closed)
+
+    @property
     def version(self) -> str | None:
         return self._obj.version() if self._ready else None
 

@@ -301,6 +301,7 @@ class Stack:
         mem_budget: int = 0,
         max_conns_per_source: int = 0,
         evict: bool = True,
+        frag_timeout_ms: int = 0,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -359,6 +360,9 @@ class Stack:
         conf.mem_budget = mem_budget
         conf.max_conns_per_source = max_conns_per_source
         conf.no_evict = 0 if evict else 1
+        if not 0 <= frag_timeout_ms <= 120_000:
+            raise ValueError(f"frag_timeout_ms: 0 (default 30000) to 120000, not {frag_timeout_ms}")
+        conf.frag_timeout_ms = frag_timeout_ms
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:

@@ -23,8 +23,8 @@ MODULE = "mtcp_core._native"
 PKG = Path(__file__).resolve().parent
 INCLUDE = PKG / "include"
 SRC = PKG / "src"
-CDEF_HEADERS = ("mtcp_public.h", "mtcp_wire_cdef.h")
-C_PRELUDE = '#include "mtcp.h"\n#include "wire/wire.h"\n'
+CDEF_HEADERS = ("mtcp_public.h", "mtcp_wire_cdef.h", "mtcp_frag_cdef.h")
+C_PRELUDE = '#include "mtcp.h"\n#include "wire/wire.h"\n#include "net/frag.h"\n'
 
 # Only for the project's own C: cffi's generated code is not written for -Werror.
 STRICT_CFLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror"]

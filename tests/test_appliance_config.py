@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance import caps, cli, config, supervisor
+from appliance import caps, cli, config, sites, supervisor
 from appliance.config import Config, ConfigError
 
 
@@ -143,6 +143,9 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("flag", "--sndbuf", "1000", "sndbuf (from --sndbuf): must be an integer 4096..67108864"),
     ("env", "DRAIN_TIMEOUT", "-1", "drain_timeout (from MTCP_APPLIANCE_DRAIN_TIMEOUT): must be a"),
     ("flag", "--tap-host", "198.18.0.2/24", "tap_host (from --tap-host): 198.18.0.2/24 is the"),
+    ("file", "lingering_close", "yes", "lingering_close (from {file}): must be one of on, off,"),
+    ("env", "LINGERING_TIME", "0", "lingering_time (from MTCP_APPLIANCE_LINGERING_TIME): must"),
+    ("file", "lingering_timeout", "5", "lingering_timeout (from {file}): must be a TOML number"),
     ("file", "frobnicate", 1, "frobnicate (from {file}): unknown key; known keys: stack,"),
     ("env", "FROBNICATE", "1", "MTCP_APPLIANCE_FROBNICATE (from environment): unknown variable"),
     ("file", "[", "", "config (from --config): {file}: not valid TOML"),
@@ -245,3 +248,21 @@ def test_exhaustion_options_reach_the_config(started: list[Config]) -> None:
     assert cfg.sources["mem_budget_mb"] == "--mem-budget-mb"
     assert cli.main(["serve", "--stack", "mtcp", "--mem-budget-mb", "1"]) == 2
     assert cli.main(["serve", "--stack", "linux", "--max-conns-per-source", "3"]) == 2
+
+
+def test_lingering_close_settings_reach_the_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[Config]
+) -> None:
+    """lingering_close / lingering_time / lingering_timeout: file < environment < flag, then
+    into the SiteConfig every worker's HTTP server gets."""
+    path = _toml(tmp_path, 'stack = "linux"\nlingering_close = "always"\nlingering_time = 12\n')
+    monkeypatch.setenv("MTCP_APPLIANCE_LINGERING_TIMEOUT", "2.5")
+    assert cli.main(["serve", "--config", str(path), "--lingering-time", "7"]) == 0
+    cfg = started[-1]
+    assert (cfg.lingering_close, cfg.lingering_time, cfg.lingering_timeout) == ("always", 7, 2.5)
+    site = sites.vhost_config(cfg).config  # what the workers get (the default site)
+    assert (site.lingering_close, site.lingering_time_s, site.lingering_timeout_s) == (
+        "always", 7.0, 2.5)  # fmt: skip
+    # the defaults are nginx's
+    d = Config()
+    assert (d.lingering_close, d.lingering_time, d.lingering_timeout) == ("on", 30.0, 5.0)

@@ -629,6 +629,9 @@ class FakeNet:
     def close_many(self, handles: list[int]) -> None:
         self.calls.append(("close_many", list(handles)))
 
+    def shutdown_write(self, handle: int) -> None:
+        self.calls.append(("shutdown_write", handle))
+
     def close_listener(self) -> None:
         self.calls.append(("close_listener", None))
 

@@ -47,6 +47,8 @@ TLS_PORT = 443
 BIG = 2 * 1024 * 1024 + 12345  # streamed: over small_file_limit
 HUGE = 24 * 1024 * 1024  # more than both sides' socket buffers can hold
 HEADER_TIMEOUT_S = 1.5
+ALT_LINGER_TIME_S = 2.0
+ALT_LINGER_TIMEOUT_S = 0.5
 SECRET = b"TOPSECRET"
 
 
@@ -290,6 +292,8 @@ def alt(stack: str, site_root: Path, ca: CA) -> Iterator[Server]:
         max_keepalive_requests=2,
         small_file_limit=0,  # everything streamed, nothing cached
         stream_chunk=16 * 1024,
+        lingering_time_s=ALT_LINGER_TIME_S,
+        lingering_timeout_s=ALT_LINGER_TIMEOUT_S,
     )
     with netns.Lab() as lab:
         server, mstack = start_server(lab, stack, config, ca)
@@ -611,6 +615,90 @@ def test_request_limits_414_431_413(srv: Server, alt: Server) -> None:
     assert [status_of(r) for r in got] == [200, 200]
     (got,) = alt.exchange(get("/small.txt", "Content-Length: 17") + b"x" * 17)
     assert status_of(got) == 413
+
+
+def send_then_read_late(sock: socket.socket, first: bytes, more: bytes, total: int) -> bytes:
+    """Sends ``first``, then ``more`` again and again up to ``total`` bytes (a client that
+    keeps sending its request after the server answered), waits 0.5 s, and reads
+    everything until the server's end of stream. A reset at any point raises."""
+    sock.settimeout(10)
+    sock.sendall(first)
+    sent = len(first)
+    while sent < total:
+        sock.sendall(more)
+        sent += len(more)
+    time.sleep(0.5)
+    got = b""
+    while data := sock.recv(65536):
+        got += data
+    return got
+
+
+@pytest.mark.parametrize("status", [431, 413])
+def test_lingering_close_gets_the_error_to_a_client_still_sending(
+    srv: Server, status: int
+) -> None:
+    """An error answered before the request was read in full (431: a head too large, 413:
+    a body too large) is followed by a lingering close: the server shuts its side, reads and
+    drops what keeps coming, and closes when the client has closed or the time is up. A
+    client that keeps sending 256 KiB and reads only after 0.5 s gets the whole response
+    and an orderly end of stream, not a reset that makes its kernel drop the response."""
+    if status == 431:
+        first = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"v" * 20000 + b"\r\n"
+        more = b"X-More: " + b"w" * 1000 + b"\r\n"
+    else:
+        first = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+        more = b"x" * 8192
+    with srv.connect() as s:
+        got = send_then_read_late(s, first, more, 256 * 1024)
+        s.shutdown(socket.SHUT_WR)
+    (resp,) = read_responses_from(got, ["GET"])
+    assert status_of(resp) == status and header(resp, "Connection") == "close"
+
+
+def test_lingering_close_is_bounded_in_time(alt: Server) -> None:
+    """A client that neither closes nor sends is closed lingering_timeout after the error;
+    one that keeps sending slowly is closed lingering_time after it at the latest."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"v" * 20000 + b"\r\n"
+    with alt.connect() as s:
+        s.sendall(head)
+        (resp,) = read_responses_until_eof(s)  # the response, then the server's FIN
+        assert status_of(resp) == 431
+        time.sleep(ALT_LINGER_TIMEOUT_S * 3)  # silent: the server gives up and closes
+        with pytest.raises(OSError):  # so a late byte is answered with a reset
+            for _ in range(2):
+                s.sendall(b"X-Late: 1\r\n")
+                time.sleep(0.2)
+    with alt.connect() as s:
+        s.sendall(head)
+        t0 = time.monotonic()
+        ended = None
+        while time.monotonic() - t0 < ALT_LINGER_TIME_S + 5:
+            try:
+                s.sendall(b"X-Slow: " + b"s" * 100 + b"\r\n")
+            except OSError:  # the server closed while bytes were still coming: a reset
+                ended = time.monotonic() - t0
+                break
+            time.sleep(ALT_LINGER_TIMEOUT_S / 4)
+    assert ended is not None, "the server lingered past lingering_time"
+    assert ALT_LINGER_TIME_S * 0.8 <= ended < ALT_LINGER_TIME_S + 3, ended
+
+
+def read_responses_until_eof(sock: socket.socket) -> list[bytes]:
+    sock.settimeout(10)
+    got = b""
+    while data := sock.recv(65536):
+        got += data
+    return read_responses_from(got, ["GET"])
+
+
+def read_responses_from(data: bytes, methods: list[str]) -> list[bytes]:
+    """read_responses over bytes already received."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        return read_responses(b, methods)
 
 
 def test_pipelined_requests_answered_in_order_and_close_honoured(srv: Server) -> None:

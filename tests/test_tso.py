@@ -17,13 +17,15 @@ byte-exact, also over a lossy link:
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import netns
 import pytest
 from echo_app import wait_stats
-from test_interop_kernel import make_afpacket_rig
+from test_interop_kernel import ECHO, make_afpacket_rig
 from test_tcp_kernel_loss import (
     LossRig,
     bridge_drop_rules,
@@ -135,3 +137,70 @@ def test_tso_transfer_under_loss_is_byte_exact(lossrig: LossRig, lost: str) -> N
     check_exact(got, payload)
     assert d["tx_tso_frames"] > 0, "no TSO frame left the core"
     assert d["retransmits"] > 0, "nothing was lost: the rule did not bite"
+
+
+# ---------------------------------------------------------------- no TSO on the device
+
+
+def round_trips(addr: tuple[str, int], size: int, chunk: int, timeout: float = 20.0) -> bytes:
+    """One kernel connection: ``size`` bytes in ``chunk``-sized round trips (send a chunk,
+    read its echo whole, then the next); returns everything that came back."""
+    data = os.urandom(size)
+    got = bytearray()
+    with socket.create_connection(addr, timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for off in range(0, size, chunk):
+            piece = data[off : off + chunk]
+            sock.sendall(piece)
+            want = len(got) + len(piece)
+            while len(got) < want:
+                b = sock.recv(want - len(got))
+                assert b, f"the core closed after {len(got)} of {size} B"
+                got.extend(b)
+    assert bytes(got) == data, "the echo came back changed"
+    return bytes(got)
+
+
+def stack_iface(ns: netns.Namespace) -> str:
+    """The one link besides lo in ``ns`` (the stack's end of its veth)."""
+    links = [ln.split(":")[1].strip().split("@")[0] for ln in ns.ip("-o", "link").splitlines()]
+    (dev,) = [name for name in links if name != "lo"]
+    return dev
+
+
+@pytest.mark.parametrize("when", ["at_start", "while_running"])
+def test_no_tso_on_the_device_loses_nothing(netlab: netns.Lab, when: str) -> None:
+    """``ethtool -K IF tx off`` on the stack's veth (no checksum offload, and so no TSO),
+    before the stack starts or while it runs: multi-segment writes still leave at once. A
+    1200 B echo and 1 MiB in 16 KiB round trips complete with no retransmission, tail probe
+    or RTO, and nothing dropped at the device. Started without TSO the stack never builds
+    TSO frames; losing it while running, the frames the kernel refuses are cut in the ring
+    (counted in ``tx_tso_resegmented``) and the stack stops building them."""
+    if shutil.which("ethtool") is None:
+        pytest.skip("needs ethtool")
+    for rig in make_afpacket_rig(netlab, afpacket_rx="copy", tx_offload=when != "at_start"):
+        dev = stack_iface(rig.server_ns)
+        if when == "while_running":
+            rig.server_ns.run(["ethtool", "-K", dev, "tx", "off"])  # TSO was on at start
+        assert "tx-tcp-segmentation: off" in rig.server_ns.run(["ethtool", "-k", dev]).stdout
+        with rig.serve():
+            before = rig.ctx.stats()
+            t0 = time.monotonic()
+            rig.client.call(round_trips, (rig.ip, ECHO), 1200, 1200)
+            t1 = time.monotonic()
+            rig.client.call(round_trips, (rig.ip, ECHO), 1 << 20, 16 << 10)
+            t2 = time.monotonic()
+        after = wait_stats(rig.ctx, pools_back)
+        d = {k: after[k] - before[k] for k in after}
+        print(f"\n1200 B echo (connect included) {(t1 - t0) * 1e3:.1f} ms, 1 MiB in 16 KiB "
+              f"round trips {(t2 - t1) * 1e3:.1f} ms")  # fmt: skip
+        print(f"retransmits {d['retransmits']}, loss probes {d['loss_probes']}, rto "
+              f"{d['rto_timeouts']}, tx drops {d['drop_tx_device']}, tso {d['tx_tso_frames']}, "
+              f"cut in the ring {d['tx_tso_resegmented']}")  # fmt: skip
+        assert d["drop_tx_device"] == 0
+        assert d["retransmits"] == 0 and d["loss_probes"] == 0 and d["rto_timeouts"] == 0
+        if when == "at_start":
+            assert d["tx_tso_frames"] == 0
+        else:
+            assert d["tx_tso_resegmented"] >= 1
+            assert d["tx_tso_resegmented"] <= 8  # then the stack stopped building them

@@ -107,6 +107,8 @@ struct mtcp_conf {
     unsigned max_conns_per_source; /* connections per peer address per core (0 = no limit):
                                   more SYNs from that address are answered with RST */
     int no_evict;              /* 1: never evict idle connections marked MTCP_SO_EVICTABLE */
+    unsigned frag_timeout_ms;  /* IPv4 reassembly: a datagram still missing fragments this
+                                  long after its first one is dropped (0 = default 30 s) */
 };
 
 struct mtcp_stack;

@@ -225,6 +225,9 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     uint64_t arp_next = arp_timer(ctx);
     if (arp_next < next)
         next = arp_next;
+    uint64_t frag_next = net_frag_timer(ctx);
+    if (frag_next < next)
+        next = frag_next;
 
     if (ctx->announce) {
         arp_announce(ctx);
@@ -310,6 +313,7 @@ static void ctx_free(struct mtcp_context *ctx)
     free(ctx->txbuf);
     free(ctx->socks);
     free(ctx->evbuf);
+    frag_table_free(ctx->frag);
     if (ctx->stack_efd >= 0)
         close(ctx->stack_efd);
     if (ctx->app_efd >= 0)
@@ -376,7 +380,8 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     ctx->nsocks = (int)n + 64;
     ctx->socks = calloc((size_t)ctx->nsocks, sizeof(*ctx->socks));
     ctx->evbuf = calloc(1024, sizeof(*ctx->evbuf));
-    if (!ctx->flow || !ctx->wheel || !ctx->txbuf || !ctx->socks || !ctx->evbuf)
+    ctx->frag = frag_table_new(MTCP_FRAG_SLOTS, stack->frag_timeout_ms);
+    if (!ctx->flow || !ctx->wheel || !ctx->txbuf || !ctx->socks || !ctx->evbuf || !ctx->frag)
         goto nomem;
     /* socket ids come from a free list (the paper: any free id, not the lowest) */
     for (int i = 0; i < ctx->nsocks; i++) {

@@ -11,6 +11,7 @@
 #include "../core/spsc.h"
 #include "../core/stats.h"
 #include "../io/io.h"
+#include "../net/frag.h"
 #include "../opt.h"
 #include "../tcp/tcb.h"
 #include "mtcp.h"
@@ -121,6 +122,7 @@ struct mtcp_stack {
     int sack, delayed_ack;
     uint64_t tx_rate_Bps;        /* link rate in bytes/s; 0 = no shaping */
     int shared_addr;             /* the kernel keeps the address too (conf.shared_addr) */
+    uint32_t frag_timeout_ms;    /* IPv4 reassembly timer (net/frag.h) */
     uint64_t isn_key[2];
     uint32_t orphan_retries, max_orphans, max_per_source;
     uint64_t mem_budget;
@@ -136,6 +138,7 @@ struct mtcp_context {
     uint8_t mac[6];
     int priority;                /* control/ACK/data lists (1) or one FIFO (0) */
     int trace;
+    struct frag_table *frag;     /* IPv4 reassembly (net/frag.h) */
 
     pthread_t thread;
     int thread_started;

@@ -128,6 +128,7 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         conf->challenge_ack_limit ? conf->challenge_ack_limit : MTCP_DEFAULT_CHALLENGE_ACKS;
     s->tx_rate_Bps = (uint64_t)conf->tx_rate_mbps * 1000000u / 8u;
     s->shared_addr = conf->shared_addr != 0;
+    s->frag_timeout_ms = conf->frag_timeout_ms ? conf->frag_timeout_ms : MTCP_FRAG_TIMEOUT_MS;
     s->sack = !conf->no_sack;
     s->delayed_ack = !conf->no_delayed_ack;
     if (conf->secret_seed) {

@@ -47,7 +47,11 @@
     X(orphans, G) X(orphan_aborts, C) X(orphan_overflows, C) X(user_timeouts, C) \
     X(zero_window_aborts, C) X(evictions, C) X(drop_tcp_source_limit, C) \
     X(buf_mem_used, G) X(buf_mem_budget, G) X(buf_mem_pressure, G) X(buf_pressure_opens, C) \
-    X(buf_released_bytes, C)
+    X(buf_released_bytes, C) X(tx_tso_resegmented, C) \
+    X(ip_reassembled, C) X(frag_pending, G) \
+    X(drop_frag_overlap, C) X(drop_frag_timeout, C) X(drop_frag_no_slot, C) \
+    X(drop_frag_malformed, C) X(drop_frag_duplicate, C) X(drop_frag_other_core, C) \
+    X(rcv_space_grows, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -50,7 +50,9 @@
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
+#include <linux/ethtool.h>
 #include <linux/if_packet.h>
+#include <linux/sockios.h>
 #include <linux/virtio_net.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -64,6 +66,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../wire/bytes.h"
 #include "io_internal.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -111,6 +114,8 @@ struct afp_dev {
     int ep;     /* epoll over both, made in start() */
     int tso_fd; /* TSO socket: PACKET_VNET_HDR, unbound, no ring; -1 without TSO */
     int ifindex;
+    char ifname[IFNAMSIZ];
+    uint32_t tso_fails; /* TSO sends refused in a row (any errno) */
 
     uint32_t rx_block_size, rx_block_nr;
     uint32_t tx_frame_size, tx_frame_nr, tx_block_size, tx_frames_per_block;
@@ -409,6 +414,18 @@ static int open_tso_socket(void)
 #endif
 }
 
+/* Whether the interface has TCP segmentation offload on (ETHTOOL_GTSO: NETIF_F_TSO in
+ * its features), asked through the data socket. A failed query counts as no. */
+static bool device_offers_tso(const struct afp_dev *ad)
+{
+    struct ethtool_value ev = {.cmd = ETHTOOL_GTSO, .data = 0};
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, ad->ifname, sizeof ad->ifname);
+    ifr.ifr_data = (char *)&ev;
+    return ioctl(ad->fd, SIOCETHTOOL, &ifr) == 0 && ev.data != 0;
+}
+
 static int join_fanout(int fd, uint32_t id, uint32_t flags)
 {
     int v = (int)((id & 0xffffu) | ((PACKET_FANOUT_CBPF | flags) << 16));
@@ -504,7 +521,11 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         if ((rc = open_data_socket(ad, ifindex, fanout, err_msg)) < 0)
             return rc;
         ad->ifindex = ifindex;
-        ad->tso_fd = open_tso_socket();
+        memcpy(ad->ifname, iface, strlen(iface) + 1);
+        /* TSO only where the device offers it (ethtool -k: tcp-segmentation-offload;
+         * `ethtool -K IF tx off` turns it off too): the kernel refuses GSO frames for
+         * a device without it (ENOBUFS), and each would be a lost transmission. */
+        ad->tso_fd = device_offers_tso(ad) ? open_tso_socket() : -1;
         dev->tso_max = ad->tso_fd >= 0 ? AFP_TSO_MAX : 0;
         if (!fanout)
             break;
@@ -682,6 +703,106 @@ static int tx_tso(struct afp_dev *ad, const struct io_frame *f)
     return rc == want ? 0 : rc < 0 ? io_neg_errno() : -EIO;
 }
 
+/* RFC 1071 checksum over bytes (io/ keeps to itself: it links without wire/). */
+static uint32_t sw_csum_add(uint32_t sum, const uint8_t *p, size_t len)
+{
+    for (; len > 1; p += 2, len -= 2)
+        sum += (uint32_t)rd16(p);
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t sw_csum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffffu) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/* A TSO frame cut in software into MSS-sized frames in the TX ring, where the TSO
+ * socket refused it (or the device lost TSO since the stack built it): what the
+ * device would have done (RFC 9293 3.1 fields per segment: sequence number, FIN and
+ * PSH on the last piece only, CWR on the first; IPv4 total length, a fresh ID per
+ * piece as Linux's GSO gives, both checksums in full). Returns the frames queued,
+ * or -1 when the frame is malformed or the ring has no room for all of its pieces
+ * (then nothing is queued). */
+static int tx_segment(struct afp_dev *ad, const struct io_frame *f, uint32_t max_len)
+{
+    uint32_t payload = f->more_len[0] + f->more_len[1];
+    uint32_t hlen = f->len, l4 = f->l4_off;
+    if (f->gso_size == 0 || hlen < 14u + 20u + 20u || l4 < 14u + 20u || l4 + 20u > hlen ||
+        payload == 0)
+        return -1;
+    uint32_t ihl = (uint32_t)(f->data[14] & 0x0fu) * 4u;
+    if (14u + ihl != l4 || (f->data[14] >> 4) != 4)
+        return -1;
+    uint32_t gso = f->gso_size;
+    if (hlen + gso > max_len)
+        gso = max_len - hlen; /* never larger than the device takes */
+    uint32_t nsegs = (payload + gso - 1u) / gso;
+    if (nsegs > ad->tx_frame_nr)
+        return -1;
+    for (uint32_t k = 0; k < nsegs; k++) { /* room for every piece, or none is sent */
+        struct tpacket3_hdr *h =
+            (struct tpacket3_hdr *)(void *)tx_slot(ad, (ad->tx_head + k) % ad->tx_frame_nr);
+        if (load_acq(&h->tp_status) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING))
+            return -1;
+    }
+    uint32_t src = rd32(f->data + 26), dst = rd32(f->data + 30);
+    uint16_t id = rd16(f->data + 18);
+    uint32_t seq = rd32(f->data + l4 + 4);
+    uint8_t flags = f->data[l4 + 13];
+    for (uint32_t k = 0, off = 0; k < nsegs; k++, off += gso) {
+        uint32_t len = payload - off < gso ? payload - off : gso;
+        struct tpacket3_hdr *h = (struct tpacket3_hdr *)(void *)tx_slot(ad, ad->tx_head);
+        uint8_t *p = (uint8_t *)h + AFP_TX_DATA_OFF;
+        memcpy(p, f->data, hlen);
+        /* payload bytes [off, off + len) of the two pieces */
+        uint32_t a = off < f->more_len[0] ? f->more_len[0] - off : 0;
+        if (a > len)
+            a = len;
+        if (a)
+            memcpy(p + hlen, f->more[0] + off, a);
+        if (len > a)
+            memcpy(p + hlen + a, f->more[1] + (off + a - f->more_len[0]), len - a);
+        wr16(p + 16, (uint16_t)(hlen - 14u + len));
+        wr16(p + 18, (uint16_t)(id + k));
+        wr16(p + 24, 0);
+        wr16(p + 24, sw_csum_fold(sw_csum_add(0, p + 14, ihl)));
+        wr32(p + l4 + 4, seq + off);
+        uint8_t fl = flags;
+        if (k + 1 < nsegs)
+            fl &= (uint8_t)~(0x01u | 0x08u); /* FIN, PSH: the last piece only */
+        if (k > 0)
+            fl &= (uint8_t)~0x80u; /* CWR: the first piece only */
+        p[l4 + 13] = fl;
+        /* TCP checksum in full: pseudo-header (RFC 9293 3.1), header and payload */
+        uint32_t tcp_len = hlen - l4 + len;
+        uint32_t sum = (src >> 16) + (src & 0xffffu) + (dst >> 16) + (dst & 0xffffu) + 6u + tcp_len;
+        wr16(p + l4 + 16, 0);
+        wr16(p + l4 + 16, sw_csum_fold(sw_csum_add(sum, p + l4, tcp_len)));
+        uint32_t flen = hlen + len;
+        h->tp_len = flen;
+        h->tp_snaplen = flen;
+        h->tp_next_offset = 0;
+        store_rel(&h->tp_status, TP_STATUS_SEND_REQUEST);
+        ad->tx_head = (ad->tx_head + 1) % ad->tx_frame_nr;
+    }
+    return (int)nsegs;
+}
+
+/* A TSO send failed: ask the device again. Without TSO now (`ethtool -K IF tx off` while
+ * running), or after errors that say the kernel refuses these frames, or after several
+ * refusals in a row, the stack sends MSS-sized frames from here on. */
+static void tso_failed(struct io_dev *dev, struct afp_dev *ad, int rc)
+{
+    ad->tso_fails++;
+    if (rc == -EINVAL || rc == -EOPNOTSUPP || rc == -EMSGSIZE || rc == -EIO ||
+        ad->tso_fails >= 8 || !device_offers_tso(ad))
+        dev->tso_max = 0;
+}
+
 static int afp_rx_copy(struct afp_dev *ad, struct io_frame *frames, int max)
 {
     if (max > AFP_COPY_BATCH)
@@ -822,28 +943,38 @@ static int afp_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n
         const struct io_frame *f = &frames[i];
         if (f->flags & IO_FRAME_TSO) {
             uint64_t total = (uint64_t)f->len + f->more_len[0] + f->more_len[1];
-            if (ad->tso_fd < 0 || f->len < 14u + 20u + 20u || f->l4_off + 20u > f->len ||
-                f->gso_size == 0 || total > dev->tso_max) {
+            bool offload = ad->tso_fd >= 0 && f->len >= 14u + 20u + 20u &&
+                           f->l4_off + 20u <= f->len && f->gso_size != 0 &&
+                           total <= dev->tso_max;
+            if (offload) {
+                /* what the ring holds goes first: the wire order stays the queue's */
+                if (unflushed) {
+                    tx_flush(ad);
+                    unflushed = 0;
+                }
+                int rc = tx_tso(ad, f);
+                if (rc == 0) {
+                    ad->tso_fails = 0;
+                    dev->tx_frames++;
+                    continue;
+                }
+                /* Any error (ENOBUFS from a device without TSO, a full queue...) is a
+                 * refused frame, never a lost one: it goes out cut in the ring below. */
+                tso_failed(dev, ad, rc);
+            }
+            int k = tx_segment(ad, f, max_len);
+            if (k < 0 && unflushed) { /* the ring is full: let the kernel take it, retry */
+                tx_flush(ad);
+                unflushed = 0;
+                k = tx_segment(ad, f, max_len);
+            }
+            if (k < 0) {
                 dev->tx_dropped++;
                 continue;
             }
-            /* what the ring holds goes first: the wire order stays the queue's */
-            if (unflushed) {
-                tx_flush(ad);
-                unflushed = 0;
-            }
-            int rc = tx_tso(ad, f);
-            if (rc == 0) {
-                dev->tx_frames++;
-            } else {
-                dev->tx_dropped++;
-                /* a kernel that takes PACKET_VNET_HDR but refuses these frames would
-                 * lose every one of them: from here on the stack sends MSS-sized
-                 * frames (TCP retransmits this one). A full send buffer or a down
-                 * link is not that. */
-                if (rc == -EINVAL || rc == -EOPNOTSUPP || rc == -EMSGSIZE || rc == -EIO)
-                    dev->tso_max = 0;
-            }
+            dev->tx_frames += (uint64_t)k;
+            dev->tx_resegmented++;
+            unflushed += k;
             continue;
         }
         if (f->len < 14 || f->len > max_len) {

@@ -145,6 +145,8 @@ struct io_dev {
                                 (a stepped context); 0: the monotonic clock */
     uint64_t now_ns;
     uint64_t rx_frames, tx_frames, tx_dropped; /* backend's own counts */
+    uint64_t tx_resegmented; /* IO_FRAME_TSO frames the backend cut into MSS-sized frames
+                                itself because the device refused the offload */
     const struct io_config *cfg; /* the group's config (heap copy owned by the group; stays
                                     valid if the io_group struct itself is copied) */
 };

@@ -5,9 +5,13 @@
 #include "../api/ctx.h"
 #include "../tcp/tcp.h"
 #include "../wire/wire.h"
+#include "../wire/bytes.h"
+#include "frag.h"
 #include "net.h"
 
 void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len);
+static void ipv4_dispatch(struct mtcp_context *ctx, const struct wire_eth *eth,
+                          const struct wire_ipv4 *ip, unsigned flags);
 
 uint8_t *net_tx_alloc(struct mtcp_context *ctx)
 {
@@ -58,9 +62,10 @@ void net_tx_flush(struct mtcp_context *ctx)
     if (ctx->ntx == 0)
         return;
     /* the device counts what it could not send (ring full, oversize frame) */
-    uint64_t dropped = ctx->dev->tx_dropped;
+    uint64_t dropped = ctx->dev->tx_dropped, reseg = ctx->dev->tx_resegmented;
     io_tx_burst(ctx->dev, ctx->txf, ctx->ntx);
     STAT_ADD(&ctx->stats, drop_tx_device, ctx->dev->tx_dropped - dropped);
+    STAT_ADD(&ctx->stats, tx_tso_resegmented, ctx->dev->tx_resegmented - reseg);
     STAT_INC(&ctx->stats, tx_batches);
     ctx->ntx = 0;
 }
@@ -100,11 +105,55 @@ static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
     STAT_INC(&ctx->stats, icmp_echo_replies);
 }
 
+uint64_t net_frag_timer(struct mtcp_context *ctx)
+{
+    unsigned n = frag_expire(ctx->frag, ctx->now_ms);
+    STAT_ADD(&ctx->stats, drop_frag_timeout, n);
+    STAT_SET(&ctx->stats, frag_pending, frag_pending(ctx->frag));
+    uint64_t d = frag_next_deadline(ctx->frag);
+    return d == UINT64_MAX ? UINT64_MAX : d > ctx->now_ms ? d - ctx->now_ms : 0;
+}
+
+/* A fragment: into the core's reassembly table; a datagram it completes goes on as if
+ * it had come whole (its checksum verified in full: the frame's offload flags were
+ * about one fragment). */
+static void ipv4_fragment(struct mtcp_context *ctx, const struct wire_eth *eth, const uint8_t *p,
+                          size_t len)
+{
+    const uint8_t *dg;
+    size_t dlen;
+    mtcp_drop_t r = frag_input(ctx->frag, p, len, ctx->now_ms, &dg, &dlen);
+    STAT_SET(&ctx->stats, frag_pending, frag_pending(ctx->frag));
+    if (r) {
+        STAT_DROP(&ctx->stats, r);
+        return;
+    }
+    if (!dg)
+        return;
+    struct wire_ipv4 ip;
+    r = wire_ipv4_parse(dg, dlen, &ip);
+    if (r) {
+        STAT_DROP(&ctx->stats, r);
+        return;
+    }
+    STAT_INC(&ctx->stats, ip_reassembled);
+    /* afpacket fanout steers every fragment by addresses alone (no ports in the later
+     * ones): a TCP datagram of a flow that belongs to another core cannot be handed
+     * over, and answering it here would reset that core's connection */
+    if (ip.proto == WIRE_IPPROTO_TCP && ctx->ncores > 1 && ip.payload_len >= 4 &&
+        io_flow_core(ip.src, ip.dst, rd16(ip.payload), rd16(ip.payload + 2), ctx->ncores) !=
+            ctx->core) {
+        STAT_INC(&ctx->stats, drop_frag_other_core);
+        return;
+    }
+    ipv4_dispatch(ctx, eth, &ip, 0);
+}
+
 static void ipv4_input(struct mtcp_context *ctx, const struct wire_eth *eth, const uint8_t *p,
                        size_t len, unsigned flags)
 {
     struct wire_ipv4 ip;
-    mtcp_drop_t r = wire_ipv4_parse(p, len, &ip);
+    mtcp_drop_t r = wire_ipv4_parse_any(p, len, &ip);
     if (r) {
         STAT_DROP(&ctx->stats, r);
         return;
@@ -113,6 +162,17 @@ static void ipv4_input(struct mtcp_context *ctx, const struct wire_eth *eth, con
         STAT_INC(&ctx->stats, drop_ip_not_for_us);
         return;
     }
+    if (ip.frag & 0x3fffu) { /* MF or a fragment offset (RFC 791 3.1) */
+        ipv4_fragment(ctx, eth, p, len);
+        return;
+    }
+    ipv4_dispatch(ctx, eth, &ip, flags);
+}
+
+static void ipv4_dispatch(struct mtcp_context *ctx, const struct wire_eth *eth,
+                          const struct wire_ipv4 *ipp, unsigned flags)
+{
+    struct wire_ipv4 ip = *ipp;
     switch (ip.proto) {
     case WIRE_IPPROTO_TCP:
         tcp_input(ctx, eth->src, &ip, flags);

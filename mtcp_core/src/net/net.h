@@ -34,5 +34,8 @@ int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6]);
 void arp_announce(struct mtcp_context *ctx);
 /* Expire entries and resend pending requests; returns ms until the next ARP deadline. */
 uint64_t arp_timer(struct mtcp_context *ctx);
+/* Drops IPv4 datagrams whose reassembly timer ran out; returns ms until the next one
+ * (UINT64_MAX: none waiting). */
+uint64_t net_frag_timer(struct mtcp_context *ctx);
 
 #endif

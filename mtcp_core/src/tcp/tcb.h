@@ -96,6 +96,15 @@ struct tcb {
     /* receive sequence space */
     uint32_t irs, rcv_nxt;
     uint32_t rcv_adv;           /* right edge of the window last advertised */
+    /* receive-window auto-tuning (dynamic right-sizing, as Linux's tcp_rcv_space_adjust):
+     * the window offered is at most rcv_space less what the app has not read; once per
+     * receiver RTT rcv_space grows to twice (four times while growing) what arrived in
+     * that RTT, up to the ring (rcv.limit, which the window scale was chosen for) */
+    uint32_t rcv_space;
+    uint32_t rcv_space_seq;     /* rcv_nxt when the current measurement began */
+    uint32_t rcv_space_last;    /* bytes of the previous measurement */
+    uint64_t rcv_space_ms;      /* when it began; 0: not yet */
+    uint32_t rcv_rtt_ms;        /* receiver's RTT estimate from TSecr (0: none yet) */
     uint32_t ts_recent, ts_offset, last_ack_sent;
 
     /* retransmission (timing wheel slot list) */
@@ -121,12 +130,14 @@ struct tcb {
     uint8_t nsacked;
     uint8_t nooo;
     uint8_t ooo_last;           /* index of the island the latest segment went to */
+    uint8_t nsack_prev;         /* blocks in sack_prev */
     uint8_t rfin;               /* the peer's FIN arrived out of order at rfin_seq */
     uint32_t rfin_seq;
     uint32_t recover;           /* snd_max when recovery began */
     uint32_t rexmit_nxt;        /* next sequence number to consider for a hole retransmit */
     struct tcp_range sacked[TCP_SACK_RANGES];
     struct tcp_range ooo[TCP_OOO_RANGES];
+    struct tcp_range sack_prev[4]; /* SACK blocks of the last ACK sent, in its order */
     uint64_t ts_recent_ms;      /* when ts_recent was taken (PAWS, RFC 7323 5.5) */
 
     /* delayed ACK FIFO */

@@ -150,6 +150,8 @@ void tcb_limit_buffers(struct tcb *t, uint32_t rcvbuf, uint32_t sndbuf)
     t->rcv_wscale = 0;
     while (t->rcv_wscale < 14 && (t->rcv.limit >> t->rcv_wscale) > 65535)
         t->rcv_wscale++;
+    /* auto-tuning starts small and grows toward the ring (Linux: tcp_rmem[1] / 2) */
+    t->rcv_space = t->rcv.limit < TCP_RCV_SPACE_INIT ? t->rcv.limit : TCP_RCV_SPACE_INIT;
 }
 
 void tcb_free(struct mtcp_context *ctx, struct tcb *t)

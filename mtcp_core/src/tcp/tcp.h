@@ -29,6 +29,17 @@ struct mtcp_job;
 #define TCP_SYN_RETRIES 6
 #endif
 /* segments ACKed at once at the start and after out-of-order data */
+/* Receive-window auto-tuning: the window a connection starts with (bytes, at most its
+ * ring), and the RTT assumed for it before one is measured. */
+#ifndef TCP_RCV_SPACE_INIT
+#define TCP_RCV_SPACE_INIT (64u * 1024u)
+#endif
+#ifndef TCP_RCV_RTT_DEFAULT_MS
+#define TCP_RCV_RTT_DEFAULT_MS 200u
+#endif
+/* The bytes the receive window may offer now (auto-tuned, RFC 9293 3.8.6.2.2 keeps the
+ * right edge from moving back). */
+uint32_t tcp_rcv_room(struct tcb *t);
 #ifndef TCP_QUICKACKS
 #define TCP_QUICKACKS 16
 #endif

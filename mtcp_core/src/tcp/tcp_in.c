@@ -35,6 +35,8 @@ static void syn_options(struct mtcp_context *ctx, struct tcb *t, const struct wi
         /* without scaling the ring can only be offered up to 64 KiB - 1 */
         if (t->rcv.limit > 65535)
             t->rcv.limit = 65535;
+        if (t->rcv_space > t->rcv.limit)
+            t->rcv_space = t->rcv.limit;
     }
     if (seg->opt.has_ts) {
         t->ts_ok = 1;
@@ -139,6 +141,8 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
     t->rcv_wscale = 0;
     if (t->rcv.limit > 65535)
         t->rcv.limit = 65535;
+    if (t->rcv_space > t->rcv.limit)
+        t->rcv_space = t->rcv.limit;
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
     t->snd_nxt = t->snd_max = t->iss + 1; /* our SYN-ACK is acknowledged */
     /* the window the cookie SYN-ACK offered (unscaled), so that data riding on this
@@ -507,6 +511,51 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
 #define ACK_ROUND 1 /* with this round's output */
 #define ACK_EMIT 2  /* one ACK for this very segment: duplicate ACKs are counted */
 
+/* Receive-window auto-tuning (DRS, as Linux's tcp_rcv_space_adjust): once per receiver
+ * RTT, the window target becomes twice what arrived in it (four times while that grows,
+ * as a sender in slow start doubles), never more than the ring. So a flow on a long path
+ * gets the window its rate needs, and a slow one does not invite a sender to fill a
+ * deep queue. */
+static void rcv_space_adjust(struct mtcp_context *ctx, struct tcb *t)
+{
+    if (t->rcv_space_ms == 0) {
+        t->rcv_space_ms = ctx->now_ms ? ctx->now_ms : 1;
+        t->rcv_space_seq = t->rcv_nxt;
+        return;
+    }
+    uint64_t rtt = t->rcv_rtt_ms ? t->rcv_rtt_ms
+                   : t->srtt_us ? t->srtt_us / 1000u + 1u
+                                : TCP_RCV_RTT_DEFAULT_MS;
+    if (ctx->now_ms - t->rcv_space_ms < rtt)
+        return;
+    uint32_t got = t->rcv_nxt - t->rcv_space_seq;
+    uint64_t want = 2ull * got;
+    if (got > t->rcv_space_last)
+        want *= 2u; /* growing: the next RTT brings about twice as much */
+    if (want > t->rcv.limit)
+        want = t->rcv.limit;
+    if (want > t->rcv_space) {
+        t->rcv_space = (uint32_t)want;
+        STAT_INC(&ctx->stats, rcv_space_grows);
+    }
+    t->rcv_space_last = got;
+    t->rcv_space_seq = t->rcv_nxt;
+    t->rcv_space_ms = ctx->now_ms;
+}
+
+/* A receiver RTT sample: the segment echoes the timestamp of an ACK we sent
+ * (RFC 7323 4.3's TSecr, Linux's tcp_rcv_rtt_measure_ts). */
+static void rcv_rtt_sample(struct mtcp_context *ctx, struct tcb *t, uint32_t tsecr)
+{
+    uint32_t ours = (uint32_t)ctx->now_ms + t->ts_offset;
+    int32_t d = (int32_t)(ours - tsecr);
+    if (tsecr == 0 || d < 0 || d > 60000)
+        return;
+    uint32_t r = d ? (uint32_t)d : 1u;
+    t->rcv_rtt_ms = (t->rcv_rtt_ms == 0 || r < t->rcv_rtt_ms) ? r
+                                                              : (7u * t->rcv_rtt_ms + r) / 8u;
+}
+
 /* Accepts payload at seq (>= RCV.NXT). In-order bytes go to the app at once; later
  * ones wait in the ring past its tail (bounded by the window and TCP_OOO_RANGES)
  * until the hole before them fills. Returns how the peer must be ACKed. */
@@ -560,16 +609,28 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
     }
     if (took || filled)
         ctx_add_event(ctx, t, MTCP_EPOLLIN);
+    if (took)
+        rcv_space_adjust(ctx, t);
     /* RFC 5681 4.2: ACK at once when a hole fills or one remains; otherwise at least
      * every second full segment, or when the delayed-ACK timer fires */
     if (filled || t->nooo) {
         t->quickacks = TCP_QUICKACKS; /* the sender is recovering: keep its ACK clock */
         return ACK_EMIT;
     }
-    /* quick ACKs (as Linux): a small congestion window would otherwise wait for the
-     * delayed-ACK timer once per round trip */
-    if (!ctx->stack->delayed_ack || took < len || t->rcv_nxt - t->last_ack_sent > t->mss ||
-        t->quickacks) {
+    /* RFC 9293 3.8.6.3 / RFC 5681 4.2: an ACK for at least every second full-sized
+     * segment, sent now: a batch of segments taken in one round gets one ACK per two of
+     * them, never one stretch ACK at the end of the round (a sender counting ACKs, or
+     * pacing by them, would see its clock halved or worse) */
+    if (took < len || t->rcv_nxt - t->last_ack_sent > t->mss) {
+        if (t->quickacks)
+            t->quickacks--;
+        return ACK_EMIT;
+    }
+    /* quick ACKs (as Linux's quickack mode): at the start (the sender's slow start) and
+     * after reordering, a lone segment is ACKed with this round's output instead of
+     * after the delayed-ACK timer, which a small congestion window would wait for once
+     * per round trip */
+    if (!ctx->stack->delayed_ack || t->quickacks) {
         if (t->quickacks)
             t->quickacks--;
         return ACK_ROUND;
@@ -802,6 +863,8 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             len -= skip;
             seq = t->rcv_nxt;
         }
+        if (t->ts_ok && seg.opt.has_ts)
+            rcv_rtt_sample(ctx, t, seg.opt.ts_ecr);
         ack_now = rcv_data(ctx, t, seq, data, len, &fin);
     } else if (len) {
         ack_now = ACK_ROUND; /* data after the peer's FIN: just re-ACK */

@@ -183,8 +183,9 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         if (t->in_use && t->state != TCP_CLOSED && t->state != TCP_TIME_WAIT) {
             /* a window update is worth a segment when it opens by 2 MSS or half the
              * buffer (RFC 9293 3.8.6.2.2, receiver-side SWS avoidance) */
-            uint32_t opened = t->rcv_nxt + mtcp_bytering_free(&t->rcv) - t->rcv_adv;
-            if ((int32_t)opened >= (int32_t)(2u * t->mss) || (int32_t)opened >= (int32_t)(t->rcv.limit / 2))
+            uint32_t opened = t->rcv_nxt + tcp_rcv_room(t) - t->rcv_adv;
+            if ((int32_t)opened >= (int32_t)(2u * t->mss) ||
+                (int32_t)opened >= (int32_t)(t->rcv_space / 2))
                 tcp_schedule(ctx, t, TCB_P_ACK);
             else
                 atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);

@@ -52,9 +52,17 @@ void tcp_schedule(struct mtcp_context *ctx, struct tcb *t, uint8_t pend)
 
 /* ---------------------------------------------------------------- segments */
 
-uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
+uint32_t tcp_rcv_room(struct tcb *t)
 {
     uint32_t space = mtcp_bytering_free(&t->rcv);
+    uint32_t used = mtcp_bytering_used(&t->rcv);
+    uint32_t tuned = t->rcv_space > used ? t->rcv_space - used : 0;
+    return tuned < space ? tuned : space;
+}
+
+uint16_t tcp_rcv_window(struct tcb *t, uint32_t *right_edge)
+{
+    uint32_t space = tcp_rcv_room(t);
     /* never shrink the window (RFC 9293 3.8.6): keep the advertised right edge */
     uint32_t edge = t->rcv_nxt + space;
     if (SEQ_LT(edge, t->rcv_adv))
@@ -71,21 +79,40 @@ uint32_t tcp_seg_max(const struct tcb *t)
     return t->mss - (t->ts_ok ? 12u : 0u);
 }
 
-/* RFC 2018 4: the first block covers the most recently received segment, then the
- * other islands, as many as fit (the emitter drops what does not). */
-static void sack_blocks(const struct tcb *t, struct wire_tcp_opts *o)
+/* RFC 2018 4: the first block covers the most recently received segment; the others
+ * repeat the blocks of the previous ACK in their order (each grown to the island that
+ * holds it now), so that a block is reported in at least three successive ACKs; then
+ * any island not reported yet. Only as many as the option space holds (3 beside
+ * timestamps, 4 without) count as sent and are remembered for the next ACK. */
+static void sack_blocks(struct tcb *t, struct wire_tcp_opts *o)
 {
-    uint8_t n = 0;
+    uint8_t fit = o->has_ts ? 3 : 4, n = 0;
+    uint8_t used[TCP_OOO_RANGES] = {0};
     uint8_t first = t->ooo_last < t->nooo ? t->ooo_last : 0;
-    o->sack[n].left = t->ooo[first].start;
-    o->sack[n++].right = t->ooo[first].end;
-    for (uint8_t i = 0; i < t->nooo && n < WIRE_TCP_MAX_SACK; i++) {
-        if (i == first)
-            continue;
-        o->sack[n].left = t->ooo[i].start;
-        o->sack[n++].right = t->ooo[i].end;
+    uint8_t pick[4];
+    pick[n++] = first;
+    used[first] = 1;
+    for (uint8_t j = 0; j < t->nsack_prev && n < fit; j++) {
+        const struct tcp_range *h = &t->sack_prev[j];
+        for (uint8_t i = 0; i < t->nooo; i++)
+            if (!used[i] && SEQ_LT(t->ooo[i].start, h->end) && SEQ_LT(h->start, t->ooo[i].end)) {
+                pick[n++] = i;
+                used[i] = 1;
+                break;
+            }
+    }
+    for (uint8_t i = t->nooo; i-- > 0 && n < fit;) /* the newest data first */
+        if (!used[i]) {
+            pick[n++] = i;
+            used[i] = 1;
+        }
+    for (uint8_t k = 0; k < n; k++) {
+        o->sack[k].left = t->ooo[pick[k]].start;
+        o->sack[k].right = t->ooo[pick[k]].end;
+        t->sack_prev[k] = t->ooo[pick[k]];
     }
     o->nsack = n;
+    t->nsack_prev = n;
 }
 
 uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t)
@@ -191,7 +218,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         t->rcv_adv = edge;
         t->pend &= (uint8_t)~TCB_P_ACK;
         tcp_delack_cancel(ctx, t);
-        if (win == 0 || (edge - t->rcv_nxt) < t->rcv.limit / 2)
+        if (win == 0 || (edge - t->rcv_nxt) < t->rcv_space / 2)
             atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
     }
     return 0;

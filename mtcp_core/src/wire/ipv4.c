@@ -1,5 +1,5 @@
-/* IPv4 header (RFC 791 section 3.1). Fragments are refused, not reassembled:
- * the stack's peers use path MTU discovery (DF) like every modern TCP. */
+/* IPv4 header (RFC 791 section 3.1). wire_ipv4_parse refuses fragments;
+ * wire_ipv4_parse_any takes them too (the stack reassembles them, net/frag.c). */
 #include <string.h>
 
 #include "bytes.h"
@@ -17,6 +17,14 @@
  * Options (IHL > 5) are skipped, not interpreted. */
 mtcp_drop_t wire_ipv4_parse(const uint8_t *p, size_t len, struct wire_ipv4 *out)
 {
+    mtcp_drop_t r = wire_ipv4_parse_any(p, len, out);
+    if (r == MTCP_OK && ((out->frag & IP_FLAG_MF) || (out->frag & IP_OFFSET_MASK)))
+        return MTCP_DROP(ip_fragment);
+    return r;
+}
+
+mtcp_drop_t wire_ipv4_parse_any(const uint8_t *p, size_t len, struct wire_ipv4 *out)
+{
     memset(out, 0, sizeof(*out));
     if (len < WIRE_IPV4_HLEN)
         return MTCP_DROP(ip_short);
@@ -31,8 +39,6 @@ mtcp_drop_t wire_ipv4_parse(const uint8_t *p, size_t len, struct wire_ipv4 *out)
     if (wire_csum_fold(wire_csum_add(0, p, hlen)) != 0)
         return MTCP_DROP(ip_checksum);
     uint16_t frag = rd16(p + 6);
-    if ((frag & IP_FLAG_MF) || (frag & IP_OFFSET_MASK))
-        return MTCP_DROP(ip_fragment);
 
     out->hlen = (uint8_t)hlen;
     out->tos = p[1];

@@ -79,6 +79,8 @@ struct wire_ipv4 {
 /* Checks version, header length, total length against len, header checksum,
  * and refuses fragments (MF set or offset != 0: drop_ip_fragment). */
 mtcp_drop_t wire_ipv4_parse(const uint8_t *p, size_t len, struct wire_ipv4 *out);
+/* The same checks, but a fragment is accepted (out->frag says which it is). */
+mtcp_drop_t wire_ipv4_parse_any(const uint8_t *p, size_t len, struct wire_ipv4 *out);
 /* Writes a 20-byte header with its checksum; DF set. */
 size_t wire_ipv4_emit(uint8_t *p, uint32_t src, uint32_t dst, uint8_t proto, uint16_t payload_len,
                       uint16_t id, uint8_t ttl);
