@@ -74,6 +74,8 @@ TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
 TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
 TCP_USER_TIMEOUT: int = lib.MTCP_TCP_USER_TIMEOUT
 SO_EVICTABLE: int = lib.MTCP_SO_EVICTABLE
+TCP_CONGESTION: int = lib.MTCP_TCP_CONGESTION
+CONGESTION_ALGORITHMS = ("cubic", "newreno")
 
 
 _AF_INET = 2
@@ -301,6 +303,7 @@ class Stack:
         mem_budget: int = 0,
         max_conns_per_source: int = 0,
         evict: bool = True,
+        congestion: str = "cubic",
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -359,6 +362,10 @@ class Stack:
         conf.mem_budget = mem_budget
         conf.max_conns_per_source = max_conns_per_source
         conf.no_evict = 0 if evict else 1
+        if congestion not in CONGESTION_ALGORITHMS:
+            names = ", ".join(CONGESTION_ALGORITHMS)
+            raise ValueError(f"congestion: one of {names}, not {congestion!r}")
+        conf.congestion = cstr(congestion)
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -720,8 +727,14 @@ class Socket:
             _raise("getpeername")
         return _int_to_ip(addr[0]), int(port[0])
 
-    def setsockopt(self, level: int, option: int, value: int | tuple[int, int]) -> None:
-        if isinstance(value, tuple):  # SO_LINGER (onoff, seconds)
+    def setsockopt(
+        self, level: int, option: int, value: int | tuple[int, int] | str | bytes
+    ) -> None:
+        if isinstance(value, (str, bytes)):  # TCP_CONGESTION: a name
+            raw = value.encode() if isinstance(value, str) else value
+            v = ffi.new("char[]", raw)
+            size = len(raw)
+        elif isinstance(value, tuple):  # SO_LINGER (onoff, seconds)
             v = ffi.new("int[2]", list(value))
             size = ffi.sizeof("int[2]")
         else:
@@ -765,9 +778,18 @@ class Socket:
             "rto_backoff",
             "sndbuf_cap",
             "rcvbuf_cap",
+            "rttvar_us",
+            "min_rtt_us",
+            "lost_segs",
+            "reordering",
+            "sacked_bytes",
+            "lost_bytes",
+            "pipe",
+            "reo_wnd_mult",
         )
         out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
         out["state"] = TCP_STATES[info.state]
+        out["congestion"] = ffi.string(info.congestion).decode()
         return out
 
     def __enter__(self) -> Socket:

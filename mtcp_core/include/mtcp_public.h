@@ -40,6 +40,7 @@
  * a listener) when the pool nears full and the connection is idle at the TCP level (nothing
  * unsent, unacknowledged or unread), oldest first, as nginx reuses idle connections. */
 #define MTCP_SO_EVICTABLE 0x4d01
+#define MTCP_TCP_CONGESTION 13 /* a name, "cubic" or "newreno" (Linux's TCP_CONGESTION) */
 
 /* TCP states (RFC 9293 names), as reported by mtcp_get_tcp_info */
 #define MTCP_TCP_CLOSED 0
@@ -107,6 +108,8 @@ struct mtcp_conf {
     unsigned max_conns_per_source; /* connections per peer address per core (0 = no limit):
                                   more SYNs from that address are answered with RST */
     int no_evict;              /* 1: never evict idle connections marked MTCP_SO_EVICTABLE */
+    const char *congestion;    /* congestion control of new connections: "cubic" (NULL:
+                                  the default) or "newreno" */
 };
 
 struct mtcp_stack;
@@ -208,6 +211,11 @@ struct mtcp_tcp_info {
     uint32_t sack_ok, ts_ok, in_recovery, ooo_ranges;
     uint32_t dup_acks, rto_backoff;
     uint32_t sndbuf_cap, rcvbuf_cap; /* bytes of buffer this connection may touch */
+    uint32_t rttvar_us, min_rtt_us;
+    uint32_t lost_segs, reordering;      /* marked lost (lifetime), reordering seen (segments) */
+    uint32_t sacked_bytes, lost_bytes, pipe;
+    uint32_t reo_wnd_mult;
+    char congestion[16];                 /* "cubic" | "newreno" */
 };
 int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
 

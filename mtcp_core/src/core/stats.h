@@ -47,7 +47,10 @@
     X(orphans, G) X(orphan_aborts, C) X(orphan_overflows, C) X(user_timeouts, C) \
     X(zero_window_aborts, C) X(evictions, C) X(drop_tcp_source_limit, C) \
     X(buf_mem_used, G) X(buf_mem_budget, G) X(buf_mem_pressure, G) X(buf_pressure_opens, C) \
-    X(buf_released_bytes, C)
+    X(buf_released_bytes, C) \
+    X(rack_marked_lost, C) X(rack_reo_timeouts, C) X(tlp_recoveries, C) \
+    X(retrans_spurious, C) X(undo_dsack, C) X(dsacks_rx, C) X(dsacks_tx, C) \
+    X(hystart_css, C) X(hystart_exits, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,
