@@ -219,6 +219,14 @@ struct mtcp_tcp_info {
 };
 int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
 
+/* Test support (src/tcp/tcp_cc_sim.c): runs congestion control `algo` on a synthetic ACK
+ * clock: `rounds` rounds of one window of SMSS-sized segments each, ACKed one by one over
+ * rtt_us[i]; one loss at the start of round loss_round (-1: none). Writes each round's
+ * final cwnd, ssthresh and elapsed time; returns rounds, or -1 (EINVAL). */
+int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
+                     const uint32_t *rtt_us, int rounds, int loss_round, uint32_t *cwnd_out,
+                     uint32_t *ssthresh_out, uint64_t *time_us_out, uint64_t *hystart_exits);
+
 /* Counters: names and kinds of the per-core stats block (core/stats.h). */
 int mtcp_stats_count(void);
 const char *mtcp_stats_name(int i);

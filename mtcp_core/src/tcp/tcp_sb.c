@@ -385,6 +385,10 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
     int have_rtt = 0;
     t->last_rtt_us = 0;
     t->lt_extra = 0;
+    if (!t->rack_fack_ok || SEQ_LT(t->rack_fack, t->snd_una)) {
+        t->rack_fack = t->snd_una; /* nothing above SND.UNA delivered yet */
+        t->rack_fack_ok = 1;
+    }
 
     /* D-SACK (RFC 2883 4): the first block lies below the cumulative ACK or inside
      * the second block */
@@ -427,11 +431,22 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
         t->sb_n = k;
     }
 
-    /* SACK blocks */
+    /* SACK blocks, in sequence order (the receiver sends the newest first): a block
+     * below one already processed in this ACK is not reordering */
+    struct wire_sack_block blk[WIRE_TCP_MAX_SACK];
+    uint8_t nblk = 0;
+    for (uint8_t b = first; b < seg->opt.nsack && nblk < WIRE_TCP_MAX_SACK; b++) {
+        uint8_t k = nblk++;
+        while (k > 0 && SEQ_GT(blk[k - 1].left, seg->opt.sack[b].left)) {
+            blk[k] = blk[k - 1];
+            k--;
+        }
+        blk[k] = seg->opt.sack[b];
+    }
     uint32_t sack_rtt_xmit = 0;
     int sack_rtt = 0;
-    for (uint8_t b = first; b < seg->opt.nsack; b++) {
-        uint32_t l = seg->opt.sack[b].left, r = seg->opt.sack[b].right;
+    for (uint8_t b = 0; b < nblk; b++) {
+        uint32_t l = blk[b].left, r = blk[b].right;
         uint32_t lo = SEQ_GT(ack, t->snd_una) ? ack : t->snd_una;
         if (!SEQ_LT(l, r) || SEQ_LEQ(r, lo) || SEQ_GT(r, t->snd_max))
             continue;
