@@ -74,6 +74,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-conns-per-source", type=int, metavar="N", help=h("max_conns_per_source")
     )
+    p.add_argument("--congestion", choices=("cubic", "newreno"), help=h("congestion"))
     p.add_argument("--tap-host", metavar="ADDR/PREFIX", help=h("tap_host"))
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS", help=h("drain_timeout"))
     p.add_argument("--nft-guard", action="store_true", help=h("nft_guard"))

@@ -99,6 +99,7 @@ class Config:
     sni: tuple[tuple[str, Path, Path, Path | None], ...] = ()  # (name, cert, key, staple)
     redirect_http: bool = False
     hsts: int = 0  # Strict-Transport-Security max-age, seconds (0: not sent)
+    congestion: str = "cubic"  # mtcp: congestion control of every connection
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -373,6 +374,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "mtcp: shape each core's sending to a link of this many Mb/s (default 0: as fast as "
         "the device takes frames); for a veth, which has no line rate of its own",
     ),
+    "congestion": (
+        _choice("cubic", "newreno"),
+        "mtcp: congestion control, cubic (RFC 9438 with HyStart++; default) or newreno "
+        "(RFC 5681); the kernel's stack takes sysctl net.ipv4.tcp_congestion_control",
+    ),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
     "nft_guard": (
@@ -572,6 +578,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
             "sndbuf",
             "mem_budget_mb",
             "max_conns_per_source",
+            "congestion",
         ):
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
@@ -607,6 +614,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         table_lines=table_lines(config_file) if config_file is not None else {},
         mem_budget_mb=val.get("mem_budget_mb", 0),
         max_conns_per_source=val.get("max_conns_per_source", 0),
+        congestion=val.get("congestion", "cubic"),
         sources=dict(where),
     )
 
