@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_tcp_segments import stack_client
 
 import mtcp_core as m
+from mtcp_core.testing import ACK, PeerConn, Rig
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"
@@ -286,6 +288,61 @@ def test_a_probe_that_repairs_a_tail_loss_reduces_the_window(net: Net) -> None:
     assert c.tcp_info()["ssthresh"] < 1 << 31
     c.shutdown(m.SHUT_WR)
     r.finish()
+
+
+def stepped_warm_up(rig: Rig, s: m.Socket, c: PeerConn, rtt_ms: int, rounds: int = 8) -> None:
+    """Exchanges on the stepped clock, each ACKed ``rtt_ms`` later: SRTT and min RTT known."""
+    for _ in range(rounds):
+        assert s.send(b"w" * 100) == 100
+        seg = c.expect(payload=b"w" * 100)
+        rig.advance(rtt_ms)
+        c.send(ACK, ack=seg.seq_end)
+        c.rcv_nxt = seg.seq_end
+
+
+def test_probe_timer_is_two_srtt_and_fires_once_per_episode_on_the_stepped_clock() -> None:
+    """Exact times on the manual clock. Three segments, none acknowledged: the probe (the
+    last segment again) 2 SRTT + 2 ms after them, then no second probe: the RTO follows
+    the probe by one RTO and resends from SND.UNA. A lone segment: 2 SRTT + WCDelAckT
+    (200 ms), capped by the RTO, so here at the RTO's 200 ms."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        stepped_warm_up(rig, s, c, rtt_ms=20)
+        info = s.tcp_info()
+        srtt_us, rto = info["srtt_us"], info["rto_ms"]
+        full = info["mss"] - 12
+        before = rig.stats()
+        assert s.send(b"a" * (3 * full)) == 3 * full
+        segs = [x for x in c.pending() if x.payload]
+        assert len(segs) == 3
+        pto = -(-2 * srtt_us // 1000) + 2
+        assert pto < rto
+        t0 = segs[-1].at_ms
+        rig.advance(pto - 1)
+        c.expect_none()
+        rig.advance(1)
+        probe = c.expect(seq=segs[-1].seq, payload=segs[-1].payload, at_ms=t0 + pto)
+        rig.advance(rto - 1)
+        c.expect_none()  # one probe per episode
+        rig.advance(1)
+        c.expect(seq=segs[0].seq, payload=segs[0].payload, at_ms=probe.at_ms + rto)
+        d = delta(rig.stats(), before, "loss_probes", "rto_timeouts")
+        assert d == {"loss_probes": 1, "rto_timeouts": 1}, d
+        # everything acknowledged: a new episode, a lone segment
+        c.send(ACK, ack=segs[-1].seq_end)
+        c.rcv_nxt = segs[-1].seq_end
+        rig.settle()
+        c.expect_none()
+        rto = s.tcp_info()["rto_ms"]
+        assert s.send(b"b" * 100) == 100
+        lone = c.expect(payload=b"b" * 100)
+        wait = min(-(-2 * s.tcp_info()["srtt_us"] // 1000) + 200, rto)
+        assert wait >= 200
+        rig.advance(wait - 1)
+        c.expect_none()
+        rig.advance(1)
+        c.expect(seq=lone.seq, payload=lone.payload, at_ms=lone.at_ms + wait)
+        assert rig.stats()["loss_probes"] - before["loss_probes"] == 2
 
 
 # ---------------------------------------------------------------- RACK

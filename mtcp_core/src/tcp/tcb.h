@@ -168,6 +168,7 @@ struct tcb {
     uint8_t undo_ok;            /* the last reduction may still be undone (D-SACK) */
     uint8_t cc_algo;            /* enum tcp_cc_algo */
     uint8_t rack_fack_ok;       /* rack_fack holds a value */
+    uint8_t rack_ok;            /* RACK.xmit_ts/end_seq/rtt hold a delivered segment's */
     uint32_t rack_xmit_us, rack_end_seq, rack_rtt_us, rack_min_rtt_us, rack_fack;
     uint32_t rack_min_rtt_at_ms; /* (low 32 bits of ms) when rack_min_rtt_us was taken */
     uint32_t rack_dsack_round;

@@ -388,6 +388,7 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
     if (t->state != TCP_ESTABLISHED && t->state != TCP_CLOSE_WAIT &&
         t->state != TCP_FIN_WAIT_1 && t->state != TCP_CLOSING && t->state != TCP_LAST_ACK)
         return 0;
+    uint32_t max_before = t->snd_max;
     if (t->sack_ok && t->lost_bytes) {
         int r = retransmit_lost(ctx, t);
         if (r < 0)
@@ -474,6 +475,11 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         fin_sent(ctx, t);
         STAT_INC(&ctx->stats, tx_control_pkts);
     }
+    /* RFC 8985 7.2: new data (re)starts the probe timer, from the last of it, with the
+     * flight it leaves (a lone segment's allowance only when one segment is out) */
+    if (t->snd_max != max_before && tcp_tlp_allowed(t) && t->rto_armed &&
+        t->timer_kind == TCP_TIMER_PTO)
+        tcp_rto_arm(ctx, t);
     /* zero window with data waiting: the persist timer probes it */
     if (t->snd_nxt == t->snd_una)
         tcp_idle_timer(ctx, t);

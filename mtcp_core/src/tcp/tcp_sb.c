@@ -187,7 +187,7 @@ static uint32_t rack_reo_wnd_us(const struct tcb *t)
     if (!t->rack_reord) {
         if (t->in_recovery || t->in_loss)
             return 0;
-        if (t->sacked_bytes_sb >= TCP_DUPTHRESH * (uint32_t)t->mss)
+        if (t->sacked_bytes_sb >= TCP_DUPTHRESH * tcp_seg_max(t))
             return 0;
     }
     uint64_t w = (uint64_t)(t->rack_min_rtt_us / 4) * (t->rack_reo_mult ? t->rack_reo_mult : 1);
@@ -201,25 +201,26 @@ static void rack_update(struct mtcp_context *ctx, struct tcb *t, const struct tc
 {
     uint32_t now = NOW_US(ctx);
     uint32_t rtt = now - e->xmit_us;
-    if ((int32_t)rtt < 1)
-        rtt = 1;
+    if ((int32_t)rtt < 0)
+        rtt = 0;
     if (e->flags & TCP_SB_EVER) {
         /* an ACK for the original transmission, not the retransmission, would give a
          * short sample: ignore samples below the minimum RTT */
-        if (t->rack_min_rtt_us && rtt < t->rack_min_rtt_us)
+        if (t->rack_min_rtt_at_ms && rtt < t->rack_min_rtt_us)
             return;
     } else {
         uint32_t now_ms = (uint32_t)ctx->now_ms;
-        if (!t->rack_min_rtt_us || rtt < t->rack_min_rtt_us ||
+        if (!t->rack_min_rtt_at_ms || rtt < t->rack_min_rtt_us ||
             now_ms - t->rack_min_rtt_at_ms > RACK_MIN_RTT_WIN_MS) {
             t->rack_min_rtt_us = rtt;
-            t->rack_min_rtt_at_ms = now_ms;
+            t->rack_min_rtt_at_ms = now_ms ? now_ms : 1; /* 0: no sample yet */
         }
     }
     t->rack_rtt_us = rtt;
-    if (!t->rack_xmit_us && !t->rack_end_seq) {
+    if (!t->rack_ok) {
         t->rack_xmit_us = e->xmit_us;
         t->rack_end_seq = e->end;
+        t->rack_ok = 1;
     } else if (TIME_GT(e->xmit_us, t->rack_xmit_us) ||
                (e->xmit_us == t->rack_xmit_us && SEQ_GT(e->end, t->rack_end_seq))) {
         t->rack_xmit_us = e->xmit_us;
@@ -249,7 +250,7 @@ static void rack_reorder_check(struct tcb *t, const struct tcp_sb_seg *e)
 static uint32_t rack_detect(struct mtcp_context *ctx, struct tcb *t, int *newly)
 {
     *newly = 0;
-    if (!t->rack_rtt_us)
+    if (!t->rack_ok)
         return 0;
     uint32_t now = NOW_US(ctx);
     uint32_t reo = rack_reo_wnd_us(t);
