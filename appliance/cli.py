@@ -71,9 +71,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tx-rate-mbps", type=int, metavar="MBPS", help=h("tx_rate_mbps"))
     p.add_argument("--sndbuf", type=int, metavar="BYTES", help=h("sndbuf"))
     p.add_argument("--mem-budget-mb", type=int, metavar="MIB", help=h("mem_budget_mb"))
-    p.add_argument(
-        "--max-conns-per-source", type=int, metavar="N", help=h("max_conns_per_source")
-    )
+    p.add_argument("--max-conns-per-source", type=int, metavar="N", help=h("max_conns_per_source"))
+    p.add_argument("--congestion", choices=("cubic", "newreno"), help=h("congestion"))
     p.add_argument("--tap-host", metavar="ADDR/PREFIX", help=h("tap_host"))
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS", help=h("drain_timeout"))
     p.add_argument("--nft-guard", action="store_true", help=h("nft_guard"))

@@ -106,6 +106,7 @@ class Config:
     lingering_close: str = DEFAULT_LINGERING_CLOSE
     lingering_time: float = DEFAULT_LINGERING_TIME_S
     lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT_S
+    congestion: str = "cubic"  # mtcp: congestion control of every connection
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -380,6 +381,11 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "mtcp: shape each core's sending to a link of this many Mb/s (default 0: as fast as "
         "the device takes frames); for a veth, which has no line rate of its own",
     ),
+    "congestion": (
+        _choice("cubic", "newreno"),
+        "mtcp: congestion control, cubic (RFC 9438 with HyStart++; default) or newreno "
+        "(RFC 5681); the kernel's stack takes sysctl net.ipv4.tcp_congestion_control",
+    ),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
     "lingering_close": (
@@ -593,6 +599,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
             "sndbuf",
             "mem_budget_mb",
             "max_conns_per_source",
+            "congestion",
         ):
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
@@ -631,6 +638,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         lingering_close=val.get("lingering_close", DEFAULT_LINGERING_CLOSE),
         lingering_time=val.get("lingering_time", DEFAULT_LINGERING_TIME_S),
         lingering_timeout=val.get("lingering_timeout", DEFAULT_LINGERING_TIMEOUT_S),
+        congestion=val.get("congestion", "cubic"),
         sources=dict(where),
     )
 

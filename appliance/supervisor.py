@@ -352,6 +352,7 @@ class Supervisor:
                 mem_budget=cfg.mem_budget_mb << 20,
                 max_conns_per_source=cfg.max_conns_per_source,
                 shared_addr=cfg.nft_guard,
+                congestion=cfg.congestion,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

@@ -74,6 +74,8 @@ TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
 TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
 TCP_USER_TIMEOUT: int = lib.MTCP_TCP_USER_TIMEOUT
 SO_EVICTABLE: int = lib.MTCP_SO_EVICTABLE
+TCP_CONGESTION: int = lib.MTCP_TCP_CONGESTION
+CONGESTION_ALGORITHMS = ("cubic", "newreno")
 
 
 _AF_INET = 2
@@ -136,6 +138,42 @@ def read_stats_file(path: str) -> dict[str, Any]:
 def flow_core(saddr: str, daddr: str, sport: int, dport: int, ncores: int) -> int:
     """The core the afpacket fanout program sends this flow to (symmetric)."""
     return int(lib.mtcp_flow_core(_ip_to_int(saddr), _ip_to_int(daddr), sport, dport, ncores))
+
+
+@dataclass(frozen=True)
+class CongestionRound:
+    """One round of ``simulate_congestion``: when it ended and the window after it."""
+
+    time_s: float
+    cwnd: int
+    ssthresh: int
+
+
+def simulate_congestion(
+    algo: str,
+    rtts_us: Sequence[int],
+    *,
+    mss: int = 1448,
+    init_cwnd_segs: int = 10,
+    loss_round: int = -1,
+) -> tuple[list[CongestionRound], int]:
+    """Runs the core's congestion control ``algo`` on a synthetic ACK clock (no packets):
+    one round per entry of ``rtts_us``, a window of MSS-sized segments ACKed one by one over
+    that round trip, one loss at the start of round ``loss_round``. Returns the rounds and
+    the count of HyStart++ exits from slow start (a test and teaching aid)."""
+    n = len(rtts_us)
+    rtt = ffi.new("uint32_t[]", list(rtts_us) or [0])
+    cwnd = ffi.new("uint32_t[]", max(n, 1))
+    ssth = ffi.new("uint32_t[]", max(n, 1))
+    tus = ffi.new("uint64_t[]", max(n, 1))
+    exits = ffi.new("uint64_t *")
+    r = lib.mtcp_cc_simulate(
+        algo.encode(), mss, init_cwnd_segs, rtt, n, loss_round, cwnd, ssth, tus, exits
+    )
+    if r < 0:
+        _raise("simulate_congestion")
+    rounds = [CongestionRound(tus[i] / 1e6, int(cwnd[i]), int(ssth[i])) for i in range(n)]
+    return rounds, int(exits[0])
 
 
 @dataclass(frozen=True)
@@ -302,6 +340,7 @@ class Stack:
         max_conns_per_source: int = 0,
         evict: bool = True,
         frag_timeout_ms: int = 0,
+        congestion: str = "cubic",
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -363,6 +402,10 @@ class Stack:
         if not 0 <= frag_timeout_ms <= 120_000:
             raise ValueError(f"frag_timeout_ms: 0 (default 30000) to 120000, not {frag_timeout_ms}")
         conf.frag_timeout_ms = frag_timeout_ms
+        if congestion not in CONGESTION_ALGORITHMS:
+            names = ", ".join(CONGESTION_ALGORITHMS)
+            raise ValueError(f"congestion: one of {names}, not {congestion!r}")
+        conf.congestion = cstr(congestion)
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -724,8 +767,14 @@ class Socket:
             _raise("getpeername")
         return _int_to_ip(addr[0]), int(port[0])
 
-    def setsockopt(self, level: int, option: int, value: int | tuple[int, int]) -> None:
-        if isinstance(value, tuple):  # SO_LINGER (onoff, seconds)
+    def setsockopt(
+        self, level: int, option: int, value: int | tuple[int, int] | str | bytes
+    ) -> None:
+        if isinstance(value, (str, bytes)):  # TCP_CONGESTION: a name
+            raw = value.encode() if isinstance(value, str) else value
+            v = ffi.new("char[]", raw)
+            size = len(raw)
+        elif isinstance(value, tuple):  # SO_LINGER (onoff, seconds)
             v = ffi.new("int[2]", list(value))
             size = ffi.sizeof("int[2]")
         else:
@@ -769,9 +818,18 @@ class Socket:
             "rto_backoff",
             "sndbuf_cap",
             "rcvbuf_cap",
+            "rttvar_us",
+            "min_rtt_us",
+            "lost_segs",
+            "reordering",
+            "sacked_bytes",
+            "lost_bytes",
+            "pipe",
+            "reo_wnd_mult",
         )
         out: dict[str, Any] = {f: int(getattr(info, f)) for f in fields}
         out["state"] = TCP_STATES[info.state]
+        out["congestion"] = ffi.string(info.congestion).decode()
         return out
 
     def __enter__(self) -> Socket:

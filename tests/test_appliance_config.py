@@ -85,7 +85,9 @@ def test_defaults_are_the_embedded_appliance(started: list[Config]) -> None:
     assert (cfg.tap_host, cfg.port, cfg.root) == ("198.18.0.1/24", 80, config.DEFAULT_ROOT)
     assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9100)
     assert cfg.cores == len(config.available_cpus()) and cfg.priority
-    assert cfg.serve_url == "http://198.18.0.2:80/"
+    assert cfg.serve_url == "http://198.18.0.2:80/" and cfg.congestion == "cubic"
+    assert cli.main(["serve", "--congestion", "newreno"]) == 0
+    assert started[-1].congestion == "newreno"
     assert cli.main(["serve", "--stack", "linux"]) == 0
     assert (started[-1].ip, started[-1].port) == ("127.0.0.1", 8080)
     # a TAP on another subnet gets that subnet's first host as its host side
@@ -102,8 +104,10 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
         "MTCP_APPLIANCE_GATEWAY": "198.18.0.254",
         "MTCP_APPLIANCE_BACKEND": "afpacket",
         "MTCP_APPLIANCE_IFACE": "veth0",
+        "MTCP_APPLIANCE_CONGESTION": "newreno",
     }
     cfg = config.load({}, env)
+    assert cfg.congestion == "newreno"
     assert (cfg.priority, cfg.cores, cfg.gateway) == (False, 2, "198.18.0.254")
     assert (cfg.access_log, cfg.pcap) == (tmp_path / "access.log", str(tmp_path / "core%u.pcap"))
     assert (cfg.backend, cfg.iface, cfg.tap_host) == ("afpacket", "veth0", None)
@@ -141,6 +145,8 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("env", "TX_RATE_MBPS", "1G", "tx_rate_mbps (from MTCP_APPLIANCE_TX_RATE_MBPS): must be an"),
     ("file", "tx_rate_mbps", -5, "tx_rate_mbps (from {file}): must be an integer 0..1000000"),
     ("flag", "--sndbuf", "1000", "sndbuf (from --sndbuf): must be an integer 4096..67108864"),
+    ("file", "congestion", "bbr", "congestion (from {file}): must be one of cubic, newreno"),
+    ("env", "CONGESTION", "reno", "congestion (from MTCP_APPLIANCE_CONGESTION): must be one of"),
     ("env", "DRAIN_TIMEOUT", "-1", "drain_timeout (from MTCP_APPLIANCE_DRAIN_TIMEOUT): must be a"),
     ("flag", "--tap-host", "198.18.0.2/24", "tap_host (from --tap-host): 198.18.0.2/24 is the"),
     ("file", "lingering_close", "yes", "lingering_close (from {file}): must be one of on, off,"),

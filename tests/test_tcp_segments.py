@@ -527,16 +527,24 @@ def stack_client(rig: Rig, **sockopts: int) -> tuple[m.Socket, PeerConn]:
 
 
 def test_retransmission_timeouts_back_off_exponentially_and_the_connection_gives_up() -> None:
-    """RFC 6298 5.5: each timeout doubles the RTO (200 ms, 400, 800 ...); after
-    TCP_MAX_RETRIES retransmissions the connection is aborted (ETIMEDOUT, RFC 9293 3.8.3).
-    The whole ~102 s runs on the stepped clock, every retransmission at its exact time."""
+    """RFC 8985 7: one tail loss probe first, 200 ms after the lone segment (2 SRTT +
+    WCDelAckT, capped by the RTO); then RFC 6298 5.5: each timeout doubles the RTO (200 ms,
+    400, 800 ...); after TCP_MAX_RETRIES retransmissions by timeout the connection is aborted
+    (ETIMEDOUT, RFC 9293 3.8.3). The whole ~102 s runs on the stepped clock, every
+    retransmission at its exact time."""
     with Rig() as rig:
         s, c = stack_client(rig)
         before = rig.stats()
         assert s.send(b"x" * 100) == 100
         first = c.expect(flags=ACK, seq=c.rcv_nxt, payload=b"x" * 100)
-        sent_ms = first.at_ms
-        # the peer never answers: the same segment again after 200, 400, 800 ... ms
+        # the peer never answers: the probe after 200 ms, once
+        rig.advance(TCP_RTO_MIN_MS - 1)
+        c.expect_none()
+        rig.advance(1)
+        probe = c.expect(seq=first.seq, payload=first.payload)
+        sent_ms = probe.at_ms
+        assert sent_ms - first.at_ms == TCP_RTO_MIN_MS
+        # then the same segment again after 200, 400, 800 ... ms
         rto = TCP_RTO_MIN_MS
         times = []
         for _ in range(TCP_MAX_RETRIES):
@@ -558,7 +566,8 @@ def test_retransmission_timeouts_back_off_exponentially_and_the_connection_gives
             s.recv(10)
         st = rig.stats()
         assert delta(st, before, "rto_timeouts") == TCP_MAX_RETRIES
-        assert delta(st, before, "retransmits") == TCP_MAX_RETRIES
+        assert delta(st, before, "loss_probes") == 1
+        assert delta(st, before, "retransmits") == TCP_MAX_RETRIES + 1
         assert delta(st, before, "conn_timeouts") == 1
         assert rig.now_ms - sent_ms == 200 * (2 ** (TCP_MAX_RETRIES + 1) - 1)
         s.close()
@@ -938,8 +947,10 @@ def test_out_of_order_data_is_sacked_and_delivered_in_order(rig: Rig) -> None:
 
 
 def test_three_duplicate_acks_retransmit_before_the_timer() -> None:
-    """RFC 5681 3.2 / RFC 6675: with the first of several segments lost, duplicate ACKs
-    carrying SACK blocks make the stack resend it at once, long before its RTO."""
+    """RFC 8985 (RACK) with RFC 6675's DupThresh: with the first of several segments lost,
+    SACKs of later ones mark it lost once an RTT and the reordering window (min RTT / 4:
+    here 1 / 4 ms) have passed since it was sent, or at once when three segments above it
+    are SACKed; long before its RTO (and before the tail loss probe, 2 SRTT + 2 ms)."""
     with Rig() as rig:
         s, c = stack_client(rig)
         full = s.tcp_info()["mss"] - 12
@@ -949,13 +960,14 @@ def test_three_duplicate_acks_retransmit_before_the_timer() -> None:
         assert len(segs) == 6
         lost, rest = segs[0], segs[1:]
         before = rig.stats()
+        rig.advance(1)  # a 1 ms round trip: the ACKs come back now
         t = rig.now_ms
         for seg in rest[:2]:  # two duplicate ACKs, SACKing what came: not yet
             c.send(ACK, ack=lost.seq, sack=[(rest[0].seq, seg.seq_end)])
             c.expect_none()
         c.send(ACK, ack=lost.seq, sack=[(rest[0].seq, rest[2].seq_end)])  # the third
         again = c.expect(seq=lost.seq, payload=lost.payload)
-        assert again.at_ms == t  # no timer: the duplicate ACKs triggered it
+        assert again.at_ms == t  # no timer: the third SACKed segment triggered it
         st = rig.stats()
         assert delta(st, before, "retransmits") == 1
         assert delta(st, before, "rto_timeouts") == 0

@@ -40,6 +40,7 @@
  * a listener) when the pool nears full and the connection is idle at the TCP level (nothing
  * unsent, unacknowledged or unread), oldest first, as nginx reuses idle connections. */
 #define MTCP_SO_EVICTABLE 0x4d01
+#define MTCP_TCP_CONGESTION 13 /* a name, "cubic" or "newreno" (Linux's TCP_CONGESTION) */
 
 /* TCP states (RFC 9293 names), as reported by mtcp_get_tcp_info */
 #define MTCP_TCP_CLOSED 0
@@ -109,6 +110,8 @@ struct mtcp_conf {
     int no_evict;              /* 1: never evict idle connections marked MTCP_SO_EVICTABLE */
     unsigned frag_timeout_ms;  /* IPv4 reassembly: a datagram still missing fragments this
                                   long after its first one is dropped (0 = default 30 s) */
+    const char *congestion;    /* congestion control of new connections: "cubic" (NULL:
+                                  the default) or "newreno" */
 };
 
 struct mtcp_stack;
@@ -210,8 +213,21 @@ struct mtcp_tcp_info {
     uint32_t sack_ok, ts_ok, in_recovery, ooo_ranges;
     uint32_t dup_acks, rto_backoff;
     uint32_t sndbuf_cap, rcvbuf_cap; /* bytes of buffer this connection may touch */
+    uint32_t rttvar_us, min_rtt_us;
+    uint32_t lost_segs, reordering;      /* marked lost (lifetime), reordering seen (segments) */
+    uint32_t sacked_bytes, lost_bytes, pipe;
+    uint32_t reo_wnd_mult;
+    char congestion[16];                 /* "cubic" | "newreno" */
 };
 int mtcp_get_tcp_info(mctx_t mctx, int sockid, struct mtcp_tcp_info *out);
+
+/* Test support (src/tcp/tcp_cc_sim.c): runs congestion control `algo` on a synthetic ACK
+ * clock: `rounds` rounds of one window of SMSS-sized segments each, ACKed one by one over
+ * rtt_us[i]; one loss at the start of round loss_round (-1: none). Writes each round's
+ * final cwnd, ssthresh and elapsed time; returns rounds, or -1 (EINVAL). */
+int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
+                     const uint32_t *rtt_us, int rounds, int loss_round, uint32_t *cwnd_out,
+                     uint32_t *ssthresh_out, uint64_t *time_us_out, uint64_t *hystart_exits);
 
 /* Counters: names and kinds of the per-core stats block (core/stats.h). */
 int mtcp_stats_count(void);

@@ -205,6 +205,7 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     struct io_frame frames[MTCP_RX_BATCH];
     ctx->now_ns = now_ns;
     ctx->now_ms = now_ns / MTCP_NS_PER_MS;
+    ctx->now_us = now_ns / 1000u;
     ctx->dev->now_ns = now_ns;
     ctx->tx_budget = MTCP_TX_BATCH;
     int shaped = ctx->stack->tx_rate_Bps != 0;
@@ -355,6 +356,7 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     ctx->announce = core == 0 && strcmp(ctx->dev->ops->name, "afpacket") == 0;
     ctx->now_ns = now_ns;
     ctx->now_ms = now_ns / MTCP_NS_PER_MS;
+    ctx->now_us = now_ns / 1000u;
     ctx->wheel_ms = ctx->now_ms;
     ctx->dev->manual_clock = stepped;
     ctx->dev->now_ns = now_ns;

@@ -31,7 +31,7 @@ enum mtcp_job_type {
 
 /* JOB_SOCKOPT options (in .addr) */
 enum mtcp_job_opt { OPT_NODELAY = 1, OPT_LINGER0, OPT_KEEPALIVE, OPT_KEEPIDLE, OPT_KEEPINTVL,
-                    OPT_KEEPCNT, OPT_USER_TIMEOUT, OPT_EVICTABLE };
+                    OPT_KEEPCNT, OPT_USER_TIMEOUT, OPT_EVICTABLE, OPT_CONGESTION };
 
 struct mtcp_job {
     uint32_t type;
@@ -61,6 +61,7 @@ struct mtcp_listener {
     uint32_t backlog;
     uint32_t syn_backlog;       /* half-open connections before SYN cookies */
     uint32_t rcvbuf, sndbuf;    /* SO_RCVBUF/SO_SNDBUF set before listen(), 0 = default */
+    uint8_t cc;                 /* TCP_CONGESTION set before listen(): algo + 1, 0 = default */
     uint32_t pending;           /* SYN_RECEIVED (mTCP thread only) */
     uint8_t ev_queued;          /* an EPOLLIN event is in this round's batch */
     _Atomic int registered;     /* the mTCP thread has it in its table */
@@ -90,6 +91,7 @@ struct msock {
     _Atomic int released;        /* ZOMBIE: the mTCP thread is done with it */
     struct mtcp_listener *listener;
     uint32_t want_rcvbuf, want_sndbuf;
+    uint8_t cc;                  /* TCP_CONGESTION: enum tcp_cc_algo + 1, 0 = the stack's */
     uint8_t nodelay, keepalive, linger0, reuseaddr;
     uint32_t ka_idle_ms, ka_intvl_ms, ka_cnt;
     uint8_t evictable;
@@ -120,6 +122,7 @@ struct mtcp_stack {
     uint32_t max_conns, rcvbuf, sndbuf, time_wait_ms;
     uint32_t idle_timeout_ms, syn_backlog, challenge_ack_limit;
     int sack, delayed_ack;
+    int cc_algo;                 /* enum tcp_cc_algo of new connections */
     uint64_t tx_rate_Bps;        /* link rate in bytes/s; 0 = no shaping */
     int shared_addr;             /* the kernel keeps the address too (conf.shared_addr) */
     uint32_t frag_timeout_ms;    /* IPv4 reassembly timer (net/frag.h) */
@@ -159,6 +162,7 @@ struct mtcp_context {
     /* ---- mTCP thread only ---- */
     uint64_t now_ns;             /* the round's time: the only clock the stack reads */
     uint64_t now_ms;             /* now_ns in ms (TCP's timers, ARP) */
+    uint64_t now_us;             /* now_ns in us (RACK's transmit times, RTT samples) */
     uint64_t last_publish_ns;    /* when the stats block was last published */
     int announce;                /* a gratuitous ARP is due (the first round sends it) */
     struct mtcp_stats stats;

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "../core/bytering.h"
+#include "../tcp/tcp.h"
 #include "ctx.h"
 
 struct mtcp_linger_opt {
@@ -171,6 +172,7 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
      * thread sizes a connection when its SYN arrives) */
     l->rcvbuf = s->want_rcvbuf;
     l->sndbuf = s->want_sndbuf;
+    l->cc = s->cc;
     s->type = MSOCK_LISTENER;
     s->listener = l;
     struct mtcp_job j = {.type = JOB_LISTEN, .sockid = sockid, .obj = l};
@@ -216,6 +218,8 @@ static void sock_push_opts(struct mtcp_context *ctx, struct msock *s, struct tcb
         push_opt(ctx, t, OPT_USER_TIMEOUT, s->user_timeout_ms);
     if (s->evictable)
         push_opt(ctx, t, OPT_EVICTABLE, 1);
+    if (s->cc)
+        push_opt(ctx, t, OPT_CONGESTION, s->cc - 1u);
 }
 
 static int accept_one(struct mtcp_context *ctx, struct msock *ls)
@@ -249,6 +253,7 @@ static int accept_one(struct mtcp_context *ctx, struct msock *ls)
     s->ka_cnt = ls->ka_cnt;
     s->user_timeout_ms = ls->user_timeout_ms;
     s->evictable = ls->evictable;
+    s->cc = ls->cc;
     sock_push_opts(ctx, s, t);
     return id;
 }
@@ -635,6 +640,15 @@ int mtcp_setsockopt(mctx_t ctx, int sockid, int level, int optname, const void *
         }
         return 0;
     }
+    if (level == MTCP_IPPROTO_TCP && optname == MTCP_TCP_CONGESTION) {
+        int cc = optval ? tcp_cc_from_name(optval, optlen) : -1;
+        if (cc < 0) {
+            errno = optval ? ENOENT : EINVAL; /* Linux: ENOENT for an unknown name */
+            return -1;
+        }
+        s->cc = (uint8_t)(cc + 1);
+        return tcb_opt(ctx, s, OPT_CONGESTION, (uint32_t)cc);
+    }
     if (opt_int(optval, optlen, &v) < 0)
         return -1;
     if (level == MTCP_SOL_SOCKET) {
@@ -783,6 +797,23 @@ int mtcp_get_tcp_info(mctx_t ctx, int sockid, struct mtcp_tcp_info *o)
     o->retransmits = __atomic_load_n(&t->retransmits, __ATOMIC_RELAXED);
     o->sack_ok = __atomic_load_n(&t->sack_ok, __ATOMIC_RELAXED);
     o->ts_ok = __atomic_load_n(&t->ts_ok, __ATOMIC_RELAXED);
+    o->rttvar_us = __atomic_load_n(&t->rttvar_us, __ATOMIC_RELAXED);
+    o->min_rtt_us = __atomic_load_n(&t->rack_min_rtt_us, __ATOMIC_RELAXED);
+    o->lost_segs = (uint32_t)__atomic_load_n(&t->lost_total, __ATOMIC_RELAXED);
+    o->reordering = __atomic_load_n(&t->reordering, __ATOMIC_RELAXED);
+    o->sacked_bytes = __atomic_load_n(&t->sacked_bytes_sb, __ATOMIC_RELAXED);
+    o->lost_bytes = __atomic_load_n(&t->lost_bytes, __ATOMIC_RELAXED);
+    {
+        uint32_t flight = o->snd_nxt - o->snd_una;
+        uint32_t gone = o->sacked_bytes + o->lost_bytes;
+        o->pipe = flight > gone ? flight - gone : 0;
+    }
+    o->reo_wnd_mult = __atomic_load_n(&t->rack_reo_mult, __ATOMIC_RELAXED);
+    {
+        const char *cc = tcp_cc_name(__atomic_load_n(&t->cc_algo, __ATOMIC_RELAXED));
+        size_t n = strlen(cc);
+        memcpy(o->congestion, cc, n < sizeof(o->congestion) ? n : sizeof(o->congestion) - 1);
+    }
     o->in_recovery = __atomic_load_n(&t->in_recovery, __ATOMIC_RELAXED);
     o->ooo_ranges = __atomic_load_n(&t->nooo, __ATOMIC_RELAXED);
     o->dup_acks = __atomic_load_n(&t->dupacks, __ATOMIC_RELAXED);

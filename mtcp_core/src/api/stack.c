@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "../tcp/tcp.h"
 #include "ctx.h"
 
 static char *dup_or_null(const char *s)
@@ -131,6 +132,15 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
     s->frag_timeout_ms = conf->frag_timeout_ms ? conf->frag_timeout_ms : MTCP_FRAG_TIMEOUT_MS;
     s->sack = !conf->no_sack;
     s->delayed_ack = !conf->no_delayed_ack;
+    s->cc_algo = TCP_CC_CUBIC;
+    if (conf->congestion) {
+        int cc = tcp_cc_from_name(conf->congestion, strlen(conf->congestion));
+        if (cc < 0) {
+            fail(err, errlen, "congestion: \"cubic\" or \"newreno\"");
+            goto einval;
+        }
+        s->cc_algo = cc;
+    }
     if (conf->secret_seed) {
         /* tests: a key from the seed (splitmix64), so a stepped run repeats exactly */
         uint64_t x = conf->secret_seed;

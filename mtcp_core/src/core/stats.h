@@ -51,7 +51,10 @@
     X(ip_reassembled, C) X(frag_pending, G) \
     X(drop_frag_overlap, C) X(drop_frag_timeout, C) X(drop_frag_no_slot, C) \
     X(drop_frag_malformed, C) X(drop_frag_duplicate, C) X(drop_frag_other_core, C) \
-    X(rcv_space_grows, C)
+    X(rcv_space_grows, C) \
+    X(rack_marked_lost, C) X(rack_reo_timeouts, C) X(tlp_recoveries, C) \
+    X(retrans_spurious, C) X(undo_dsack, C) X(dsacks_rx, C) X(dsacks_tx, C) \
+    X(hystart_css, C) X(hystart_exits, C)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -60,8 +60,35 @@ struct tcp_range {
 #define TCP_SACK_RANGES 8  /* peer's SACKed ranges remembered by the sender */
 #endif
 
-/* What the one wheel timer of a TCB is for (BSD-style multiplexing). */
-enum tcp_timer_kind { TCP_TIMER_RTO = 0, TCP_TIMER_PTO, TCP_TIMER_PERSIST, TCP_TIMER_KEEPALIVE };
+/* What the one wheel timer of a TCB is for (BSD-style multiplexing). REO: RACK's
+ * reordering timer (RFC 8985 6.3). */
+enum tcp_timer_kind {
+    TCP_TIMER_RTO = 0,
+    TCP_TIMER_PTO,
+    TCP_TIMER_PERSIST,
+    TCP_TIMER_KEEPALIVE,
+    TCP_TIMER_REO
+};
+
+/* The sender's scoreboard (tcp_sb.c): what was sent in [SND.UNA, SND.MAX), in sequence
+ * order, one entry per transmission burst with its time (RACK, RFC 8985) and state
+ * (SACK scoreboard, RFC 6675). Entries are split where SACK blocks cut them and merged
+ * when the table is full (bounded memory). */
+#ifndef TCP_SB_MAX
+#define TCP_SB_MAX 64
+#endif
+#define TCP_SB_SACKED 0x01u  /* the peer holds it (SACK) */
+#define TCP_SB_LOST 0x02u    /* marked lost, not retransmitted since */
+#define TCP_SB_RETRANS 0x04u /* retransmitted and not known lost since (counts in pipe) */
+#define TCP_SB_EVER 0x08u    /* retransmitted at least once (RACK, Karn, D-SACK undo) */
+struct tcp_sb_seg {
+    uint32_t start, end;
+    uint32_t xmit_us;        /* low 32 bits of the time of its last transmission, us */
+    uint8_t flags;           /* TCP_SB_* */
+};
+
+/* congestion control algorithms (tcp_cc.c) */
+enum tcp_cc_algo { TCP_CC_CUBIC = 0, TCP_CC_NEWRENO = 1, TCP_CC_COUNT };
 
 struct tcb {
     /* --- hot on every segment --- */
@@ -140,10 +167,50 @@ struct tcb {
     struct tcp_range sack_prev[4]; /* SACK blocks of the last ACK sent, in its order */
     uint64_t ts_recent_ms;      /* when ts_recent was taken (PAWS, RFC 7323 5.5) */
 
+    /* scoreboard, RACK-TLP (RFC 8985), PRR (RFC 6937), undo (RFC 3708) */
+    uint8_t sb_n;
+    uint8_t rack_reord;         /* RACK.reordering_seen */
+    uint8_t rack_reo_mult;      /* RACK.reo_wnd_mult */
+    uint8_t rack_reo_persist;   /* recoveries left before reo_wnd_mult resets */
+    uint8_t rack_dsack_valid;   /* rack_dsack_round holds a value */
+    uint8_t tlp_out;            /* a TLP is outstanding (TLP.end_seq valid) */
+    uint8_t tlp_retrans;        /* ... and it was a retransmission */
+    uint8_t in_loss;            /* after an RTO until SND.UNA passes recover */
+    uint8_t undo_ok;            /* the last reduction may still be undone (D-SACK) */
+    uint8_t cc_algo;            /* enum tcp_cc_algo */
+    uint8_t rack_fack_ok;       /* rack_fack holds a value */
+    uint8_t rack_ok;            /* RACK.xmit_ts/end_seq/rtt hold a delivered segment's */
+    uint32_t rack_xmit_us, rack_end_seq, rack_rtt_us, rack_min_rtt_us, rack_fack;
+    uint32_t rack_min_rtt_at_ms; /* (low 32 bits of ms) when rack_min_rtt_us was taken */
+    uint32_t rack_dsack_round;
+    uint32_t tlp_end_seq;
+    uint32_t lost_bytes;        /* bytes in LOST entries (not yet retransmitted) */
+    uint32_t sacked_bytes_sb;   /* bytes in SACKED entries */
+    uint32_t retrans_bytes;     /* bytes in RETRANS entries */
+    uint32_t prr_delivered, prr_out, recover_fs;
+    uint32_t undo_marker;       /* SND.UNA when the reduction began */
+    uint32_t undo_retrans;      /* retransmissions of this episode not yet proved spurious */
+    uint32_t prior_cwnd, prior_ssthresh;
+    uint64_t lost_total;        /* segments marked lost, connection lifetime */
+    uint32_t reordering;        /* largest reordering seen, in segments */
+    /* CUBIC (RFC 9438) and HyStart++ (RFC 9406); windows in bytes, times in us */
+    uint32_t cub_w_max, cub_prior_w_max, cub_epoch_us, cub_rem;
+    uint8_t cub_epoch_ok;       /* cub_epoch_us holds the start of this epoch */
+    double cub_w_est, cub_k_s;  /* Reno-friendly estimate (bytes), K (seconds) */
+    uint32_t last_rtt_us;       /* RTT sample of the ACK being processed, 0 = none */
+    uint32_t hs_window_end, hs_cur_min_us, hs_last_min_us, hs_css_base_us;
+    uint16_t hs_samples;
+    uint8_t hs_css_rounds;      /* 0: slow start; 1..: rounds in conservative slow start */
+    uint8_t hs_done;            /* slow start over for HyStart++ (loss or exit) */
+    struct tcp_sb_seg sb[TCP_SB_MAX];
+
     /* delayed ACK FIFO */
     struct tcb *da_next, *da_prev;
     uint64_t da_expire_ms;
     uint8_t on_da;
+    /* D-SACK to report (RFC 2883): a duplicate that arrived, for the next ACK */
+    uint8_t dsack_pend;
+    uint32_t dsack_start, dsack_end;
 
     /* keepalive (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT) */
     uint8_t keepalive;

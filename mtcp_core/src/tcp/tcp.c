@@ -130,6 +130,8 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
     t->mss = MTCP_PEER_DEFAULT_MSS;
     t->rto_ms = TCP_RTO_INIT_MS;
     t->ssthresh = UINT32_MAX;
+    t->cc_algo = (uint8_t)ctx->stack->cc_algo;
+    t->rack_reo_mult = 1;
     t->last_rx_ms = ctx->now_ms;
     t->ka_idle_ms = MTCP_KEEPIDLE_MS;
     t->ka_intvl_ms = MTCP_KEEPINTVL_MS;
@@ -406,38 +408,44 @@ static uint64_t backed_off(const struct tcb *t)
     return rto > TCP_RTO_MAX_MS ? TCP_RTO_MAX_MS : rto;
 }
 
-/* RFC 8985 7.2: probe timeout = 2 * SRTT, plus the peer's delayed-ACK time when
- * only one segment is out (a shorter allowance retransmitted every lone segment
- * whose ACK the receiver was entitled to delay), never beyond the RTO. */
-#define PTO_SINGLE_SEGMENT_MS (MTCP_DELACK_MS + 10u)
-static uint64_t pto_ms(const struct tcb *t)
+static int rexmit_timer(const struct tcb *t)
 {
-    uint64_t pto = 2u * (t->srtt_us / 1000u) + 2u;
-    if (t->snd_max - t->snd_una <= t->mss)
-        pto += PTO_SINGLE_SEGMENT_MS;
-    uint64_t rto = backed_off(t);
-    return pto < rto ? pto : rto;
+    return t->rto_armed && (t->timer_kind == TCP_TIMER_RTO || t->timer_kind == TCP_TIMER_PTO ||
+                            t->timer_kind == TCP_TIMER_REO);
 }
 
 void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
 {
-    /* a tail loss probe comes first while the episode has one left: it turns a
-     * silent tail loss into SACK information instead of a timeout */
-    if (t->pto_left && t->srtt_us && t->state >= TCP_ESTABLISHED && t->state != TCP_TIME_WAIT)
-        wheel_arm(ctx, t, TCP_TIMER_PTO, pto_ms(t));
-    else
-        wheel_arm(ctx, t, TCP_TIMER_RTO, backed_off(t));
+    /* a tail loss probe comes first once per episode (RFC 8985 7.2): it turns a
+     * silent tail loss into SACK information instead of a timeout; never later than
+     * the RTO would fire */
+    uint64_t rto = backed_off(t);
+    if (tcp_tlp_allowed(t)) {
+        uint64_t pto = tcp_pto_ms(t);
+        wheel_arm(ctx, t, TCP_TIMER_PTO, pto < rto ? pto : rto);
+    } else {
+        wheel_arm(ctx, t, TCP_TIMER_RTO, rto);
+    }
+}
+
+void tcp_reo_arm(struct mtcp_context *ctx, struct tcb *t, uint64_t delay_ms)
+{
+    /* the RTO must not come later than it would have: keep the earlier of the two */
+    if (t->rto_armed && t->timer_kind == TCP_TIMER_RTO &&
+        t->rto_expire_ms <= ctx->now_ms + delay_ms)
+        return;
+    wheel_arm(ctx, t, TCP_TIMER_REO, delay_ms);
 }
 
 void tcp_rto_ensure(struct mtcp_context *ctx, struct tcb *t)
 {
-    if (!t->rto_armed || (t->timer_kind != TCP_TIMER_RTO && t->timer_kind != TCP_TIMER_PTO))
+    if (!rexmit_timer(t))
         tcp_rto_arm(ctx, t);
 }
 
 void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t)
 {
-    if (t->rto_armed && (t->timer_kind == TCP_TIMER_RTO || t->timer_kind == TCP_TIMER_PTO))
+    if (rexmit_timer(t))
         return;
     uint32_t unsent = t->snd_head_seq + mtcp_bytering_used(&t->snd) - t->snd_nxt;
     int sync = t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT;
@@ -454,10 +462,14 @@ void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t)
     }
 }
 
-/* RFC 6298 2.2/2.3: SRTT, RTTVAR, RTO = SRTT + max(G, 4 * RTTVAR), clamped. */
 void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms)
 {
-    uint32_t r = rtt_ms * 1000;
+    tcp_rtt_sample_us(t, rtt_ms * 1000u);
+}
+
+/* RFC 6298 2.2/2.3: SRTT, RTTVAR, RTO = SRTT + max(G, 4 * RTTVAR), clamped. */
+void tcp_rtt_sample_us(struct tcb *t, uint32_t r)
+{
     if (t->srtt_us == 0) {
         t->srtt_us = r ? r : 1;
         t->rttvar_us = r / 2;
@@ -576,32 +588,15 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
         wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, t->ka_intvl_ms);
         return;
     }
-    case TCP_TIMER_PTO: {
-        /* RFC 8985 7.3: send a probe; in recovery the lost retransmission at SND.UNA,
-         * otherwise the last segment sent */
-        t->pto_left--;
-        if (!t->in_recovery && t->nsacked) {
-            /* later data arrived (SACKed) and a probe time has passed since: SND.UNA
-             * is lost (RFC 8985's time-based loss detection, in short) */
-            tcp_enter_recovery(ctx, t);
-            if (!t->rto_armed)
-                tcp_rto_arm(ctx, t);
-            return;
-        }
-        uint32_t flight = t->snd_max - t->snd_una;
-        uint32_t back = flight < tcp_seg_max(t) ? flight : tcp_seg_max(t);
-        uint32_t seq = t->in_recovery ? t->snd_una : t->snd_max - back;
-        if (t->fin_sent && !t->in_recovery && SEQ_GEQ(seq, t->fin_seq))
-            seq = t->fin_seq;
-        STAT_INC(&ctx->stats, loss_probes);
-        if (tcp_retransmit_from(ctx, t, seq, 0) <= 0)
-            tcp_rto_arm(ctx, t);
+    case TCP_TIMER_PTO:
+        tcp_tlp_fire(ctx, t); /* RFC 8985 7.3 */
         return;
-    }
+    case TCP_TIMER_REO:
+        tcp_rack_timeout(ctx, t); /* RFC 8985 6.3 */
+        return;
     default:
         break;
     }
-    t->pto_left = 0;
     unsigned limit = (t->state == TCP_SYN_SENT || t->state == TCP_SYN_RECEIVED) ? TCP_SYN_RETRIES
                                                                                  : TCP_MAX_RETRIES;
     if (t->rto_backoff >= limit) {

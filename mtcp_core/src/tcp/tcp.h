@@ -3,6 +3,7 @@
 #ifndef MTCP_TCP_H
 #define MTCP_TCP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../wire/wire.h"
@@ -96,6 +97,9 @@ uint32_t tcp_cookie_make(struct mtcp_context *ctx, uint32_t laddr, uint16_t lpor
 uint16_t tcp_cookie_check(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
                           uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t cookie);
 void tcp_rtt_sample(struct tcb *t, uint32_t rtt_ms);
+void tcp_rtt_sample_us(struct tcb *t, uint32_t rtt_us);
+/* Arm RACK's reordering timer (replaces the RTO/PTO until it fires). */
+void tcp_reo_arm(struct mtcp_context *ctx, struct tcb *t, uint64_t delay_ms);
 /* ARP outcome for SYNs held by net_resolve. */
 void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6]);
 void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip);
@@ -117,6 +121,29 @@ void tcp_source_destroy(struct mtcp_context *ctx);
 uint32_t tcp_source_conns(struct mtcp_context *ctx, uint32_t addr);
 void tcp_source_count(struct mtcp_context *ctx, uint32_t addr, int delta);
 int tcp_source_allowed(struct mtcp_context *ctx, uint32_t addr);
+/* SND.UNA moved to ack: free the send ring, restart the RTO (tcp_in.c). */
+void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack);
+
+/* scoreboard, RACK-TLP, PRR, D-SACK undo (tcp_sb.c) */
+void tcp_sb_on_send(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, uint32_t len);
+void tcp_sb_reset(struct tcb *t);
+uint32_t tcp_pipe(const struct tcb *t);
+uint32_t tcp_sb_next_lost(const struct tcb *t, uint32_t *seq);
+void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg);
+void tcp_rack_timeout(struct mtcp_context *ctx, struct tcb *t);
+int tcp_tlp_allowed(const struct tcb *t);
+uint64_t tcp_pto_ms(const struct tcb *t);
+void tcp_tlp_fire(struct mtcp_context *ctx, struct tcb *t);
+void tcp_sack_rto(struct mtcp_context *ctx, struct tcb *t);
+
+/* congestion control (tcp_cc.c) */
+const char *tcp_cc_name(int algo);
+int tcp_cc_from_name(const char *name, size_t len);
+void tcp_cc_init(struct tcb *t);
+void tcp_cc_on_ack(struct mtcp_context *ctx, struct tcb *t, uint32_t acked, uint32_t flight);
+uint32_t tcp_cc_ssthresh(struct tcb *t);
+void tcp_cc_undo(struct tcb *t);
+
 /* Tear everything down (context destroy). */
 void tcp_abort_all(struct mtcp_context *ctx);
 

@@ -47,6 +47,7 @@ static void syn_options(struct mtcp_context *ctx, struct tcb *t, const struct wi
     }
     t->sack_ok = seg->opt.sack_ok && ctx->stack->sack;
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
+    tcp_cc_init(t);
     t->quickacks = TCP_QUICKACKS; /* slow start: every ACK grows the sender's window */
 }
 
@@ -60,6 +61,8 @@ static struct tcb *passive_tcb(struct mtcp_context *ctx, struct mtcp_listener *l
         return NULL;
     memcpy(t->rmac, mac, 6);
     tcb_limit_buffers(t, l->rcvbuf, l->sndbuf);
+    if (l->cc)
+        t->cc_algo = (uint8_t)(l->cc - 1u);
     t->listener = l;
     l->pending++;
     t->irs = irs;
@@ -144,6 +147,7 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
     if (t->rcv_space > t->rcv.limit)
         t->rcv_space = t->rcv.limit;
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
+    tcp_cc_init(t);
     t->snd_nxt = t->snd_max = t->iss + 1; /* our SYN-ACK is acknowledged */
     /* the window the cookie SYN-ACK offered (unscaled), so that data riding on this
      * ACK, or right behind it, is in the window */
@@ -345,7 +349,7 @@ static void sack_update(struct tcb *t, const struct wire_tcp *seg)
     }
 }
 
-static void ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
+void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
 {
     int fin_acked = t->fin_sent && SEQ_GT(ack, t->fin_seq);
     uint32_t data_end = fin_acked ? t->fin_seq : ack;
@@ -367,12 +371,26 @@ static void ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
     if (SEQ_LT(t->rexmit_nxt, t->snd_una))
         t->rexmit_nxt = t->snd_una;
     range_trim(t->sacked, &t->nsacked, ack);
-    if (t->rtt_timing && SEQ_GT(ack, t->rtt_seq)) {
+    if (t->sack_ok) {
+        /* tcp_sack_ack took the RTT sample from the scoreboard */
+    } else if (t->rtt_timing && SEQ_GT(ack, t->rtt_seq)) {
         tcp_rtt_sample(t, (uint32_t)(ctx->now_ms - t->rtt_start_ms));
         t->rtt_timing = 0;
     }
+    if (!t->sack_ok) {
+        /* without SACK the scoreboard only drops what is acknowledged */
+        uint8_t k = 0;
+        for (uint8_t i = 0; i < t->sb_n; i++) {
+            if (SEQ_LEQ(t->sb[i].end, ack))
+                continue;
+            t->sb[k] = t->sb[i];
+            if (SEQ_LT(t->sb[k].start, ack))
+                t->sb[k].start = ack;
+            k++;
+        }
+        t->sb_n = k;
+    }
     t->rto_backoff = 0;
-    t->pto_left = 2;
     if (t->snd_una == t->snd_max)
         tcp_rto_disarm(ctx, t);
     else
@@ -382,9 +400,7 @@ static void ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
 /* RFC 5681 3.2 / RFC 6582 3.2: enter fast recovery on the third duplicate ACK. */
 void tcp_enter_recovery(struct mtcp_context *ctx, struct tcb *t)
 {
-    uint32_t flight = t->snd_max - t->snd_una;
-    uint32_t half = flight / 2;
-    t->ssthresh = half > 2u * t->mss ? half : 2u * t->mss;
+    t->ssthresh = tcp_cc_ssthresh(t);
     t->cwnd = t->ssthresh + 3u * t->mss;
     t->recover = t->snd_max;
     t->in_recovery = 1;
@@ -412,43 +428,14 @@ static int una_lost(const struct tcb *t)
     return 0;
 }
 
-/* cwnd growth for `acked` newly acknowledged bytes outside recovery, counted in bytes
- * (RFC 3465, Appropriate Byte Counting) so that stretch ACKs grow it as much as one ACK
- * per segment would: a receiver of TSO frames, or any GRO receiver, ACKs once per
- * received unit of up to 44 segments, and RFC 5681 3.1's min(N, SMSS) per ACK would
- * then slow slow start 20-fold. Slow start adds every acknowledged byte (ABC without
- * the L limit, as Linux's tcp_slow_start) up to ssthresh; the rest, and congestion
- * avoidance, add one SMSS per cwnd of acknowledged bytes (RFC 3465 2.1, RFC 5681 3.1
- * eq. 3's intent). */
-static void tcp_cwnd_grow(struct tcb *t, uint32_t acked, uint32_t flight)
-{
-    /* only while cwnd is what limits the sender (RFC 7661 4, Linux's
-     * tcp_is_cwnd_limited in slow start: at least half of it was in flight): an
-     * application- or receiver-limited flow would otherwise grow it without bound */
-    if (2ull * flight < t->cwnd || t->cwnd >= (1u << 30))
-        return;
-    if (t->cwnd < t->ssthresh) {
-        uint32_t room = t->ssthresh - t->cwnd;
-        uint32_t ss = acked < room ? acked : room;
-        t->cwnd += ss;
-        acked -= ss;
-        if (acked == 0)
-            return;
-    }
-    uint32_t cwnd = t->cwnd ? t->cwnd : t->mss;
-    t->bytes_acked += acked;
-    if (t->bytes_acked >= cwnd) {
-        t->bytes_acked -= cwnd;
-        if (t->bytes_acked >= cwnd)
-            t->bytes_acked = 0; /* at most one SMSS per ACK, as the RFC's formula */
-        t->cwnd += t->mss;
-    }
-}
-
 /* The cumulative ACK moved, or a duplicate came: congestion control and recovery. */
 static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg,
                          uint32_t seglen)
 {
+    if (t->sack_ok) {
+        tcp_sack_ack(ctx, t, seg); /* RACK-TLP, PRR (tcp_sb.c) */
+        return;
+    }
     uint32_t ack = seg->ack;
     uint32_t win = (uint32_t)seg->win << t->snd_wscale;
     uint32_t sacked_before = sacked_bytes(t);
@@ -459,7 +446,7 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
     int new_sack = sacked_bytes(t) > sacked_before;
     if (SEQ_GT(ack, t->snd_una)) {
         uint32_t acked = ack - t->snd_una;
-        ack_advance(ctx, t, ack);
+        tcp_ack_advance(ctx, t, ack);
         if (t->in_recovery) {
             if (SEQ_GEQ(ack, t->recover)) {
                 /* full ACK: deflate the window and leave recovery (RFC 6582 3.2 step 3) */
@@ -473,7 +460,7 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
                 t->cwnd = (t->cwnd > acked ? t->cwnd - acked : 0) + t->mss;
             }
         } else {
-            tcp_cwnd_grow(t, acked, t->snd_max - (ack - acked));
+            tcp_cc_on_ack(ctx, t, acked, t->snd_max - (ack - acked));
         }
         t->dupacks = 0;
         t->lt_extra = 0;
@@ -506,6 +493,16 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
 }
 
 /* ---------------------------------------------------------------- receive side */
+
+/* RFC 2883: the next ACK reports [start, end) as a duplicate (a D-SACK block first). */
+static void dsack_note(struct tcb *t, uint32_t start, uint32_t end)
+{
+    if (!t->sack_ok)
+        return;
+    t->dsack_pend = 1;
+    t->dsack_start = start;
+    t->dsack_end = end;
+}
 
 #define ACK_LATER 0
 #define ACK_ROUND 1 /* with this round's output */
@@ -571,6 +568,9 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
             return ACK_EMIT;
         }
         uint32_t n = len < room - off ? len : room - off;
+        for (uint8_t i = 0; i < t->nooo; i++)
+            if (SEQ_LEQ(t->ooo[i].start, seq) && SEQ_LEQ(seq + n, t->ooo[i].end))
+                dsack_note(t, seq, seq + n); /* already held out of order */
         int idx = range_add(t->ooo, &t->nooo, TCP_OOO_RANGES, seq, seq + n);
         if (idx < 0) {
             STAT_INC(&ctx->stats, drop_tcp_ooo_full);
@@ -752,6 +752,8 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         } else if (!(seg.flags & WIRE_TCP_RST)) {
             if (t->state == TCP_TIME_WAIT && (seg.flags & WIRE_TCP_FIN))
                 tcp_enter_time_wait(ctx, t); /* retransmitted FIN: restart 2MSL */
+            if (len && SEQ_LEQ(seq + len, t->rcv_nxt))
+                dsack_note(t, seq, seq + len); /* all of it arrived before (RFC 2883) */
             tcp_send_ack_now(ctx, t);
         }
         STAT_INC(&ctx->stats, drop_tcp_out_of_window);
@@ -798,7 +800,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         t->snd_wl1 = seq;
         t->snd_wl2 = seg.ack;
         if (SEQ_GT(seg.ack, t->snd_una))
-            ack_advance(ctx, t, seg.ack);
+            tcp_ack_advance(ctx, t, seg.ack);
         if (passive_established(ctx, t) < 0)
             return;
         if (t->pend & (TCB_P_FIN | TCB_P_DATA))
@@ -859,6 +861,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         }
         if (SEQ_LT(seq, t->rcv_nxt)) {
             uint32_t skip = t->rcv_nxt - seq;
+            dsack_note(t, seq, t->rcv_nxt); /* its first part arrived before */
             data += skip;
             len -= skip;
             seq = t->rcv_nxt;

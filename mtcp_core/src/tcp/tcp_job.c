@@ -63,6 +63,8 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
      * job, and the queue orders that */
     t->nodelay = s->nodelay;
     t->linger0 = s->linger0;
+    if (s->cc)
+        t->cc_algo = (uint8_t)(s->cc - 1u);
     t->keepalive = s->keepalive;
     if (s->ka_idle_ms)
         t->ka_idle_ms = s->ka_idle_ms;
@@ -225,6 +227,13 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
             break;
         case OPT_EVICTABLE:
             t->evictable = (uint8_t)j->value;
+            break;
+        case OPT_CONGESTION:
+            if (j->value < TCP_CC_COUNT && j->value != t->cc_algo) {
+                t->cc_algo = (uint8_t)j->value;
+                t->cub_w_max = 0; /* CUBIC starts its curve from the current window */
+                t->cub_epoch_ok = 0;
+            }
             break;
         default:
             break;

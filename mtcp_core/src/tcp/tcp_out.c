@@ -115,6 +115,19 @@ static void sack_blocks(struct tcb *t, struct wire_tcp_opts *o)
     t->nsack_prev = n;
 }
 
+/* RFC 2883: a duplicate that arrived is reported in the first block of the next ACK, the
+ * SACK blocks after it (the emitter drops what does not fit). */
+static void dsack_first(struct mtcp_context *ctx, struct tcb *t, struct wire_tcp_opts *o)
+{
+    uint8_t n = o->nsack < WIRE_TCP_MAX_SACK ? o->nsack : WIRE_TCP_MAX_SACK - 1;
+    memmove(&o->sack[1], &o->sack[0], (size_t)n * sizeof(o->sack[0]));
+    o->sack[0].left = t->dsack_start;
+    o->sack[0].right = t->dsack_end;
+    o->nsack = (uint8_t)(n + 1);
+    t->dsack_pend = 0;
+    STAT_INC(&ctx->stats, dsacks_tx);
+}
+
 uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t)
 {
     uint32_t seg_max = tcp_seg_max(t);
@@ -178,6 +191,8 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         }
         if ((flags & WIRE_TCP_ACK) && t->sack_ok && t->nooo)
             sack_blocks(t, &o);
+        if ((flags & WIRE_TCP_ACK) && t->dsack_pend)
+            dsack_first(ctx, t, &o);
         win = tcp_rcv_window(t, &edge);
     }
     uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
@@ -213,6 +228,10 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         net_tx_commit(ctx, off + (uint32_t)hlen + len);
         STAT_INC(&ctx->stats, tcp_segs_tx);
     }
+    /* data or a FIN: the scoreboard logs it (RACK's transmit times) */
+    if (!(flags & (WIRE_TCP_SYN | WIRE_TCP_RST)) && (len || (flags & WIRE_TCP_FIN)) &&
+        SEQ_GEQ(seq, t->snd_una))
+        tcp_sb_on_send(ctx, t, seq, len + ((flags & WIRE_TCP_FIN) ? 1u : 0u));
     if (flags & WIRE_TCP_ACK) {
         t->last_ack_sent = t->rcv_nxt;
         t->rcv_adv = edge;
@@ -342,6 +361,53 @@ static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
     return 0;
 }
 
+/* Retransmits what the scoreboard marks lost, lowest first, as far as cwnd - pipe allows
+ * (PRR sets cwnd during recovery), whole segments, several at once as one TSO frame where
+ * the device segments. Returns -1 when the round's TX budget ran out. */
+static int retransmit_lost(struct mtcp_context *ctx, struct tcb *t)
+{
+    uint32_t seg_max = tcp_seg_max(t);
+    uint32_t tso = tcp_tso_max(ctx, t);
+    uint32_t cap = tso > seg_max ? tso : seg_max;
+    for (int guard = 0; guard < TCP_SB_MAX * 4; guard++) {
+        uint32_t seq;
+        uint32_t n = tcp_sb_next_lost(t, &seq);
+        if (n == 0)
+            return 0;
+        uint32_t pipe = tcp_pipe(t);
+        uint32_t cwnd = t->cwnd + (uint32_t)t->lt_extra * t->mss;
+        uint32_t usable = cwnd > pipe ? cwnd - pipe : 0;
+        uint32_t data_end = t->snd_head_seq + mtcp_bytering_used(&t->snd);
+        uint32_t dlen = SEQ_LT(seq, data_end) ? data_end - seq : 0;
+        if (dlen > n)
+            dlen = n;
+        int fin = t->fin_sent && dlen < n && seq + dlen == t->fin_seq;
+        if (dlen == 0 && !fin) {
+            /* nothing to send there (a FIN taken back): forget the mark */
+            tcp_sb_on_send(ctx, t, seq, n);
+            continue;
+        }
+        uint32_t len = dlen < cap ? dlen : cap;
+        uint32_t need = len < seg_max ? (len ? len : 1) : seg_max;
+        if (usable < need)
+            return 0;
+        if (len > usable)
+            len = usable - usable % seg_max;
+        if (len < dlen)
+            fin = 0;
+        uint8_t flags = WIRE_TCP_ACK | (fin ? WIRE_TCP_FIN : 0);
+        if (tcp_emit(ctx, t, flags, seq, len) < 0)
+            return -1;
+        uint32_t segs = len ? (len + seg_max - 1) / seg_max : 1;
+        STAT_ADD(&ctx->stats, retransmits, segs);
+        STAT_ADD(&ctx->stats, sack_retransmits, segs);
+        STAT_ADD(&ctx->stats, tx_data_pkts, segs);
+        t->retransmits += segs;
+        tcp_rto_ensure(ctx, t);
+    }
+    return 0;
+}
+
 /* Data segments up to the window; the last one carries FIN when one is due.
  * Returns -1 when the round's budget ran out with data left. */
 static int send_data(struct mtcp_context *ctx, struct tcb *t)
@@ -349,6 +415,12 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
     if (t->state != TCP_ESTABLISHED && t->state != TCP_CLOSE_WAIT &&
         t->state != TCP_FIN_WAIT_1 && t->state != TCP_CLOSING && t->state != TCP_LAST_ACK)
         return 0;
+    uint32_t max_before = t->snd_max;
+    if (t->sack_ok && t->lost_bytes) {
+        int r = retransmit_lost(ctx, t);
+        if (r < 0)
+            return -1;
+    }
     for (;;) {
         /* after a timeout (go-back-N) skip what the peer has SACKed */
         for (uint8_t i = 0; i < t->nsacked && SEQ_LT(t->snd_nxt, t->snd_max); i++)
@@ -357,10 +429,17 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t avail = unsent(t);
         uint32_t flight = t->snd_nxt - t->snd_una;
         uint32_t cwnd = t->cwnd + (uint32_t)t->lt_extra * t->mss;
-        uint32_t wnd = t->snd_wnd < cwnd ? t->snd_wnd : cwnd;
-        uint32_t usable = wnd > flight ? wnd - flight : 0;
+        /* the receiver's window bounds what is outstanding, cwnd what is in the network
+         * (RFC 6675 pipe with SACK: neither SACKed nor lost) */
+        uint32_t in_net = t->sack_ok ? tcp_pipe(t) : flight;
+        uint32_t usable = t->snd_wnd > flight ? t->snd_wnd - flight : 0;
+        uint32_t cusable = cwnd > in_net ? cwnd - in_net : 0;
+        if (cusable < usable)
+            usable = cusable;
         if (avail == 0 || usable == 0 || t->fin_sent)
             break;
+        if (t->sack_ok && t->lost_bytes)
+            break; /* lost segments first: they wait for window, new data behind them */
         uint32_t seg_max = tcp_seg_max(t);
         /* new data may go out as one TSO frame of several segments; what is resent
          * after a timeout (go-back-N, SND.NXT below SND.MAX) stays one segment at a
@@ -374,6 +453,12 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t len = avail < cap ? avail : cap;
         if (len > usable)
             len = usable;
+        /* where cwnd (in bytes: PRR, CUBIC) is the limit, whole segments only: a runt
+         * would leave every later segment misaligned (sender-side SWS avoidance) */
+        if (len == cusable && len < avail && len >= seg_max && len % seg_max)
+            len -= len % seg_max;
+        else if (len == cusable && len < avail && len < seg_max && in_net)
+            break;
         /* a TSO frame carries whole segments unless it ends the data: the rest goes
          * as its own segment, under Nagle below, exactly as without TSO */
         if (len > seg_max && len < avail)
@@ -417,6 +502,11 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         fin_sent(ctx, t);
         STAT_INC(&ctx->stats, tx_control_pkts);
     }
+    /* RFC 8985 7.2: new data (re)starts the probe timer, from the last of it, with the
+     * flight it leaves (a lone segment's allowance only when one segment is out) */
+    if (t->snd_max != max_before && tcp_tlp_allowed(t) && t->rto_armed &&
+        t->timer_kind == TCP_TIMER_PTO)
+        tcp_rto_arm(ctx, t);
     /* zero window with data waiting: the persist timer probes it */
     if (t->snd_nxt == t->snd_una)
         tcp_idle_timer(ctx, t);
@@ -508,9 +598,15 @@ void tcp_output_round(struct mtcp_context *ctx)
 
 void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
 {
+    t->rtt_timing = 0; /* Karn: no RTT sample from a retransmitted segment */
+    if (t->sack_ok && t->sb_n && t->snd_max != t->snd_una && t->state >= TCP_ESTABLISHED &&
+        t->state != TCP_TIME_WAIT) {
+        /* everything not SACKed is lost (tcp_sb.c); send_data retransmits and counts it */
+        tcp_sack_rto(ctx, t);
+        return;
+    }
     STAT_INC(&ctx->stats, retransmits);
     t->retransmits++;
-    t->rtt_timing = 0; /* Karn: no RTT sample from a retransmitted segment */
     switch (t->state) {
     case TCP_SYN_SENT:
     case TCP_SYN_RECEIVED:
@@ -530,8 +626,7 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
         return;
     }
     /* RFC 5681 3.1 (eq. 4) on a timeout, then go back to SND.UNA (RFC 6298 5.4) */
-    uint32_t half = flight / 2;
-    t->ssthresh = half > 2u * t->mss ? half : 2u * t->mss;
+    t->ssthresh = tcp_cc_ssthresh(t);
     t->cwnd = t->mss;
     t->snd_nxt = t->snd_una;
     /* a timeout ends fast recovery; recover = SND.MAX keeps the duplicate ACKs of the

@@ -1,0 +1,610 @@
+"""The core sender's loss detection, recovery and congestion control, mechanism by mechanism.
+
+Over the ``pair`` link with targeted drops (``PairLink.drop_next``), one connection, the
+client's frames captured: RACK (RFC 8985) marks segments lost by time, also a lost
+retransmission, where counting duplicate ACKs would wait for a probe or a timeout; the tail
+loss probe goes once per episode and waits for the worst-case delayed ACK after a lone
+segment; PRR (RFC 6937) spreads what recovery sends over the ACKs in proportion to what
+they deliver; a D-SACK (RFC 2883) undoes the reduction of a spurious timeout (RFC 3708).
+CUBIC's window (RFC 9438) and HyStart++ (RFC 9406) are checked against their RFC curves on
+the core's synthetic ACK clock (``mtcp_core.simulate_congestion``: the real code, a made-up
+clock, so the comparison does not depend on this machine's speed). Timing assertions here
+are lower bounds only (a slow machine makes things later, never earlier) or counts.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_tcp_segments import stack_client
+
+import mtcp_core as m
+from mtcp_core.testing import ACK, PeerConn, Rig
+
+SERVER = "198.18.0.2"
+CLIENT = "198.18.0.1"
+PORT = 80
+DELAY_US = 1000  # one way: a 2 ms round trip
+DEADLINE_S = 30.0
+CPORT_DATA = m.PairLink.SYN | m.PairLink.FIN | m.PairLink.RST  # data: none of these flags
+PURE_ACK = m.PairLink.SYN | m.PairLink.FIN | m.PairLink.RST | m.PairLink.ACK
+
+
+# ---------------------------------------------------------------- capture
+
+
+@dataclass
+class Frame:
+    ts: float
+    sport: int
+    dport: int
+    flags: int
+    seq: int
+    ack: int
+    length: int
+    sacks: list[tuple[int, int]]
+
+
+def read_frames(pcap: Path) -> list[Frame]:
+    """Every TCP/IPv4 frame of a capture, in order, with its time and SACK blocks."""
+    data = pcap.read_bytes()
+    out: list[Frame] = []
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, usec, incl = struct.unpack_from("<III", data, pos)
+        frame = data[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        total = struct.unpack_from("!H", frame, 16)[0]
+        tcp = 14 + ihl
+        sport, dport, seq, ack = struct.unpack_from("!HHII", frame, tcp)
+        doff = (frame[tcp + 12] >> 4) * 4
+        sacks: list[tuple[int, int]] = []
+        i = tcp + 20
+        while i < tcp + doff:
+            kind = frame[i]
+            if kind == 0:
+                break
+            if kind == 1:
+                i += 1
+                continue
+            size = frame[i + 1]
+            if kind == 5:
+                for k in range(i + 2, i + size, 8):
+                    sacks.append(struct.unpack_from("!II", frame, k))
+            i += max(size, 2)
+        out.append(
+            Frame(
+                sec + usec / 1e6, sport, dport, frame[tcp + 13], seq, ack, total - ihl - doff, sacks
+            )  # fmt: skip
+        )
+    return out
+
+
+def rel(a: int, b: int) -> int:
+    """a - b in sequence space."""
+    return (a - b + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+# ---------------------------------------------------------------- the link
+
+
+@dataclass
+class Net:
+    link: m.PairLink
+    cstack: m.Stack
+    sstack: m.Stack
+    client: m.Context
+    server: m.Context
+    pcap: Path
+
+    def close(self) -> None:
+        self.cstack.close()
+        self.sstack.close()
+        self.link.close()
+
+
+def make_net(tmp: Path, congestion: str = "cubic", **kw: object) -> Net:
+    link = m.PairLink(seed=1, delay_us=DELAY_US)
+    pcap = tmp / "client-%u.pcap"
+    common = {"time_wait_ms": 50, "rcvbuf": 1 << 20, "sndbuf": 1 << 20, **kw}
+    c = m.Stack("pair", f"{CLIENT}/24", pair=link, pair_side=0, pcap=str(pcap),
+                congestion=congestion, **common)  # fmt: skip
+    s = m.Stack("pair", f"{SERVER}/24", pair=link, pair_side=1, **common)
+    return Net(link, c, s, c.context(0), s.context(0), Path(str(pcap).replace("%u", "0")))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = make_net(tmp_path)
+    yield n
+    n.close()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+class Reader(threading.Thread):
+    """The server: accepts one connection and reads until the peer's FIN."""
+
+    def __init__(self, ctx: m.Context) -> None:
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.got = bytearray()
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            ls = self.ctx.socket()
+            ls.bind(("0.0.0.0", PORT))
+            ls.listen(16)
+            ep = self.ctx.epoll()
+            ep.register(ls, m.EPOLLIN)
+            self.ready.set()
+            end = time.monotonic() + DEADLINE_S * 2
+            s = None
+            while s is None and time.monotonic() < end:
+                if ep.poll(0.05):
+                    s, _ = ls.accept()
+            assert s is not None, "no connection"
+            ep.register(s, m.EPOLLIN)
+            while time.monotonic() < end:
+                ep.poll(0.05)
+                try:
+                    d = s.recv(1 << 18)
+                except BlockingIOError:
+                    continue
+                if not d:
+                    break
+                self.got += d
+            s.close()
+            ls.close()
+        except BaseException as e:
+            self.error = e
+            self.ready.set()
+
+    def finish(self) -> bytes:
+        self.join(DEADLINE_S * 2)
+        assert not self.is_alive(), "server thread hung"
+        if self.error:
+            raise self.error
+        return bytes(self.got)
+
+
+def connect(n: Net, nodelay: bool = True) -> tuple[m.Socket, m.Epoll, Reader]:
+    r = Reader(n.server)
+    r.start()
+    assert r.ready.wait(10)
+    c = n.client.socket()
+    if nodelay:
+        c.setsockopt(m.IPPROTO_TCP, m.TCP_NODELAY, 1)
+    with pytest.raises(BlockingIOError):
+        c.connect((SERVER, PORT))
+    ep = n.client.epoll()
+    ep.register(c, m.EPOLLOUT)
+    end = time.monotonic() + DEADLINE_S
+    while not any(s is c for s, _ in ep.poll(0.05)):
+        assert time.monotonic() < end, "connect timed out"
+    return c, ep, r
+
+
+def send_all(c: m.Socket, ep: m.Epoll, data: bytes) -> None:
+    view = memoryview(data)
+    sent = 0
+    end = time.monotonic() + DEADLINE_S
+    while sent < len(data):
+        assert time.monotonic() < end, f"send stalled at {sent}"
+        try:
+            sent += c.send(view[sent : sent + 65536])
+        except BlockingIOError:
+            ep.poll(0.01)
+
+
+def acked(c: m.Socket, base: int) -> int:
+    return rel(c.tcp_info()["snd_una"], base)
+
+
+def warm_up(c: m.Socket, ep: m.Epoll, rounds: int = 5) -> None:
+    """A few small exchanges so that SRTT and the minimum RTT are known."""
+    base = c.tcp_info()["snd_una"]
+    for i in range(rounds):
+        send_all(c, ep, b"w" * 100)
+        wait_for(lambda i=i: acked(c, base) == 100 * (i + 1), "warm-up acknowledged")
+    assert c.tcp_info()["srtt_us"] > 0
+
+
+def delta(after: dict[str, int], before: dict[str, int], *keys: str) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in keys}
+
+
+def published(n: Net, cond: Callable[[dict[str, int]], bool], what: str) -> dict[str, int]:
+    """Counters are published once per round: wait until they show ``cond``."""
+    box: list[dict[str, int]] = []
+
+    def check() -> bool:
+        box[:] = [n.client.stats()]
+        return cond(box[0])
+
+    wait_for(check, what, 10)
+    return box[0]
+
+
+# ---------------------------------------------------------------- TLP
+
+
+def test_tail_loss_probe_once_per_episode_after_the_worst_case_delayed_ack(net: Net) -> None:
+    """A lone 100-byte segment is lost, and so is its probe. RFC 8985: one probe per
+    episode, sent 2 SRTT + WCDelAckT (200 ms) after the segment, because a receiver may
+    hold the ACK of a lone segment that long; the RTO repairs the second loss. Before,
+    the core probed twice, at 54 and 108 ms (Linux: once, at 206 ms)."""
+    c, ep, r = connect(net)
+    warm_up(c, ep)
+    base = c.tcp_info()["snd_una"]
+    before = net.client.stats()
+    net.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=100, max_payload=100)
+    send_all(c, ep, b"t" * 100)
+    wait_for(lambda: acked(c, base) == 100, "the lone segment repaired", 10)
+    after = published(net, lambda s: s["rto_timeouts"] > before["rto_timeouts"], "RTO counted")
+    d = delta(after, before, "loss_probes", "rto_timeouts", "retransmits")
+    assert d == {"loss_probes": 1, "rto_timeouts": 1, "retransmits": 2}, d
+    c.shutdown(m.SHUT_WR)
+    assert r.finish() == b"w" * 500 + b"t" * 100
+    assert net.link.counters(0)["targeted"] == 2
+    net.cstack.close()  # the capture is complete once the stack is closed
+    tx = [f for f in read_frames(net.pcap) if f.sport != PORT and f.seq == base and f.length]
+    assert len(tx) == 3, [(f.ts, f.length) for f in tx]  # the original, the probe, the RTO
+    probe_after = tx[1].ts - tx[0].ts
+    assert probe_after >= 0.200, f"probe {probe_after * 1000:.1f} ms after the lone segment"
+    assert tx[2].ts - tx[1].ts >= 0.200, "the RTO (at least 200 ms) follows the probe"
+
+
+def test_a_probe_that_repairs_a_tail_loss_reduces_the_window(net: Net) -> None:
+    """One lost tail segment, repaired by the probe: no RTO, and (RFC 8985 7.4.2) the
+    congestion response of a loss, since no D-SACK said the original had arrived."""
+    c, ep, r = connect(net)
+    warm_up(c, ep)
+    base = c.tcp_info()["snd_una"]
+    before = net.client.stats()
+    net.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=100, max_payload=100)
+    send_all(c, ep, b"p" * 100)
+    wait_for(lambda: acked(c, base) == 100, "repaired", 10)
+    after = published(net, lambda s: s["tlp_recoveries"] > before["tlp_recoveries"], "TLP")
+    d = delta(after, before, "loss_probes", "rto_timeouts", "tlp_recoveries")
+    assert d == {"loss_probes": 1, "rto_timeouts": 0, "tlp_recoveries": 1}, d
+    assert c.tcp_info()["ssthresh"] < 1 << 31
+    c.shutdown(m.SHUT_WR)
+    r.finish()
+
+
+def stepped_warm_up(rig: Rig, s: m.Socket, c: PeerConn, rtt_ms: int, rounds: int = 8) -> None:
+    """Exchanges on the stepped clock, each ACKed ``rtt_ms`` later: SRTT and min RTT known."""
+    for _ in range(rounds):
+        assert s.send(b"w" * 100) == 100
+        seg = c.expect(payload=b"w" * 100)
+        rig.advance(rtt_ms)
+        c.send(ACK, ack=seg.seq_end)
+        c.rcv_nxt = seg.seq_end
+
+
+def test_probe_timer_is_two_srtt_and_fires_once_per_episode_on_the_stepped_clock() -> None:
+    """Exact times on the manual clock. Three segments, none acknowledged: the probe (the
+    last segment again) 2 SRTT + 2 ms after them, then no second probe: the RTO follows
+    the probe by one RTO and resends from SND.UNA. A lone segment: 2 SRTT + WCDelAckT
+    (200 ms), capped by the RTO, so here at the RTO's 200 ms."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        stepped_warm_up(rig, s, c, rtt_ms=20)
+        info = s.tcp_info()
+        srtt_us, rto = info["srtt_us"], info["rto_ms"]
+        full = info["mss"] - 12
+        before = rig.stats()
+        assert s.send(b"a" * (3 * full)) == 3 * full
+        segs = [x for x in c.pending() if x.payload]
+        assert len(segs) == 3
+        pto = -(-2 * srtt_us // 1000) + 2
+        assert pto < rto
+        t0 = segs[-1].at_ms
+        rig.advance(pto - 1)
+        c.expect_none()
+        rig.advance(1)
+        probe = c.expect(seq=segs[-1].seq, payload=segs[-1].payload, at_ms=t0 + pto)
+        rig.advance(rto - 1)
+        c.expect_none()  # one probe per episode
+        rig.advance(1)
+        c.expect(seq=segs[0].seq, payload=segs[0].payload, at_ms=probe.at_ms + rto)
+        d = delta(rig.stats(), before, "loss_probes", "rto_timeouts")
+        assert d == {"loss_probes": 1, "rto_timeouts": 1}, d
+        # everything acknowledged: a new episode, a lone segment
+        c.send(ACK, ack=segs[-1].seq_end)
+        c.rcv_nxt = segs[-1].seq_end
+        rig.settle()
+        c.expect_none()
+        rto = s.tcp_info()["rto_ms"]
+        assert s.send(b"b" * 100) == 100
+        lone = c.expect(payload=b"b" * 100)
+        wait = min(-(-2 * s.tcp_info()["srtt_us"] // 1000) + 200, rto)
+        assert wait >= 200
+        rig.advance(wait - 1)
+        c.expect_none()
+        rig.advance(1)
+        c.expect(seq=lone.seq, payload=lone.payload, at_ms=lone.at_ms + wait)
+        assert rig.stats()["loss_probes"] - before["loss_probes"] == 2
+
+
+# ---------------------------------------------------------------- RACK
+
+
+def test_rack_marks_lost_by_time_with_fewer_than_three_duplicate_acks(net: Net) -> None:
+    """Six segments go out; the first three and the last are lost, so only two
+    duplicate ACKs come back (SACKing segments 4 and 5), fewer than three and too few
+    SACKed bytes for RFC 6675's IsLost, with six segments out (no early retransmit).
+    RACK marks 1-3 lost once an RTT and the reordering window have passed since they
+    were sent, and 6 once the retransmissions sent after it are delivered: all without a
+    probe or a timeout."""
+    c, ep, r = connect(net)
+    warm_up(c, ep)
+    base = c.tcp_info()["snd_una"]
+    before = net.client.stats()
+    net.link.drop_next(0, CPORT_DATA, 0, count=3, min_payload=1448, max_payload=1448)
+    net.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=500, max_payload=500)
+    payload = (bytes(range(256)) * 40)[: 5 * 1448 + 500]
+    send_all(c, ep, payload)
+    wait_for(lambda: acked(c, base) == len(payload), "all repaired", 10)
+    after = published(net, lambda s: s["retransmits"] >= before["retransmits"] + 4, "rexmits")
+    d = delta(after, before, "loss_probes", "rto_timeouts", "rack_marked_lost", "retransmits",
+              "dup_acks_rx")  # fmt: skip
+    assert net.link.counters(0)["targeted"] == 4
+    assert d["loss_probes"] == 0 and d["rto_timeouts"] == 0, d
+    assert d["rack_marked_lost"] == 4 and d["retransmits"] == 4, d
+    assert d["dup_acks_rx"] <= 2, d
+    c.shutdown(m.SHUT_WR)
+    assert r.finish() == b"w" * 500 + payload
+
+
+def test_rack_detects_a_lost_retransmission_without_a_timeout(net: Net) -> None:
+    """A segment and its first retransmission are both lost in the middle of a bulk
+    send. Duplicate ACKs cannot tell that a retransmission was lost (before, only a probe
+    or the RTO could); RACK sees segments sent after the retransmission delivered and
+    marks it lost by time, and the third copy gets through."""
+    c, ep, r = connect(net)
+    warm_up(c, ep)
+    base = c.tcp_info()["snd_una"]
+    before = net.client.stats()
+    net.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=1000, max_payload=1000)
+    marker = b"m" * 1000
+    bulk = bytes(range(256)) * 800  # 204800 bytes: 1448-byte segments and a 632-byte tail
+    send_all(c, ep, marker)
+    # the marker leaves as a segment of its own before the bulk is written
+    wait_for(lambda: rel(c.tcp_info()["snd_nxt"], base) >= len(marker), "marker sent", 5)
+    send_all(c, ep, bulk)
+    wait_for(lambda: acked(c, base) == len(marker) + len(bulk), "all acknowledged", 20)
+    after = published(net, lambda s: s["retransmits"] >= before["retransmits"] + 2, "rexmits")
+    d = delta(after, before, "loss_probes", "rto_timeouts", "rack_marked_lost")
+    assert net.link.counters(0)["targeted"] == 2
+    assert d["rto_timeouts"] == 0 and d["loss_probes"] == 0, d
+    assert d["rack_marked_lost"] >= 2, d
+    c.shutdown(m.SHUT_WR)
+    assert r.finish() == b"w" * 500 + marker + bulk
+    net.cstack.close()  # the capture is complete once the stack is closed
+    copies = [f for f in read_frames(net.pcap) if f.sport != PORT and f.seq == base]
+    assert [f.length for f in copies] == [1000, 1000, 1000]
+
+
+# ---------------------------------------------------------------- PRR
+
+
+def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
+    """One segment is lost from a large window (NewReno: ssthresh = FlightSize / 2). With
+    PRR (RFC 6937) what the sender transmits during recovery tracks, ACK by ACK,
+    CEIL(delivered * ssthresh / RecoverFS): about half of what each ACK reports delivered,
+    from the first ACK on. (The old NewReno window inflation sent nothing until half the
+    window had been reported, then everything.)"""
+    n = make_net(tmp_path, congestion="newreno")
+    try:
+        c, ep, r = connect(n)
+        warm_up(c, ep)
+        base = c.tcp_info()["snd_una"]
+        data = bytes(range(256)) * 4096  # 1 MiB
+        # a quarter first, to open the window; then one segment of the rest is lost
+        send_all(c, ep, data[: 256 * 1024])
+        wait_for(lambda: acked(c, base) == 256 * 1024, "first quarter acknowledged")
+        n.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=1448, max_payload=1448)
+        send_all(c, ep, data[256 * 1024 :])
+        wait_for(lambda: acked(c, base) == len(data), "all acknowledged", 20)
+        c.shutdown(m.SHUT_WR)
+        assert r.finish()[500:] == data
+        assert n.link.counters(0)["targeted"] == 1
+    finally:
+        n.close()
+    frames = read_frames(n.pcap)
+    # the recovery: from the first retransmission to the ACK that covers what was out
+    high = 0
+    start = None
+    for i, f in enumerate(frames):
+        if f.sport == PORT or not f.length or rel(f.seq, base) < 0:
+            continue
+        end_seq = rel(f.seq, base) + f.length
+        if end_seq <= high and start is None:
+            start = i
+            break
+        high = max(high, end_seq)
+    assert start is not None, "no retransmission"
+    recover = high
+
+    def reported(f: Frame) -> int:
+        """Bytes an ACK reports delivered: cumulatively, and SACKed above that."""
+        ack = rel(f.ack, base)
+        return ack + sum(
+            rel(b, base) - max(rel(a, base), ack) for a, b in f.sacks if rel(b, base) > ack
+        )
+
+    acks_before = [f for f in frames[:start] if f.sport == PORT]
+    una0 = rel(acks_before[-1].ack, base)
+    recover_fs = recover - una0  # RFC 6937: RecoverFS = snd.nxt - snd.una at the start
+    ssthresh = recover_fs // 2
+    # PRR counts deliveries from the ACK that detects the loss, a few duplicate ACKs after
+    # the first one (RACK: DupThresh SACKed segments, or its reordering timer): count from
+    # the last ACK before the first duplicate, and allow for those few
+    first_dup = next(i for i, f in enumerate(acks_before) if f.sacks and rel(f.ack, base) == una0)
+    reported0 = reported(acks_before[first_dup - 1])
+    delivered = reported(acks_before[-1]) - reported0
+    sent_bytes = 0
+    checked = 0
+    in_burst = False
+    last_ack = acks_before[-1]
+    for f in frames[start:]:
+        if f.sport != PORT:
+            sent_bytes += f.length
+            high = max(high, rel(f.seq, base) + f.length)
+            in_burst = True
+            continue
+        if in_burst:  # a burst of the sender ended: it is up to date with `delivered`
+            allowed = -(-delivered * ssthresh // recover_fs)
+            pipe = high - reported(last_ack)  # outstanding, neither acknowledged nor SACKed
+            assert sent_bytes <= allowed + 2 * 1448, (delivered, sent_bytes, allowed)
+            # behind the proportional share only where it brought pipe to ssthresh (PRR-SSRB)
+            assert sent_bytes >= allowed - 6 * 1448 or abs(pipe - ssthresh) <= 2 * 1448, (
+                delivered, sent_bytes, allowed, pipe, ssthresh)  # fmt: skip
+            checked += 1
+            in_burst = False
+        if rel(f.ack, base) >= recover:
+            break
+        delivered = reported(f) - reported0
+        last_ack = f
+    assert checked >= 3, f"recovery too short to judge ({checked} bursts, RecoverFS {recover_fs})"
+
+
+# ---------------------------------------------------------------- D-SACK undo
+
+
+def test_dsack_undoes_the_reduction_of_a_spurious_timeout(net: Net) -> None:
+    """A lone segment arrives but its ACK is lost, and so is the ACK of the probe: the
+    RTO retransmits what the receiver already has, and cuts the window to one segment.
+    The receiver reports the duplicate in a D-SACK block (RFC 2883); the sender sees that
+    every retransmission of the episode was spurious and restores cwnd and ssthresh
+    (RFC 3708)."""
+    c, ep, r = connect(net)
+    warm_up(c, ep, rounds=20)
+    info0 = c.tcp_info()
+    base = info0["snd_una"]
+    before = net.client.stats()
+    rbefore = net.server.stats()
+    net.link.drop_next(1, PURE_ACK, m.PairLink.ACK, count=2, max_payload=0)
+    send_all(c, ep, b"s" * 100)
+    wait_for(lambda: acked(c, base) == 100, "acknowledged", 10)
+    after = published(net, lambda s: s["undo_dsack"] > before["undo_dsack"], "undo counted")
+    d = delta(after, before, "rto_timeouts", "loss_probes", "dsacks_rx", "undo_dsack",
+              "retrans_spurious")  # fmt: skip
+    assert d["rto_timeouts"] == 1 and d["loss_probes"] == 1, d
+    assert d["dsacks_rx"] >= 1 and d["undo_dsack"] == 1 and d["retrans_spurious"] >= 1, d
+    assert net.server.stats()["dsacks_tx"] - rbefore["dsacks_tx"] >= 1
+    info = c.tcp_info()
+    assert info["cwnd"] >= info0["cwnd"], (info0["cwnd"], info["cwnd"])
+    assert info["ssthresh"] == info0["ssthresh"]
+    c.shutdown(m.SHUT_WR)
+    assert r.finish() == b"w" * 2000 + b"s" * 100
+
+
+# ---------------------------------------------------------------- congestion control
+
+
+MSS = 1448
+C = 0.4
+BETA = 0.7
+
+
+def test_cubic_window_follows_the_rfc_9438_curve() -> None:
+    """After a loss at W_max = 100 segments (RTT 100 ms): cwnd = beta * W_max, then
+    W_cubic(t) = C (t - K)^3 + W_max, K = cbrt(W_max (1 - beta) / C): concave up to the
+    plateau at W_max around K, convex beyond (until the Reno-friendly estimate leads)."""
+    rounds, _ = m.simulate_congestion("cubic", [100_000] * 90, mss=MSS, init_cwnd_segs=100,
+                                      loss_round=0)  # fmt: skip
+    k = (100 * (1 - BETA) / C) ** (1 / 3)
+    assert rounds[0].ssthresh == int(100 * MSS * BETA)
+    for rd in rounds:
+        if rd.time_s > k + 1.0:
+            break
+        want = C * (rd.time_s - k) ** 3 + 100
+        got = rd.cwnd / MSS
+        assert abs(got - want) <= 0.5 + 0.02 * want, (rd.time_s, got, want)
+    near_k = min(rounds, key=lambda rd: abs(rd.time_s - k))
+    assert 99 <= near_k.cwnd / MSS <= 101
+    later = [rd for rd in rounds if k + 2.5 <= rd.time_s][0]
+    assert later.cwnd / MSS > 104  # convex: probing beyond W_max
+
+
+def test_newreno_is_selectable_and_grows_one_segment_per_round() -> None:
+    rounds, _ = m.simulate_congestion("newreno", [50_000] * 20, mss=MSS, init_cwnd_segs=100,
+                                      loss_round=0)  # fmt: skip
+    assert rounds[0].ssthresh == 50 * MSS  # FlightSize / 2
+    segs = [rd.cwnd // MSS for rd in rounds]
+    assert segs == list(range(segs[0], segs[0] + 20)), segs
+    with pytest.raises(OSError):
+        m.simulate_congestion("bbr", [1000])
+
+
+def test_hystart_plus_plus_leaves_slow_start_when_the_rtt_rises() -> None:
+    """RFC 9406: after a round whose minimum RTT exceeds the previous round's by
+    clamp(lastRTT / 8, 4 ms, 16 ms), conservative slow start (growth / 4) for 5 rounds,
+    then congestion avoidance with ssthresh = cwnd, without a loss. With a steady RTT,
+    slow start continues (doubling per round)."""
+    rtts = [20_000] * 8 + [30_000] * 12
+    rounds, exits = m.simulate_congestion("cubic", rtts, mss=MSS)
+    assert exits == 1
+    ss = [rd.cwnd // MSS for rd in rounds[:8]]
+    assert ss == [20 * 2**i for i in range(8)], ss
+    # CSS: 1.25 per round instead of 2
+    css = rounds[8:13]
+    for a, b in zip(css, css[1:], strict=False):
+        assert 1.2 <= b.cwnd / a.cwnd <= 1.3, (a.cwnd, b.cwnd)
+    exit_round = next(i for i, rd in enumerate(rounds) if rd.ssthresh < 1 << 31)
+    assert 12 <= exit_round <= 14, exit_round
+    assert rounds[-1].cwnd < rounds[exit_round].cwnd * 1.2  # congestion avoidance after
+    steady, exits = m.simulate_congestion("cubic", [20_000] * 12, mss=MSS)
+    assert exits == 0 and all(rd.ssthresh >= 1 << 31 for rd in steady)
+    # NewReno has no HyStart++: the same RTT rise leaves it in slow start
+    nr, exits = m.simulate_congestion("newreno", rtts, mss=MSS)
+    assert exits == 0 and nr[-1].ssthresh >= 1 << 31
+
+
+def test_congestion_control_is_chosen_per_stack_and_per_socket(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="congestion"):
+        m.Stack("pair", f"{CLIENT}/24", pair=m.PairLink(), congestion="bbr")
+    n = make_net(tmp_path, congestion="newreno")
+    try:
+        c, ep, r = connect(n)
+        info = c.tcp_info()
+        assert info["congestion"] == "newreno"
+        c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "cubic")
+        wait_for(lambda: c.tcp_info()["congestion"] == "cubic", "switched to cubic", 5)
+        with pytest.raises(FileNotFoundError):  # ENOENT, as Linux for an unknown name
+            c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "vegas")
+        for key in ("cwnd", "ssthresh", "srtt_us", "rttvar_us", "lost_segs", "retransmits",
+                    "reordering", "pipe", "min_rtt_us"):  # fmt: skip
+            assert key in info
+        c.shutdown(m.SHUT_WR)
+        r.finish()
+    finally:
+        n.close()
+    d = make_net(tmp_path)
+    try:
+        c, ep, r = connect(d)
+        assert c.tcp_info()["congestion"] == "cubic"  # the default
+        c.shutdown(m.SHUT_WR)
+        r.finish()
+    finally:
+        d.close()
