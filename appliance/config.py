@@ -37,6 +37,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # 0.39x nginx, 1 MiB 1.32x, 4 MiB 1.66x (bench/web_bench.py, one run each); 1 MiB keeps
 # the worst case (every connection of a core filling its buffer) at 4 GiB a core.
 DEFAULT_SNDBUF = 1 << 20
+DEFAULT_BUSY_POLL_US = 0
 IFNAMSIZ = 16
 
 
@@ -99,6 +100,8 @@ class Config:
     sni: tuple[tuple[str, Path, Path, Path | None], ...] = ()  # (name, cert, key, staple)
     redirect_http: bool = False
     hsts: int = 0  # Strict-Transport-Security max-age, seconds (0: not sent)
+    responder: bool = True  # mtcp: cached small files answered inside the stack
+    busy_poll_us: int = DEFAULT_BUSY_POLL_US  # mtcp: poll after a busy round before sleeping
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -375,6 +378,17 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
     "tap_host": (_str, "tap: host side address/prefix (default 198.18.0.1/24, or .1 of --ip)"),
     "drain_timeout": (_float_pos, "seconds to finish in-flight requests on SIGTERM (30)"),
+    "no_responder": (
+        _bool,
+        "mtcp: answer every request in Python (default: cached small files are answered "
+        "by the stack's static responder, in the round that received the request)",
+    ),
+    "busy_poll_us": (
+        _int(0, 10_000),
+        f"mtcp: after a round that did work, poll the device and the app's queue this many "
+        f"microseconds before sleeping (default {DEFAULT_BUSY_POLL_US}; 0: sleep at once; "
+        "an idle stack never polls)",
+    ),
     "nft_guard": (
         _bool,
         "afpacket: keep the kernel from answering the served port on the interface (an "
@@ -416,6 +430,8 @@ TOML_TYPES: dict[str, Any] = {
     "redirect_http": bool,
     "hsts": int,
     "sni": dict,
+    "no_responder": bool,
+    "busy_poll_us": int,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
@@ -572,7 +588,8 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
             "sndbuf",
             "mem_budget_mb",
             "max_conns_per_source",
-        ):
+            "busy_poll_us",
+        ):  # (no_responder is accepted: the kernel's stack has no responder to turn off)
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
     tls = _tls(err, val, port, check_certs, tables.get("sites", ()), config_file)
@@ -607,6 +624,8 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         table_lines=table_lines(config_file) if config_file is not None else {},
         mem_budget_mb=val.get("mem_budget_mb", 0),
         max_conns_per_source=val.get("max_conns_per_source", 0),
+        responder=stack == "mtcp" and not val.get("no_responder", False),
+        busy_poll_us=val.get("busy_poll_us", DEFAULT_BUSY_POLL_US),
         sources=dict(where),
     )
 

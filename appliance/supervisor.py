@@ -352,6 +352,7 @@ class Supervisor:
                 mem_budget=cfg.mem_budget_mb << 20,
                 max_conns_per_source=cfg.max_conns_per_source,
                 shared_addr=cfg.nft_guard,
+                busy_poll_us=cfg.busy_poll_us,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

@@ -47,7 +47,13 @@
     X(orphans, G) X(orphan_aborts, C) X(orphan_overflows, C) X(user_timeouts, C) \
     X(zero_window_aborts, C) X(evictions, C) X(drop_tcp_source_limit, C) \
     X(buf_mem_used, G) X(buf_mem_budget, G) X(buf_mem_pressure, G) X(buf_pressure_opens, C) \
-    X(buf_released_bytes, C)
+    X(buf_released_bytes, C) \
+    X(app_signals, C) X(stack_kicks, C) X(app_waits, C) X(busy_polls, C) \
+    X(rsp_hits, C) X(rsp_misses, C) \
+    X(rsp_fb_method, C) X(rsp_fb_grammar, C) X(rsp_fb_header, C) X(rsp_fb_size, C) \
+    X(rsp_fb_conditional, C) X(rsp_fb_partial, C) X(rsp_fb_pipeline, C) X(rsp_fb_log_full, C) \
+    X(rsp_fb_room, C) X(rsp_fb_draining, C) \
+    X(rsp_install_refused, C) X(rsp_entries, G) X(rsp_bytes, G) X(rsp_conns, G)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,
