@@ -537,6 +537,45 @@ def test_the_table_is_bounded_per_core() -> None:
         stack.close()
 
 
+def test_virtual_hosts_one_site_hits_several_sites_stay_on_python(
+    netlab: netns.Lab, site: Path, tmp_path: Path
+) -> None:
+    """One site with a header rule (responses may depend on the Host: the key has it): hits,
+    and a Host the key has not seen is a miss; several sites: the responder stays off."""
+    from appliance.http.vhosts import VhostConfig, VirtualSite
+
+    (site / "_headers").write_text("/small.txt\n  X-Rule: yes\n")
+    one = VhostConfig((VirtualSite("main", ("a.example",), SiteConfig(root=site)).compile(),),
+                      "main")  # fmt: skip
+    srv, mstack = start(netlab, one, "rsp-vh1", True)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            data, _ = fetch(srv, get("/small.txt", "Connection: close"))
+            assert b"\r\nX-Rule: yes\r\n" in data
+        assert srv.stats()["rsp_hits"] == 2 and PY_RECEIVES["rsp-vh1"] == 1
+        other = b"GET /small.txt HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n"
+        data, _ = fetch(srv, other)
+        assert b"\r\nX-Rule: yes\r\n" in data and PY_RECEIVES["rsp-vh1"] == 2
+        wait_for(lambda: srv.stats()["rsp_entries"] == 2)  # one key per Host value
+    finally:
+        finish(srv, mstack)
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    two = VhostConfig(
+        (VirtualSite("main", ("a.example",), SiteConfig(root=site)).compile(),
+         VirtualSite("b", ("b.example",), SiteConfig(root=other_root)).compile()),
+        "main",
+    )  # fmt: skip
+    srv, mstack = start(netlab, two, "rsp-vh2", True)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            data, _ = fetch(srv, get("/small.txt", "Connection: close"))
+            assert data.startswith(b"HTTP/1.1 200 OK")
+        assert srv.stats()["rsp_hits"] == 0 and PY_RECEIVES["rsp-vh2"] == 3
+    finally:
+        finish(srv, mstack)
+
+
 # ---------------------------------------------------------------- differential
 
 
