@@ -88,6 +88,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lingering-timeout", type=float, metavar="SECONDS", help=h("lingering_timeout")
     )
+    p.add_argument("--no-responder", action="store_true", help=h("no_responder"))
+    p.add_argument("--busy-poll-us", type=int, metavar="US", help=h("busy_poll_us"))
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
@@ -131,7 +133,7 @@ def _flags(argv: Sequence[str] | None) -> dict[str, Any]:
     """The config keys given as flags on this command line."""
     given = vars(build_parser(explicit_only=True).parse_args(argv))
     out = {k: v for k, v in given.items() if k not in _NOT_KEYS}
-    for key in ("no_priority", "nft_guard", "redirect_http"):
+    for key in ("no_priority", "nft_guard", "redirect_http", "no_responder"):
         if out.pop(key, False):
             out[key] = True
     for key in ("root", "access_log", "cert", "key", "ocsp_staple"):

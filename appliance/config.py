@@ -41,6 +41,7 @@ DEFAULT_LINGERING_TIMEOUT_S = 5.0
 # 0.39x nginx, 1 MiB 1.32x, 4 MiB 1.66x (bench/web_bench.py, one run each); 1 MiB keeps
 # the worst case (every connection of a core filling its buffer) at 4 GiB a core.
 DEFAULT_SNDBUF = 1 << 20
+DEFAULT_BUSY_POLL_US = 0
 IFNAMSIZ = 16
 
 
@@ -107,6 +108,8 @@ class Config:
     lingering_time: float = DEFAULT_LINGERING_TIME_S
     lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT_S
     congestion: str = "cubic"  # mtcp: congestion control of every connection
+    responder: bool = True  # mtcp: cached small files answered inside the stack
+    busy_poll_us: int = DEFAULT_BUSY_POLL_US  # mtcp: poll after a busy round before sleeping
     sources: dict[str, str] = field(default_factory=dict, compare=False)  # key -> where from
 
     @property
@@ -400,6 +403,17 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
         _float_pos,
         "lingering close: seconds without a byte from the client before closing (5)",
     ),
+    "no_responder": (
+        _bool,
+        "mtcp: answer every request in Python (default: cached small files are answered "
+        "by the stack's static responder, in the round that received the request)",
+    ),
+    "busy_poll_us": (
+        _int(0, 10_000),
+        f"mtcp: after a round that did work, poll the device and the app's queue this many "
+        f"microseconds before sleeping (default {DEFAULT_BUSY_POLL_US}; 0: sleep at once; "
+        "an idle stack never polls)",
+    ),
     "nft_guard": (
         _bool,
         "afpacket: keep the kernel from answering the served port on the interface (an "
@@ -443,6 +457,8 @@ TOML_TYPES: dict[str, Any] = {
     "redirect_http": bool,
     "hsts": int,
     "sni": dict,
+    "no_responder": bool,
+    "busy_poll_us": int,
 }
 _TYPE_NAMES: dict[Any, str] = {
     int: "integer",
@@ -600,7 +616,8 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
             "mem_budget_mb",
             "max_conns_per_source",
             "congestion",
-        ):
+            "busy_poll_us",
+        ):  # (no_responder is accepted: the kernel's stack has no responder to turn off)
             if key in val:
                 raise err(key, "only means something with --stack mtcp")
     tls = _tls(err, val, port, check_certs, tables.get("sites", ()), config_file)
@@ -639,6 +656,8 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         lingering_time=val.get("lingering_time", DEFAULT_LINGERING_TIME_S),
         lingering_timeout=val.get("lingering_timeout", DEFAULT_LINGERING_TIMEOUT_S),
         congestion=val.get("congestion", "cubic"),
+        responder=stack == "mtcp" and not val.get("no_responder", False),
+        busy_poll_us=val.get("busy_poll_us", DEFAULT_BUSY_POLL_US),
         sources=dict(where),
     )
 

@@ -62,6 +62,8 @@ class LoadSettings:
     timeout: float
     headers: tuple[str, ...]
     cores: int
+    keepalive: int  # requests per connection (0: one, with Connection: close)
+    pipeline: int  # keep-alive: requests in flight per connection
     stack: dict[str, Any]  # keyword arguments of mtcp_core.Stack
     describe: str  # the stack, in words
 
@@ -95,14 +97,15 @@ def parse_url(url: str) -> Target:
     return Target(str(addr), port, path, parts.netloc)
 
 
-def build_request(target: Target, headers: Sequence[str] = ()) -> bytes:
-    """The request every connection sends: GET, Host, User-Agent, Connection: close."""
+def build_request(target: Target, headers: Sequence[str] = (), keepalive: bool = False) -> bytes:
+    """The request every connection sends: GET, Host, User-Agent, Connection: close (none
+    in keep-alive mode)."""
     lines = [
         f"GET {target.path} HTTP/1.1",
         f"Host: {target.netloc}",
         f"User-Agent: {USER_AGENT}",
         *headers,
-        "Connection: close",
+        *([] if keepalive else ["Connection: close"]),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -127,6 +130,12 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         )
     if args.requests < 0:
         raise LoadError(f"--requests: must be >= 0 (0: no cap), got {args.requests}")
+    if args.keepalive < 0:
+        raise LoadError(f"--keepalive: requests per connection >= 0, got {args.keepalive}")
+    if not 1 <= args.pipeline <= 64:
+        raise LoadError(f"--pipeline: must be 1..64, got {args.pipeline}")
+    if args.pipeline > 1 and not args.keepalive:
+        raise LoadError("--pipeline: needs --keepalive N (requests per connection)")
     if not 0 < args.timeout <= 3600:
         raise LoadError(f"--timeout: must be seconds > 0 (at most 3600), got {args.timeout}")
     headers = tuple(_check_header(h) for h in args.header or ())
@@ -170,6 +179,8 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         timeout=args.timeout,
         headers=headers,
         cores=cfg.cores,
+        keepalive=args.keepalive,
+        pipeline=args.pipeline,
         stack=stack,
         describe=describe,
     )
@@ -198,7 +209,7 @@ def run_load(
     # every connection at full buffer sizes: the budget is no limit for a load generator
     budget = max_conns * (2 * 65536)
     stack = mtcp_core.Stack(**s.stack, max_conns=max_conns, mem_budget=budget)
-    request = build_request(s.target, s.headers)
+    request = build_request(s.target, s.headers, keepalive=s.keepalive > 0)
     address = (s.target.host, s.target.port)
     results: dict[int, mtcp_core.LoadResult | BaseException] = {}
     gens: dict[int, mtcp_core.LoadGenerator] = {}
@@ -225,6 +236,8 @@ def run_load(
                 duration=s.duration,
                 max_requests=per_reqs[core],
                 timeout=s.timeout,
+                keepalive=s.keepalive,
+                pipeline=s.pipeline,
             )
             with lock:
                 gens[core] = gen
@@ -311,7 +324,8 @@ def report_text(s: LoadSettings, total: mtcp_core.LoadResult) -> str:
     e = total.errors
     out = [
         f"Running {s.duration:g}s test @ {s.url}",
-        f"  {s.cores} cores and {s.connections} connections ({s.describe})",
+        f"  {s.cores} cores and {s.connections} connections ({s.describe})"
+        + (f", {s.keepalive} requests each, {s.pipeline} in flight" if s.keepalive else ""),
         "  Stats        Avg      Min      Max",
         f"    Latency {_fmt_time(lat.mean):>8} {_fmt_time(lat.min):>8} {_fmt_time(lat.max):>8}",
         f"    Connect {_fmt_time(con.mean):>8} {_fmt_time(con.min):>8} {_fmt_time(con.max):>8}",
@@ -345,6 +359,8 @@ def report_json(
         "duration_s": s.duration,
         "requests_cap": s.requests,
         "timeout_s": s.timeout,
+        "keepalive": s.keepalive,
+        "pipeline": s.pipeline,
         "cores": s.cores,
         "stack": s.describe,
         "warmup_requests": len(per_core),  # one per core before the clock starts, uncounted
@@ -388,6 +404,11 @@ def add_parser(commands: Any, **kw: Any) -> argparse.ArgumentParser:
                    help="seconds to run (default 10)")  # fmt: skip
     p.add_argument("--requests", type=_int_arg, default=0,
                    help="stop after this many connections (default 0: no cap)")  # fmt: skip
+    p.add_argument("--keepalive", type=_int_arg, default=0, metavar="N",
+                   help="N requests per connection, no Connection: close (default 0: one "
+                   "request per connection, short connections)")  # fmt: skip
+    p.add_argument("--pipeline", type=_int_arg, default=1, metavar="DEPTH",
+                   help="with --keepalive: requests in flight per connection (1)")  # fmt: skip
     p.add_argument("--timeout", type=_float_arg, default=2.0,
                    help="seconds before a connection counts as timed out (default 2)")  # fmt: skip
     p.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",

@@ -353,6 +353,7 @@ class Supervisor:
                 max_conns_per_source=cfg.max_conns_per_source,
                 shared_addr=cfg.nft_guard,
                 congestion=cfg.congestion,
+                busy_poll_us=cfg.busy_poll_us,
             )
         except ValueError as exc:
             raise StartupError(str(exc), 2) from None

@@ -168,7 +168,8 @@ def _main(spec: WorkerSpec) -> int:
                 state,
                 lambda site, draining: serve_mtcp(
                     ctx, site, cfg.port, state.stop, spec.http_block.record, draining,
-                    ready=ready, tls=tls,
+                    ready=ready, tls=tls, responder=cfg.responder,
+                    hit_slots=spec.http_block.hits_address(),
                 ),
             )  # fmt: skip
             log.info("server stopped; waiting for the stack to send what it was handed")

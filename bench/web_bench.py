@@ -69,6 +69,9 @@ TLS_SERVERS = ("mtcp", "linux", "nginx")  # lighttpd is left out of the HTTPS ro
 TLS_KINDS = ("tls-full", "tls-resumed", "tls-keepalive")
 TLS_LOAD_MAX = 10_000_000  # connections a handshake row makes at most
 SERVERS = ("mtcp", "linux", "nginx", "lighttpd")
+# more appliance variants (--servers): mtcp without the static responder, with busy polling
+VARIANTS = {"mtcp-noresp": ["--no-responder"], "mtcp-bp": ["--busy-poll-us", "50"]}
+LOAD_KEEPALIVE = 100  # requests per connection of the load generator's keep-alive rows
 SCALING_SERVERS = ("mtcp", "linux", "nginx")
 METRICS = "127.0.0.1:9100"  # the appliance's management address, inside the server namespace
 NAN = float("nan")
@@ -86,7 +89,16 @@ COUNTERS = (
     "mtcp_drops_total",
     "mtcp_worker_restarts_total",
     "mtcp_http_requests_total",
+    # wake-ups: device waits (ppoll), eventfd signals mTCP -> app and app -> mTCP, app waits
+    "mtcp_sleeps_total",
+    "mtcp_app_signals_total",
+    "mtcp_stack_kicks_total",
+    "mtcp_app_waits_total",
+    "mtcp_busy_polls_total",
+    "mtcp_rsp_hits_total",
+    "mtcp_rsp_misses_total",
 )
+WAKE_COUNTERS = ("sleeps", "app_signals", "stack_kicks", "app_waits")
 
 # issue 6's targets: (what, its key in figures(), bound, how the figure must compare to it);
 # "short-64B-c64" is the paper's short-connection row, one worker
@@ -108,6 +120,27 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("keep-alive 64 B over TLS req/s, linux / nginx", "tls-keepalive:linux/nginx", 0.9, ">="),
 )
 TARGET_ROW = "short-64B-c64"
+
+# issue 13's targets: mtcp (static responder on) against nginx and lighttpd, per row driven
+# by wrk and by the load generator (where one wrk core is the ceiling)
+TARGETS_13: tuple[tuple[str, str, float, str], ...] = tuple(
+    t
+    for pre, tool in (("", "wrk"), ("load-", "load"))
+    for t in (
+        (f"short 64 B req/s, mtcp / nginx ({tool})", f"{pre}short-64B-c64 rps:mtcp/nginx",
+         1.3, ">="),
+        (f"short 64 B req/s, mtcp / lighttpd ({tool})", f"{pre}short-64B-c64 rps:mtcp/lighttpd",
+         1.3, ">="),
+        (f"short 64 B server CPU/req, mtcp / nginx ({tool})",
+         f"{pre}short-64B-c64 srv:mtcp/nginx", 0.5, "<="),
+        (f"keep-alive 64 B req/s, mtcp / lighttpd ({tool})",
+         f"{pre}keepalive-64B-c64 rps:mtcp/lighttpd", 1.1, ">="),
+        (f"keep-alive 64 B server CPU/req, mtcp / lighttpd ({tool})",
+         f"{pre}keepalive-64B-c64 srv:mtcp/lighttpd", 1.0, "<="),
+        (f"short 64 B whole-machine CPU/req, mtcp / nginx ({tool})",
+         f"{pre}short-64B-c64 machine:mtcp/nginx", 0.8, "<="),
+    )
+)  # fmt: skip
 
 NGINX_CONF = """\
 worker_processes {workers};
@@ -175,6 +208,7 @@ class Workload:
     connections: int
     seconds: float
     threads: int = 1
+    tool: str = "wrk"  # or "load": mtcp-appliance load on the client's own user-level stack
 
     @property
     def close(self) -> bool:
@@ -195,6 +229,8 @@ class Row:
     workers: int = 1
     priority: bool | None = None  # the appliance's TX lists (mtcp only)
     unit: str = "req"  # what the CPU figures are per: a request, or a MiB downloaded
+    tool: str = "wrk"  # the client: wrk, or mtcp-appliance load
+    wakeups_per_req: float = NAN  # mtcp: device waits + eventfd signals + app waits, per req
     requests: int = 0
     seconds: float = 0.0
     rps: float = NAN
@@ -247,12 +283,15 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
     if opts.quick:
         out.append(Workload("short-64B-c64", "short", SMALL_FILES[64], 64, 64, d))
         out.append(Workload("keepalive-4K-c64", "keepalive", SMALL_FILES[4096], 4096, 64, d))
+        out.append(Workload("load-short-64B-c64", "short", SMALL_FILES[64], 64, 64, d, tool="load"))
     else:
         for kind in ("short", "keepalive"):
             for size, path in SMALL_FILES.items():
                 for conns in (64, 256):
                     name = f"{kind}-{_fmt_size(size)}-c{conns}"
                     out.append(Workload(name, kind, path, size, conns, d))
+                name = f"load-{kind}-{_fmt_size(size)}-c64"
+                out.append(Workload(name, kind, path, size, 64, d, tool="load"))
     out.append(Workload(f"download-{_fmt_size(opts.big)}", "download", BIG_FILE, opts.big, 1, d))
     clients = getattr(opts, "tls_clients", 64)
     out.append(Workload("tls-full-64B", "tls-full", SMALL_FILES[64], 64, clients, d))
@@ -260,7 +299,9 @@ def workloads(opts: argparse.Namespace) -> list[Workload]:
     out.append(Workload("tls-keepalive-64B-c64", "tls-keepalive", SMALL_FILES[64], 64, 64, d))
     if opts.only:
         wanted = set(opts.only.split(","))
-        out = [wl for wl in out if wl.name in wanted or wl.kind in wanted]
+        out = [
+            wl for wl in out if wl.name in wanted or wl.kind in wanted or wl.tool in wanted
+        ]
     return out
 
 
@@ -306,12 +347,19 @@ class Server:
 
     @property
     def appliance(self) -> bool:
-        return self.kind in ("mtcp", "linux")
+        return self.kind in ("mtcp", "linux", *VARIANTS)
+
+    @property
+    def user_level(self) -> bool:
+        return self.kind == "mtcp" or self.kind in VARIANTS
 
     def argv(self) -> list[str]:
         k, n = self.kind, str(self.workers)
         flags = f"--port {PORT} --cores {n} --metrics {METRICS} --drain-timeout 2".split()
         flags += ["--root", str(self.site), *self.extra]
+        if k in VARIANTS:
+            flags += VARIANTS[k]
+            k = "mtcp"
         if self.tls is not None and k in ("mtcp", "linux"):
             flags += ["--tls-port", str(TLS_PORT), "--cert", str(self.tls[0])]
             flags += ["--key", str(self.tls[1])]
@@ -366,7 +414,7 @@ class Server:
         raise ValueError(k)
 
     def start(self, cl: netns.Namespace) -> None:
-        if self.kind != "mtcp":
+        if not self.user_level:
             self.sv.ip("addr", "add", str(self.link.addr_b), "dev", self.link.if_b)
             self.kernel_addr = True
         t0 = time.monotonic()
@@ -513,6 +561,54 @@ class Rig:
         return common.in_ns(self.cl, self.client_cpus, argv)
 
 
+    def load(self, wl: Workload, run: int) -> list[str]:
+        """mtcp-appliance load on afpacket on the client's veth end, from an address of its
+        own (.10 + run: a new stack's 4-tuples never meet the server's TIME_WAIT entries of
+        an earlier run), while the kernel address is off that end."""
+        net = self.link.network
+        ip = f"{net.network_address + 10 + run % 200}/{net.prefixlen}"
+        argv = [
+            appliance_argv()[0], "load", self.url(wl.path), "-c", str(wl.connections),
+            "-d", str(max(1, round(wl.seconds))), "--timeout", "5", "--json",
+            "--backend", "afpacket", "--iface", self.link.if_a, "--ip", ip,
+        ]  # fmt: skip
+        if wl.kind == "keepalive":
+            argv += ["--keepalive", str(LOAD_KEEPALIVE)]
+        return common.in_ns(self.cl, self.client_cpus, argv)
+
+    def client_address(self, present: bool) -> None:
+        """wrk needs the kernel address on the client's end; load needs the end to itself."""
+        addr = str(self.link.addr_a)
+        out = self.cl.ip("-o", "-4", "addr", "show", "dev", self.link.if_a)
+        has = addr.split("/")[0] in out
+        if present and not has:
+            self.cl.ip("addr", "add", addr, "dev", self.link.if_a)
+        if not present and has:
+            self.cl.ip("addr", "del", addr, "dev", self.link.if_a)
+
+
+LOAD_RUNS = [0]
+
+
+def _run_load(argv: list[str], seconds: float) -> dict[str, float]:
+    """mtcp-appliance load --json, as _run_wrk's figures."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 90)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load failed (rc {proc.returncode}): {proc.stderr[-300:]}")
+    doc = json.loads(proc.stdout)
+    errors = int(sum(doc["errors"].values()))
+    return {
+        "requests": float(doc["completed"]),
+        "seconds": float(doc["elapsed_s"]),
+        "p50_ms": 1e3 * doc["latency_s"]["p50"],
+        "p99_ms": 1e3 * doc["latency_s"]["p99"],
+        "errors": float(errors),
+        "socket_errors": float(errors - doc["errors"]["status"]),
+        "non_2xx": float(doc["errors"]["status"]),
+        "bytes": float(doc["bytes_read"]),
+    }
+
+
 def probe_connections(
     ip: str, path: str, seconds: float, rate: float, cpu: int
 ) -> tuple[list[float], list[float], int]:
@@ -620,6 +716,7 @@ def measure(rig: Rig, server: Server, wl: Workload) -> Row:
         server.workers,
         server.priority if server.kind == "mtcp" else None,
         unit="MiB" if wl.kind == "download" else "req",
+        tool=wl.tool,
     )
     bulk: subprocess.Popen[str] | None = None
     probe: threading.Thread | None = None
@@ -645,6 +742,12 @@ def measure(rig: Rig, server: Server, wl: Workload) -> Row:
                 daemon=True,
             )
             probe.start()
+        if wl.tool == "load":
+            rig.client_address(False)
+            LOAD_RUNS[0] += 1
+            argv = rig.load(wl, LOAD_RUNS[0])
+        else:
+            argv = rig.wrk(wl)
         m0, s0, w0 = common.machine_jiffies(), server.cpu_seconds(), time.monotonic()
         if wl.kind in ("tls-full", "tls-resumed"):
             w = _run_tls_load(rig, wl)
@@ -652,7 +755,15 @@ def measure(rig: Rig, server: Server, wl: Workload) -> Row:
             if w["resumed"] != want:
                 row.notes.append(f"{w['resumed']:g} of {w['requests']:g} connections resumed")
         else:
-            w = _run_wrk(rig.wrk(wl), wl.seconds)
+            try:
+                w = (
+                    _run_load(argv, wl.seconds)
+                    if wl.tool == "load"
+                    else _run_wrk(argv, wl.seconds)
+                )
+            finally:
+                if wl.tool == "load":
+                    rig.client_address(True)
         wall = time.monotonic() - w0
         m1, s1 = common.machine_jiffies(), server.cpu_seconds()
         if probe is not None:
@@ -696,6 +807,9 @@ def measure(rig: Rig, server: Server, wl: Workload) -> Row:
         if units and units > 0:
             row.server_us_per_unit = 1e6 * row.server_cpu_s / units
             row.machine_us_per_unit = 1e6 * row.machine_cpu_s / units
+        if server.user_level and row.requests:
+            wakes = sum(row.counters.get(k, 0.0) for k in WAKE_COUNTERS)
+            row.wakeups_per_req = wakes / row.requests
         restarts = row.counters.get("worker_restarts", 0)
         if restarts:
             row.notes.append(f"{restarts:g} worker restarts during the row")
@@ -751,7 +865,7 @@ def running(
         rig.site,
         workers=workers,
         priority=priority,
-        extra=[*rig.opts.appliance_arg, *extra] if kind in ("mtcp", "linux") else (),
+        extra=[*rig.opts.appliance_arg, *extra] if kind in ("mtcp", "linux", *VARIANTS) else (),
         tls=tls,
     )
     try:
@@ -883,8 +997,12 @@ def figures(rows: Sequence[Row], idles: Sequence[Idle]) -> dict[str, float]:
     for kind in ("mtcp", "linux"):
         f[f"idle:{kind}"] = max((i.server_cpu_pct for i in idles if i.server == kind), default=NAN)
     for wl in dict.fromkeys(r.workload for r in main if r.kind in ("short", "keepalive")):
-        for other in ("linux", "nginx", "lighttpd"):
-            for attr, tag in (("rps", "rps"), ("machine_us_per_unit", "machine")):
+        for other in ("linux", "nginx", "lighttpd", *VARIANTS):
+            for attr, tag in (
+                ("rps", "rps"),
+                ("machine_us_per_unit", "machine"),
+                ("server_us_per_unit", "srv"),
+            ):
                 f[f"{wl} {tag}:mtcp/{other}"] = _ratio(
                     pick(main, attr, server="mtcp", workload=wl),
                     pick(main, attr, server=other, workload=wl),
@@ -894,7 +1012,7 @@ def figures(rows: Sequence[Row], idles: Sequence[Idle]) -> dict[str, float]:
 
 def targets(fig: dict[str, float]) -> list[dict[str, Any]]:
     out = []
-    for label, key, bound, op in TARGETS:
+    for label, key, bound, op in (*TARGETS, *TARGETS_13):
         v = fig.get(key, NAN)
         met = None if math.isnan(v) else {">=": v >= bound, "<=": v <= bound, "<": v < bound}[op]
         out.append(
@@ -946,6 +1064,7 @@ def rows_table(rows: Sequence[Row]) -> str:
         "srv CPU %",
         "srv us/unit",
         "all us/unit",
+        "wake/req",
     ]
     body = []
     for r in rows:
@@ -970,6 +1089,7 @@ def rows_table(rows: Sequence[Row]) -> str:
                 _num(r.server_cpu_pct, ".0f"),
                 _num(r.server_us_per_unit, ".1f") + unit,
                 _num(r.machine_us_per_unit, ".1f") + unit,
+                _num(r.wakeups_per_req, ".2f"),
             ]
         )
     return md_table(head, body)
@@ -998,7 +1118,7 @@ def targets_table(tg: Sequence[dict[str, Any]]) -> str:
         ]
         for t in tg
     ]
-    return md_table(["target (issues 6, 18)", "value", "target", ""], body)
+    return md_table(["target (issues 6, 13, 18)", "value", "target", ""], body)
 
 
 def priority_table(rows: Sequence[Row]) -> str:
@@ -1338,8 +1458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.idle = opts.idle if opts.idle is not None else (1.0 if opts.quick else 2.0)
     opts.settle = opts.settle if opts.settle is not None else (0.5 if opts.quick else 1.0)
     servers = [s for s in opts.servers.split(",") if s]
-    if bad := [s for s in servers if s not in SERVERS]:
-        print(f"{PROG}: unknown servers {bad}; choose from {','.join(SERVERS)}", file=sys.stderr)
+    if bad := [s for s in servers if s not in SERVERS and s not in VARIANTS]:
+        known = ",".join((*SERVERS, *VARIANTS))
+        print(f"{PROG}: unknown servers {bad}; choose from {known}", file=sys.stderr)
         return 2
     if opts.server_cpu == opts.client_cpu:
         print(

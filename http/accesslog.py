@@ -61,8 +61,9 @@ class AccessLog:
         user_agent: bytes | None,
         site: str = "",
         host: bytes | None = None,
+        when: float | None = None,
     ) -> None:
-        now = time.time()
+        now = time.time() if when is None else when  # when: a static responder hit's time
         if self.fmt == "json":
             parts = request_line.split(b" ")
             method, uri, proto = (

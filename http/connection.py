@@ -77,6 +77,16 @@ def _has_obs_fold(buf: bytes) -> bool:
     return b"\n " in head or b"\n\t" in head
 
 
+def head_parts(status: int, block: bytes, hsts: bytes | None = None) -> tuple[bytes, bytes]:
+    """A response head around its Date value, without the Connection framing: what
+    ``_start`` writes, and what the static responder installs (responder.py)."""
+    return (
+        b"HTTP/1.1 %d %s\r\nDate: " % (status, _REASONS.get(status, b"")),
+        b"\r\nServer: %s\r\n%s%s"
+        % (SERVER, b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b"", block),
+    )
+
+
 def http_now() -> bytes:
     """The Date header's value, formatted once per second."""
     global _date_cache
@@ -99,6 +109,7 @@ class Connection:
         on_request: Callable[[RequestRecord], None] | None = None,
         fast: bool = True,
         secure: bool = False,
+        served: int = 0,
     ) -> None:
         if isinstance(site, Path):
             site = SiteConfig(root=site)
@@ -129,7 +140,7 @@ class Connection:
         self.abort = False
         self._eof = False
         self._draining = False
-        self._requests = 0
+        self._requests = served  # responses the static responder sent before handing it over
         self._keep10 = False  # HTTP/1.0 keep-alive for the current response
         self._client_close = False  # the request asked for a close (or is HTTP/1.0)
         # the current request (for the access log and the metrics record)
@@ -578,14 +589,14 @@ class Connection:
         # what h11 says on the wire: close unless both sides keep the connection
         self._said_close = said_close = close or self._client_close and not self._keep10
         block = reply.head if reply.head is not None else serialize(reply.headers)
+        pre, post = head_parts(status, block, cfg.hsts if self.secure and cfg.hsts else None)
+        if reply.cacheable and self.site.offer is not None:
+            self.site.offer(self._req_method, self._target, self._req_headers, now)
         head = b"".join(
             (
-                b"HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n"
-                % (status, _REASONS.get(status, b""), http_now(), SERVER),
-                b"Strict-Transport-Security: %s\r\n" % cfg.hsts
-                if self.secure and cfg.hsts
-                else b"",
-                block,
+                pre,
+                http_now(),
+                post,
                 b"Connection: close\r\n\r\n"
                 if said_close
                 else b"Connection: keep-alive\r\n\r\n"

@@ -53,6 +53,10 @@ class Net(Protocol):
     def listen_tls(self) -> int: ...  # the TLS listener's key (only called with ``tls``)
     def poll(self, timeout: float) -> list[tuple[int, int]]: ...
     def accept_many(self, max_sockets: int, listener: int = -1) -> list[tuple[Any, int, str]]: ...
+    # A Net may also have: ``handed(key) -> (served, started)`` for a connection that the
+    # static responder handed over (responses it sent, when the current request started),
+    # ``tick(now)`` called once per round, and ``busy() -> bool``: connections it still
+    # holds while draining (the loop ends only once that is False).
     def register(self, handle: Any, events: int) -> None: ...
     def modify(self, handle: Any, events: int) -> None: ...
     def shutdown_write(self, handle: Any) -> None: ...  # FIN after what was sent; may raise
@@ -135,6 +139,9 @@ def run(
     if ready is not None:
         ready.set()
     send_buffer = getattr(net, "send_buffer", None)  # the adapter's, when it has one
+    handed = getattr(net, "handed", None)
+    tick = getattr(net, "tick", None)
+    busy = getattr(net, "busy", None)
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -148,7 +155,7 @@ def run(
                     else:
                         c.http.drain(now)
                     touched[c.key] = c
-            if drained and not conns:
+            if drained and not conns and not (busy is not None and busy()):
                 break
             if not touched:
                 wait = POLL_MAX_S
@@ -161,18 +168,26 @@ def run(
             readable: list[_Conn] = []
             for key, ev in events:
                 if key == listener or key == tls_listener:
-                    if drained:
-                        continue
+                    # (while draining only the static responder's hand-overs arrive: the
+                    # listener takes no new connection then)
                     secure = key == tls_listener
+                    if drained and secure:
+                        continue
                     accepted = (
                         net.accept_many(ACCEPT_BATCH, key)
                         if secure
                         else net.accept_many(ACCEPT_BATCH)
                     )
                     for handle, hkey, peer in accepted:
+                        served, started = (0, now)
+                        if handed is not None and not secure:
+                            served, started = handed(hkey)
                         conn = Connection(
-                            site, now, peer=peer, core=core, on_request=on_request, secure=secure
-                        )
+                            site, started, peer=peer, core=core, on_request=on_request,
+                            secure=secure, served=served,
+                        )  # fmt: skip
+                        if drained:
+                            conn.drain(now)
                         if send_buffer is not None:
                             conn.chunk_limit = send_buffer(handle)
                         http: Any = conn
@@ -328,6 +343,8 @@ def run(
                 handles = [c.handle for c in done if not c.sent_closed]
                 if handles:
                     net.close_many(handles)
+            if tick is not None:
+                tick(now)
             if len(timers) > 4 * len(conns) + 64:
                 timers = [(c.timer_at, c.key) for c in conns.values() if c.timer_at >= 0]
                 heapq.heapify(timers)

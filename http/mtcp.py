@@ -8,9 +8,14 @@ context's app thread (one Python thread per context).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import mtcp_core as m
+
+if TYPE_CHECKING:
+    from appliance.http.responder import Responder
 
 RECV_SIZE = 65536
 BACKLOG = 4096
@@ -24,7 +29,13 @@ class MtcpNet:
     """``loop.Net`` over one mtcp_core context, listening on ``port``."""
 
     def __init__(
-        self, ctx: m.Context, port: int, *, peers: bool = False, tls_port: int | None = None
+        self,
+        ctx: m.Context,
+        port: int,
+        *,
+        peers: bool = False,
+        tls_port: int | None = None,
+        responder: Responder | None = None,
     ) -> None:
         self.ctx = ctx
         self.port = port
@@ -33,6 +44,9 @@ class MtcpNet:
         self.ep = ctx.epoll()
         self._lsock: m.Socket | None = None
         self._tsock: m.Socket | None = None
+        self.responder = responder  # static responder on ``port`` (plain HTTP only)
+        self._handed: dict[int, tuple[int, float]] = {}
+        self._draining = False
 
     def _listening(self, port: int) -> m.Socket:
         sock = self.ctx.socket()
@@ -70,8 +84,15 @@ class MtcpNet:
         if lsock is None:
             return []
         out = []
+        self._handed.clear()
         try:
-            socks = lsock.accept_many(max_sockets)
+            if self.responder is not None and lsock is self._lsock:
+                socks = []
+                for s, served, started in lsock.accept_many_handed(max_sockets):
+                    socks.append(s)
+                    self._handed[s.fd] = (served, started)
+            else:
+                socks = lsock.accept_many(max_sockets)
         except OSError:  # out of sockets, say: the rest wait for the next round
             return []
         for s in socks:
@@ -90,6 +111,11 @@ class MtcpNet:
             return handle.getsockopt(m.SOL_SOCKET, m.SO_SNDBUF)
         except OSError:
             return 0
+
+    def handed(self, key: int) -> tuple[int, float]:
+        """(responses the static responder sent, when the current request started) of a
+        connection just accepted."""
+        return self._handed.get(key, (0, time.monotonic()))
 
     def register(self, handle: m.Socket, events: int) -> None:
         self.ep.register(handle, events)
@@ -122,7 +148,25 @@ class MtcpNet:
     def close_many(self, handles: Sequence[m.Socket]) -> None:
         self.ctx.close_many(handles)
 
+    def tick(self, now: float) -> None:
+        if self.responder is not None:
+            self.responder.tick(now)
+
+    def busy(self) -> bool:
+        """Draining: the static responder still holds connections."""
+        return self.responder is not None and self.ctx.responder_conns() > 0
+
     def close_listener(self) -> None:
+        if self.responder is not None and not self._draining:
+            # the responder drains its connections first (idle ones close, the others
+            # after their response); its hand-overs still come through the plain listener,
+            # which takes no new connection from now on
+            self._draining = True
+            self.ctx.responder_drain()
+            if self._tsock is not None:
+                self.ctx.close_many([self._tsock])
+                self._tsock = None
+            return
         socks = [s for s in (self._lsock, self._tsock) if s is not None]
         if socks:
             self.ctx.close_many(socks)
@@ -131,5 +175,8 @@ class MtcpNet:
     def close(self) -> None:
         if self.ctx._ptr is None:
             return
+        if self.responder is not None:
+            self.responder.collect()  # the last hits' records
+            self._draining = True
         self.close_listener()
         self.ep.close()

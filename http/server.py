@@ -14,6 +14,7 @@ close, and the call returns when no connection is left; ``stop`` set: it returns
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,21 +38,51 @@ def serve_mtcp(
     draining: threading.Event | None = None,
     ready: threading.Event | None = None,
     tls: TlsServer | None = None,
+    *,
+    responder: bool | None = None,
+    hit_slots: int = 0,
 ) -> None:
     """Serves ``site`` on ``port`` of the context's stack, from the calling thread (the
     context's app thread), until ``stop`` (or ``draining`` and no connection left).
-    ``ready`` is set once the port listens; ``tls``: HTTPS on ``tls.settings.port`` too."""
+    ``ready`` is set once the port listens; ``tls``: HTTPS on ``tls.settings.port`` too.
+
+    ``responder``: answer cached small files of plain HTTP inside the stack
+    (``http/responder.py``); None: on unless ``MTCP_APPLIANCE_NO_RESPONDER`` says otherwise.
+    A site with virtual hosts ([[sites]]) is served by Python alone for now. The hits reach
+    ``on_request`` one record each, or, with ``hit_slots`` (the address of the worker's HTTP
+    block's responder counters, ``HttpBlock.hits_address``), are counted there by the mTCP
+    thread itself, at once."""
     from appliance.http import loop
     from appliance.http.mtcp import MtcpNet
-    from appliance.http.vhosts import build
+    from appliance.http.responder import Responder
+    from appliance.http.site import Site
+    from appliance.http.vhosts import Sites, build
 
     files = build(site)
     tls_port = tls.settings.port if tls is not None else None
-    net = MtcpNet(ctx, port, peers=site.access_log is not None, tls_port=tls_port)
+    if responder is None:
+        responder = not responder_off_by_env()
+    rsp = None
+    # (several virtual sites: their per-site hit counters and log names are not kept by the
+    # core yet, so they stay on Python)
+    if responder and (isinstance(files, Site) or isinstance(files, Sites) and files.single):
+        rsp = Responder(
+            ctx, files, port, log=site.access_log is not None, core=ctx.core,
+            on_request=on_request, hit_slots=hit_slots, key_host=files.varies_by_host,
+        )  # fmt: skip
+    net = MtcpNet(
+        ctx, port, peers=site.access_log is not None, tls_port=tls_port, responder=rsp
+    )
     loop.run(
         net, files, stop, core=ctx.core, on_request=on_request, draining=draining, ready=ready,
         tls=tls,
     )  # fmt: skip
+
+
+def responder_off_by_env() -> bool:
+    """``MTCP_APPLIANCE_NO_RESPONDER`` set to a true value (1, true, yes, on)."""
+    value = os.environ.get("MTCP_APPLIANCE_NO_RESPONDER", "").strip().lower()
+    return value in ("1", "true", "yes", "on")
 
 
 def serve_linux(

@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -202,6 +202,7 @@ class Reply:
     close: bool = False  # the connection must close after this response
     head: bytes | None = None  # ``headers`` serialized (precomputed for cached files)
     site: str = ""  # the virtual host that answered (access log, metrics); see vhosts.py
+    cacheable: bool = False  # a cached small file's 200: the static responder may keep it
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -262,6 +263,12 @@ class Site:
         self._log: AccessLog | None = (
             AccessLog(config.access_log) if config.access_log is not None else None
         )
+        # Called by the connection when a request got a cached file (``Reply.cacheable``):
+        # (method, target, headers, now). The static responder (responder.py) sets it.
+        self.offer: Callable[[bytes, bytes, dict[bytes, bytes], float], None] | None = None
+        # True when a response depends on the Host field (virtual hosts): the static
+        # responder's key then includes it.
+        self.varies_by_host = False
 
     # ------------------------------------------------------------------ access log
 
@@ -275,9 +282,10 @@ class Site:
         user_agent: bytes | None,
         site: str = "",
         host: bytes | None = None,
+        when: float | None = None,
     ) -> None:
         if self._log is not None:
-            self._log.write(peer, request_line, status, body_bytes, referer, user_agent)
+            self._log.write(peer, request_line, status, body_bytes, referer, user_agent, when)
 
     def flush(self) -> None:
         if self._log is not None:
@@ -475,7 +483,7 @@ class Site:
                 if ranges is not None:
                     return self._ranges_reply(f, ranges, extra)
         if f.body is not None:
-            return Reply(200, f.headers_200, [f.body], f.size, head=f.head_200)
+            return Reply(200, f.headers_200, [f.body], f.size, head=f.head_200, cacheable=True)
         fd = _open_regular(f.real)
         if fd < 0:
             base.checked = -REVALIDATE_S  # gone since the last stat: look again next time
@@ -803,10 +811,12 @@ class AccessLog:
         body_bytes: int,
         referer: bytes | None,
         user_agent: bytes | None,
+        when: float | None = None,
     ) -> None:
         size = str(body_bytes) if body_bytes else "-"
+        t = time.time() if when is None else when
         self._lines.append(
-            f'{peer} - - [{log_time(time.time())}] "{_esc(request_line)}" {status} {size} '
+            f'{peer} - - [{log_time(t)}] "{_esc(request_line)}" {status} {size} '
             f'"{_esc(referer) if referer else "-"}" "{_esc(user_agent) if user_agent else "-"}"\n'
         )
 

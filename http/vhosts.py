@@ -369,6 +369,11 @@ class Sites:
             )
         self._checked = float("-inf")  # the caller's clock: the first request sets it
         self.access_log = vhosts.access_log
+        # the static responder (responder.py): its hook, and whether a response depends on
+        # the Host field (its key then includes it)
+        self.offer: Callable[[bytes, bytes, dict[bytes, bytes], float], None] | None = None
+        self.varies_by_host = not (self._only is not None and self._only.rules.empty)
+        self.single = self._only is not None
 
     def select(self, host: str | None) -> SiteService:
         svc = self._hosts.get(host)
@@ -425,6 +430,7 @@ class Sites:
         user_agent: bytes | None,
         site: str = "",
         host: bytes | None = None,
+        when: float | None = None,
     ) -> None:
         if self._log is not None:
             self._log.write(
@@ -436,6 +442,7 @@ class Sites:
                 user_agent,
                 site or self.default.name,
                 host,
+                when,
             )
 
     def flush(self) -> None:

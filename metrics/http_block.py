@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 MAGIC = 0x4B4C42505454484D  # "MHTTPBLK" little endian
-VERSION = 2
+VERSION = 3
 MAX_SITES = 32  # per-site counters (virtual hosts): a bounded label set
 
 METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER")
@@ -54,7 +54,12 @@ _DUR_SUM_NS = _BYTES + 1
 _DUR_BUCKETS = _DUR_SUM_NS + 1
 _SITE_BASE = _DUR_BUCKETS + len(DURATION_BUCKETS) + 1
 _SITE_STRIDE = len(STATUS_CLASSES) + 1  # requests by status class, then response bytes
-_SLOTS = _SITE_BASE + MAX_SITES * _SITE_STRIDE
+_HITS = _SITE_BASE + MAX_SITES * _SITE_STRIDE
+# The static responder's hits, added by the core's mTCP thread (its only writer) in the
+# layout of ``Context.responder_take_metrics``: GET 2xx, GET 3xx, HEAD 2xx, HEAD 3xx, bytes,
+# duration sum (ns), the duration buckets.
+_HIT_SLOTS = 6 + len(DURATION_BUCKETS) + 1
+_SLOTS = _HITS + _HIT_SLOTS
 SIZE = _SLOTS * 8
 
 _METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
@@ -157,6 +162,11 @@ class HttpBlock:
                 s[base + class_slot(rec.status)] += 1
                 s[base + len(STATUS_CLASSES)] += max(rec.bytes_sent, 0)
 
+    def hits_address(self) -> int:
+        """Where the static responder's counters are (``Context.responder_enable``'s
+        ``hit_slots``): valid while the block is mapped."""
+        return ctypes.addressof(self._slots) + _HITS * 8
+
     def read(self) -> HttpSnapshot | None:
         """The block's values, or None when it is not (yet) a valid block."""
         raw = struct.unpack_from(f"<{_SLOTS}Q", self._map, 0)
@@ -168,23 +178,35 @@ class HttpBlock:
             for mi, m in enumerate(METHODS)
             for ci, c in enumerate(STATUS_CLASSES)
         }
+        hits = raw[_HITS:_SLOTS]  # the responder's, counted the same way
+        requests["GET", "2xx"] += hits[0]
+        requests["GET", "3xx"] += hits[1]
+        requests["HEAD", "2xx"] += hits[2]
+        requests["HEAD", "3xx"] += hits[3]
+        nb = len(DURATION_BUCKETS) + 1
+        sites = {
+            name: (
+                {c: raw[_SITE_BASE + i * _SITE_STRIDE + ci] for ci, c in enumerate(STATUS_CLASSES)},
+                raw[_SITE_BASE + i * _SITE_STRIDE + len(STATUS_CLASSES)],
+            )
+            for i, name in enumerate(self.sites)
+        }
+        if len(sites) == 1:  # the responder runs for a single site only: its hits are that site's
+            (by_class, nbytes), = sites.values()
+            by_class["2xx"] += hits[0] + hits[2]
+            by_class["3xx"] += hits[1] + hits[3]
+            sites[self.sites[0]] = (by_class, nbytes + hits[4])
         return HttpSnapshot(
             core=raw[_HDR_CORE],
             pid=raw[_HDR_PID],
             requests=requests,
-            response_bytes=raw[_BYTES],
-            duration_sum_s=raw[_DUR_SUM_NS] / 1e9,
-            duration_buckets=tuple(raw[_DUR_BUCKETS:_SITE_BASE]),
-            sites={
-                name: (
-                    {
-                        c: raw[_SITE_BASE + i * _SITE_STRIDE + ci]
-                        for ci, c in enumerate(STATUS_CLASSES)
-                    },
-                    raw[_SITE_BASE + i * _SITE_STRIDE + len(STATUS_CLASSES)],
-                )
-                for i, name in enumerate(self.sites)
-            },
+            response_bytes=raw[_BYTES] + hits[4],
+            duration_sum_s=(raw[_DUR_SUM_NS] + hits[5]) / 1e9,
+            duration_buckets=tuple(
+                a + b
+                for a, b in zip(raw[_DUR_BUCKETS:_SITE_BASE], hits[6 : 6 + nb], strict=True)
+            ),
+            sites=sites,
         )
 
     def close(self) -> None:

@@ -186,6 +186,7 @@ class StatusPage:
                         "drops": sum(v for k, v in st.items() if k.startswith("drop_")),
                     },
                     "tx_queues": {q: st.get(f"txq_{q}", 0) for q in ("control", "ack", "data")},
+                    "responder": responder_view(st),
                 }
             )
         return {
@@ -200,7 +201,11 @@ class StatusPage:
             },
             "interval_s": round(dt, 3),
             "cores": cores,
-            "total": {"rates": _rates_out(total_rates), "connections": total_states},
+            "total": {
+                "rates": _rates_out(total_rates),
+                "connections": total_states,
+                "responder": _responder_total([c["responder"] for c in cores]),
+            },
         }
 
     def series(self, minutes: float = 15, now: float | None = None) -> dict[str, Any]:
@@ -255,7 +260,41 @@ class StatusPage:
             fmt_num=fmt_num,
             charts=self.charts(minutes),
             minutes=round(min(max(minutes, 5.0), HISTORY_S / 60)),
+            fmt_ratio=fmt_ratio,
         )
+
+
+def responder_view(st: dict[str, int]) -> dict[str, Any]:
+    """The static responder's counters of one core: hits, misses (requests for nothing
+    installed), fallbacks (requests it left to Python, by reason), the hit ratio (hits of
+    all the requests it looked at; None before the first), its table."""
+    fallbacks = {k[len("rsp_fb_") :]: v for k, v in st.items() if k.startswith("rsp_fb_")}
+    hits, misses = st.get("rsp_hits", 0), st.get("rsp_misses", 0)
+    seen = hits + misses + sum(fallbacks.values())
+    return {
+        "hits": hits,
+        "misses": misses,
+        "fallbacks": fallbacks,
+        "hit_ratio": round(hits / seen, 4) if seen else None,
+        "entries": st.get("rsp_entries", 0),
+        "bytes": st.get("rsp_bytes", 0),
+    }
+
+
+def _responder_total(views: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, int] = {"rsp_hits": 0, "rsp_misses": 0, "rsp_entries": 0, "rsp_bytes": 0}
+    for v in views:
+        total["rsp_hits"] += v["hits"]
+        total["rsp_misses"] += v["misses"]
+        total["rsp_entries"] += v["entries"]
+        total["rsp_bytes"] += v["bytes"]
+        for k, n in v["fallbacks"].items():
+            total[f"rsp_fb_{k}"] = total.get(f"rsp_fb_{k}", 0) + n
+    return responder_view(total)
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _rates_out(r: dict[str, float]) -> dict[str, float]:

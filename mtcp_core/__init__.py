@@ -20,10 +20,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mtcp_core._native import ffi, lib
 
@@ -133,6 +134,33 @@ def read_stats_file(path: str) -> dict[str, Any]:
     names = stat_names()
     counters = {names[i]: int(buf[i]) for i in range(got)}
     return {"core": int(core[0]), "pid": int(pid[0]), "counters": counters}
+
+
+class ResponderLogRecord(NamedTuple):
+    """One hit answered by the static responder, for the access log."""
+
+    peer: str
+    request_line: bytes
+    status: int
+    body_bytes: int
+    bytes_sent: int
+    duration_s: float
+    time: float  # time.time() when the response was handed to TCP
+    referer: bytes | None
+    user_agent: bytes | None
+    host: bytes | None
+
+
+_LOGREC = struct.Struct("<IIHHHHIIQQH6x")
+
+
+def rsp_parse(data: bytes, max_request_line: int = 8192, max_header_bytes: int = 16384) -> int:
+    """The static responder's request parser alone: the head's length when it would take
+    the request, 0 when it needs more bytes, -reason otherwise (1 method, 2 grammar,
+    3 header, 4 size)."""
+    hl = ffi.new("unsigned *")
+    r = lib.mtcp_rsp_parse(data, len(data), max_request_line, max_header_bytes, hl)
+    return int(hl[0]) if r == 1 else int(r)
 
 
 def flow_core(saddr: str, daddr: str, sport: int, dport: int, ncores: int) -> int:
@@ -341,6 +369,7 @@ class Stack:
         evict: bool = True,
         frag_timeout_ms: int = 0,
         congestion: str = "cubic",
+        busy_poll_us: int = 0,
     ) -> None:
         try:
             iface_ip = ipaddress.IPv4Interface(ip)
@@ -406,6 +435,9 @@ class Stack:
             names = ", ".join(CONGESTION_ALGORITHMS)
             raise ValueError(f"congestion: one of {names}, not {congestion!r}")
         conf.congestion = cstr(congestion)
+        if not 0 <= busy_poll_us <= 1_000_000:
+            raise ValueError(f"busy_poll_us: 0 (none) to 1000000, not {busy_poll_us}")
+        conf.busy_poll_us = busy_poll_us
         err = ffi.new("char[]", 256)
         ptr = lib.mtcp_stack_create(conf, err, 256)
         if ptr == ffi.NULL:
@@ -568,6 +600,108 @@ class Context:
             self._socks.pop(s.fd, None)
         lib.mtcp_close_batch(self._check(), ids, len(lst))
 
+    # ---- the static responder (responder.c): see appliance.http.responder
+
+    def responder_enable(
+        self,
+        port: int,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        max_entry: int,
+        max_request_line: int,
+        max_header_bytes: int,
+        header_timeout_ms: int,
+        keepalive_timeout_ms: int,
+        max_keepalive_requests: int,
+        log: bool,
+        key_host: bool = False,
+        hit_slots: int = 0,
+    ) -> None:
+        """Connections accepted on ``port`` are answered from the installed responses until
+        a request is not one of them (then they reach ``accept`` with their bytes)."""
+        c = ffi.new("struct mtcp_rsp_conf *")
+        c.port = port
+        c.max_entries = max_entries
+        c.max_bytes = max_bytes
+        c.max_entry = max_entry
+        c.max_request_line = max_request_line
+        c.max_header_bytes = max_header_bytes
+        c.header_timeout_ms = header_timeout_ms
+        c.keepalive_timeout_ms = keepalive_timeout_ms
+        c.max_keepalive_requests = max_keepalive_requests
+        c.log = 1 if log else 0
+        c.key_host = 1 if key_host else 0
+        # the address of 21 uint64 counters in shared memory (the worker's HTTP block) that
+        # must stay mapped while the context runs; 0: take them with responder_take_metrics
+        c.hit_slots = ffi.cast("uint64_t *", hit_slots) if hit_slots else ffi.NULL
+        if lib.mtcp_rsp_enable(self._check(), c) < 0:
+            _raise("responder_enable")
+
+    def responder_install(self, parts: Sequence[bytes]) -> None:
+        """parts: key, head before Date, head after Date, body, ETag, 304 head before Date,
+        304 head after Date. OSError E2BIG: over the entry bound."""
+        if len(parts) != 7:
+            raise ValueError("responder_install: 7 parts")
+        keep = [ffi.from_buffer(p) for p in parts]
+        bufs = ffi.new("char *[]", keep)
+        lens = ffi.new("size_t[]", [len(p) for p in parts])
+        if lib.mtcp_rsp_install(self._check(), bufs, lens) < 0:
+            _raise("responder_install")
+
+    def responder_remove(self, key: bytes) -> None:
+        if lib.mtcp_rsp_remove(self._check(), key, len(key)) < 0:
+            _raise("responder_remove")
+
+    def responder_clear(self) -> None:
+        if lib.mtcp_rsp_clear(self._check()) < 0:
+            _raise("responder_clear")
+
+    def responder_drain(self) -> None:
+        if lib.mtcp_rsp_drain(self._check()) < 0:
+            _raise("responder_drain")
+
+    def responder_conns(self) -> int:
+        return int(lib.mtcp_rsp_conns(self._check()))
+
+    def responder_take_metrics(self) -> list[int]:
+        """Hits since the last call: GET 2xx, GET 3xx, HEAD 2xx, HEAD 3xx, bytes, duration
+        sum (ns), 15 duration buckets (as appliance.metrics.http_block's)."""
+        buf = ffi.new("uint64_t[]", 32)
+        n = lib.mtcp_rsp_take_metrics(self._check(), buf, 32)
+        return [int(buf[i]) for i in range(n)]
+
+    def responder_read_log(self) -> list[ResponderLogRecord]:
+        """The access-log records of the hits since the last call."""
+        out: list[ResponderLogRecord] = []
+        while True:
+            n = lib.mtcp_rsp_read_log(self._check(), self._scratch, _RECV_SCRATCH)
+            if n == 0:
+                return out
+            raw = ffi.buffer(self._scratch, n)[:]
+            off = 0
+            while off < n:
+                (ln, raddr, status, line_len, ref_len, ua_len, body, sent, dur, wall, host_len) = (
+                    _LOGREC.unpack_from(raw, off)
+                )
+                p = off + _LOGREC.size
+                line = raw[p : p + line_len]
+                p += line_len
+                referer = None if ref_len == 0xFFFF else raw[p : p + ref_len]
+                p += 0 if referer is None else ref_len
+                agent = None if ua_len == 0xFFFF else raw[p : p + ua_len]
+                p += 0 if agent is None else ua_len
+                host = None if host_len == 0xFFFF else raw[p : p + host_len]
+                out.append(
+                    ResponderLogRecord(
+                        _int_to_ip(raddr), line, status, body, sent, dur / 1e9, wall / 1e9,
+                        referer, agent, host,
+                    )
+                )
+                off += ln
+            if n < _RECV_SCRATCH // 2:
+                return out
+
     def close(self) -> None:
         """Stops the mTCP thread; open connections are reset."""
         if self._ptr is not None:
@@ -695,6 +829,22 @@ class Socket:
                 return []
             _raise("accept")
         return [self.ctx._wrap(out[i]) for i in range(n)]
+
+    def accept_many_handed(self, max_sockets: int = 256) -> list[tuple[Socket, int, float]]:
+        """``accept_many``, also giving per connection the responses the static responder
+        already sent on it and when its current request started (``time.monotonic``)."""
+        out = ffi.new("int[]", max_sockets)
+        served = ffi.new("uint32_t[]", max_sockets)
+        started = ffi.new("uint64_t[]", max_sockets)
+        n = lib.mtcp_accept_batch_rsp(self.ctx._check(), self.fd, out, served, started,
+                                      max_sockets)
+        if n < 0:
+            if ffi.errno == errno.EAGAIN:
+                return []
+            _raise("accept")
+        return [
+            (self.ctx._wrap(out[i]), int(served[i]), int(started[i]) / 1e9) for i in range(n)
+        ]
 
     def connect_ex(self, address: tuple[str, int]) -> int:
         """Starts an active open; returns an errno (EINPROGRESS when under way)."""
@@ -1034,7 +1184,9 @@ class LoadResult:
 class LoadGenerator:
     """Short HTTP connections from one context, in C (``mtcp_load_run``): ``connections``
     at a time, each one ``request`` then the response, closed, opened again; for
-    ``duration`` seconds or until ``max_requests`` connections are done.
+    ``duration`` seconds or until ``max_requests`` connections are done. ``keepalive`` N:
+    N requests per connection (``request`` must not ask for a close), ``pipeline`` of them
+    in flight at a time, then the client closes and opens the next.
 
     ``run()`` blocks (without the GIL) and must be called from the context's app thread;
     ``stop()`` may be called from any thread."""
@@ -1049,10 +1201,17 @@ class LoadGenerator:
         duration: float = 10.0,
         max_requests: int = 0,
         timeout: float = 2.0,
+        keepalive: int = 0,
+        pipeline: int = 1,
     ) -> None:
         if isinstance(ctx, SteppedContext):
             raise ValueError("ctx: the load generator needs the wall clock (a stepped context)")
         max_conns = int(lib.MTCP_LOAD_MAX_CONNECTIONS)
+        if keepalive < 0:
+            raise ValueError(f"keepalive: requests per connection >= 0, got {keepalive}")
+        max_depth = int(lib.MTCP_LOAD_MAX_PIPELINE)
+        if not 1 <= pipeline <= max_depth:
+            raise ValueError(f"pipeline: must be 1..{max_depth}, got {pipeline}")
         if not 1 <= connections <= max_conns:
             raise ValueError(f"connections: must be 1..{max_conns}, got {connections}")
         if not duration > 0:
@@ -1080,6 +1239,8 @@ class LoadGenerator:
         c.duration_ms = max(1, round(duration * 1000))
         c.max_requests = max_requests
         c.timeout_ms = max(1, round(timeout * 1000))
+        c.keepalive = keepalive
+        c.pipeline = pipeline
 
     def run(self) -> LoadResult:
         raw = ffi.new("struct mtcp_load_result *")

@@ -92,14 +92,17 @@ def test_only_keeps_the_named_workloads_and_kinds() -> None:
         return [wl.name for wl in web_bench.workloads(opts)]
 
     every = names(None)
-    assert len(every) == 12 and "download-8M" in every
+    assert len(every) == 16 and "download-8M" in every
     assert names("tls-full,tls-resumed,tls-keepalive") == [
         "tls-full-64B",
         "tls-resumed-64B",
         "tls-keepalive-64B-c64",
     ]
+    assert names("load") == [n for n in every if n.startswith("load-")] and len(names("load")) == 4
     assert names("short-64B-c64,download") == ["short-64B-c64", "download-8M"]
-    assert names("keepalive") == [n for n in every if n.startswith("keepalive-")]
+    assert names("keepalive") == [
+        n for n in every if n.startswith(("keepalive-", "load-keepalive-"))
+    ]
     assert names("none") == []
 
 

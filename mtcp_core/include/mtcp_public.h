@@ -112,6 +112,8 @@ struct mtcp_conf {
                                   long after its first one is dropped (0 = default 30 s) */
     const char *congestion;    /* congestion control of new connections: "cubic" (NULL:
                                   the default) or "newreno" */
+    unsigned busy_poll_us;     /* after a round that did work, poll the device and the job
+                                  queue this long before sleeping (0: sleep at once) */
 };
 
 struct mtcp_stack;
@@ -342,6 +344,50 @@ int mtcp_netem_complete_csum(uint8_t *frame, uint32_t len);
  * cannot be cut (not TCP/IPv4, bad lengths, a fragment) or out_size is too small. */
 int mtcp_netem_segment(const uint8_t *frame, uint32_t len, uint32_t mtu, uint32_t index,
                        uint8_t *out, uint32_t out_size);
+/* ---- Static responder (src/api/responder.c) ----
+ * Complete responses the application installed, answered by the mTCP thread in the round
+ * that received the request. Connections accepted on `port` stay with the responder until
+ * a request is not one it answers; then they reach accept() with every unread byte. */
+struct mtcp_rsp_conf {
+    uint16_t port;                  /* the listener it answers on */
+    unsigned max_entries;           /* table bound (per core) */
+    size_t max_bytes;               /* bytes of all entries (per core) */
+    size_t max_entry;               /* one entry's bytes; larger ones are refused (E2BIG) */
+    unsigned max_request_line;      /* the site's limits: beyond them, the application */
+    unsigned max_header_bytes;
+    unsigned header_timeout_ms;     /* as the application's timeouts */
+    unsigned keepalive_timeout_ms;
+    unsigned max_keepalive_requests;
+    int log;                        /* 1: a record per hit for the access log */
+    int key_host;                   /* 1: the Host field is part of the key */
+    uint64_t *hit_slots;            /* NULL, or 21 counters the mTCP thread adds every hit
+                                       to at once (the layout of mtcp_rsp_take_metrics; the
+                                       worker's shared HTTP block), its only writer */
+};
+/* App thread. Enable (again: new settings, empty table, not draining). */
+int mtcp_rsp_enable(mctx_t mctx, const struct mtcp_rsp_conf *conf);
+/* parts: key, head before Date, head after Date (without the Connection framing), body,
+ * ETag (empty: no 304), the 304's head before Date, after Date. */
+int mtcp_rsp_install(mctx_t mctx, const char *const *parts, const size_t *lens);
+int mtcp_rsp_remove(mctx_t mctx, const char *key, size_t keylen);
+int mtcp_rsp_clear(mctx_t mctx);
+/* No new connections on the port; idle ones close, the rest after their response. */
+int mtcp_rsp_drain(mctx_t mctx);
+/* Connections the responder holds now. */
+int mtcp_rsp_conns(mctx_t mctx);
+/* Takes (and zeroes) the hit metrics: requests GET 2xx, GET 3xx, HEAD 2xx, HEAD 3xx,
+ * response bytes, duration sum (ns), then 15 duration buckets. Returns how many. */
+int mtcp_rsp_take_metrics(mctx_t mctx, uint64_t *out, int n);
+/* Whole access-log records into buf (at most cap bytes); returns the bytes. */
+size_t mtcp_rsp_read_log(mctx_t mctx, char *buf, size_t cap);
+/* mtcp_accept_batch, also giving per connection the responses the responder already sent
+ * on it and when its current request started (CLOCK_MONOTONIC ns). */
+int mtcp_accept_batch_rsp(mctx_t mctx, int sockid, int *out, uint32_t *served,
+                          uint64_t *started_ns, int max);
+/* The request parser alone (tests, fuzzing): 1 a head it takes (*head_len set), 0 needs
+ * more bytes, -reason (1 method, 2 grammar, 3 header, 4 size) otherwise. */
+int mtcp_rsp_parse(const char *buf, size_t len, unsigned max_request_line,
+                   unsigned max_header_bytes, unsigned *head_len);
 
 /* The flow -> core function shared with the afpacket fanout program. */
 unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport,
@@ -357,6 +403,7 @@ unsigned mtcp_flow_core(uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t
  * of two (at most 1/32 relative error), up to 2^40 ns. */
 #define MTCP_LOAD_HIST_BUCKETS 1152
 #define MTCP_LOAD_MAX_CONNECTIONS 16384
+#define MTCP_LOAD_MAX_PIPELINE 64
 
 struct mtcp_load_conf {
     uint32_t addr;              /* server address (host order) */
@@ -370,6 +417,12 @@ struct mtcp_load_conf {
     unsigned timeout_ms;        /* a connection not done this long after its connect()
                                    is aborted (RST) and counted as a timeout; 0 = 2000 */
     int stop;                   /* set with mtcp_load_stop (another thread) to end early */
+    unsigned keepalive;         /* 0: one request per connection, then the server's FIN
+                                   (short connections); N: N requests per connection (the
+                                   request must not ask for a close), then the client
+                                   closes; latency per request, `completed` counts them */
+    unsigned pipeline;          /* keep-alive: requests in flight per connection, 1 (0) to
+                                   MTCP_LOAD_MAX_PIPELINE */
 };
 
 struct mtcp_load_result {

@@ -24,7 +24,8 @@
 
 void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events)
 {
-    if (atomic_load_explicit(&t->sockid, memory_order_acquire) < 0)
+    /* a connection the responder holds: its own event, taken in rsp_round */
+    if (!t->rsp && atomic_load_explicit(&t->sockid, memory_order_acquire) < 0)
         return;
     if (!t->ev_pending) {
         t->ev_next = ctx->ev_head;
@@ -53,6 +54,12 @@ static int flush_events(struct mtcp_context *ctx)
         struct tcb *t = ctx->ev_head;
         ctx->ev_head = t->ev_next;
         int sid = atomic_load_explicit(&t->sockid, memory_order_acquire);
+        if (t->in_use && t->rsp) {
+            /* the responder's (an event after its step in this round): next round */
+            t->ev_next = keep;
+            keep = t;
+            continue;
+        }
         if (t->in_use && sid >= 0) {
             struct mtcp_event ev = {sid, atomic_load_explicit(&t->sock_gen, memory_order_relaxed),
                                     t->ev_pending};
@@ -114,8 +121,10 @@ void ctx_kick(struct mtcp_context *ctx)
     /* Dekker-style handshake with the sleeping side: our push is visible before we
      * read its flag; it sets its flag before it checks the queue. */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&ctx->stack_sleeping))
+    if (atomic_load(&ctx->stack_sleeping)) {
         wake_fd(ctx->stack_efd);
+        atomic_fetch_add_explicit(&ctx->app_kicks, 1, memory_order_relaxed);
+    }
 }
 
 /* ---------------------------------------------------------------- loop */
@@ -222,7 +231,13 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
 
     int jobs = take_jobs(ctx);
 
+    /* the static responder answers this round's requests (its responses leave in this
+     * round's transmit) */
+    uint64_t rsp_next = rsp_round(ctx);
+
     uint64_t next = tcp_timers(ctx);
+    if (rsp_next < next)
+        next = rsp_next;
     uint64_t arp_next = arp_timer(ctx);
     if (arp_next < next)
         next = arp_next;
@@ -237,11 +252,17 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     tcp_output_round(ctx);
     net_tx_flush(ctx);
 
-    if (flush_events(ctx) && atomic_load(&ctx->app_waiting))
+    if (flush_events(ctx) && atomic_load(&ctx->app_waiting)) {
         wake_fd(ctx->app_efd);
+        STAT_INC(&ctx->stats, app_signals);
+    }
 
     /* a stepped context publishes every round: its caller reads exact counters */
     if (ctx->stepped || now_ns - ctx->last_publish_ns >= MTCP_NS_PER_MS || n == 0) {
+        STAT_SET(&ctx->stats, stack_kicks,
+                 atomic_load_explicit(&ctx->app_kicks, memory_order_relaxed));
+        STAT_SET(&ctx->stats, app_waits,
+                 atomic_load_explicit(&ctx->app_waits, memory_order_relaxed));
         update_gauges(ctx);
         mtcp_stats_publish(&ctx->stats, now_ns);
         ctx->last_publish_ns = now_ns;
@@ -274,12 +295,24 @@ static void *ctx_loop(void *arg)
     struct mtcp_context *ctx = arg;
     struct pollfd pfd[2] = {{.fd = ctx->dev->ops->poll_fd(ctx->dev), .events = POLLIN},
                             {.fd = ctx->stack_efd, .events = POLLIN}};
+    uint64_t last_work_ns = 0; /* busy polling: when a round last did work */
+    int shaped = ctx->stack->tx_rate_Bps != 0;
 
     while (!atomic_load_explicit(&ctx->stop, memory_order_acquire)) {
         uint64_t now_ns = mtcp_now_ns();
         uint64_t deadline = ctx_round(ctx, now_ns);
-        if (deadline <= now_ns)
+        if (deadline <= now_ns) {
+            last_work_ns = now_ns;
             continue;
+        }
+        /* Adaptive busy polling (as SO_BUSY_POLL): right after a round that did work, the
+         * next frame or job is likely near; polling the device and the job queue for up to
+         * busy_poll_ns costs less than a sleep and a wake-up. Never while idle. */
+        if (ctx->busy_poll_ns && last_work_ns && now_ns - last_work_ns < ctx->busy_poll_ns &&
+            !shaped) {
+            STAT_INC(&ctx->stats, busy_polls);
+            continue;
+        }
         uint64_t sleep_ns = deadline - now_ns;
         atomic_store(&ctx->stack_sleeping, 1);
         if (!mtcp_spsc_empty(&ctx->jobq) || atomic_load(&ctx->stop)) {
@@ -304,6 +337,7 @@ static void *ctx_loop(void *arg)
 static void ctx_free(struct mtcp_context *ctx)
 {
     tcp_source_destroy(ctx);
+    rsp_free(ctx->rsp_app);
     mtcp_pool_destroy(&ctx->tcb_pool);
     mtcp_pool_destroy(&ctx->sndbuf_pool);
     mtcp_pool_destroy(&ctx->rcvbuf_pool);
@@ -357,6 +391,7 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     ctx->now_ns = now_ns;
     ctx->now_ms = now_ns / MTCP_NS_PER_MS;
     ctx->now_us = now_ns / 1000u;
+    ctx->busy_poll_ns = (uint64_t)stack->conf.busy_poll_us * 1000u;
     ctx->wheel_ms = ctx->now_ms;
     ctx->dev->manual_clock = stepped;
     ctx->dev->now_ns = now_ns;

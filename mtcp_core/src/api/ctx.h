@@ -27,6 +27,11 @@ enum mtcp_job_type {
     JOB_CLOSE,      /* tcb: the app released it; FIN (graceful) */
     JOB_ABORT,      /* tcb: the app released it; RST */
     JOB_SOCKOPT,    /* tcb: an option the mTCP thread applies (value in .value) */
+    JOB_RSP_ENABLE, /* obj: the responder (api/responder.c) */
+    JOB_RSP_INSTALL, /* obj: an entry, built whole by the app */
+    JOB_RSP_REMOVE, /* obj: an entry holding only the key */
+    JOB_RSP_CLEAR,
+    JOB_RSP_DRAIN,
 };
 
 /* JOB_SOCKOPT options (in .addr) */
@@ -63,6 +68,8 @@ struct mtcp_listener {
     uint32_t rcvbuf, sndbuf;    /* SO_RCVBUF/SO_SNDBUF set before listen(), 0 = default */
     uint8_t cc;                 /* TCP_CONGESTION set before listen(): algo + 1, 0 = default */
     uint32_t pending;           /* SYN_RECEIVED (mTCP thread only) */
+    uint32_t rsp_refs;          /* connections the responder holds (mTCP thread only) */
+    uint8_t draining;           /* the responder drains: no new connections */
     uint8_t ev_queued;          /* an EPOLLIN event is in this round's batch */
     _Atomic int registered;     /* the mTCP thread has it in its table */
     struct mtcp_spsc acceptq;   /* struct tcb * of established connections */
@@ -159,12 +166,17 @@ struct mtcp_context {
     struct mtcp_spsc jobq;       /* struct mtcp_job */
     struct mtcp_spsc evq;        /* struct mtcp_event */
 
+    struct mtcp_responder *rsp_app; /* the app thread's handle on the responder */
+    _Atomic uint64_t app_kicks, app_waits; /* wake-ups counted by the app thread */
+
     /* ---- mTCP thread only ---- */
     uint64_t now_ns;             /* the round's time: the only clock the stack reads */
     uint64_t now_ms;             /* now_ns in ms (TCP's timers, ARP) */
     uint64_t now_us;             /* now_ns in us (RACK's transmit times, RTT samples) */
     uint64_t last_publish_ns;    /* when the stats block was last published */
     int announce;                /* a gratuitous ARP is due (the first round sends it) */
+    struct mtcp_responder *rsp;  /* static responder, once enabled (api/responder.c) */
+    uint64_t busy_poll_ns;       /* poll this long after a round that did work */
     struct mtcp_stats stats;
     struct mtcp_pool tcb_pool, sndbuf_pool, rcvbuf_pool;
     struct tcb **flow;           /* MTCP_FLOW_BUCKETS chains */
@@ -215,6 +227,17 @@ struct mtcp_context {
 
 #ifndef MTCP_WHEEL_SLOTS
 #define MTCP_WHEEL_SLOTS 4096
+/* static responder (api/responder.c), mTCP thread */
+struct mtcp_responder;
+int rsp_takes(struct mtcp_context *ctx, const struct mtcp_listener *l);
+void rsp_adopt(struct mtcp_context *ctx, struct tcb *t, struct mtcp_listener *l);
+/* One call per round, after the received frames and the jobs: answers what it can,
+ * runs its timers; returns ms until its next deadline (UINT64_MAX: none). */
+uint64_t rsp_round(struct mtcp_context *ctx);
+void rsp_job(struct mtcp_context *ctx, const struct mtcp_job *j);
+void rsp_listener_gone(struct mtcp_context *ctx, struct mtcp_listener *l);
+void rsp_free(struct mtcp_responder *r);
+
 #endif
 
 /* app side helpers (api/) */
@@ -229,5 +252,16 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns);
 /* mTCP thread helpers */
 void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events);
 void ctx_listener_event(struct mtcp_context *ctx, struct mtcp_listener *l);
+
+/* static responder (api/responder.c), mTCP thread */
+struct mtcp_responder;
+int rsp_takes(struct mtcp_context *ctx, const struct mtcp_listener *l);
+void rsp_adopt(struct mtcp_context *ctx, struct tcb *t, struct mtcp_listener *l);
+/* One call per round, after the received frames and the jobs: answers what it can,
+ * runs its timers; returns ms until its next deadline (UINT64_MAX: none). */
+uint64_t rsp_round(struct mtcp_context *ctx);
+void rsp_job(struct mtcp_context *ctx, const struct mtcp_job *j);
+void rsp_listener_gone(struct mtcp_context *ctx, struct mtcp_listener *l);
+void rsp_free(struct mtcp_responder *r);
 
 #endif

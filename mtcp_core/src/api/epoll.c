@@ -243,6 +243,7 @@ int mtcp_epoll_wait(mctx_t ctx, int epid, struct mtcp_epoll_event *events, int m
             atomic_store(&ctx->app_waiting, 0);
             continue;
         }
+        atomic_fetch_add_explicit(&ctx->app_waits, 1, memory_order_relaxed);
         int r = poll(&pfd, 1, wait_ms);
         atomic_store(&ctx->app_waiting, 0);
         if (r > 0) {

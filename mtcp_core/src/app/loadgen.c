@@ -36,6 +36,7 @@
 #define LOADGEN_SUB (1u << LOADGEN_SUB_BITS)
 #define LOADGEN_LINEAR (2u * LOADGEN_SUB) /* values below this have their own bucket */
 #define LOADGEN_MAX_EXP 39                /* values from 2^40 ns on share the last bucket */
+#define LOADGEN_MAX_DEPTH MTCP_LOAD_MAX_PIPELINE
 
 enum loadgen_state {
     LOADGEN_IDLE = 0,
@@ -57,6 +58,10 @@ struct loadgen_conn {
     size_t sent;                /* request bytes written */
     uint64_t body_left;         /* body bytes still to come (when !until_eof) */
     uint32_t hlen;              /* bytes in hdr */
+    /* keep-alive mode: requests written and responses complete on this connection, and
+     * when each request in flight was written (a ring of LOADGEN_MAX_DEPTH) */
+    uint32_t reqs_sent, reqs_done;
+    uint64_t t_req[LOADGEN_MAX_DEPTH];
     char hdr[LOADGEN_HDR_MAX];
 };
 
@@ -69,6 +74,7 @@ struct loadgen_run {
     int epid;
     uint64_t timeout_ns;
     int stopping;               /* no new connections */
+    uint32_t depth;             /* keep-alive: requests in flight per connection */
     unsigned active;            /* connections not IDLE */
     char *scratch;              /* LOADGEN_READ_CHUNK */
 };
@@ -280,10 +286,12 @@ static int loadgen_parse_head(struct loadgen_conn *c, uint32_t len)
     return 0;
 }
 
-/* Takes received bytes of the response. 1: the response is complete; 0: more to come;
- * -1: a bad response. */
-static int loadgen_take(struct loadgen_conn *c, const char *data, size_t n)
+/* Takes received bytes of the response. 1: the response is complete, after *used of the
+ * n bytes (the rest is the next response's); 0: all taken, more to come; -1: a bad
+ * response. */
+static int loadgen_take(struct loadgen_conn *c, const char *data, size_t n, size_t *used)
 {
+    *used = n;
     if (!c->hdr_done) {
         /* look for CRLF CRLF, also across the previous read's end */
         uint32_t old = c->hlen;
@@ -305,10 +313,12 @@ static int loadgen_take(struct loadgen_conn *c, const char *data, size_t n)
         if (loadgen_parse_head(c, end) < 0)
             return -1;
         /* the bytes after the header section, in this read, are body */
-        size_t body = n - (size_t)(end - old);
+        size_t head = (size_t)(end - old);
+        size_t body = n - head;
         if (c->until_eof)
             return 0;
         if (body >= c->body_left) {
+            *used = head + (size_t)c->body_left;
             c->body_left = 0;
             return 1;
         }
@@ -318,6 +328,7 @@ static int loadgen_take(struct loadgen_conn *c, const char *data, size_t n)
     if (c->until_eof)
         return 0;
     if (n >= c->body_left) {
+        *used = (size_t)c->body_left;
         c->body_left = 0;
         return 1;
     }
@@ -372,6 +383,7 @@ static void loadgen_open(struct loadgen_run *r, unsigned i, uint64_t now)
     c->sent = 0;
     c->body_left = 0;
     c->hlen = 0;
+    c->reqs_sent = c->reqs_done = 0;
     r->active++;
 }
 
@@ -395,13 +407,24 @@ static void loadgen_complete(struct loadgen_run *r, struct loadgen_conn *c, uint
 {
     struct mtcp_load_result *res = r->res;
     uint64_t done = res->completed;
+    uint64_t sent = r->conf->keepalive ? c->t_req[c->reqs_done % LOADGEN_MAX_DEPTH] : c->t_sent;
     loadgen_record(res->lat_hist, &res->lat_min_ns, &res->lat_max_ns, &res->lat_sum_ns, &done,
-                   now - c->t_sent);
+                   now - sent);
     res->completed = done;
     int cls = c->status / 100;
     res->status[cls >= 1 && cls <= 5 ? cls : 0]++;
     if (cls != 2 && cls != 3)
         res->err_status++;
+    if (r->conf->keepalive) {
+        /* the next response of this connection starts after this one */
+        c->reqs_done++;
+        c->hdr_done = 0;
+        c->hlen = 0;
+        c->body_left = 0;
+        c->deadline = now + r->timeout_ns;
+        if (c->reqs_done < r->conf->keepalive)
+            return; /* still READING (more in flight, or the loop writes the next one) */
+    }
     c->state = LOADGEN_DRAINING;
     c->deadline = now + r->timeout_ns; /* for the FIN; missing it is no error */
 }
@@ -416,6 +439,8 @@ static int loadgen_sock_error(struct loadgen_run *r, int s)
     return err;
 }
 
+static void loadgen_event(struct loadgen_run *r, unsigned i, uint32_t events);
+
 /* Reads what is there (edge-triggered: until EAGAIN). */
 static void loadgen_read(struct loadgen_run *r, unsigned i)
 {
@@ -425,20 +450,44 @@ static void loadgen_read(struct loadgen_run *r, unsigned i)
         uint64_t now = loadgen_now_ns();
         if (n > 0) {
             r->res->bytes_read += (uint64_t)n;
-            if (c->state != LOADGEN_READING)
-                continue; /* after the response: drained, not parsed */
-            int got = loadgen_take(c, r->scratch, (size_t)n);
-            if (got < 0) {
-                r->res->err_response++;
-                loadgen_finish(r, i, 1, now);
+            const char *p = r->scratch;
+            size_t left = (size_t)n;
+            while (left && c->state == LOADGEN_READING) {
+                if (r->conf->keepalive && c->reqs_done == c->reqs_sent) {
+                    r->res->err_response++; /* bytes nobody asked for */
+                    loadgen_finish(r, i, 1, now);
+                    return;
+                }
+                size_t used;
+                int got = loadgen_take(c, p, left, &used);
+                if (got < 0) {
+                    r->res->err_response++;
+                    loadgen_finish(r, i, 1, now);
+                    return;
+                }
+                if (got == 0)
+                    break;
+                loadgen_complete(r, c, now);
+                p += used;
+                left -= used;
+            }
+            if (r->conf->keepalive && c->state == LOADGEN_DRAINING) {
+                /* all N answered: the client closes (the server would wait) */
+                loadgen_finish(r, i, 0, now);
                 return;
             }
-            if (got > 0)
-                loadgen_complete(r, c, now);
+            if (r->conf->keepalive && c->state == LOADGEN_READING &&
+                c->reqs_sent < r->conf->keepalive &&
+                c->reqs_sent - c->reqs_done < r->depth) {
+                loadgen_event(r, i, MTCP_EPOLLOUT); /* room in the pipeline: write more */
+                return;
+            }
             continue;
         }
         if (n == 0) { /* the server's FIN */
-            if (c->state == LOADGEN_READING) {
+            int between = r->conf->keepalive && !c->hdr_done && c->hlen == 0 &&
+                          c->reqs_done == c->reqs_sent; /* keep-alive: closed between responses */
+            if (c->state == LOADGEN_READING && !between) {
                 if (c->hdr_done && c->until_eof)
                     loadgen_complete(r, c, now);
                 else
@@ -477,6 +526,34 @@ static void loadgen_event(struct loadgen_run *r, unsigned i, uint32_t events)
         loadgen_record(res->conn_hist, &res->conn_min_ns, &res->conn_max_ns, &res->conn_sum_ns,
                        &res->conn_count, now - c->t_start);
         c->state = LOADGEN_SENDING;
+    }
+    if (r->conf->keepalive && (c->state == LOADGEN_SENDING || c->state == LOADGEN_READING)) {
+        /* keep-alive: write requests while the pipeline has room */
+        size_t len = r->conf->request_len;
+        while (c->reqs_sent < r->conf->keepalive && c->reqs_sent - c->reqs_done < r->depth) {
+            while (c->sent < len) {
+                ssize_t w = mtcp_write(r->mctx, c->sockid, r->conf->request + c->sent,
+                                       len - c->sent);
+                if (w < 0) {
+                    if (errno == EAGAIN) {
+                        c->state = LOADGEN_READING;
+                        goto read; /* the next EPOLLOUT goes on */
+                    }
+                    r->res->err_reset++;
+                    loadgen_finish(r, i, 0, now);
+                    return;
+                }
+                c->sent += (size_t)w;
+                r->res->bytes_written += (uint64_t)w;
+            }
+            c->sent = 0;
+            c->t_req[c->reqs_sent % LOADGEN_MAX_DEPTH] = loadgen_now_ns();
+            c->reqs_sent++;
+        }
+        c->state = LOADGEN_READING;
+    read:
+        loadgen_read(r, i);
+        return;
     }
     if (c->state == LOADGEN_SENDING) {
         size_t len = r->conf->request_len;
@@ -519,7 +596,8 @@ static int loadgen_check(mctx_t mctx, const struct mtcp_load_conf *conf,
 {
     if (!mctx || !conf || !out || !conf->request || conf->request_len == 0 || conf->addr == 0 ||
         conf->port == 0 || conf->connections == 0 ||
-        conf->connections > MTCP_LOAD_MAX_CONNECTIONS || conf->duration_ms == 0)
+        conf->connections > MTCP_LOAD_MAX_CONNECTIONS || conf->duration_ms == 0 ||
+        conf->pipeline > MTCP_LOAD_MAX_PIPELINE)
         return -1;
     return 0;
 }
@@ -537,6 +615,7 @@ int mtcp_load_run(mctx_t mctx, struct mtcp_load_conf *conf, struct mtcp_load_res
         .res = out,
         .timeout_ns = (uint64_t)(conf->timeout_ms ? conf->timeout_ms : LOADGEN_DEFAULT_TIMEOUT_MS) *
                       1000000u,
+        .depth = conf->pipeline ? conf->pipeline : 1,
     };
     unsigned n = conf->connections;
     int maxev = n < LOADGEN_MAX_EVENTS ? (int)n : LOADGEN_MAX_EVENTS;

@@ -54,7 +54,13 @@
     X(rcv_space_grows, C) \
     X(rack_marked_lost, C) X(rack_reo_timeouts, C) X(tlp_recoveries, C) \
     X(retrans_spurious, C) X(undo_dsack, C) X(dsacks_rx, C) X(dsacks_tx, C) \
-    X(hystart_css, C) X(hystart_exits, C)
+    X(hystart_css, C) X(hystart_exits, C) \
+    X(app_signals, C) X(stack_kicks, C) X(app_waits, C) X(busy_polls, C) \
+    X(rsp_hits, C) X(rsp_misses, C) \
+    X(rsp_fb_method, C) X(rsp_fb_grammar, C) X(rsp_fb_header, C) X(rsp_fb_size, C) \
+    X(rsp_fb_conditional, C) X(rsp_fb_partial, C) X(rsp_fb_pipeline, C) X(rsp_fb_log_full, C) \
+    X(rsp_fb_room, C) X(rsp_fb_draining, C) \
+    X(rsp_install_refused, C) X(rsp_entries, G) X(rsp_bytes, G) X(rsp_conns, G)
 
 enum mtcp_stat {
 #define MTCP_STAT_ENUM(name, kind) MTCP_STAT_##name,

@@ -243,6 +243,17 @@ struct tcb {
     uint8_t evicted;            /* reset by eviction, the app has not closed it yet */
     uint8_t src_counted;        /* counted in the per-source table */
     uint32_t mem_charge;        /* ring bytes charged to ctx->mem_used */
+    /* static responder (api/responder.c): the connection is the mTCP thread's own until
+     * a request goes to the application */
+    uint8_t rsp;                    /* held by the responder */
+    uint8_t rsp_tlist;              /* on its timer list: 1 header, 2 keep-alive */
+    uint8_t rsp_req_started;        /* bytes of the next request have arrived */
+    uint32_t rsp_served;            /* responses the responder sent on it */
+    uint64_t rsp_started_ns;        /* the current request's start (the connect, or its
+                                       first byte), CLOCK_MONOTONIC */
+    uint64_t rsp_deadline_ms;
+    struct tcb *rsp_tnext, *rsp_tprev;
+    struct mtcp_listener *rsp_l;
 
     struct mtcp_listener *listener; /* passive, until accepted */
     struct tcb *acc_next;           /* embryonic list of the listener */

@@ -67,7 +67,7 @@ static void flow_remove(struct mtcp_context *ctx, struct tcb *t)
 struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t port)
 {
     for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
-        if (l->port == port && (l->addr == 0 || l->addr == laddr))
+        if (l->port == port && (l->addr == 0 || l->addr == laddr) && !l->draining)
             return l;
     return NULL;
 }

@@ -76,6 +76,8 @@ void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err);
 void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t);
 /* Jobs from the app thread. */
 void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *job);
+/* What JOB_CLOSE (abort: JOB_ABORT) does, for a TCB the mTCP thread holds itself. */
+void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort);
 /* Timers: TIME_WAIT FIFO and the RTO wheel; returns ms until the next deadline. */
 uint64_t tcp_timers(struct mtcp_context *ctx);
 void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t);

@@ -260,6 +260,12 @@ static int passive_established(struct mtcp_context *ctx, struct tcb *t)
         return 0; /* simultaneous open: the socket already holds it */
     l->pending--;
     t->listener = NULL;
+    if (rsp_takes(ctx, l)) {
+        /* the static responder holds it until a request is not its own */
+        STAT_INC(&ctx->stats, conn_passive_opens);
+        rsp_adopt(ctx, t, l);
+        return 0;
+    }
     if (mtcp_spsc_push(&l->acceptq, &t) < 0) {
         STAT_INC(&ctx->stats, drop_tcp_backlog_full);
         t->app_closed = 1;

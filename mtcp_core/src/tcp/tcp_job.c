@@ -127,8 +127,15 @@ static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int ab
     /* FIN-WAIT-*, CLOSING, LAST-ACK: already closing; freed when done */
 }
 
+void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort)
+{
+    struct mtcp_job j = {.type = abort ? JOB_ABORT : JOB_CLOSE, .tcb = t};
+    job_close(ctx, &j, abort);
+}
+
 static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
 {
+    rsp_listener_gone(ctx, l);
     struct mtcp_listener **pp = &ctx->listeners;
     for (; *pp; pp = &(*pp)->next) {
         if (*pp == l) {
@@ -175,6 +182,13 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         break;
     case JOB_CONNECT:
         job_connect(ctx, j);
+        break;
+    case JOB_RSP_ENABLE:
+    case JOB_RSP_INSTALL:
+    case JOB_RSP_REMOVE:
+    case JOB_RSP_CLEAR:
+    case JOB_RSP_DRAIN:
+        rsp_job(ctx, j);
         break;
     case JOB_SEND:
         atomic_store_explicit(&t->send_job_pending, 0, memory_order_release);
