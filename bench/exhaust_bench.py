@@ -288,6 +288,7 @@ class Server(web_bench.Server):
                 ip=self.ip,
                 port=PORT,
                 root=self.site,
+                tls="",  # plain HTTP only: the attacks do not use TLS
             )
         )
         return ["nginx", "-c", str(conf), "-p", str(self.tmp)]
