@@ -590,7 +590,7 @@ class Connection:
         self._said_close = said_close = close or self._client_close and not self._keep10
         block = reply.head if reply.head is not None else serialize(reply.headers)
         pre, post = head_parts(status, block, cfg.hsts if self.secure and cfg.hsts else None)
-        if reply.cacheable and self.site.offer is not None:
+        if reply.cacheable and self.site.offer is not None and cfg.redirect_https_port is None:
             self.site.offer(self._req_method, self._target, self._req_headers, now)
         head = b"".join(
             (

@@ -65,6 +65,9 @@ def serve_mtcp(
     rsp = None
     # (several virtual sites: their per-site hit counters and log names are not kept by the
     # core yet, so they stay on Python)
+    # (--redirect-http: every plain request gets a 308 from Python, nothing for it to answer)
+    if files.config.redirect_https_port is not None:
+        responder = False
     if responder and (isinstance(files, Site) or isinstance(files, Sites) and files.single):
         rsp = Responder(
             ctx, files, port, log=site.access_log is not None, core=ctx.core,

@@ -150,6 +150,16 @@ def test_https_on_both_stacks(netlab: netns.Lab, tmp_path: Path, stack: str) -> 
         assert r.stdout.startswith("HTTP/1.1 308 Permanent Redirect\n"), r.stdout
         assert f"\nLocation: https://{NAME}:{TLS_PORT}/a/b?c=d\n" in r.stdout
         assert "Strict-Transport-Security" not in r.stdout
+        # a file already served over HTTPS (so in the site's cache) is redirected too: the
+        # static responder (mtcp), which answers cached files on the plain port inside the
+        # stack, must not answer it with a 200
+        for _ in range(3):
+            r = subprocess.run(
+                ["ip", "netns", "exec", cl.ns.name, "curl", "-sS", "-D", "-", "-o", "/dev/null",
+                 "-H", f"Host: {NAME}", f"http://{cl.ip}:{plain_port}/small.txt"],
+                capture_output=True, text=True, timeout=20, check=False,
+            )  # fmt: skip
+            assert r.stdout.startswith("HTTP/1.1 308 Permanent Redirect\n"), r.stdout
         # Python's ssl client: TLS 1.3 and 1.2, ALPN http/1.1, keep-alive
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             with cl.connect(ctx=cl.ctx(maximum_version=version)) as s:
