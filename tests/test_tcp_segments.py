@@ -882,6 +882,37 @@ def test_simultaneous_close_ends_in_time_wait() -> None:
         assert pools_back(rig.stats())
 
 
+def test_abort_sends_rst_and_frees_at_once() -> None:
+    """SO_LINGER 0 semantics (mtcp_abort): <SEQ=SND.NXT><CTL=RST>, and the TCB is free."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        s.send(b"unsent?")
+        c.take(c.expect(payload=b"unsent?"), ack=False)
+        s.abort()
+        c.expect(flags=RST | ACK, seq=c.rcv_nxt)
+        st = rig.stats()
+        assert st["rst_tx"] == 1
+        assert pools_back(st)
+
+
+def test_half_close_keeps_the_other_direction() -> None:
+    """RFC 9293 3.6: after the peer's FIN (CLOSE-WAIT) the app reads EOF and may still send;
+    its own close then sends the FIN (LAST-ACK)."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        c.send_fin()
+        c.expect(flags=ACK, ack=c.snd_nxt)
+        assert s.tcp_info()["state"] == "CLOSE_WAIT"
+        assert s.recv(100) == b""
+        assert s.send(b"still talking") == 13
+        assert c.read(13) == b"still talking"
+        s.close()
+        fin = c.expect(flags=FIN | ACK, seq=c.rcv_nxt)
+        assert rig.stats()["state_last_ack"] == 1
+        c.take(fin)
+        assert pools_back(rig.stats())
+
+
 def test_rst_answering_the_syn_refuses_the_connection() -> None:
     """RFC 9293 3.10.7.3: a RST acknowledging our SYN in SYN-SENT: connection refused."""
     with Rig() as rig:
