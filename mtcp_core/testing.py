@@ -28,7 +28,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import mtcp_core as m
 from mtcp_core._native import ffi, lib
@@ -348,7 +348,20 @@ class App:
 # ---------------------------------------------------------------- the rig
 
 
-class Rig:
+class _Closing:
+    """``with`` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Rig(_Closing):
     """One stack on a stepped context, side 0 of a pair link; the test is side 1.
 
     The stack has ``ip`` and, as its gateway, the peer's ``peer_ip``; a peer may speak from
@@ -467,12 +480,6 @@ class Rig:
     def close(self) -> None:
         self.stack.close()
         self.link.close()
-
-    def __enter__(self) -> Rig:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class PeerConn:
@@ -676,7 +683,7 @@ def pools_back(st: dict[str, int]) -> bool:
 # ---------------------------------------------------------------- two stacks
 
 
-class Duo:
+class Duo(_Closing):
     """Two stacks on one pair link, both on stepped contexts that share one clock: the
     threaded pair tests' setting (loss, reordering, delay from the link's seeded faults),
     made deterministic. ``client`` is side 0 (``client_ip``), ``server`` side 1. The test
@@ -759,9 +766,3 @@ class Duo:
             st.close()
         self.stacks.clear()
         self.link.close()
-
-    def __enter__(self) -> Duo:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1131,22 +1131,30 @@ def test_accepted_connections_inherit_the_listeners_buffer_sizes() -> None:
 # ---------------------------------------------------------------- two stepped stacks
 
 
-def echo_through(duo: Duo, payload: bytes, limit_ms: float) -> bytes:
-    """The client sends ``payload`` to an echo server on the other stack and reads it back;
-    both apps run between the instants of the shared clock."""
+def duo_open(duo: Duo, limit_ms: float = 10_000) -> tuple[m.Socket, m.Socket, float]:
+    """The client connects to the server's port 80; returns (client socket, accepted
+    socket, the stack time in ms at which the server accepted)."""
     ls = duo.server.socket()
     ls.bind(("0.0.0.0", 80))
     ls.listen(16)
     c = duo.client.socket()
     assert c.connect_ex((duo.server_ip, 80)) == errno.EINPROGRESS
-    served: list[m.Socket] = []
+    got: list[m.Socket] = []
+    duo.run_until(lambda: bool(got.extend(ls.accept_many()) or got), limit_ms=limit_ms)
+    return c, got[0], duo.now_ms
+
+
+def echo_through(duo: Duo, payload: bytes, limit_ms: float) -> bytes:
+    """The client sends ``payload`` to an echo server on the other stack and reads it back;
+    both apps run between the instants of the shared clock."""
+    c, s0, _ = duo_open(duo, limit_ms)
+    served = [s0]
     pending = bytearray()
     got = bytearray()
     sent = 0
 
     def apps() -> None:
         nonlocal sent
-        served.extend(ls.accept_many())
         for s in served:  # the echo server
             try:
                 pending.extend(s.recv(65536))
@@ -1207,19 +1215,6 @@ def test_sequence_numbers_wrap_around_on_both_sides() -> None:
 
 
 # ---------------------------------------------------------------- targeted drops, two stacks
-
-
-def duo_open(duo: Duo, limit_ms: float = 10_000) -> tuple[m.Socket, m.Socket, float]:
-    """The client connects to the server's port 80; returns (client socket, accepted
-    socket, the stack time in ms at which the server accepted)."""
-    ls = duo.server.socket()
-    ls.bind(("0.0.0.0", 80))
-    ls.listen(16)
-    c = duo.client.socket()
-    assert c.connect_ex((duo.server_ip, 80)) == errno.EINPROGRESS
-    got: list[m.Socket] = []
-    duo.run_until(lambda: bool(got.extend(ls.accept_many()) or got), limit_ms=limit_ms)
-    return c, got[0], duo.now_ms
 
 
 def duo_read(duo: Duo, s: m.Socket, n: int, limit_ms: float = 10_000) -> bytes:
