@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import errno
 import random
+from pathlib import Path
 
 import pytest
+from pcapfile import record_times, tcp_frames
 
 import mtcp_core as m
 from mtcp_core.testing import (
@@ -137,6 +139,27 @@ def test_the_link_delays_frames_on_the_stepped_clock() -> None:
         assert c.recv() is None
         rig.advance(0.001)
         c.expect(flags=SYN | ACK, at_ms=rig.now_ms)
+
+
+def test_a_stepped_capture_has_the_scripts_times_and_repeats_to_the_byte(
+    tmp_path: Path,
+) -> None:
+    """Stack(pcap=...) on a stepped context stamps each record with the round's time (not
+    the wall clock), so the capture of a script is the same file every run."""
+    files = []
+    for run in range(2):
+        path = tmp_path / f"run{run}-core%u.pcap"
+        with Rig(pcap=str(path)) as rig:
+            rig.app.serve(ECHO)
+            c = rig.conn(ECHO)
+            c.handshake()
+            rig.advance(250)
+            c.echo(b"captured\n")
+        files.append(Path(str(path).replace("%u", "0")))
+    times = record_times(files[0])
+    assert times[0] == 1.0 and times[-1] == 1.25, times  # the script's clock: 1 s, +250 ms
+    assert len(tcp_frames(files[0])) >= 5
+    assert files[0].read_bytes() == files[1].read_bytes()
 
 
 # ---------------------------------------------------------------- RST and closed ports
