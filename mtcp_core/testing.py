@@ -16,7 +16,8 @@ sleeps, no root; with ``secret_seed`` fixed a script repeats to the bit.
     rig.advance(200)                                  # 200 ms on, every timer on the way
     c.expect_none()
 
-A ``Rig`` answers the stack's ARP requests for the peer's addresses by itself. Everything
+A ``Rig`` answers the stack's ARP requests for the peer's addresses by itself. A ``Duo``
+puts two stacks on one stepped clock over a link with seeded faults. Everything
 here is for tests: it is importable from the installed package so that tests and
 benchmarks share it.
 """
@@ -27,7 +28,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import mtcp_core as m
 from mtcp_core._native import ffi, lib
@@ -39,6 +40,7 @@ __all__ = [
     "RST",
     "SYN",
     "App",
+    "Duo",
     "PeerConn",
     "Rig",
     "Seg",
@@ -346,7 +348,20 @@ class App:
 # ---------------------------------------------------------------- the rig
 
 
-class Rig:
+class _Closing:
+    """``with`` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Rig(_Closing):
     """One stack on a stepped context, side 0 of a pair link; the test is side 1.
 
     The stack has ``ip`` and, as its gateway, the peer's ``peer_ip``; a peer may speak from
@@ -465,12 +480,6 @@ class Rig:
     def close(self) -> None:
         self.stack.close()
         self.link.close()
-
-    def __enter__(self) -> Rig:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class PeerConn:
@@ -669,3 +678,91 @@ def pools_back(st: dict[str, int]) -> bool:
         and st["pool_rcvbuf_free"] == st["pool_rcvbuf_total"]
         and st["flows"] == 0
     )
+
+
+# ---------------------------------------------------------------- two stacks
+
+
+class Duo(_Closing):
+    """Two stacks on one pair link, both on stepped contexts that share one clock: the
+    threaded pair tests' setting (loss, reordering, delay from the link's seeded faults),
+    made deterministic. ``client`` is side 0 (``client_ip``), ``server`` side 1. The test
+    drives both apps between steps; ``advance`` runs every round either stack, or a frame on
+    the link, asks for."""
+
+    def __init__(
+        self,
+        *,
+        faults: m.Faults | None = None,
+        client_ip: str = "198.18.0.1/24",
+        server_ip: str = "198.18.0.2/24",
+        start_ns: int = 1_000 * MS,
+        secret_seed: int = 1,
+        **stack_kw: Any,
+    ) -> None:
+        self.link = m.PairLink(faults or m.Faults())
+        self.stacks: list[m.Stack] = []
+        try:
+            for side, ip in ((0, client_ip), (1, server_ip)):
+                self.stacks.append(
+                    m.Stack("pair", ip, pair=self.link, pair_side=side,
+                            secret_seed=secret_seed + side, **stack_kw)
+                )  # fmt: skip
+            self.client = self.stacks[0].stepped_context(0, start_ns)
+            self.server = self.stacks[1].stepped_context(0, start_ns)
+        except BaseException:
+            self.close()
+            raise
+        self.client_ip = str(ipaddress.IPv4Interface(client_ip).ip)
+        self.server_ip = str(ipaddress.IPv4Interface(server_ip).ip)
+        self.now_ns = start_ns
+
+    @property
+    def now_ms(self) -> float:
+        return self.now_ns / MS
+
+    def _both_at(self, t: int, on_round: Callable[[], object] | None) -> None:
+        """Rounds at ``t`` on both stacks until neither has more to do at ``t``."""
+        self.now_ns = t
+        for _ in range(m.SteppedContext.MAX_ROUNDS_AT_ONCE):
+            self.client.step(t)
+            self.server.step(t)
+            if on_round is not None:
+                on_round()
+            if self._next() > t:
+                return
+        raise RuntimeError("stacks still busy after many rounds at one instant")
+
+    def _next(self) -> int:
+        due = [self.client.deadline_ns, self.server.deadline_ns]
+        due += [d for d in (self.link.next_due(0), self.link.next_due(1)) if d]
+        return min(due)
+
+    def settle(self, on_round: Callable[[], object] | None = None) -> None:
+        self._both_at(self.now_ns, on_round)
+
+    def advance(self, ms: float = 0.0, *, ns: int = 0,
+                on_round: Callable[[], object] | None = None) -> None:  # fmt: skip
+        """Time moves ``ms`` on, both stacks running every round due on the way;
+        ``on_round()`` runs after each instant's rounds (the apps' turn)."""
+        end = self.now_ns + round(ms * MS) + ns
+        self.settle(on_round)
+        while self.now_ns < end:
+            self._both_at(min(max(self._next(), self.now_ns), end), on_round)
+
+    def run_until(self, done: Callable[[], bool], *, limit_ms: float,
+                  on_round: Callable[[], object] | None = None) -> None:  # fmt: skip
+        """Advances (in steps of the stacks' own deadlines) until ``done()`` or ``limit_ms``
+        of stack time have passed (an AssertionError then)."""
+        end = self.now_ns + round(limit_ms * MS)
+        self.settle(on_round)
+        while not done():
+            if self.now_ns >= end:
+                raise AssertionError(f"not done after {limit_ms} ms of stack time")
+            self._both_at(min(max(self._next(), self.now_ns + 1), end), on_round)
+
+    def close(self) -> None:
+        for st in self.stacks:
+            st.close()
+        self.stacks.clear()
+        self.link.close()

@@ -25,3 +25,15 @@ def tcp_frames(pcap: Path) -> list[tuple[int, int, int, int]]:
         doff = (frame[tcp + 12] >> 4) * 4
         out.append((sport, dport, frame[tcp + 13], total - ihl - doff))
     return out
+
+
+def record_times(pcap: Path) -> list[float]:
+    """The time of every record of a capture, in seconds (the record header's clock)."""
+    data = pcap.read_bytes()
+    out = []
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, usec, incl = struct.unpack_from("<III", data, pos)
+        out.append(sec + usec / 1e6)
+        pos += 16 + incl
+    return out

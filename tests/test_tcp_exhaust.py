@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from pairnet import settled, wait_event, wait_for
 from test_tcp_faults import (
     CLIENT,
     DELAY_US,
@@ -25,9 +26,6 @@ from test_tcp_faults import (
     connect,
     listen,
     pools_back,
-    settled,
-    wait_event,
-    wait_for,
 )
 
 import mtcp_core as m

@@ -5,19 +5,34 @@ stack sends back and when (``mtcp_core.testing``): RFC 9293 state machine, RFC 5
 RFC 7323 (PAWS, timestamps), RFC 1337, SYN cookies, the timers (retransmission backoff and
 the abort, keepalive, the idle timeout, delayed ACKs) and Nagle. No threads, no sleeps, no
 root: a script of minutes of stack time runs in milliseconds, and the same script gives the
-same segments every run. What needs a real kernel peer stays in the namespace tests
-(test_interop_kernel.py, test_tcp_conformance.py's SYN flood).
+same segments every run. The last sections put two stacks on one stepped clock (``Duo``): a
+lossy link's recovery and the targeted drops (SYN, SYN-ACK, final ACK, FIN), at exact times.
+What needs a real kernel peer stays in the namespace tests (test_interop_kernel.py,
+test_tcp_conformance.py's SYN flood).
 """
 
 from __future__ import annotations
 
 import errno
 import random
+from pathlib import Path
 
 import pytest
+from pcapfile import record_times, tcp_frames
 
 import mtcp_core as m
-from mtcp_core.testing import ACK, FIN, PSH, RST, SYN, PeerConn, Rig, icmp_echo_frame, pools_back
+from mtcp_core.testing import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Duo,
+    PeerConn,
+    Rig,
+    icmp_echo_frame,
+    pools_back,
+)
 
 ECHO, ONCE, SINK = 7, 8, 9
 CLOSED_PORT = 10
@@ -124,6 +139,27 @@ def test_the_link_delays_frames_on_the_stepped_clock() -> None:
         assert c.recv() is None
         rig.advance(0.001)
         c.expect(flags=SYN | ACK, at_ms=rig.now_ms)
+
+
+def test_a_stepped_capture_has_the_scripts_times_and_repeats_to_the_byte(
+    tmp_path: Path,
+) -> None:
+    """Stack(pcap=...) on a stepped context stamps each record with the round's time (not
+    the wall clock), so the capture of a script is the same file every run."""
+    files = []
+    for run in range(2):
+        path = tmp_path / f"run{run}-core%u.pcap"
+        with Rig(pcap=str(path)) as rig:
+            rig.app.serve(ECHO)
+            c = rig.conn(ECHO)
+            c.handshake()
+            rig.advance(250)
+            c.echo(b"captured\n")
+        files.append(Path(str(path).replace("%u", "0")))
+    times = record_times(files[0])
+    assert times[0] == 1.0 and times[-1] == 1.25, times  # the script's clock: 1 s, +250 ms
+    assert len(tcp_frames(files[0])) >= 5
+    assert files[0].read_bytes() == files[1].read_bytes()
 
 
 # ---------------------------------------------------------------- RST and closed ports
@@ -882,6 +918,37 @@ def test_simultaneous_close_ends_in_time_wait() -> None:
         assert pools_back(rig.stats())
 
 
+def test_abort_sends_rst_and_frees_at_once() -> None:
+    """SO_LINGER 0 semantics (mtcp_abort): <SEQ=SND.NXT><CTL=RST>, and the TCB is free."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        s.send(b"unsent?")
+        c.take(c.expect(payload=b"unsent?"), ack=False)
+        s.abort()
+        c.expect(flags=RST | ACK, seq=c.rcv_nxt)
+        st = rig.stats()
+        assert st["rst_tx"] == 1
+        assert pools_back(st)
+
+
+def test_half_close_keeps_the_other_direction() -> None:
+    """RFC 9293 3.6: after the peer's FIN (CLOSE-WAIT) the app reads EOF and may still send;
+    its own close then sends the FIN (LAST-ACK)."""
+    with Rig() as rig:
+        s, c = stack_client(rig)
+        c.send_fin()
+        c.expect(flags=ACK, ack=c.snd_nxt)
+        assert s.tcp_info()["state"] == "CLOSE_WAIT"
+        assert s.recv(100) == b""
+        assert s.send(b"still talking") == 13
+        assert c.read(13) == b"still talking"
+        s.close()
+        fin = c.expect(flags=FIN | ACK, seq=c.rcv_nxt)
+        assert rig.stats()["state_last_ack"] == 1
+        c.take(fin)
+        assert pools_back(rig.stats())
+
+
 def test_rst_answering_the_syn_refuses_the_connection() -> None:
     """RFC 9293 3.10.7.3: a RST acknowledging our SYN in SYN-SENT: connection refused."""
     with Rig() as rig:
@@ -1082,3 +1149,189 @@ def test_accepted_connections_inherit_the_listeners_buffer_sizes() -> None:
                 break
         assert last.window == 0
         assert s.tcp_info()["rcvbuf_used"] == small
+
+
+# ---------------------------------------------------------------- two stepped stacks
+
+
+def duo_open(duo: Duo, limit_ms: float = 10_000) -> tuple[m.Socket, m.Socket, float]:
+    """The client connects to the server's port 80; returns (client socket, accepted
+    socket, the stack time in ms at which the server accepted)."""
+    ls = duo.server.socket()
+    ls.bind(("0.0.0.0", 80))
+    ls.listen(16)
+    c = duo.client.socket()
+    assert c.connect_ex((duo.server_ip, 80)) == errno.EINPROGRESS
+    got: list[m.Socket] = []
+    duo.run_until(lambda: bool(got.extend(ls.accept_many()) or got), limit_ms=limit_ms)
+    return c, got[0], duo.now_ms
+
+
+def echo_through(duo: Duo, payload: bytes, limit_ms: float) -> bytes:
+    """The client sends ``payload`` to an echo server on the other stack and reads it back;
+    both apps run between the instants of the shared clock."""
+    c, s0, _ = duo_open(duo, limit_ms)
+    served = [s0]
+    pending = bytearray()
+    got = bytearray()
+    sent = 0
+
+    def apps() -> None:
+        nonlocal sent
+        for s in served:  # the echo server
+            try:
+                pending.extend(s.recv(65536))
+            except BlockingIOError:
+                pass
+            if pending:
+                try:
+                    del pending[: s.send(bytes(pending))]
+                except BlockingIOError:
+                    pass
+        if sent < len(payload):  # the client
+            try:
+                sent += c.send(payload[sent : sent + 65536])
+            except BlockingIOError:
+                pass
+        try:
+            got.extend(c.recv(65536))
+        except BlockingIOError:
+            pass
+
+    duo.run_until(lambda: len(got) >= len(payload), limit_ms=limit_ms, on_round=apps)
+    c.close()
+    for s in served:
+        s.close()
+    duo.advance(5000)  # closes, TIME-WAIT
+    return bytes(got)
+
+
+def lossy_run(seed: int) -> tuple[dict[str, int], dict[str, int], float]:
+    faults = m.Faults(seed=seed, loss=0.10, reorder=0.02, duplicate=0.02, delay_us=1000)
+    payload = random.Random(seed).randbytes(1 << 20)
+    with Duo(faults=faults, time_wait_ms=100) as duo:
+        assert echo_through(duo, payload, limit_ms=600_000) == payload
+        return duo.client.stats(), duo.server.stats(), duo.now_ms
+
+
+def test_two_stepped_stacks_recover_from_loss_the_same_way_every_run() -> None:
+    """Two stacks on one stepped clock over a link with 10 % loss, 2 % reordering and
+    duplication, 1 ms each way: 1 MiB echoed byte-exact, the loss repaired by fast
+    retransmit and SACK recovery rather than timeouts, pools back; and a second run of the
+    same seed is the same run to the counter (another seed is another run)."""
+    cst, sst, took_ms = lossy_run(seed=11)
+    for who, st in (("client", cst), ("server", sst)):
+        assert st["fast_retransmits"] + st["sack_retransmits"] > 0, who
+        assert st["recoveries"] > 0, who
+        assert st["rto_timeouts"] * 5 <= st["recoveries"], (who, st["rto_timeouts"])
+        assert pools_back(st), who
+    assert lossy_run(seed=11) == (cst, sst, took_ms)
+    assert lossy_run(seed=12) != (cst, sst, took_ms)
+
+
+def test_sequence_numbers_wrap_around_on_both_sides() -> None:
+    """Both ISNs 3000 bytes below 2^32: 100 kB cross the wrap in both directions."""
+    payload = random.Random(5).randbytes(100_000)
+    with Duo(fixed_isn=(1 << 32) - 3000, time_wait_ms=100) as duo:
+        assert echo_through(duo, payload, limit_ms=10_000) == payload
+        assert pools_back(duo.client.stats()) and pools_back(duo.server.stats())
+
+
+# ---------------------------------------------------------------- targeted drops, two stacks
+
+
+def duo_read(duo: Duo, s: m.Socket, n: int, limit_ms: float = 10_000) -> bytes:
+    out = bytearray()
+    eof = False
+
+    def more() -> bool:
+        nonlocal eof
+        while len(out) < n and not eof:
+            try:
+                d = s.recv(65536)
+            except BlockingIOError:
+                return False
+            eof = not d
+            out.extend(d)
+        return len(out) >= n or eof
+
+    duo.run_until(more, limit_ms=limit_ms)
+    return bytes(out)
+
+
+def test_dropped_syn_is_retransmitted_after_the_initial_rto() -> None:
+    """RFC 6298 2.1: the SYN's timer is 1 s; the dropped SYN goes again exactly then."""
+    with Duo(time_wait_ms=100) as duo:
+        duo.link.drop_next(0, SYN | ACK, SYN)
+        t0 = duo.now_ms
+        c, s, at = duo_open(duo)
+        assert at - t0 == 1000
+        assert duo.link.counters(0)["targeted"] == 1
+        cs = duo.client.stats()
+        assert cs["rto_timeouts"] == 1 and cs["retransmits"] == 1
+        c.send(b"ping")
+        assert duo_read(duo, s, 4) == b"ping"
+        c.close()
+        s.close()
+        duo.advance(1000)
+        assert pools_back(duo.client.stats()) and pools_back(duo.server.stats())
+
+
+def test_dropped_syn_ack_is_recovered() -> None:
+    """The SYN-ACK is lost: a handshake timer (the client's SYN or the server's SYN-ACK,
+    both 1 s) repairs it, 1 s after the start."""
+    with Duo(time_wait_ms=100) as duo:
+        duo.link.drop_next(1, SYN | ACK, SYN | ACK)
+        t0 = duo.now_ms
+        c, s, at = duo_open(duo)
+        assert at - t0 == 1000
+        assert duo.link.counters(1)["targeted"] == 1
+        cs, ss = duo.client.stats(), duo.server.stats()
+        assert cs["rto_timeouts"] + ss["rto_timeouts"] >= 1
+        assert cs["retransmits"] + ss["retransmits"] >= 1
+        s.send(b"pong")
+        assert duo_read(duo, c, 4) == b"pong"
+
+
+def test_dropped_final_ack_of_handshake_is_recovered() -> None:
+    """The client is ESTABLISHED on the SYN-ACK and stays silent; its ACK is lost, so only
+    the server's SYN-ACK retransmission (1 s later), answered by a new ACK, completes the
+    server's side."""
+    with Duo(time_wait_ms=100) as duo:
+        duo.link.drop_next(0, SYN | ACK | FIN | RST, ACK, max_payload=0)
+        t0 = duo.now_ms
+        c, s, at = duo_open(duo)
+        assert at - t0 == 1000
+        assert c.tcp_info()["state"] == "ESTABLISHED"
+        assert duo.link.counters(0)["targeted"] == 1
+        ss = duo.server.stats()
+        assert ss["rto_timeouts"] == 1 and ss["retransmits"] == 1
+        c.send(b"hello")
+        assert duo_read(duo, s, 5) == b"hello"
+
+
+@pytest.mark.parametrize("closer", [0, 1])
+def test_dropped_fin_is_retransmitted(closer: int) -> None:
+    """The FIN of the side that closes first is dropped; a loss probe or the retransmission
+    timer sends it again, and both sides close cleanly (no RST), every pool entry back."""
+    with Duo(time_wait_ms=100) as duo:
+        c, s = duo_open(duo)[:2]
+        first, second = (c, s) if closer == 0 else (s, c)
+        first_ctx = duo.client if closer == 0 else duo.server
+        first.send(b"last words")
+        assert duo_read(duo, second, 10) == b"last words"  # then the FIN is a bare one
+        duo.advance(100)  # the data acknowledged
+        before = first_ctx.stats()
+        duo.link.drop_next(closer, FIN, FIN)
+        first.close()
+        assert duo_read(duo, second, 1) == b""  # EOF, after the retransmission
+        assert duo.link.counters(closer)["targeted"] == 1
+        after = first_ctx.stats()
+        assert after["retransmits"] == before["retransmits"] + 1
+        fired = ("rto_timeouts", "loss_probes")
+        assert sum(after[k] - before[k] for k in fired) == 1, {k: after[k] for k in fired}
+        second.close()
+        duo.advance(1000)
+        cs, ss = duo.client.stats(), duo.server.stats()
+        assert pools_back(cs) and pools_back(ss)
+        assert cs["rst_tx"] == ss["rst_tx"] == 0

@@ -187,7 +187,8 @@ int io_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
     int n = dev->ops->rx_burst(dev, frames, max);
     if (dev->pcap) {
         for (int i = 0; i < n; i++)
-            io_pcap_write(dev->pcap, frames[i].data, frames[i].len);
+            io_pcap_write(dev->pcap, frames[i].data, frames[i].len,
+                          dev->manual_clock ? dev->now_ns : 0);
         io_pcap_poll(dev->pcap);
     }
     return n;
@@ -203,6 +204,7 @@ int io_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n)
     int sent = dev->ops->tx_burst(dev, frames, n);
     if (dev->pcap)
         for (int i = 0; i < sent; i++)
-            io_pcap_write(dev->pcap, frames[i].data, frames[i].len);
+            io_pcap_write(dev->pcap, frames[i].data, frames[i].len,
+                          dev->manual_clock ? dev->now_ns : 0);
     return sent;
 }

@@ -194,7 +194,10 @@ int io_afpacket_clear_errors(struct io_dev *dev);
 
 /* pcap writer */
 struct io_pcap *io_pcap_open(const char *path, unsigned core);
-void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len);
+/* at_ns: the record's time in ns since the epoch of the capture's clock; 0 = now on the
+ * wall clock. A stepped context's device passes its manual time, so its captures are as
+ * deterministic as its frames. */
+void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len, uint64_t at_ns);
 void io_pcap_close(struct io_pcap *p);
 
 /* backends */

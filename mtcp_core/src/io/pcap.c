@@ -123,13 +123,18 @@ struct io_pcap *io_pcap_open(const char *path, unsigned core)
     return p;
 }
 
-void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len)
+void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len, uint64_t at_ns)
 {
     if (!p)
         return;
     uint32_t incl = len < PCAP_SNAPLEN ? len : PCAP_SNAPLEN;
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    if (at_ns) {
+        ts.tv_sec = (time_t)(at_ns / 1000000000u);
+        ts.tv_nsec = (long)(at_ns % 1000000000u);
+    } else {
+        clock_gettime(CLOCK_REALTIME, &ts);
+    }
     struct pcap_rec_hdr r = {
         .ts_sec = (uint32_t)ts.tv_sec,
         .ts_usec = (uint32_t)(ts.tv_nsec / 1000),
