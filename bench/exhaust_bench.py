@@ -384,6 +384,8 @@ def attack_row(rig: Rig, server: Server, sc: Scenario, unloaded_p99: float) -> R
             d = json.loads(line)
             if d.get("done"):
                 row.attacker.update(d)
+                if d.get("count_capped_to"):
+                    row.notes.append(f"attacker capped at {d['count_capped_to']} (RLIMIT_NOFILE)")
             elif d.get("error"):
                 row.notes.append(f"attacker: {d['error']}")
     if proc.returncode not in (0, None):
