@@ -121,6 +121,7 @@ class Row:
     after_ratio: float = math.nan
     attacker: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    rss_after_maps: list[str] = field(default_factory=list)  # where the RSS after sits
     notes: list[str] = field(default_factory=list)
 
 
@@ -176,6 +177,24 @@ def rss_mb(pid: int) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
     return total / 2**20
+
+
+def rss_maps(pid: int, top: int = 4) -> list[str]:
+    """The worker's largest resident mappings ("size MiB, resident MiB, name"), to tell the
+    stack's buffer pools from the interpreter's heap."""
+    maps: list[tuple[int, int, str]] = []
+    for p in common.children(pid):
+        with contextlib.suppress(OSError):
+            size, name = 0, ""
+            for line in Path(f"/proc/{p}/smaps").read_text().splitlines():
+                head = line.split()
+                if "-" in head[0] and not head[0].endswith(":"):
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    size, name = hi - lo, head[5] if len(head) > 5 else "[anon]"
+                elif head[0] == "Rss:":
+                    maps.append((int(head[1]) * 1024, size, name))
+    maps.sort(reverse=True)
+    return [f"{s / 2**20:.0f} MiB map, {r / 2**20:.1f} MiB resident {n}" for r, s, n in maps[:top]]
 
 
 class Sampler(threading.Thread):
@@ -365,6 +384,8 @@ def attack_row(rig: Rig, server: Server, sc: Scenario, unloaded_p99: float) -> R
             d = json.loads(line)
             if d.get("done"):
                 row.attacker.update(d)
+                if d.get("count_capped_to"):
+                    row.notes.append(f"attacker capped at {d['count_capped_to']} (RLIMIT_NOFILE)")
             elif d.get("error"):
                 row.notes.append(f"attacker: {d['error']}")
     if proc.returncode not in (0, None):
@@ -375,6 +396,7 @@ def attack_row(rig: Rig, server: Server, sc: Scenario, unloaded_p99: float) -> R
     row.p99_ratio = row.p99_ms / unloaded_p99 if unloaded_p99 > 0 else math.nan
     time.sleep(o.after)
     row.rss_after_mb = rss_mb(server.pid)
+    row.rss_after_maps = rss_maps(server.pid)
     end = appliance_counters(server)  # what happened up to now (releases come after)
     row.counters.update({k: v - before.get(k, 0.0) for k, v in end.items() if "memory" not in k})
     row.after_ratio = row.rss_after_mb / row.rss_pre_mb if row.rss_pre_mb > 0 else math.nan
@@ -512,6 +534,8 @@ def report(doc: dict[str, Any], rows: Sequence[Row]) -> str:
     for r in rows:
         if r.attacker or r.counters:
             out.append(f"- {r.server} {r.scenario}: attacker {r.attacker}; counters {r.counters}")
+        if r.rss_after_maps:
+            out.append(f"  - largest resident mappings after: {'; '.join(r.rss_after_maps)}")
     return "\n".join(out) + "\n"
 
 

@@ -429,3 +429,40 @@ def test_the_http_server_sets_user_timeout_and_evictable_on_its_listener() -> No
         c.close()
     finally:
         n.close()
+
+
+def test_time_wait_goes_before_idle_connections_are_evicted() -> None:
+    pool = 32
+    n = net_with(max_conns=pool, time_wait_ms=60_000, max_orphans=64)
+    try:
+        ls, sep = listen(n.server)
+        ls.setsockopt(m.SOL_SOCKET, m.SO_EVICTABLE, 1)
+        ep = n.client.epoll()
+        live: list[m.Socket] = []
+        closed = []
+        for _ in range(20):  # the server closes first: 20 TIME-WAIT TCBs for a minute
+            c = connect(n.client, ep)
+            s = accept(ls, sep)
+            s.close()
+            closed.append(c)
+        time.sleep(0.1)
+        for c in closed:
+            c.close()
+        settled(n.server, lambda st: st["state_time_wait"] == 20, "20 in TIME-WAIT", 10)
+        idle = []
+        for _ in range(pool - 20 - 2):
+            idle.append(connect(n.client, ep))
+            drain_server(ls, sep, live)
+        for _ in range(6):  # the pool is nearly full: TIME-WAIT makes the room
+            idle.append(connect(n.client, ep))
+            drain_server(ls, sep, live)
+        st = settled(n.server, lambda st: st["time_wait_reclaimed"] >= 4, "TIME-WAIT reclaimed")
+        assert st["evictions"] == 0
+        assert all(c.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == 0 for c in idle)
+        for c in idle:
+            c.close()
+        for s in live:
+            s.close()
+        ls.close()
+    finally:
+        n.close()

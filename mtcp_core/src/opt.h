@@ -60,7 +60,7 @@
 #endif
 /* Pages of a closed connection's ring are given back (madvise) when it used this much. */
 #ifndef MTCP_RELEASE_MIN
-#define MTCP_RELEASE_MIN (32 * 1024)
+#define MTCP_RELEASE_MIN (8 * 1024)
 #endif
 #ifndef MTCP_DEFAULT_ORPHAN_RETRIES
 #define MTCP_DEFAULT_ORPHAN_RETRIES 8

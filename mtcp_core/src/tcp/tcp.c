@@ -105,7 +105,7 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
 {
     if (tcb_pools_empty(ctx))
         tcb_reclaim_time_wait(ctx);
-    tcp_evict_idle(ctx, 2); /* near full: idle connections make room (nginx) */
+    tcp_evict_idle(ctx, 1); /* near full: idle connections make room (nginx) */
     uint32_t snd_cap, rcv_cap;
     if (tcb_pools_empty(ctx) || tcp_mem_caps(ctx, &snd_cap, &rcv_cap) < 0) {
         STAT_INC(&ctx->stats, drop_tcp_no_memory);

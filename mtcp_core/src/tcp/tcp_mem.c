@@ -138,6 +138,13 @@ int tcp_evict_idle(struct mtcp_context *ctx, int max)
 {
     if (!ctx->stack->evict || !pool_nearly_full(ctx))
         return 0;
+    /* TIME-WAIT connections the app has closed go first: they cost a client nothing */
+    for (int i = 0; i < max && ctx->tw_head && ctx->tw_head->app_closed; i++) {
+        STAT_INC(&ctx->stats, time_wait_reclaimed);
+        tcp_conn_done(ctx, ctx->tw_head, 0);
+        if (!pool_nearly_full(ctx))
+            return 0;
+    }
     int done = 0, scanned = 0;
     struct tcb *t = ctx->idle_head;
     while (t && done < max && scanned++ < MTCP_EVICT_SCAN) {
