@@ -137,6 +137,23 @@ def test_overlap_with_other_bytes_drops_the_datagram(table: Table) -> None:
     assert table.pending == 1
 
 
+def test_a_datagram_larger_than_65535_bytes_with_its_header_is_refused(table: Table) -> None:
+    """The payload may reach 65515 bytes only behind a 20-byte header: with 40 bytes of
+    options in the first fragment the whole would not fit IPv4's 16-bit total length."""
+    opts = b"\x01" * 40
+    tail_off = 65512  # the last 3 bytes: 65515 in all
+    assert table.feed(ip_header(4, tail_off // 8, 3) + b"end") == ("ok", None)
+    assert table.feed(ip_header(4, MF, 8, options=opts) + bytes(8)) == ("ok", None)
+    # every byte between, in 1480-byte pieces
+    off, verdict = 8, ("ok", None)
+    while off < tail_off:
+        n = min(1480, tail_off - off)
+        verdict = table.feed(ip_header(4, MF | off // 8, n) + bytes(n))
+        off += n
+    assert verdict[0] == "drop_frag_malformed" and verdict[1] is None
+    assert table.pending == 0
+
+
 def test_exact_duplicate_is_dropped_alone(table: Table) -> None:
     payload = bytes(random.getrandbits(8) for _ in range(2000))
     first = fragment(2, payload, 0, 1000, True)
@@ -258,18 +275,20 @@ def test_any_partition_in_any_order_reassembles(
             st.integers(min_value=0, max_value=0xFFFF),  # flags + offset, any
             st.binary(min_size=0, max_size=600),
             st.integers(min_value=0, max_value=40_000),  # now_ms
+            st.integers(min_value=0, max_value=10),  # words of IP options (NOPs)
         ),
         max_size=30,
     ),
     slots=st.integers(min_value=1, max_value=4),
 )
 def test_arbitrary_fragments_never_break_the_table(
-    frags: list[tuple[int, int, bytes, int]], slots: int
+    frags: list[tuple[int, int, bytes, int, int]], slots: int
 ) -> None:
     t = Table(slots=slots, timeout_ms=10_000)
     try:
-        for ident, fo, data, now in frags:
-            r, dg = t.feed(ip_header(ident, fo, len(data)) + data, now_ms=now)
+        for ident, fo, data, now, words in frags:
+            hdr = ip_header(ident, fo, len(data), options=b"\x01" * (4 * words))
+            r, dg = t.feed(hdr + data, now_ms=now)
             assert r == "ok" or r.startswith("drop_frag_") or r.startswith("drop_ip_")
             assert t.pending <= slots
             if dg is not None:

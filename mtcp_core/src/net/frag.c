@@ -211,6 +211,10 @@ int frag_input(struct frag_table *ft, const uint8_t *p, size_t len, uint64_t now
         return MTCP_OK; /* holes remain */
     uint8_t *h = data - s->hlen;
     uint32_t tot = s->hlen + s->total;
+    if (tot > 65535u) { /* a first fragment with options leaves less room (RFC 791) */
+        slot_drop(s);
+        return MTCP_DROP(frag_malformed);
+    }
     wr16(h + 2, (uint16_t)tot);
     wr16(h + 6, 0); /* no MF, offset 0 (DF as the first fragment had it is moot now) */
     wr16(h + 10, 0);
