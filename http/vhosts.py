@@ -370,9 +370,12 @@ class Sites:
         self._checked = float("-inf")  # the caller's clock: the first request sets it
         self.access_log = vhosts.access_log
         # the static responder (responder.py): its hook, and whether a response depends on
-        # the Host field (its key then includes it)
+        # the Host field (its key then includes it). Always: a site's rules may gain a
+        # host-specific rule (https://host/... in _redirects) when its rule files change,
+        # without a new server; one Host value per site is the usual case, so the cost is
+        # an entry per spelling of the Host.
         self.offer: Callable[[bytes, bytes, dict[bytes, bytes], float], None] | None = None
-        self.varies_by_host = not (self._only is not None and self._only.rules.empty)
+        self.varies_by_host = True
         self.single = self._only is not None
 
     def select(self, host: str | None) -> SiteService:

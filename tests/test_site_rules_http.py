@@ -224,3 +224,34 @@ def test_appliance_json_access_log_on_stdout_sites_in_metrics_and_reload(
         assert get("/t", "x.test")[1]["location"] == "/t2"
         assert "keeping the old rules" in log
         assert app.stop() == 0
+
+
+def test_a_host_rule_added_at_run_time_is_not_hidden_by_the_responder_cache(
+    netlab: netns.Lab, tmp_path: Path
+) -> None:
+    """One site that starts without rules; the static responder caches its file; then
+    _redirects gains a rule for one Host only: that Host gets the redirect (the responder's
+    key must include the Host even while the site had no rules), the others the file."""
+    from test_responder import fetch, finish, start, wait_for
+
+    root = _site(tmp_path)
+    (root / "small.txt").write_text("small\n")
+    one = VhostConfig((VirtualSite("main", (), SiteConfig(root=root)).compile(),), "main")
+    srv, mstack = start(netlab, one, "vh-rsp", True)  # type: ignore[arg-type]
+    try:
+        req = b"GET /small.txt HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
+        for _ in range(3):
+            data, _ = fetch(srv, req)
+            assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"small\n")
+        wait_for(lambda: srv.stats()["rsp_hits"] >= 1)
+        (root / "_redirects").write_text("http://b.example/small.txt /moved.txt 302!\n")
+        time.sleep(1.1)  # the rule files are looked at once a second
+        fetch(srv, b"GET /x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        other = b"GET /small.txt HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n"
+        data, _ = fetch(srv, other)
+        assert data.startswith(b"HTTP/1.1 302 Found"), data[:200]
+        assert b"\r\nLocation: /moved.txt\r\n" in data
+        data, _ = fetch(srv, req)
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"small\n")
+    finally:
+        finish(srv, mstack)
