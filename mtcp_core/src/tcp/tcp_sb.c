@@ -329,6 +329,14 @@ static void prr_update(struct tcb *t, uint32_t delivered)
     }
     if (sndcnt < 0)
         sndcnt = 0;
+    /* whole segments, as Linux counts PRR in packets (a byte budget short of a segment
+     * would send nothing and, once the ACKs dry up, wait for the RTO); and the first
+     * retransmission goes at once (Linux: "force a fast retransmit upon entering") */
+    uint32_t seg = tcp_seg_max(t);
+    if (sndcnt % seg)
+        sndcnt += seg - sndcnt % seg;
+    if (t->prr_out == 0 && sndcnt < seg)
+        sndcnt = seg;
     t->cwnd = pipe + (uint32_t)sndcnt;
 }
 
@@ -519,6 +527,10 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
         prr_update(t, delivered);
     if (t->lost_bytes)
         tcp_schedule(ctx, t, TCB_P_DATA);
+    /* the timer tcp_ack_advance restarted was chosen before this ACK ended recovery or a
+     * probe episode: choose again (a PTO where one is allowed now) */
+    if (SEQ_GT(t->snd_una, prior_una) && t->snd_una != t->snd_max)
+        tcp_rto_arm(ctx, t);
     if (reo_us && t->snd_una != t->snd_max)
         tcp_reo_arm(ctx, t, (reo_us + 999u) / 1000u);
 }
