@@ -1337,3 +1337,30 @@ def test_dropped_fin_is_retransmitted(closer: int) -> None:
         cs, ss = duo.client.stats(), duo.server.stats()
         assert pools_back(cs) and pools_back(ss)
         assert cs["rst_tx"] == ss["rst_tx"] == 0
+
+
+def test_time_wait_holds_no_buffer_memory_once_the_app_closed() -> None:
+    """A TIME-WAIT connection the app has closed will never send or read again: its rings
+    stop counting against the socket-buffer budget. Without that, a server that closes first
+    would charge every TIME-WAIT its full buffers, reach the budget's pressure sizes after a
+    few short connections and open later connections (a large download) with 16 KiB rings."""
+    budget = 8 << 20  # room for six connections at 1 MiB + 256 KiB
+    with Rig(time_wait_ms=60_000, sndbuf=1 << 20, rcvbuf=256 << 10, mem_budget=budget) as rig:
+        rig.app.serve(ONCE, "once")
+        for i in range(40):
+            c = rig.conn(ONCE)
+            c.handshake()
+            line = b"y%d\n" % i
+            c.send_data(line)
+            assert c.read(len(line)) == line
+            if not c.fin_received:
+                c.take(c.wait_for(lambda s: s.has(FIN)))
+            c.send_fin()
+            c.expect(flags=ACK, ack=c.snd_nxt)
+            rig.advance(1)
+        st = rig.stats()
+        assert st["state_time_wait"] == 40  # all still there: nothing needed their TCBs
+        assert st["buf_mem_used"] == 0
+        assert st["buf_pressure_opens"] == 0
+        assert st["time_wait_reclaimed"] == 0
+        assert st["drop_tcp_no_memory"] == 0

@@ -360,6 +360,8 @@ void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
     if (t->state != TCP_TIME_WAIT)
         tcp_set_state(ctx, t, TCP_TIME_WAIT);
     tcp_orphan_clear(ctx, t); /* TIME-WAIT is bounded by itself (and reclaimable) */
+    if (t->app_closed)
+        tcp_mem_uncharge(ctx, t); /* all it sent is acknowledged, nobody reads any more */
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
     t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
     tw_append(ctx, t); /* a restarted 2MSL moves the entry to the tail */

@@ -111,8 +111,9 @@ void tcp_enter_recovery(struct mtcp_context *ctx, struct tcb *t);
 int tcp_mem_pressure(const struct mtcp_context *ctx);
 int tcp_mem_caps(struct mtcp_context *ctx, uint32_t *snd_cap, uint32_t *rcv_cap);
 void tcp_mem_charge(struct mtcp_context *ctx, struct tcb *t);
-/* Uncharges t's rings and gives back their pages when they were used (madvise), and
- * drops t from the orphan, eviction and per-source counts. */
+/* t's rings stop counting against the budget; their pages go back when used (madvise). */
+void tcp_mem_uncharge(struct mtcp_context *ctx, struct tcb *t);
+/* Uncharges t and drops it from the orphan, eviction and per-source counts. */
 void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t);
 /* The app closed t and it lingers: -1 when too many orphans made it reset instead. */
 int tcp_orphan_add(struct mtcp_context *ctx, struct tcb *t);

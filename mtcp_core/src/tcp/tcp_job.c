@@ -109,7 +109,9 @@ static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int ab
     if (t->state == TCP_TIME_WAIT) {
         if (abort)
             tcp_conn_done(ctx, t, 0);
-        return; /* freed when TIME_WAIT ends */
+        else
+            tcp_mem_uncharge(ctx, t); /* nothing more to send or read: freed when it ends */
+        return;
     }
     /* RFC 9293 3.10.4 / RFC 2525 2.17: closing with unread data, or SO_LINGER 0,
      * aborts with RST */

@@ -64,12 +64,21 @@ static void ring_release(struct mtcp_context *ctx, struct mtcp_bytering *r, int 
         STAT_ADD(&ctx->stats, buf_released_bytes, len);
 }
 
-void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t)
+/* The rings stop counting against the budget (and their pages go back): at the end, or
+ * once neither side can use them again (TIME-WAIT of a connection the app closed). */
+void tcp_mem_uncharge(struct mtcp_context *ctx, struct tcb *t)
 {
+    if (!t->mem_charge)
+        return;
     ctx->mem_used -= t->mem_charge;
     t->mem_charge = 0;
     ring_release(ctx, &t->snd, ctx->sndbuf_pool.huge);
     ring_release(ctx, &t->rcv, ctx->rcvbuf_pool.huge);
+}
+
+void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t)
+{
+    tcp_mem_uncharge(ctx, t);
     if (t->orphan) {
         t->orphan = 0;
         ctx->orphans--;
