@@ -420,3 +420,32 @@ def test_idle_afpacket_context_uses_no_cpu(afp: Rig) -> None:
         threading.Event().wait(1.5)  # the measurement interval itself
         used, wall = echo_app.cpu_seconds(tid=tid) - t0, time.monotonic() - w0
     assert used < 0.05 * wall, f"idle mTCP thread used {used:.3f}s CPU in {wall:.2f}s"
+
+
+@pytest.mark.parametrize("afpacket_rx", ["ring", "copy"])
+def test_interface_down_and_up_leaves_the_idle_loop_asleep(
+    netlab: netns.Lab, afpacket_rx: str
+) -> None:
+    """An interface that goes down leaves an error on the stack's packet sockets (ENETDOWN).
+    One that nothing reads (the ARP ring's socket) kept the device's poll readable, so the
+    idle mTCP thread ran round after round with nothing to do, also after the interface
+    came back up. Counted in rounds (the idle thread runs about one a second), not time.
+    Then the stack still answers."""
+    client, server = netlab.namespace("client"), netlab.namespace("server")
+    link = netlab.veth(client, server, address_b=False)
+    stack = server.call(
+        mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b, afpacket_rx=afpacket_rx
+    )
+    try:
+        ctx = stack.context(0)
+        server.ip("link", "set", link.if_b, "down")
+        threading.Event().wait(0.3)
+        server.ip("link", "set", link.if_b, "up")
+        threading.Event().wait(0.5)  # errors already left get read by now
+        before = ctx.stats()["rounds"]
+        threading.Event().wait(1.0)
+        rounds = ctx.stats()["rounds"] - before
+        assert rounds < 50, f"{rounds} rounds in 1 s on an idle stack after down/up"
+        client.ping(str(link.addr_b.ip), timeout=5.0)
+    finally:
+        stack.close()

@@ -149,4 +149,11 @@
 #define MTCP_MAX_EPOLL 16
 #endif
 
+/* afpacket: after this many receive bursts in a row that found nothing, the packet
+ * sockets' pending errors are read (an interface that went down leaves ENETDOWN on a
+ * socket nothing reads, and its poll stays readable until then). */
+#ifndef MTCP_AFP_EMPTY_BURSTS_ERRCHECK
+#define MTCP_AFP_EMPTY_BURSTS_ERRCHECK 64
+#endif
+
 #endif

@@ -116,6 +116,7 @@ struct afp_dev {
     int ifindex;
     char ifname[IFNAMSIZ];
     uint32_t tso_fails; /* TSO sends refused in a row (any errno) */
+    uint32_t empty_bursts; /* receive bursts in a row that found nothing */
 
     uint32_t rx_block_size, rx_block_nr;
     uint32_t tx_frame_size, tx_frame_nr, tx_block_size, tx_frames_per_block;
@@ -840,6 +841,23 @@ static int afp_rx_copy(struct afp_dev *ad, struct io_frame *frames, int max)
     return out;
 }
 
+/* The end of a receive burst: n frames. Bursts that keep finding nothing while the device's
+ * poll wakes the thread are what a pending socket error looks like (ENETDOWN after the
+ * interface went down: it stays until read, also once the interface is up again), so after
+ * a run of empty bursts the errors are read. An idle thread's rare empty rounds cost one
+ * getsockopt per MTCP_AFP_EMPTY_BURSTS_ERRCHECK of them. */
+static int rx_burst_end(struct io_dev *dev, struct afp_dev *ad, int n)
+{
+    dev->rx_frames += (uint64_t)n;
+    if (n > 0) {
+        ad->empty_bursts = 0;
+    } else if (++ad->empty_bursts >= MTCP_AFP_EMPTY_BURSTS_ERRCHECK) {
+        ad->empty_bursts = 0;
+        io_afpacket_clear_errors(dev);
+    }
+    return n;
+}
+
 static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
 {
     struct afp_dev *ad = dev->priv;
@@ -867,8 +885,7 @@ static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
 
     if (ad->rx_copy) {
         n += afp_rx_copy(ad, frames + n, max - n);
-        dev->rx_frames += (uint64_t)n;
-        return n;
+        return rx_burst_end(dev, ad, n);
     }
     while (n < max) {
         if (ad->pkts_left == 0) {
@@ -901,8 +918,7 @@ static int afp_rx_burst(struct io_dev *dev, struct io_frame *frames, int max)
             ad->blk = (ad->blk + 1) % ad->rx_block_nr;
         }
     }
-    dev->rx_frames += (uint64_t)n;
-    return n;
+    return rx_burst_end(dev, ad, n);
 }
 
 static void afp_rx_done(struct io_dev *dev)
