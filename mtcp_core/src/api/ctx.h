@@ -44,6 +44,7 @@ struct mtcp_job {
     uint32_t gen;   /* socket generation (CONNECT) */
     struct tcb *tcb;
     void *obj;      /* listener (LISTEN/UNLISTEN) or msock (CONNECT/CLOSE of a connecting socket) */
+    void *obj2;     /* JOB_RSP_ENABLE: the new settings (a copy the mTCP thread frees) */
     uint32_t addr;
     uint16_t port;
     uint32_t value;

@@ -51,7 +51,8 @@ static const uint64_t BUCKET_NS[RSP_NBUCKETS - 1] = {
 #define RSP_LOG_BYTES (1u << 20)
 
 struct mtcp_responder {
-    struct mtcp_rsp_conf conf;
+    struct mtcp_rsp_conf conf;     /* mTCP thread's (set by JOB_RSP_ENABLE) */
+    struct mtcp_rsp_conf app_conf; /* app thread's copy */
     /* ---- mTCP thread ---- */
     int active;                  /* adopted by the mTCP thread */
     int draining;
@@ -603,9 +604,14 @@ void rsp_job(struct mtcp_context *ctx, const struct mtcp_job *j)
     switch (j->type) {
     case JOB_RSP_ENABLE: {
         struct mtcp_responder *N = j->obj;
-        if (R && R != N)
+        struct mtcp_rsp_conf *conf = j->obj2;
+        if (R && R != N) {
+            free(conf);
             return; /* one responder per context */
+        }
         ctx->rsp = R = N;
+        R->conf = *conf; /* written here, by the thread that reads it */
+        free(conf);
         R->active = 1;
         R->draining = 0;
         table_clear(R);
@@ -684,10 +690,16 @@ int mtcp_rsp_enable(mctx_t ctx, const struct mtcp_rsp_conf *conf)
         R->date_sec = -1;
         ctx->rsp_app = R;
     }
-    /* the mTCP thread reads conf only after the job (it also holds no reference to the
-     * old values across rounds) */
-    R->conf = *conf;
-    struct mtcp_job j = {.type = JOB_RSP_ENABLE, .obj = R};
+    /* the settings travel with the job: the mTCP thread may be reading the old ones; the
+     * app thread's own reads (the entry bound) use its copy */
+    struct mtcp_rsp_conf *copy = malloc(sizeof(*copy));
+    if (!copy) {
+        errno = ENOMEM;
+        return -1;
+    }
+    *copy = *conf;
+    R->app_conf = *conf;
+    struct mtcp_job j = {.type = JOB_RSP_ENABLE, .obj = R, .obj2 = copy};
     ctx_push_job(ctx, &j);
     ctx_kick(ctx);
     return 0;
@@ -724,7 +736,7 @@ int mtcp_rsp_install(mctx_t ctx, const char *const *parts, const size_t *lens)
         total += lens[i];
     }
     size_t weight = sizeof(struct rsp_entry) + total;
-    if (weight > R->conf.max_entry || weight > R->conf.max_bytes) {
+    if (weight > R->app_conf.max_entry || weight > R->app_conf.max_bytes) {
         errno = E2BIG; /* files above the cap are never installed */
         return -1;
     }
