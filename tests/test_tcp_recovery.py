@@ -397,7 +397,9 @@ def test_rack_detects_a_lost_retransmission_without_a_timeout(net: Net) -> None:
     after = published(net, lambda s: s["retransmits"] >= before["retransmits"] + 2, "rexmits")
     d = delta(after, before, "loss_probes", "rto_timeouts", "rack_marked_lost")
     assert net.link.counters(0)["targeted"] == 2
-    assert d["rto_timeouts"] == 0 and d["loss_probes"] == 0, d
+    # no RTO; a tail probe may come first when the marker's loss is not yet visible (about
+    # one run in three on main's receiver), but the retransmission's loss is RACK's
+    assert d["rto_timeouts"] == 0 and d["loss_probes"] <= 1, d
     assert d["rack_marked_lost"] >= 2, d
     c.shutdown(m.SHUT_WR)
     assert r.finish() == b"w" * 500 + marker + bulk
@@ -415,7 +417,9 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
     CEIL(delivered * ssthresh / RecoverFS): about half of what each ACK reports delivered,
     from the first ACK on. (The old NewReno window inflation sent nothing until half the
     window had been reported, then everything.)"""
-    n = make_net(tmp_path, congestion="newreno")
+    # a 200 Mb/s sender: its segments, and so the ACKs, are spread out in time, one ACK
+    # at a time as on a real path (an unshaped burst comes back as one batch of ACKs)
+    n = make_net(tmp_path, congestion="newreno", tx_rate_mbps=200)
     try:
         c, ep, r = connect(n)
         warm_up(c, ep)
@@ -458,14 +462,16 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
     una0 = rel(acks_before[-1].ack, base)
     recover_fs = recover - una0  # RFC 6937: RecoverFS = snd.nxt - snd.una at the start
     ssthresh = recover_fs // 2
-    # PRR counts deliveries from the ACK that detects the loss, a few duplicate ACKs after
-    # the first one (RACK: DupThresh SACKed segments, or its reordering timer): count from
-    # the last ACK before the first duplicate, and allow for those few
+    # PRR counts deliveries from the ACK that detects the loss: at the latest the last ACK
+    # before the first retransmission, at the earliest the first duplicate ACK (RACK waits
+    # for DupThresh SACKed segments or its reordering window): judge against both
     first_dup = next(i for i, f in enumerate(acks_before) if f.sacks and rel(f.ack, base) == una0)
-    reported0 = reported(acks_before[first_dup - 1])
+    early0 = reported(acks_before[first_dup - 1])
+    reported0 = reported(acks_before[-1])
     delivered = reported(acks_before[-1]) - reported0
     sent_bytes = 0
     checked = 0
+    strict = 0  # bursts where the proportional lower bound had to hold
     in_burst = False
     last_ack = acks_before[-1]
     for f in frames[start:]:
@@ -476,18 +482,24 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
             continue
         if in_burst:  # a burst of the sender ended: it is up to date with `delivered`
             allowed = -(-delivered * ssthresh // recover_fs)
+            most = -(-(delivered + reported0 - early0) * ssthresh // recover_fs)
             pipe = high - reported(last_ack)  # outstanding, neither acknowledged nor SACKed
-            assert sent_bytes <= allowed + 2 * 1448, (delivered, sent_bytes, allowed)
+            assert sent_bytes <= most + 2 * 1448, (delivered, sent_bytes, most)
             # behind the proportional share only where it brought pipe to ssthresh (PRR-SSRB)
             assert sent_bytes >= allowed - 6 * 1448 or abs(pipe - ssthresh) <= 2 * 1448, (
                 delivered, sent_bytes, allowed, pipe, ssthresh)  # fmt: skip
             checked += 1
+            strict += allowed > 6 * 1448 and sent_bytes >= allowed - 6 * 1448
             in_burst = False
         if rel(f.ack, base) >= recover:
             break
         delivered = reported(f) - reported0
         last_ack = f
-    assert checked >= 3, f"recovery too short to judge ({checked} bursts, RecoverFS {recover_fs})"
+    # the ACKs come back in bursts (the sender's rounds): at least one burst where the
+    # proportional share was several segments and the sender kept up with it
+    assert checked >= 5 and strict >= 3, (
+        f"recovery too short to judge ({checked} bursts, {strict} strict, RecoverFS {recover_fs})"
+    )
 
 
 # ---------------------------------------------------------------- D-SACK undo
