@@ -198,6 +198,10 @@ struct tcb {
     uint8_t cub_epoch_ok;       /* cub_epoch_us holds the start of this epoch */
     double cub_w_est, cub_k_s;  /* Reno-friendly estimate (bytes), K (seconds) */
     uint32_t last_rtt_us;       /* RTT sample of the ACK being processed, 0 = none */
+    /* cwnd-limited, decided when sending (Linux's tcp_cwnd_validate): the most in flight
+     * in this window, and whether cwnd stopped a send since it began */
+    uint32_t max_flight, cwnd_usage_seq;
+    uint8_t is_cwnd_limited;
     uint32_t hs_window_end, hs_cur_min_us, hs_last_min_us, hs_css_base_us;
     uint16_t hs_samples;
     uint8_t hs_css_rounds;      /* 0: slow start; 1..: rounds in conservative slow start */

@@ -171,9 +171,13 @@ static void cubic_ca(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
  * the stretch ACKs of GRO receivers) up to ssthresh; then congestion avoidance. */
 void tcp_cc_on_ack(struct mtcp_context *ctx, struct tcb *t, uint32_t acked, uint32_t flight)
 {
-    /* only while cwnd is what limits the sender (RFC 7661 4, Linux's tcp_is_cwnd_limited
-     * in slow start: at least half of it was in flight) */
-    if (2ull * flight < t->cwnd || t->cwnd >= (1u << 30))
+    /* only while cwnd is what limits the sender (RFC 7661 4), decided when sending as
+     * Linux's tcp_is_cwnd_limited: in slow start, at least half of cwnd was in flight in
+     * this window; after it, a send was stopped by cwnd. (Judged per ACK from what is
+     * still in flight, a batch of ACKs stopped growth half-way through the batch.) */
+    (void)flight;
+    int limited = t->cwnd < t->ssthresh ? t->cwnd < 2ull * t->max_flight : t->is_cwnd_limited;
+    if (!limited || t->cwnd >= (1u << 30))
         return;
     if (t->cwnd < t->ssthresh) {
         uint32_t grow = t->cc_algo == TCP_CC_CUBIC ? hystart(ctx, t, acked) : acked;

@@ -51,6 +51,8 @@ int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
             ctx->now_ms = ctx->now_us / 1000;
             uint32_t flight = t->snd_max - t->snd_una;
             t->last_rtt_us = rtt;
+            t->max_flight = flight; /* the sender keeps cwnd in flight: cwnd-limited */
+            t->is_cwnd_limited = 1;
             t->snd_una += mss;
             tcp_cc_on_ack(ctx, t, mss, flight);
             if (SEQ_LT(t->snd_max, t->snd_una + t->cwnd))

@@ -502,6 +502,19 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         fin_sent(ctx, t);
         STAT_INC(&ctx->stats, tx_control_pkts);
     }
+    /* what limited this send, for congestion control (Linux's tcp_cwnd_validate) */
+    {
+        uint32_t in_net = t->sack_ok ? tcp_pipe(t) : t->snd_nxt - t->snd_una;
+        uint32_t out = t->snd_nxt - t->snd_una;
+        uint32_t cwnd = t->cwnd + (uint32_t)t->lt_extra * t->mss;
+        int limited = unsent(t) && in_net + tcp_seg_max(t) > cwnd;
+        if (SEQ_GEQ(t->snd_una, t->cwnd_usage_seq) || limited ||
+            (!t->is_cwnd_limited && out > t->max_flight)) {
+            t->is_cwnd_limited = (uint8_t)limited;
+            t->max_flight = out;
+            t->cwnd_usage_seq = t->snd_nxt;
+        }
+    }
     /* RFC 8985 7.2: new data (re)starts the probe timer, from the last of it, with the
      * flight it leaves (a lone segment's allowance only when one segment is out) */
     if (t->snd_max != max_before && tcp_tlp_allowed(t) && t->rto_armed &&
