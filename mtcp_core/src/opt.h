@@ -156,4 +156,142 @@
 #define MTCP_AFP_EMPTY_BURSTS_ERRCHECK 64
 #endif
 
+/* ---- TCP (tcp/) ---- */
+/* RTO bounds (RFC 6298 2.4 recommends a 1 s minimum; Linux uses 200 ms). */
+#ifndef TCP_RTO_INIT_MS
+#define TCP_RTO_INIT_MS 1000
+#endif
+#ifndef TCP_RTO_MIN_MS
+#define TCP_RTO_MIN_MS 200
+#endif
+#ifndef TCP_RTO_MAX_MS
+#define TCP_RTO_MAX_MS 60000
+#endif
+#ifndef TCP_MAX_RETRIES
+#define TCP_MAX_RETRIES 8
+#endif
+#ifndef TCP_SYN_RETRIES
+#define TCP_SYN_RETRIES 6
+#endif
+/* Receive-window auto-tuning: the window a connection starts with (bytes, at most its
+ * ring), and the RTT assumed for it before one is measured. */
+#ifndef TCP_RCV_SPACE_INIT
+#define TCP_RCV_SPACE_INIT (64u * 1024u)
+#endif
+#ifndef TCP_RCV_RTT_DEFAULT_MS
+#define TCP_RCV_RTT_DEFAULT_MS 200u
+#endif
+/* segments ACKed at once at the start and after out-of-order data */
+#ifndef TCP_QUICKACKS
+#define TCP_QUICKACKS 16
+#endif
+/* initial window in segments (RFC 6928) */
+#ifndef TCP_INIT_CWND_SEGS
+#define TCP_INIT_CWND_SEGS 10
+#endif
+
+#ifndef TCP_OOO_RANGES
+#define TCP_OOO_RANGES 8   /* out-of-order islands kept per connection (bounded memory) */
+#endif
+#ifndef TCP_SACK_RANGES
+#define TCP_SACK_RANGES 8  /* peer's SACKed ranges remembered by the sender */
+#endif
+/* Scoreboard entries per connection (tcp_sb.c; merged when full). */
+#ifndef TCP_SB_MAX
+#define TCP_SB_MAX 64
+#endif
+/* ---- afpacket (io/afpacket.c) ---- */
+/* RX block retire timeout: a block that is not full is handed over after at
+ * most this long, which bounds the added latency at low load. */
+#ifndef AFP_RETIRE_TOV_MS
+#define AFP_RETIRE_TOV_MS 1
+#endif
+/* Blocks must hold the largest frame: a peer kernel's TSO/GSO segments cross a veth
+ * unsegmented (seen: 31922-byte frames), up to 64 KiB; a smaller block truncates
+ * them ("packet too big, clamped") and the transfer stalls. */
+#ifndef AFP_RX_BLOCK_SIZE
+#define AFP_RX_BLOCK_SIZE (256u * 1024u)
+#endif
+#ifndef AFP_RX_FRAME_SIZE
+#define AFP_RX_FRAME_SIZE 2048u
+#endif
+#ifndef AFP_DEFAULT_RING_FRAMES
+#define AFP_DEFAULT_RING_FRAMES 4096u
+#endif
+#ifndef AFP_TX_BLOCK_SIZE
+#define AFP_TX_BLOCK_SIZE (64u * 1024u)
+#endif
+#ifndef AFP_ARP_FRAME_SIZE
+#define AFP_ARP_FRAME_SIZE 512u
+#endif
+#ifndef AFP_ARP_BLOCK_SIZE
+#define AFP_ARP_BLOCK_SIZE 4096u
+#endif
+#ifndef AFP_ARP_BLOCKS
+#define AFP_ARP_BLOCKS 4u
+#endif
+/* The TSO socket's send buffer (a cwnd of 64 KiB frames in flight on a real NIC; over a
+ * veth the skb is orphaned when it crosses into the peer's namespace). */
+#ifndef AFP_TSO_SNDBUF
+#define AFP_TSO_SNDBUF (8u * 1024u * 1024u)
+#endif
+/* recvmmsg() copy mode: frames per call and the data socket's SO_RCVBUF */
+#ifndef AFP_COPY_BATCH
+#define AFP_COPY_BATCH 64
+#endif
+#ifndef AFP_COPY_RCVBUF
+#define AFP_COPY_RCVBUF (32u * 1024u * 1024u)
+#endif
+
+/* ---- IPv4 reassembly (net/frag.c) ---- */
+#ifndef MTCP_FRAG_SLOTS
+#define MTCP_FRAG_SLOTS 8 /* datagrams in reassembly per core */
+#endif
+#ifndef MTCP_FRAG_TIMEOUT_MS
+#define MTCP_FRAG_TIMEOUT_MS 30000 /* from the first fragment (Linux: ipfrag_time 30 s) */
+#endif
+#ifndef MTCP_FRAG_RANGES
+#define MTCP_FRAG_RANGES 32 /* disjoint pieces held per datagram (adjacent ones merge) */
+#endif
+
+/* ---- the round (api/ctx.c) ---- */
+/* Shaping (tx_rate_mbps): what a frame costs the link beyond its bytes (preamble, start
+ * delimiter, FCS, inter-frame gap), and the largest burst, in time at the link's rate. */
+#ifndef MTCP_WIRE_OVERHEAD
+#define MTCP_WIRE_OVERHEAD 24
+#endif
+#ifndef MTCP_SHAPE_BURST_NS
+#define MTCP_SHAPE_BURST_NS 1000000u
+#endif
+/* Jobs taken from the app's queue in one round. */
+#ifndef MTCP_JOBS_PER_ROUND
+#define MTCP_JOBS_PER_ROUND 4096
+#endif
+/* Millisecond slots of the TCP timing wheel (RTO, PTO, persist, keepalive, REO). */
+#ifndef MTCP_WHEEL_SLOTS
+#define MTCP_WHEEL_SLOTS 4096
+#endif
+
+/* TIME_WAIT connections reclaimed (oldest first) when a new one finds the pool empty. */
+#ifndef TCB_TW_RECLAIM_TRIES
+#define TCB_TW_RECLAIM_TRIES 4
+#endif
+/* SYN cookies' time counter tick (a cookie is valid for two ticks). */
+#ifndef COOKIE_TICK_MS
+#define COOKIE_TICK_MS 64000u
+#endif
+/* RACK: the min RTT filter's window (Linux: 300 s). */
+#ifndef RACK_MIN_RTT_WIN_MS
+#define RACK_MIN_RTT_WIN_MS 300000u
+#endif
+/* Duplicate ACKs / SACKed segments that mean a loss (RFC 6675 DupThresh). */
+#ifndef TCP_DUPTHRESH
+#define TCP_DUPTHRESH 3u
+#endif
+/* ---- static responder (api/responder.c) ---- */
+/* The per-core access-log ring the worker drains. */
+#ifndef RSP_LOG_BYTES
+#define RSP_LOG_BYTES (1u << 20)
+#endif
+
 #endif

@@ -18,7 +18,6 @@
 #include "../tcp/tcp.h"
 #include "ctx.h"
 
-#define JOBS_PER_ROUND 4096
 
 /* ---------------------------------------------------------------- events */
 
@@ -197,8 +196,8 @@ static int take_jobs(struct mtcp_context *ctx)
 {
     int jobs = 0;
     struct mtcp_job job;
-    while (jobs < JOBS_PER_ROUND && mtcp_spsc_pop(&ctx->jobq, &job)) {
-        tcp_handle_job(ctx, &job);
+    while (jobs < MTCP_JOBS_PER_ROUND && mtcp_spsc_pop(&ctx->jobq, &job)) {
+        ctx_handle_job(ctx, &job);
         jobs++;
     }
     return jobs;
@@ -388,6 +387,9 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     /* one core announces the address on a real link (afpacket: a NIC or veth; a TAP's
      * host side is known without ARP, a pair link's peer is a test's own stack) */
     ctx->announce = core == 0 && strcmp(ctx->dev->ops->name, "afpacket") == 0;
+    /* ARP answers (or gives up on) a next hop: TCP releases or fails the SYNs held for it */
+    ctx->net_up.arp_resolved = tcp_arp_resolved;
+    ctx->net_up.arp_failed = tcp_arp_failed;
     ctx->now_ns = now_ns;
     ctx->now_ms = now_ns / MTCP_NS_PER_MS;
     ctx->now_us = now_ns / 1000u;
@@ -509,7 +511,7 @@ void mtcp_destroy_context(mctx_t ctx)
         /* no round runs any more: this thread acts as the mTCP thread now */
         struct mtcp_job job;
         while (mtcp_spsc_pop(&ctx->jobq, &job))
-            tcp_handle_job(ctx, &job);
+            ctx_handle_job(ctx, &job);
         ctx->tx_budget = 1 << 30;
         tcp_abort_all(ctx);
         while (ctx->listeners) {

@@ -12,6 +12,7 @@
 #include "../core/stats.h"
 #include "../io/io.h"
 #include "../net/frag.h"
+#include "../net/net.h"
 #include "../opt.h"
 #include "../tcp/tcb.h"
 #include "mtcp.h"
@@ -202,6 +203,7 @@ struct mtcp_context {
     uint32_t *src_addr, *src_cnt; /* per-source counts, open addressing (max_per_source) */
     uint32_t src_mask;
     struct arp_entry arp[MTCP_ARP_ENTRIES];
+    struct net_upcalls net_up;   /* ARP -> the layer above (set by api/ctx.c) */
     uint16_t next_port;
     uint16_t ip_id;
     /* the round's TX batch */
@@ -221,28 +223,12 @@ struct mtcp_context {
     struct mtcp_event *evbuf;    /* scratch for draining evq */
 };
 
-/* Shaping (tx_rate_mbps): what a frame costs the link beyond its bytes (preamble, start
- * delimiter, FCS, inter-frame gap), and the largest burst, in time at the link's rate. */
-#define MTCP_WIRE_OVERHEAD 24
-#define MTCP_SHAPE_BURST_NS 1000000u
 
-#ifndef MTCP_WHEEL_SLOTS
-#define MTCP_WHEEL_SLOTS 4096
-/* static responder (api/responder.c), mTCP thread */
-struct mtcp_responder;
-int rsp_takes(struct mtcp_context *ctx, const struct mtcp_listener *l);
-void rsp_adopt(struct mtcp_context *ctx, struct tcb *t, struct mtcp_listener *l);
-/* One call per round, after the received frames and the jobs: answers what it can,
- * runs its timers; returns ms until its next deadline (UINT64_MAX: none). */
-uint64_t rsp_round(struct mtcp_context *ctx);
-void rsp_job(struct mtcp_context *ctx, const struct mtcp_job *j);
-void rsp_listener_gone(struct mtcp_context *ctx, struct mtcp_listener *l);
-void rsp_free(struct mtcp_responder *r);
-
-#endif
 
 /* app side helpers (api/) */
 void ctx_push_job(struct mtcp_context *ctx, const struct mtcp_job *job);
+/* mTCP thread: one job from the app (api/job.c) */
+void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *job);
 /* wake the mTCP thread if it sleeps (after a batch of pushes) */
 void ctx_kick(struct mtcp_context *ctx);
 

@@ -48,7 +48,6 @@ static const uint64_t BUCKET_NS[RSP_NBUCKETS - 1] = {
     1000000000ull, 2500000000ull, 5000000000ull,  10000000000ull,
 };
 
-#define RSP_LOG_BYTES (1u << 20)
 
 struct mtcp_responder {
     struct mtcp_rsp_conf conf;     /* mTCP thread's (set by JOB_RSP_ENABLE) */

@@ -67,6 +67,7 @@
 #include <unistd.h>
 
 #include "../wire/bytes.h"
+#include "../opt.h"
 #include "io_internal.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -82,21 +83,6 @@
 #define PACKET_VNET_HDR 15
 #endif
 
-/* RX block retire timeout: a block that is not full is handed over after at
- * most this long, which bounds the added latency at low load. */
-#ifndef AFP_RETIRE_TOV_MS
-#define AFP_RETIRE_TOV_MS 1
-#endif
-/* Blocks must hold the largest frame: a peer kernel's TSO/GSO segments cross a veth
- * unsegmented (seen: 31922-byte frames), up to 64 KiB; a smaller block truncates
- * them ("packet too big, clamped") and the transfer stalls. */
-#define AFP_RX_BLOCK_SIZE (256u * 1024u)
-#define AFP_RX_FRAME_SIZE 2048u
-#define AFP_DEFAULT_RING_FRAMES 4096u
-#define AFP_TX_BLOCK_SIZE (64u * 1024u)
-#define AFP_ARP_FRAME_SIZE 512u
-#define AFP_ARP_BLOCK_SIZE 4096u
-#define AFP_ARP_BLOCKS 4u
 /* Where frame data starts in a V3 TX slot (tpacket_parse_header without
  * PACKET_TX_HAS_OFF: tp_hdrlen - sizeof(struct sockaddr_ll)). */
 #define AFP_TX_DATA_OFF (TPACKET3_HDRLEN - sizeof(struct sockaddr_ll))
@@ -104,9 +90,6 @@
  * the TSO socket's send buffer (a cwnd of such frames in flight on a real NIC;
  * over a veth the skb is orphaned when it crosses into the peer's namespace). */
 #define AFP_TSO_MAX (14u + 65535u)
-#ifndef AFP_TSO_SNDBUF
-#define AFP_TSO_SNDBUF (8u * 1024u * 1024u)
-#endif
 
 struct afp_dev {
     int fd;     /* data socket: fanout member, V3 RX + TX rings */
@@ -155,10 +138,8 @@ struct afp_dev {
     uint8_t *rx_cmsg;
 };
 
-#define AFP_COPY_BATCH 64
 #define AFP_COPY_FRAME (64u * 1024u + 256u) /* a GSO frame from a veth peer fits */
 #define AFP_CMSG_SPACE 64u
-#define AFP_COPY_RCVBUF (32u * 1024u * 1024u)
 
 struct afp_cursors {
     uint32_t started;      /* a worker has run on these rings before */

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "../api/ctx.h"
-#include "../tcp/tcp.h"
 #include "../wire/wire.h"
 #include "net.h"
 
@@ -70,7 +69,7 @@ static void arp_learn(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6
     e->state = ARP_RESOLVED;
     e->expire_ms = ctx->now_ms + MTCP_ARP_TTL_MS;
     if (was_resolving)
-        tcp_arp_resolved(ctx, ip, mac);
+        ctx->net_up.arp_resolved(ctx, ip, mac);
 }
 
 void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len)
@@ -146,7 +145,7 @@ uint64_t arp_timer(struct mtcp_context *ctx)
         if (e->expire_ms <= ctx->now_ms && e->tries >= MTCP_ARP_TRIES) {
             /* Nobody answers: fail whoever waits and forget the entry. */
             e->state = ARP_FREE;
-            tcp_arp_failed(ctx, e->ip);
+            ctx->net_up.arp_failed(ctx, e->ip);
             continue;
         }
         if (e->expire_ms <= ctx->now_ms) {

@@ -14,14 +14,8 @@
 #include <stdint.h>
 
 #include "../core/stats.h"
+#include "../opt.h"
 
-#ifndef MTCP_FRAG_SLOTS
-#define MTCP_FRAG_SLOTS 8 /* datagrams in reassembly per core */
-#endif
-#ifndef MTCP_FRAG_TIMEOUT_MS
-#define MTCP_FRAG_TIMEOUT_MS 30000 /* from the first fragment (Linux: ipfrag_time 30 s) */
-#endif
-#define MTCP_FRAG_RANGES 32       /* disjoint pieces held per datagram (adjacent ones merge) */
 
 struct frag_table;
 

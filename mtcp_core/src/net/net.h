@@ -8,6 +8,16 @@
 
 struct mtcp_context;
 
+/* What net/ tells the layer above about next hops (registered by api/ when the context is
+ * made: TCP's tcp_arp_resolved/tcp_arp_failed). net/ calls no TCP function for ARP: the
+ * answer to a request, or its last retry running out, goes through these. */
+struct net_upcalls {
+    /* an address that was resolving now has a MAC: frames held for it may go */
+    void (*arp_resolved)(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6]);
+    /* nobody answered MTCP_ARP_TRIES requests: whoever waits for ip fails */
+    void (*arp_failed)(struct mtcp_context *ctx, uint32_t ip);
+};
+
 /* One received frame: Ethernet demux down to ARP / IPv4 / ICMP / TCP. */
 void net_input(struct mtcp_context *ctx, const struct io_frame *f);
 
@@ -28,7 +38,7 @@ uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_
                           uint32_t dst, uint8_t proto, uint16_t l4_len);
 
 /* Next-hop MAC for dst: 0 and mac filled, or -1 while it resolves (a request is
- * sent; net calls tcp_arp_resolved() when the answer comes). */
+ * sent; the arp_resolved upcall says when the answer comes). */
 int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6]);
 /* Announces our address (a gratuitous ARP request), once when the stack starts. */
 void arp_announce(struct mtcp_context *ctx);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "../core/bytering.h"
+#include "../opt.h"
 
 enum tcp_state {
     TCP_CLOSED = 0,
@@ -53,12 +54,6 @@ struct mtcp_listener;
 struct tcp_range {
     uint32_t start, end;
 };
-#ifndef TCP_OOO_RANGES
-#define TCP_OOO_RANGES 8   /* out-of-order islands kept per connection (bounded memory) */
-#endif
-#ifndef TCP_SACK_RANGES
-#define TCP_SACK_RANGES 8  /* peer's SACKed ranges remembered by the sender */
-#endif
 
 /* What the one wheel timer of a TCB is for (BSD-style multiplexing). REO: RACK's
  * reordering timer (RFC 8985 6.3). */
@@ -74,9 +69,6 @@ enum tcp_timer_kind {
  * order, one entry per transmission burst with its time (RACK, RFC 8985) and state
  * (SACK scoreboard, RFC 6675). Entries are split where SACK blocks cut them and merged
  * when the table is full (bounded memory). */
-#ifndef TCP_SB_MAX
-#define TCP_SB_MAX 64
-#endif
 #define TCP_SB_SACKED 0x01u  /* the peer holds it (SACK) */
 #define TCP_SB_LOST 0x02u    /* marked lost, not retransmitted since */
 #define TCP_SB_RETRANS 0x04u /* retransmitted and not known lost since (counts in pipe) */

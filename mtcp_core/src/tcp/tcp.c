@@ -87,7 +87,6 @@ static int tcb_pools_empty(const struct mtcp_context *ctx)
  * one TIME-WAIT per short connection for time_wait_ms; without this, max_conns / time_wait
  * would cap its rate of short connections (4096 per 2 s by default). A delayed duplicate
  * that would have hit the reclaimed TIME-WAIT meets a new ISN and timestamps (RFC 6191). */
-#define TCB_TW_RECLAIM_TRIES 4
 
 static void tcb_reclaim_time_wait(struct mtcp_context *ctx)
 {
@@ -694,7 +693,6 @@ void tcp_challenge_ack(struct mtcp_context *ctx, struct tcb *t)
  * 4-tuple, the client's ISN and the counter. Valid for the current and previous
  * counter value (64..128 s). */
 static const uint16_t cookie_mss[8] = {216, 536, 1024, 1200, 1360, 1400, 1440, 1460};
-#define COOKIE_TICK_MS 64000u
 
 static uint32_t cookie_hash(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
                             uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t tick)

@@ -13,41 +13,9 @@ struct mtcp_context;
 struct mtcp_listener;
 struct mtcp_job;
 
-/* RTO bounds (RFC 6298 2.4 recommends a 1 s minimum; Linux uses 200 ms). */
-#ifndef TCP_RTO_INIT_MS
-#define TCP_RTO_INIT_MS 1000
-#endif
-#ifndef TCP_RTO_MIN_MS
-#define TCP_RTO_MIN_MS 200
-#endif
-#ifndef TCP_RTO_MAX_MS
-#define TCP_RTO_MAX_MS 60000
-#endif
-#ifndef TCP_MAX_RETRIES
-#define TCP_MAX_RETRIES 8
-#endif
-#ifndef TCP_SYN_RETRIES
-#define TCP_SYN_RETRIES 6
-#endif
-/* segments ACKed at once at the start and after out-of-order data */
-/* Receive-window auto-tuning: the window a connection starts with (bytes, at most its
- * ring), and the RTT assumed for it before one is measured. */
-#ifndef TCP_RCV_SPACE_INIT
-#define TCP_RCV_SPACE_INIT (64u * 1024u)
-#endif
-#ifndef TCP_RCV_RTT_DEFAULT_MS
-#define TCP_RCV_RTT_DEFAULT_MS 200u
-#endif
 /* The bytes the receive window may offer now (auto-tuned, RFC 9293 3.8.6.2.2 keeps the
  * right edge from moving back). */
 uint32_t tcp_rcv_room(struct tcb *t);
-#ifndef TCP_QUICKACKS
-#define TCP_QUICKACKS 16
-#endif
-/* initial window in segments (RFC 6928) */
-#ifndef TCP_INIT_CWND_SEGS
-#define TCP_INIT_CWND_SEGS 10
-#endif
 
 /* input */
 void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
@@ -74,10 +42,26 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
 /* The connection is over for the stack: tell the app (if attached) or free it. */
 void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err);
 void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t);
-/* Jobs from the app thread. */
-void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *job);
-/* What JOB_CLOSE (abort: JOB_ABORT) does, for a TCB the mTCP thread holds itself. */
+/* User calls (tcp_user.c, RFC 9293 3.10), made by api/job.c for the app's jobs.
+ * An ephemeral port for an active open to raddr:rport whose return traffic comes to this
+ * core; 0 when none is free. */
+uint16_t tcp_pick_port(struct mtcp_context *ctx, uint32_t raddr, uint16_t rport);
+/* A TCB for an active open (ISN, timestamps offset, default MSS); NULL when out of TCBs.
+ * The caller applies socket options, then tcp_connect sends the SYN. */
+struct tcb *tcp_open_active(struct mtcp_context *ctx, uint16_t lport, uint32_t raddr,
+                            uint16_t rport);
+void tcp_connect(struct mtcp_context *ctx, struct tcb *t);
+/* CLOSE (FIN after the data, or RST with unread data / SO_LINGER 0) or ABORT, for a TCB
+ * the app (or the responder) releases. */
 void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort);
+/* The app read: send a window update when it opened enough (SWS avoidance). */
+void tcp_window_update(struct mtcp_context *ctx, struct tcb *t);
+/* SHUTDOWN(SHUT_WR): FIN after the queued data. */
+void tcp_shutdown_wr(struct mtcp_context *ctx, struct tcb *t);
+/* TCP_CONGESTION: another algorithm from now (an unknown one is ignored). */
+void tcp_set_cc(struct tcb *t, uint32_t algo);
+/* Keepalive / user-timeout settings changed: re-arm the idle timer. */
+void tcp_timers_changed(struct mtcp_context *ctx, struct tcb *t);
 /* Timers: TIME_WAIT FIFO and the RTO wheel; returns ms until the next deadline. */
 uint64_t tcp_timers(struct mtcp_context *ctx);
 void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t);

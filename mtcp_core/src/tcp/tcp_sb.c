@@ -14,9 +14,7 @@
 
 #define NOW_US(ctx) ((uint32_t)(ctx)->now_us)
 #define TIME_GT(a, b) ((int32_t)((uint32_t)(a) - (uint32_t)(b)) > 0)
-#define RACK_MIN_RTT_WIN_MS 300000u /* the min RTT filter's window (Linux: 300 s) */
 #define TCP_WCDELACKT_MS 200u       /* RFC 8985 7.2: worst-case delayed-ACK time */
-#define TCP_DUPTHRESH 3u
 
 /* ---------------------------------------------------------------- scoreboard */
 

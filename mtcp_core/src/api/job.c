@@ -1,30 +1,11 @@
-/* The mTCP thread's side of the socket API: jobs the app thread queued. */
+/* The mTCP thread's side of the socket API: the jobs the app thread queued, turned into
+ * tcp/ calls (tcp/tcp.h "user calls") and socket-table bookkeeping. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../api/ctx.h"
-#include "../net/net.h"
-#include "tcp.h"
-
-/* An ephemeral port whose 4-tuple is free and whose return traffic the device
- * steers to this core (mTCP's mtcp_init_rss idea). 0 when none is left. */
-static uint16_t pick_port(struct mtcp_context *ctx, uint32_t raddr, uint16_t rport)
-{
-    const uint32_t span = MTCP_EPHEMERAL_HI - MTCP_EPHEMERAL_LO + 1;
-    if (ctx->next_port < MTCP_EPHEMERAL_LO || ctx->next_port > MTCP_EPHEMERAL_HI)
-        ctx->next_port = (uint16_t)(MTCP_EPHEMERAL_LO + (ctx->stack->isn_key[0] % span));
-    for (uint32_t i = 0; i < span; i++) {
-        uint16_t p = ctx->next_port;
-        ctx->next_port = p == MTCP_EPHEMERAL_HI ? MTCP_EPHEMERAL_LO : (uint16_t)(p + 1);
-        if (ctx->ncores > 1 && io_flow_core(ctx->ip, raddr, p, rport, ctx->ncores) != ctx->core)
-            continue;
-        if (listener_lookup(ctx, ctx->ip, p) || flow_lookup(ctx, ctx->ip, p, raddr, rport))
-            continue;
-        return p;
-    }
-    return 0;
-}
+#include "../tcp/tcp.h"
+#include "ctx.h"
 
 static void connect_failed(struct mtcp_context *ctx, struct msock *s, const struct mtcp_job *j,
                            int err)
@@ -39,7 +20,7 @@ static void connect_failed(struct mtcp_context *ctx, struct msock *s, const stru
 static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
 {
     struct msock *s = j->obj;
-    uint16_t lport = s->lport ? s->lport : pick_port(ctx, j->addr, j->port);
+    uint16_t lport = s->lport ? s->lport : tcp_pick_port(ctx, j->addr, j->port);
     if (!lport) {
         connect_failed(ctx, s, j, EADDRNOTAVAIL);
         return;
@@ -48,16 +29,11 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
         connect_failed(ctx, s, j, EADDRINUSE);
         return;
     }
-    struct tcb *t = tcb_alloc(ctx, ctx->ip, lport, j->addr, j->port);
+    struct tcb *t = tcp_open_active(ctx, lport, j->addr, j->port);
     if (!t) {
         connect_failed(ctx, s, j, ENOBUFS);
         return;
     }
-    t->iss = tcp_isn(ctx, ctx->ip, lport, j->addr, j->port);
-    t->snd_una = t->snd_nxt = t->snd_max = t->iss;
-    t->snd_head_seq = t->iss + 1;
-    t->ts_offset = tcp_ts_offset(ctx, t->laddr, t->raddr);
-    t->mss = MTCP_PEER_DEFAULT_MSS;
     tcb_limit_buffers(t, s->want_rcvbuf, s->want_sndbuf);
     /* options set before connect(): the app thread wrote them before queueing the
      * job, and the queue orders that */
@@ -74,12 +50,10 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
         t->ka_cnt = (uint8_t)s->ka_cnt;
     t->user_timeout_ms = s->user_timeout_ms;
     t->evictable = s->evictable;
-    t->recover = t->iss;
     atomic_store_explicit(&t->sock_gen, j->gen, memory_order_relaxed);
     atomic_store_explicit(&t->sockid, j->sockid, memory_order_release);
     atomic_store_explicit(&s->tcb, t, memory_order_release);
-    tcp_set_state(ctx, t, TCP_SYN_SENT);
-    tcp_schedule(ctx, t, TCB_P_SYN);
+    tcp_connect(ctx, t);
 }
 
 static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int abort)
@@ -94,45 +68,7 @@ static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int ab
         if (t)
             atomic_store_explicit(&t->sockid, -1, memory_order_release);
     }
-    if (!t || !t->in_use)
-        return;
-    t->app_closed = 1;
-    t->acc_queued = 0;
-    if (t->state == TCP_CLOSED) {
-        tcb_free(ctx, t);
-        return;
-    }
-    if (t->state == TCP_SYN_SENT) {
-        tcp_conn_done(ctx, t, 0);
-        return;
-    }
-    if (t->state == TCP_TIME_WAIT) {
-        if (abort)
-            tcp_conn_done(ctx, t, 0);
-        else
-            tcp_mem_uncharge(ctx, t); /* nothing more to send or read: freed when it ends */
-        return;
-    }
-    /* RFC 9293 3.10.4 / RFC 2525 2.17: closing with unread data, or SO_LINGER 0,
-     * aborts with RST */
-    if (abort || t->linger0 || mtcp_bytering_used(&t->rcv)) {
-        tcp_send_rst_now(ctx, t);
-        tcp_conn_done(ctx, t, 0);
-        return;
-    }
-    /* it lingers without its app: bounded in number (max_orphans) and in retries */
-    if (tcp_orphan_add(ctx, t) < 0)
-        return;
-    if (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
-        t->state == TCP_SYN_RECEIVED)
-        tcp_schedule(ctx, t, TCB_P_FIN | TCB_P_DATA);
-    /* FIN-WAIT-*, CLOSING, LAST-ACK: already closing; freed when done */
-}
-
-void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort)
-{
-    struct mtcp_job j = {.type = abort ? JOB_ABORT : JOB_CLOSE, .tcb = t};
-    job_close(ctx, &j, abort);
+    tcp_close_tcb(ctx, t, abort);
 }
 
 static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
@@ -167,7 +103,7 @@ static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
     free(l);
 }
 
-void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
+void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
 {
     STAT_INC(&ctx->stats, jobs);
     struct tcb *t = j->tcb;
@@ -198,21 +134,10 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
             tcp_schedule(ctx, t, TCB_P_DATA);
         break;
     case JOB_WINDOW:
-        if (t->in_use && t->state != TCP_CLOSED && t->state != TCP_TIME_WAIT) {
-            /* a window update is worth a segment when it opens by 2 MSS or half the
-             * buffer (RFC 9293 3.8.6.2.2, receiver-side SWS avoidance) */
-            uint32_t opened = t->rcv_nxt + tcp_rcv_room(t) - t->rcv_adv;
-            if ((int32_t)opened >= (int32_t)(2u * t->mss) ||
-                (int32_t)opened >= (int32_t)(t->rcv_space / 2))
-                tcp_schedule(ctx, t, TCB_P_ACK);
-            else
-                atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
-        }
+        tcp_window_update(ctx, t);
         break;
     case JOB_SHUT_WR:
-        if (t->in_use && (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
-                          t->state == TCP_SYN_RECEIVED || t->state == TCP_SYN_SENT))
-            tcp_schedule(ctx, t, TCB_P_FIN | TCB_P_DATA);
+        tcp_shutdown_wr(ctx, t);
         break;
     case JOB_SOCKOPT:
         if (!t->in_use)
@@ -245,20 +170,12 @@ void tcp_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
             t->evictable = (uint8_t)j->value;
             break;
         case OPT_CONGESTION:
-            if (j->value < TCP_CC_COUNT && j->value != t->cc_algo) {
-                t->cc_algo = (uint8_t)j->value;
-                t->cub_w_max = 0; /* CUBIC starts its curve from the current window */
-                t->cub_epoch_ok = 0;
-            }
+            tcp_set_cc(t, j->value);
             break;
         default:
             break;
         }
-        if (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT) {
-            if (t->rto_armed && t->timer_kind == TCP_TIMER_KEEPALIVE)
-                tcp_rto_disarm(ctx, t); /* re-armed with the new settings */
-            tcp_idle_timer(ctx, t);
-        }
+        tcp_timers_changed(ctx, t);
         break;
     case JOB_CLOSE:
         job_close(ctx, j, 0);
