@@ -30,7 +30,7 @@ from test_tcp_faults import (
 
 import mtcp_core as m
 
-RTO_MIN_S = 0.2  # tcp/tcp.h TCP_RTO_MIN_MS
+RTO_MIN_S = 0.2  # opt.h TCP_RTO_MIN_MS
 
 
 def net_with(**server_kw: Any) -> Net:

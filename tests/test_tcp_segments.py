@@ -40,7 +40,7 @@ TIME_WAIT_MS = 3000
 SYN_BACKLOG = 64
 CHALLENGE_ACK_LIMIT = 100
 RAW_NET = "198.19.0."  # peers off the stack's subnet, through its gateway (the peer)
-# tcp/tcp.h
+# opt.h
 TCP_RTO_MIN_MS = 200
 TCP_MAX_RETRIES = 8
 DELACK_MS = 40  # opt.h MTCP_DELACK_MS

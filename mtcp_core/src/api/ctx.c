@@ -21,8 +21,9 @@
 
 /* ---------------------------------------------------------------- events */
 
-void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events)
+void tcp_app_event(struct tcp_layer *tl, struct tcb *t, uint32_t events)
 {
+    struct mtcp_context *ctx = ctx_of_tcp(tl);
     /* a connection the responder holds: its own event, taken in rsp_round */
     if (!t->rsp && atomic_load_explicit(&t->sockid, memory_order_acquire) < 0)
         return;
@@ -33,15 +34,16 @@ void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events)
     t->ev_pending |= events;
 }
 
-void ctx_listener_event(struct mtcp_context *ctx, struct mtcp_listener *l)
+void tcp_app_accept_ready(struct tcp_layer *tl, struct mtcp_listener *l)
 {
+    struct mtcp_context *ctx = ctx_of_tcp(tl);
     if (l->ev_queued)
         return;
     struct mtcp_event ev = {l->sockid, l->sock_gen, MTCP_EPOLLIN};
     if (mtcp_spsc_push(&ctx->evq, &ev) == 0) {
         /* one event per listener per round; cleared when the round's events flush */
         l->ev_queued = 1;
-        STAT_INC(&ctx->stats, events);
+        STAT_INC(&ctx->tcp.net.stats, events);
     }
 }
 
@@ -71,15 +73,15 @@ static int flush_events(struct mtcp_context *ctx)
             pushed++;
         }
         t->ev_pending = 0;
-        tcb_unlisted(ctx, t);
+        tcb_unlisted(&ctx->tcp, t);
     }
     ctx->ev_head = keep;
-    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+    for (struct mtcp_listener *l = ctx->tcp.listeners; l; l = l->next)
         if (l->ev_queued) {
             l->ev_queued = 0;
             pushed++;
         }
-    STAT_ADD(&ctx->stats, events, pushed);
+    STAT_ADD(&ctx->tcp.net.stats, events, pushed);
     return pushed;
 }
 
@@ -107,7 +109,7 @@ void ctx_push_job(struct mtcp_context *ctx, const struct mtcp_job *job)
         if (ctx->stepped) {
             /* no thread to wait for: the caller's thread runs the round at the
              * context's current time, as the thread would have */
-            ctx_round(ctx, ctx->now_ns);
+            ctx_round(ctx, ctx->tcp.net.now_ns);
             continue;
         }
         wake_fd(ctx->stack_efd);
@@ -144,20 +146,20 @@ static void count_batch(struct mtcp_stats *st, int n)
 
 static void update_gauges(struct mtcp_context *ctx)
 {
-    struct mtcp_stats *st = &ctx->stats;
-    STAT_SET(st, pool_tcb_free, ctx->tcb_pool.nfree);
-    STAT_SET(st, pool_sndbuf_free, ctx->sndbuf_pool.nfree);
-    STAT_SET(st, pool_rcvbuf_free, ctx->rcvbuf_pool.nfree);
-    STAT_SET(st, flows, ctx->flow_count);
-    STAT_SET(st, orphans, ctx->orphans);
-    STAT_SET(st, buf_mem_used, ctx->mem_used);
+    struct mtcp_stats *st = &ctx->tcp.net.stats;
+    STAT_SET(st, pool_tcb_free, ctx->tcp.tcb_pool.nfree);
+    STAT_SET(st, pool_sndbuf_free, ctx->tcp.sndbuf_pool.nfree);
+    STAT_SET(st, pool_rcvbuf_free, ctx->tcp.rcvbuf_pool.nfree);
+    STAT_SET(st, flows, ctx->tcp.flow_count);
+    STAT_SET(st, orphans, ctx->tcp.orphans);
+    STAT_SET(st, buf_mem_used, ctx->tcp.mem_used);
     STAT_SET(st, buf_mem_budget, ctx->stack->mem_budget);
-    STAT_SET(st, buf_mem_pressure, tcp_mem_pressure(ctx));
+    STAT_SET(st, buf_mem_pressure, tcp_mem_pressure(&ctx->tcp));
     for (int s = 0; s < TCP_NSTATES; s++)
-        st->v[MTCP_STAT_state_closed + s] = ctx->state_count[s];
+        st->v[MTCP_STAT_state_closed + s] = ctx->tcp.state_count[s];
     /* a listening socket has no TCB: count the listener table instead */
     uint64_t listening = 0;
-    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+    for (struct mtcp_listener *l = ctx->tcp.listeners; l; l = l->next)
         listening++;
     STAT_SET(st, state_listen, listening);
 }
@@ -172,23 +174,23 @@ static void shaper_refill(struct mtcp_context *ctx, uint64_t now_ns)
     int64_t burst = (int64_t)(rate * MTCP_SHAPE_BURST_NS / MTCP_NS_PER_S);
     if (burst < 2 * (MTCP_MAX_FRAME + MTCP_WIRE_OVERHEAD))
         burst = 2 * (MTCP_MAX_FRAME + MTCP_WIRE_OVERHEAD);
-    uint64_t dt = now_ns - ctx->tx_tokens_ns;
-    ctx->tx_tokens_ns = now_ns;
+    uint64_t dt = now_ns - ctx->tcp.net.tx_tokens_ns;
+    ctx->tcp.net.tx_tokens_ns = now_ns;
     if (dt > MTCP_SHAPE_BURST_NS)
         dt = MTCP_SHAPE_BURST_NS; /* also the first round: no credit from before it */
-    ctx->tx_tokens += (int64_t)(dt * rate / MTCP_NS_PER_S);
-    if (ctx->tx_tokens > burst)
-        ctx->tx_tokens = burst;
-    if (ctx->tx_tokens <= 0)
-        ctx->tx_budget = 0;
+    ctx->tcp.net.tx_tokens += (int64_t)(dt * rate / MTCP_NS_PER_S);
+    if (ctx->tcp.net.tx_tokens > burst)
+        ctx->tcp.net.tx_tokens = burst;
+    if (ctx->tcp.net.tx_tokens <= 0)
+        ctx->tcp.net.tx_budget = 0;
 }
 
 /* Shaping: nanoseconds until the link takes a frame again (0: now). */
 static uint64_t shaper_wait_ns(const struct mtcp_context *ctx)
 {
-    if (ctx->tx_tokens > 0)
+    if (ctx->tcp.net.tx_tokens > 0)
         return 0;
-    uint64_t owed = (uint64_t)(1 - ctx->tx_tokens);
+    uint64_t owed = (uint64_t)(1 - ctx->tcp.net.tx_tokens);
     return owed * MTCP_NS_PER_S / ctx->stack->tx_rate_Bps + 1;
 }
 
@@ -203,7 +205,7 @@ static int take_jobs(struct mtcp_context *ctx)
     return jobs;
 }
 
-/* One round at now_ns (the only clock the layers below read: ctx->now_ns/now_ms, and the
+/* One round at now_ns (the only clock the layers below read: ctx->tcp.net.now_ns/now_ms, and the
  * device's through io_dev.now_ns on a stepped context). Returns when the next round is due
  * (monotonic ns): now_ns when there is more to do at once (frames or jobs were taken, TX
  * lists or events are left), else the nearest of the next timer, the next delayed frame of
@@ -211,22 +213,22 @@ static int take_jobs(struct mtcp_context *ctx)
 uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
 {
     struct io_frame frames[MTCP_RX_BATCH];
-    ctx->now_ns = now_ns;
-    ctx->now_ms = now_ns / MTCP_NS_PER_MS;
-    ctx->now_us = now_ns / 1000u;
-    ctx->dev->now_ns = now_ns;
-    ctx->tx_budget = MTCP_TX_BATCH;
+    ctx->tcp.net.now_ns = now_ns;
+    ctx->tcp.net.now_ms = now_ns / MTCP_NS_PER_MS;
+    ctx->tcp.net.now_us = now_ns / 1000u;
+    ctx->tcp.net.dev->now_ns = now_ns;
+    ctx->tcp.net.tx_budget = MTCP_TX_BATCH;
     int shaped = ctx->stack->tx_rate_Bps != 0;
     if (shaped)
         shaper_refill(ctx, now_ns);
-    STAT_INC(&ctx->stats, rounds);
+    STAT_INC(&ctx->tcp.net.stats, rounds);
 
-    int n = io_rx_burst(ctx->dev, frames, MTCP_RX_BATCH);
-    count_batch(&ctx->stats, n);
+    int n = io_rx_burst(ctx->tcp.net.dev, frames, MTCP_RX_BATCH);
+    count_batch(&ctx->tcp.net.stats, n);
     for (int i = 0; i < n; i++)
-        net_input(ctx, &frames[i]);
+        net_input(&ctx->tcp.net, &frames[i]);
     if (n > 0)
-        io_rx_done(ctx->dev);
+        io_rx_done(ctx->tcp.net.dev);
 
     int jobs = take_jobs(ctx);
 
@@ -234,40 +236,40 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
      * round's transmit) */
     uint64_t rsp_next = rsp_round(ctx);
 
-    uint64_t next = tcp_timers(ctx);
+    uint64_t next = tcp_timers(&ctx->tcp);
     if (rsp_next < next)
         next = rsp_next;
-    uint64_t arp_next = arp_timer(ctx);
+    uint64_t arp_next = arp_timer(&ctx->tcp.net);
     if (arp_next < next)
         next = arp_next;
-    uint64_t frag_next = net_frag_timer(ctx);
+    uint64_t frag_next = net_frag_timer(&ctx->tcp.net);
     if (frag_next < next)
         next = frag_next;
 
-    if (ctx->announce) {
-        arp_announce(ctx);
-        ctx->announce = 0;
+    if (ctx->tcp.net.announce) {
+        arp_announce(&ctx->tcp.net);
+        ctx->tcp.net.announce = 0;
     }
-    tcp_output_round(ctx);
-    net_tx_flush(ctx);
+    tcp_output_round(&ctx->tcp);
+    net_tx_flush(&ctx->tcp.net);
 
     if (flush_events(ctx) && atomic_load(&ctx->app_waiting)) {
         wake_fd(ctx->app_efd);
-        STAT_INC(&ctx->stats, app_signals);
+        STAT_INC(&ctx->tcp.net.stats, app_signals);
     }
 
     /* a stepped context publishes every round: its caller reads exact counters */
     if (ctx->stepped || now_ns - ctx->last_publish_ns >= MTCP_NS_PER_MS || n == 0) {
-        STAT_SET(&ctx->stats, stack_kicks,
+        STAT_SET(&ctx->tcp.net.stats, stack_kicks,
                  atomic_load_explicit(&ctx->app_kicks, memory_order_relaxed));
-        STAT_SET(&ctx->stats, app_waits,
+        STAT_SET(&ctx->tcp.net.stats, app_waits,
                  atomic_load_explicit(&ctx->app_waits, memory_order_relaxed));
         update_gauges(ctx);
-        mtcp_stats_publish(&ctx->stats, now_ns);
+        mtcp_stats_publish(&ctx->tcp.net.stats, now_ns);
         ctx->last_publish_ns = now_ns;
     }
 
-    int tx_pending = ctx->ctrl_head || ctx->ack_head || ctx->data_head;
+    int tx_pending = ctx->tcp.ctrl_head || ctx->tcp.ack_head || ctx->tcp.data_head;
     uint64_t tx_wait_ns = 0;
     if (shaped && tx_pending) {
         tx_wait_ns = shaper_wait_ns(ctx);
@@ -279,7 +281,7 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     if (next > 1000)
         next = 1000; /* once a second at most: the stats heartbeat; no busy spinning */
     uint64_t deadline = now_ns + next * MTCP_NS_PER_MS;
-    uint64_t due = ctx->dev->ops->next_due_ns ? ctx->dev->ops->next_due_ns(ctx->dev) : 0;
+    uint64_t due = ctx->tcp.net.dev->ops->next_due_ns ? ctx->tcp.net.dev->ops->next_due_ns(ctx->tcp.net.dev) : 0;
     if (due && due < deadline)
         deadline = due > now_ns ? due : now_ns;
     if (tx_wait_ns && now_ns + tx_wait_ns < deadline)
@@ -292,7 +294,7 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
 static void *ctx_loop(void *arg)
 {
     struct mtcp_context *ctx = arg;
-    struct pollfd pfd[2] = {{.fd = ctx->dev->ops->poll_fd(ctx->dev), .events = POLLIN},
+    struct pollfd pfd[2] = {{.fd = ctx->tcp.net.dev->ops->poll_fd(ctx->tcp.net.dev), .events = POLLIN},
                             {.fd = ctx->stack_efd, .events = POLLIN}};
     uint64_t last_work_ns = 0; /* busy polling: when a round last did work */
     int shaped = ctx->stack->tx_rate_Bps != 0;
@@ -309,7 +311,7 @@ static void *ctx_loop(void *arg)
          * busy_poll_ns costs less than a sleep and a wake-up. Never while idle. */
         if (ctx->busy_poll_ns && last_work_ns && now_ns - last_work_ns < ctx->busy_poll_ns &&
             !shaped) {
-            STAT_INC(&ctx->stats, busy_polls);
+            STAT_INC(&ctx->tcp.net.stats, busy_polls);
             continue;
         }
         uint64_t sleep_ns = deadline - now_ns;
@@ -318,14 +320,14 @@ static void *ctx_loop(void *arg)
             atomic_store(&ctx->stack_sleeping, 0);
             continue;
         }
-        STAT_INC(&ctx->stats, sleeps);
+        STAT_INC(&ctx->tcp.net.stats, sleeps);
         struct timespec ts = {.tv_sec = (time_t)(sleep_ns / MTCP_NS_PER_S),
                               .tv_nsec = (long)(sleep_ns % MTCP_NS_PER_S)};
         int pr = ppoll(pfd, 2, &ts, NULL);
         atomic_store(&ctx->stack_sleeping, 0);
         if (pr > 0 && (pfd[1].revents & POLLIN)) {
             drain_fd(ctx->stack_efd);
-            STAT_INC(&ctx->stats, wakeups_app);
+            STAT_INC(&ctx->tcp.net.stats, wakeups_app);
         }
     }
     return NULL;
@@ -335,24 +337,24 @@ static void *ctx_loop(void *arg)
 
 static void ctx_free(struct mtcp_context *ctx)
 {
-    tcp_source_destroy(ctx);
+    tcp_source_destroy(&ctx->tcp);
     rsp_free(ctx->rsp_app);
-    mtcp_pool_destroy(&ctx->tcb_pool);
-    mtcp_pool_destroy(&ctx->sndbuf_pool);
-    mtcp_pool_destroy(&ctx->rcvbuf_pool);
+    mtcp_pool_destroy(&ctx->tcp.tcb_pool);
+    mtcp_pool_destroy(&ctx->tcp.sndbuf_pool);
+    mtcp_pool_destroy(&ctx->tcp.rcvbuf_pool);
     mtcp_spsc_destroy(&ctx->jobq);
     mtcp_spsc_destroy(&ctx->evq);
-    free(ctx->flow);
-    free(ctx->wheel);
-    free(ctx->txbuf);
+    free(ctx->tcp.flow);
+    free(ctx->tcp.wheel);
+    free(ctx->tcp.net.txbuf);
     free(ctx->socks);
     free(ctx->evbuf);
-    frag_table_free(ctx->frag);
+    frag_table_free(ctx->tcp.net.frag);
     if (ctx->stack_efd >= 0)
         close(ctx->stack_efd);
     if (ctx->app_efd >= 0)
         close(ctx->app_efd);
-    mtcp_stats_close(&ctx->stats);
+    mtcp_stats_close(&ctx->tcp.net.stats);
     free(ctx);
 }
 
@@ -371,34 +373,53 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
         return NULL;
     }
     ctx->stack_efd = ctx->app_efd = -1;
-    ctx->stats.shm_fd = -1;
+    ctx->tcp.net.stats.shm_fd = -1;
     ctx->stack = stack;
-    ctx->core = core;
-    ctx->ncores = stack->ncores;
-    ctx->dev = &stack->io.devs[core];
-    ctx->ip = stack->ip;
-    ctx->netmask = stack->netmask;
-    ctx->gateway = stack->gateway;
-    memcpy(ctx->mac, ctx->dev->mac, 6);
-    ctx->priority = !stack->conf.no_priority;
-    ctx->trace = stack->conf.trace;
+    ctx->tcp.net.core = core;
+    ctx->tcp.net.ncores = stack->ncores;
+    ctx->tcp.net.dev = &stack->io.devs[core];
+    ctx->tcp.net.ip = stack->ip;
+    ctx->tcp.net.netmask = stack->netmask;
+    ctx->tcp.net.gateway = stack->gateway;
+    memcpy(ctx->tcp.net.mac, ctx->tcp.net.dev->mac, 6);
+    ctx->tcp.priority = !stack->conf.no_priority;
+    ctx->tcp.conf = (struct tcp_conf){
+        .rcvbuf = stack->rcvbuf,
+        .sndbuf = stack->sndbuf,
+        .time_wait_ms = stack->time_wait_ms,
+        .idle_timeout_ms = stack->idle_timeout_ms,
+        .challenge_ack_limit = stack->challenge_ack_limit,
+        .sack = stack->sack,
+        .delayed_ack = stack->delayed_ack,
+        .cc_algo = stack->cc_algo,
+        .fixed_isn = stack->conf.fixed_isn,
+        .isn_key = {stack->isn_key[0], stack->isn_key[1]},
+        .orphan_retries = stack->orphan_retries,
+        .max_orphans = stack->max_orphans,
+        .max_per_source = stack->max_per_source,
+        .mem_budget = stack->mem_budget,
+        .evict = stack->evict,
+    };
+    ctx->tcp.net.shared_addr = stack->shared_addr;
+    ctx->tcp.net.tx_rate_Bps = stack->tx_rate_Bps;
+    ctx->tcp.net.trace = stack->conf.trace;
     ctx->cpu = cpu;
     ctx->stepped = stepped;
     /* one core announces the address on a real link (afpacket: a NIC or veth; a TAP's
      * host side is known without ARP, a pair link's peer is a test's own stack) */
-    ctx->announce = core == 0 && strcmp(ctx->dev->ops->name, "afpacket") == 0;
+    ctx->tcp.net.announce = core == 0 && strcmp(ctx->tcp.net.dev->ops->name, "afpacket") == 0;
     /* ARP answers (or gives up on) a next hop: TCP releases or fails the SYNs held for it */
-    ctx->net_up.arp_resolved = tcp_arp_resolved;
-    ctx->net_up.arp_failed = tcp_arp_failed;
-    ctx->now_ns = now_ns;
-    ctx->now_ms = now_ns / MTCP_NS_PER_MS;
-    ctx->now_us = now_ns / 1000u;
+    ctx->tcp.net.net_up.arp_resolved = tcp_arp_resolved;
+    ctx->tcp.net.net_up.arp_failed = tcp_arp_failed;
+    ctx->tcp.net.now_ns = now_ns;
+    ctx->tcp.net.now_ms = now_ns / MTCP_NS_PER_MS;
+    ctx->tcp.net.now_us = now_ns / 1000u;
     ctx->busy_poll_ns = (uint64_t)stack->conf.busy_poll_us * 1000u;
-    ctx->wheel_ms = ctx->now_ms;
-    ctx->dev->manual_clock = stepped;
-    ctx->dev->now_ns = now_ns;
+    ctx->tcp.wheel_ms = ctx->tcp.net.now_ms;
+    ctx->tcp.net.dev->manual_clock = stepped;
+    ctx->tcp.net.dev->now_ns = now_ns;
 
-    int rc = io_dev_start(ctx->dev);
+    int rc = io_dev_start(ctx->tcp.net.dev);
     if (rc < 0) {
         ctx_free(ctx);
         errno = -rc;
@@ -406,21 +427,21 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
     }
     uint32_t n = stack->max_conns;
     int huge = stack->conf.hugepages;
-    if (mtcp_pool_init(&ctx->tcb_pool, sizeof(struct tcb), n, huge) < 0 ||
-        mtcp_pool_init(&ctx->sndbuf_pool, stack->sndbuf, n, huge) < 0 ||
-        mtcp_pool_init(&ctx->rcvbuf_pool, stack->rcvbuf, n, huge) < 0 ||
+    if (mtcp_pool_init(&ctx->tcp.tcb_pool, sizeof(struct tcb), n, huge) < 0 ||
+        mtcp_pool_init(&ctx->tcp.sndbuf_pool, stack->sndbuf, n, huge) < 0 ||
+        mtcp_pool_init(&ctx->tcp.rcvbuf_pool, stack->rcvbuf, n, huge) < 0 ||
         mtcp_spsc_init(&ctx->jobq, MTCP_JOBQ_SIZE, sizeof(struct mtcp_job)) < 0 ||
         mtcp_spsc_init(&ctx->evq, MTCP_EVQ_SIZE, sizeof(struct mtcp_event)) < 0 ||
-        tcp_source_init(ctx) < 0)
+        tcp_source_init(&ctx->tcp) < 0)
         goto nomem;
-    ctx->flow = calloc(MTCP_FLOW_BUCKETS, sizeof(*ctx->flow));
-    ctx->wheel = calloc(MTCP_WHEEL_SLOTS, sizeof(*ctx->wheel));
-    ctx->txbuf = malloc((size_t)MTCP_TX_BATCH * MTCP_MAX_FRAME);
+    ctx->tcp.flow = calloc(MTCP_FLOW_BUCKETS, sizeof(*ctx->tcp.flow));
+    ctx->tcp.wheel = calloc(MTCP_WHEEL_SLOTS, sizeof(*ctx->tcp.wheel));
+    ctx->tcp.net.txbuf = malloc((size_t)MTCP_TX_BATCH * MTCP_MAX_FRAME);
     ctx->nsocks = (int)n + 64;
     ctx->socks = calloc((size_t)ctx->nsocks, sizeof(*ctx->socks));
     ctx->evbuf = calloc(1024, sizeof(*ctx->evbuf));
-    ctx->frag = frag_table_new(MTCP_FRAG_SLOTS, stack->frag_timeout_ms);
-    if (!ctx->flow || !ctx->wheel || !ctx->txbuf || !ctx->socks || !ctx->evbuf || !ctx->frag)
+    ctx->tcp.net.frag = frag_table_new(MTCP_FRAG_SLOTS, stack->frag_timeout_ms);
+    if (!ctx->tcp.flow || !ctx->tcp.wheel || !ctx->tcp.net.txbuf || !ctx->socks || !ctx->evbuf || !ctx->tcp.net.frag)
         goto nomem;
     /* socket ids come from a free list (the paper: any free id, not the lowest) */
     for (int i = 0; i < ctx->nsocks; i++) {
@@ -437,18 +458,18 @@ static struct mtcp_context *ctx_new(struct mtcp_stack *stack, unsigned core, int
         errno = rc;
         return NULL;
     }
-    rc = mtcp_stats_open(&ctx->stats, stack->conf.stats_path, core);
+    rc = mtcp_stats_open(&ctx->tcp.net.stats, stack->conf.stats_path, core);
     if (rc < 0) {
         ctx_free(ctx);
         errno = -rc;
         return NULL;
     }
-    STAT_SET(&ctx->stats, pool_tcb_total, n);
-    STAT_SET(&ctx->stats, pool_sndbuf_total, n);
-    STAT_SET(&ctx->stats, pool_rcvbuf_total, n);
-    STAT_SET(&ctx->stats, hugepages, ctx->tcb_pool.huge + ctx->sndbuf_pool.huge + ctx->rcvbuf_pool.huge);
+    STAT_SET(&ctx->tcp.net.stats, pool_tcb_total, n);
+    STAT_SET(&ctx->tcp.net.stats, pool_sndbuf_total, n);
+    STAT_SET(&ctx->tcp.net.stats, pool_rcvbuf_total, n);
+    STAT_SET(&ctx->tcp.net.stats, hugepages, ctx->tcp.tcb_pool.huge + ctx->tcp.sndbuf_pool.huge + ctx->tcp.rcvbuf_pool.huge);
     update_gauges(ctx);
-    mtcp_stats_publish(&ctx->stats, now_ns);
+    mtcp_stats_publish(&ctx->tcp.net.stats, now_ns);
     return ctx;
 nomem:
     ctx_free(ctx);
@@ -462,7 +483,7 @@ mctx_t mtcp_create_context(struct mtcp_stack *stack, unsigned core, int cpu)
     if (!ctx)
         return NULL;
     if (pthread_create(&ctx->thread, NULL, ctx_loop, ctx) != 0) {
-        io_dev_stop(ctx->dev);
+        io_dev_stop(ctx->tcp.net.dev);
         ctx_free(ctx);
         errno = EAGAIN;
         return NULL;
@@ -491,7 +512,7 @@ mctx_t mtcp_create_stepped_context(struct mtcp_stack *stack, unsigned core, uint
 
 uint64_t mtcp_ctx_step(mctx_t ctx, uint64_t now_ns)
 {
-    if (!ctx || !ctx->stepped || now_ns < ctx->now_ns) {
+    if (!ctx || !ctx->stepped || now_ns < ctx->tcp.net.now_ns) {
         errno = EINVAL; /* a threaded context, or time going backwards */
         return 0;
     }
@@ -512,18 +533,18 @@ void mtcp_destroy_context(mctx_t ctx)
         struct mtcp_job job;
         while (mtcp_spsc_pop(&ctx->jobq, &job))
             ctx_handle_job(ctx, &job);
-        ctx->tx_budget = 1 << 30;
-        tcp_abort_all(ctx);
-        while (ctx->listeners) {
-            struct mtcp_listener *l = ctx->listeners;
-            ctx->listeners = l->next;
+        ctx->tcp.net.tx_budget = 1 << 30;
+        tcp_abort_all(&ctx->tcp);
+        while (ctx->tcp.listeners) {
+            struct mtcp_listener *l = ctx->tcp.listeners;
+            ctx->tcp.listeners = l->next;
             mtcp_spsc_destroy(&l->acceptq);
             free(l);
         }
         update_gauges(ctx);
-        mtcp_stats_publish(&ctx->stats, ctx->stepped ? ctx->now_ns : mtcp_now_ns());
+        mtcp_stats_publish(&ctx->tcp.net.stats, ctx->stepped ? ctx->tcp.net.now_ns : mtcp_now_ns());
     }
-    io_dev_stop(ctx->dev);
+    io_dev_stop(ctx->tcp.net.dev);
     ctx_free(ctx);
 }
 
@@ -535,6 +556,6 @@ int mtcp_ctx_stats(mctx_t ctx, uint64_t *out, int n)
     }
     int cnt = n < MTCP_STAT__COUNT ? n : MTCP_STAT__COUNT;
     for (int i = 0; i < cnt; i++)
-        out[i] = __atomic_load_n(&ctx->stats.pub[i], __ATOMIC_RELAXED);
+        out[i] = __atomic_load_n(&ctx->tcp.net.stats.pub[i], __ATOMIC_RELAXED);
     return cnt;
 }

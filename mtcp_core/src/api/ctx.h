@@ -4,6 +4,7 @@
 #define MTCP_API_CTX_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -14,7 +15,7 @@
 #include "../net/frag.h"
 #include "../net/net.h"
 #include "../opt.h"
-#include "../tcp/tcb.h"
+#include "../tcp/tcp.h"
 #include "mtcp.h"
 
 /* ---- jobs: app -> mTCP thread ---- */
@@ -58,26 +59,6 @@ struct mtcp_event {
     uint32_t events;
 };
 
-/* A listening port: registered in the stack's table by JOB_LISTEN. */
-struct mtcp_listener {
-    struct mtcp_listener *next;
-    uint32_t addr;
-    uint16_t port;
-    int sockid;
-    uint32_t sock_gen;
-    uint32_t backlog;
-    uint32_t syn_backlog;       /* half-open connections before SYN cookies */
-    uint32_t rcvbuf, sndbuf;    /* SO_RCVBUF/SO_SNDBUF set before listen(), 0 = default */
-    uint8_t cc;                 /* TCP_CONGESTION set before listen(): algo + 1, 0 = default */
-    uint32_t pending;           /* SYN_RECEIVED (mTCP thread only) */
-    uint32_t rsp_refs;          /* connections the responder holds (mTCP thread only) */
-    uint8_t draining;           /* the responder drains: no new connections */
-    uint8_t ev_queued;          /* an EPOLLIN event is in this round's batch */
-    _Atomic int registered;     /* the mTCP thread has it in its table */
-    struct mtcp_spsc acceptq;   /* struct tcb * of established connections */
-    _Atomic uint32_t accept_ready; /* queued items, for readiness checks */
-};
-
 enum msock_type { MSOCK_FREE = 0, MSOCK_STREAM, MSOCK_LISTENER, MSOCK_ZOMBIE };
 
 /* A socket id of the app thread. Touched only by the app thread, except the
@@ -113,14 +94,6 @@ struct mtcp_epoll {
     uint32_t nready;
 };
 
-struct arp_entry {
-    uint32_t ip;
-    uint8_t mac[6];
-    uint8_t state;               /* 0 free, 1 resolving, 2 resolved */
-    uint8_t tries;               /* requests sent while resolving */
-    uint64_t expire_ms;          /* resolved: until; resolving: next retry */
-};
-
 struct mtcp_stack {
     struct mtcp_conf conf;       /* strings below are owned copies */
     char *s_backend, *s_iface, *s_ip, *s_gateway, *s_mac, *s_tap, *s_pcap, *s_stats;
@@ -142,20 +115,12 @@ struct mtcp_stack {
 };
 
 struct mtcp_context {
+    struct tcp_layer tcp;        /* first: TCP's state, with net/'s inside it (tcp/tcp.h) */
     struct mtcp_stack *stack;
-    unsigned core;
-    unsigned ncores;
-    struct io_dev *dev;
-    uint32_t ip, netmask, gateway;
-    uint8_t mac[6];
-    int priority;                /* control/ACK/data lists (1) or one FIFO (0) */
-    int trace;
-    struct frag_table *frag;     /* IPv4 reassembly (net/frag.h) */
-
-    pthread_t thread;
-    int thread_started;
     int stepped;                 /* no thread: the caller runs rounds (mtcp_ctx_step) on its
                                     own clock; nothing on the app side may wait for a round */
+    pthread_t thread;
+    int thread_started;
     _Atomic int stop;
     int cpu;
 
@@ -171,48 +136,11 @@ struct mtcp_context {
     struct mtcp_responder *rsp_app; /* the app thread's handle on the responder */
     _Atomic uint64_t app_kicks, app_waits; /* wake-ups counted by the app thread */
 
-    /* ---- mTCP thread only ---- */
-    uint64_t now_ns;             /* the round's time: the only clock the stack reads */
-    uint64_t now_ms;             /* now_ns in ms (TCP's timers, ARP) */
-    uint64_t now_us;             /* now_ns in us (RACK's transmit times, RTT samples) */
+    /* ---- mTCP thread only (the round's clock, stats, ARP, TX batch: tcp.net) ---- */
     uint64_t last_publish_ns;    /* when the stats block was last published */
-    int announce;                /* a gratuitous ARP is due (the first round sends it) */
     struct mtcp_responder *rsp;  /* static responder, once enabled (api/responder.c) */
     uint64_t busy_poll_ns;       /* poll this long after a round that did work */
-    struct mtcp_stats stats;
-    struct mtcp_pool tcb_pool, sndbuf_pool, rcvbuf_pool;
-    struct tcb **flow;           /* MTCP_FLOW_BUCKETS chains */
-    uint32_t flow_count;
-    struct mtcp_listener *listeners;
-    struct tcb *ctrl_head, *ctrl_tail, *ack_head, *ack_tail, *data_head, *data_tail;
-    uint32_t nctrl, nack, ndata;
-    struct tcb *ev_head;
-    struct tcb *tw_head, *tw_tail;
-    struct tcb *da_head, *da_tail;     /* delayed ACKs: FIFO, one fixed delay */
-    struct tcb *idle_head, *idle_tail; /* idle timeout: FIFO, touched on every segment */
-    uint64_t cack_window_ms;           /* challenge ACK rate limit (RFC 5961 7) */
-    uint32_t cack_count;
-    struct tcb **wheel;          /* RTO timing wheel, MTCP_WHEEL_SLOTS */
-    uint64_t wheel_ms;           /* last slot processed */
-    uint32_t wheel_count;
-    uint32_t state_count[TCP_NSTATES];
-    /* exhaustion bounds (tcp/tcp_mem.c) */
-    uint32_t orphans;
-    uint64_t mem_used;           /* ring bytes of live connections */
-    uint32_t evicted_pending;    /* evicted, waiting for the app's close */
-    uint32_t *src_addr, *src_cnt; /* per-source counts, open addressing (max_per_source) */
-    uint32_t src_mask;
-    struct arp_entry arp[MTCP_ARP_ENTRIES];
-    struct net_upcalls net_up;   /* ARP -> the layer above (set by api/ctx.c) */
-    uint16_t next_port;
-    uint16_t ip_id;
-    /* the round's TX batch */
-    uint8_t *txbuf;              /* MTCP_TX_BATCH * MTCP_MAX_FRAME */
-    struct io_frame txf[MTCP_TX_BATCH];
-    int ntx;
-    int tx_budget;               /* frames this round may still send */
-    int64_t tx_tokens;           /* shaping: bytes the link may still take (can go negative) */
-    uint64_t tx_tokens_ns;       /* when tx_tokens was last refilled */
+    struct tcb *ev_head;         /* the round's events (tcp_app_event), one per TCB */
 
     /* ---- app thread only ---- */
     struct msock *socks;
@@ -222,6 +150,12 @@ struct mtcp_context {
     struct mtcp_epoll ep[MTCP_MAX_EPOLL];
     struct mtcp_event *evbuf;    /* scratch for draining evq */
 };
+
+/* The context that holds a TCP layer (tcp_app_* upcalls, implemented here in api/). */
+static inline struct mtcp_context *ctx_of_tcp(struct tcp_layer *tl)
+{
+    return (struct mtcp_context *)(void *)((char *)tl - offsetof(struct mtcp_context, tcp));
+}
 
 
 
@@ -236,14 +170,9 @@ void ctx_kick(struct mtcp_context *ctx);
  * when the next is due, now_ns when at once (api/ctx.c). */
 uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns);
 
-/* mTCP thread helpers */
-void ctx_add_event(struct mtcp_context *ctx, struct tcb *t, uint32_t events);
-void ctx_listener_event(struct mtcp_context *ctx, struct mtcp_listener *l);
 
 /* static responder (api/responder.c), mTCP thread */
 struct mtcp_responder;
-int rsp_takes(struct mtcp_context *ctx, const struct mtcp_listener *l);
-void rsp_adopt(struct mtcp_context *ctx, struct tcb *t, struct mtcp_listener *l);
 /* One call per round, after the received frames and the jobs: answers what it can,
  * runs its timers; returns ms until its next deadline (UINT64_MAX: none). */
 uint64_t rsp_round(struct mtcp_context *ctx);

@@ -14,22 +14,22 @@ static void connect_failed(struct mtcp_context *ctx, struct msock *s, const stru
     struct mtcp_event ev = {j->sockid, j->gen,
                             MTCP_EPOLLERR | MTCP_EPOLLHUP | MTCP_EPOLLOUT | MTCP_EPOLLIN};
     if (mtcp_spsc_push(&ctx->evq, &ev) == 0)
-        STAT_INC(&ctx->stats, events);
+        STAT_INC(&ctx->tcp.net.stats, events);
 }
 
 static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
 {
     struct msock *s = j->obj;
-    uint16_t lport = s->lport ? s->lport : tcp_pick_port(ctx, j->addr, j->port);
+    uint16_t lport = s->lport ? s->lport : tcp_pick_port(&ctx->tcp, j->addr, j->port);
     if (!lport) {
         connect_failed(ctx, s, j, EADDRNOTAVAIL);
         return;
     }
-    if (flow_lookup(ctx, ctx->ip, lport, j->addr, j->port)) {
+    if (flow_lookup(&ctx->tcp, ctx->tcp.net.ip, lport, j->addr, j->port)) {
         connect_failed(ctx, s, j, EADDRINUSE);
         return;
     }
-    struct tcb *t = tcp_open_active(ctx, lport, j->addr, j->port);
+    struct tcb *t = tcp_open_active(&ctx->tcp, lport, j->addr, j->port);
     if (!t) {
         connect_failed(ctx, s, j, ENOBUFS);
         return;
@@ -53,7 +53,7 @@ static void job_connect(struct mtcp_context *ctx, const struct mtcp_job *j)
     atomic_store_explicit(&t->sock_gen, j->gen, memory_order_relaxed);
     atomic_store_explicit(&t->sockid, j->sockid, memory_order_release);
     atomic_store_explicit(&s->tcb, t, memory_order_release);
-    tcp_connect(ctx, t);
+    tcp_connect(&ctx->tcp, t);
 }
 
 static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int abort)
@@ -68,13 +68,13 @@ static void job_close(struct mtcp_context *ctx, const struct mtcp_job *j, int ab
         if (t)
             atomic_store_explicit(&t->sockid, -1, memory_order_release);
     }
-    tcp_close_tcb(ctx, t, abort);
+    tcp_close_tcb(&ctx->tcp, t, abort);
 }
 
 static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
 {
     rsp_listener_gone(ctx, l);
-    struct mtcp_listener **pp = &ctx->listeners;
+    struct mtcp_listener **pp = &ctx->tcp.listeners;
     for (; *pp; pp = &(*pp)->next) {
         if (*pp == l) {
             *pp = l->next;
@@ -88,15 +88,15 @@ static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
             continue;
         t->app_closed = 1;
         if (t->state != TCP_CLOSED)
-            tcp_send_rst_now(ctx, t);
-        tcp_conn_done(ctx, t, 0);
+            tcp_send_rst_now(&ctx->tcp, t);
+        tcp_conn_done(&ctx->tcp, t, 0);
     }
     /* Handshakes still in progress. */
-    for (uint32_t i = 0; l->pending && i < ctx->tcb_pool.n; i++) {
-        t = mtcp_pool_at(&ctx->tcb_pool, i);
+    for (uint32_t i = 0; l->pending && i < ctx->tcp.tcb_pool.n; i++) {
+        t = mtcp_pool_at(&ctx->tcp.tcb_pool, i);
         if (t->in_use && t->listener == l) {
-            tcp_send_rst_now(ctx, t);
-            tcp_conn_done(ctx, t, 0);
+            tcp_send_rst_now(&ctx->tcp, t);
+            tcp_conn_done(&ctx->tcp, t, 0);
         }
     }
     mtcp_spsc_destroy(&l->acceptq);
@@ -105,13 +105,13 @@ static void listener_free(struct mtcp_context *ctx, struct mtcp_listener *l)
 
 void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
 {
-    STAT_INC(&ctx->stats, jobs);
+    STAT_INC(&ctx->tcp.net.stats, jobs);
     struct tcb *t = j->tcb;
     switch (j->type) {
     case JOB_LISTEN: {
         struct mtcp_listener *l = j->obj;
-        l->next = ctx->listeners;
-        ctx->listeners = l;
+        l->next = ctx->tcp.listeners;
+        ctx->tcp.listeners = l;
         atomic_store_explicit(&l->registered, 1, memory_order_release);
         break;
     }
@@ -131,13 +131,13 @@ void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
     case JOB_SEND:
         atomic_store_explicit(&t->send_job_pending, 0, memory_order_release);
         if (t->in_use)
-            tcp_schedule(ctx, t, TCB_P_DATA);
+            tcp_schedule(&ctx->tcp, t, TCB_P_DATA);
         break;
     case JOB_WINDOW:
-        tcp_window_update(ctx, t);
+        tcp_window_update(&ctx->tcp, t);
         break;
     case JOB_SHUT_WR:
-        tcp_shutdown_wr(ctx, t);
+        tcp_shutdown_wr(&ctx->tcp, t);
         break;
     case JOB_SOCKOPT:
         if (!t->in_use)
@@ -146,7 +146,7 @@ void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         case OPT_NODELAY:
             t->nodelay = (uint8_t)j->value;
             if (t->nodelay)
-                tcp_schedule(ctx, t, TCB_P_DATA); /* push what Nagle held */
+                tcp_schedule(&ctx->tcp, t, TCB_P_DATA); /* push what Nagle held */
             break;
         case OPT_LINGER0:
             t->linger0 = (uint8_t)j->value;
@@ -175,7 +175,7 @@ void ctx_handle_job(struct mtcp_context *ctx, const struct mtcp_job *j)
         default:
             break;
         }
-        tcp_timers_changed(ctx, t);
+        tcp_timers_changed(&ctx->tcp, t);
         break;
     case JOB_CLOSE:
         job_close(ctx, j, 0);

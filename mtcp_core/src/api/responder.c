@@ -147,8 +147,8 @@ static void date_refresh(struct mtcp_responder *R)
 
 static void table_gauges(struct mtcp_context *ctx, struct mtcp_responder *R)
 {
-    STAT_SET(&ctx->stats, rsp_entries, R->entries);
-    STAT_SET(&ctx->stats, rsp_bytes, R->bytes);
+    STAT_SET(&ctx->tcp.net.stats, rsp_entries, R->entries);
+    STAT_SET(&ctx->tcp.net.stats, rsp_bytes, R->bytes);
 }
 
 static struct rsp_entry **table_slot(struct mtcp_responder *R, uint64_t hash, const uint8_t *key,
@@ -186,7 +186,7 @@ static void table_install(struct mtcp_context *ctx, struct mtcp_responder *R, st
     if (*pp)
         table_remove(R, pp);
     if (R->entries >= R->conf.max_entries || R->bytes + e->weight > R->conf.max_bytes) {
-        STAT_INC(&ctx->stats, rsp_install_refused); /* over the core's bound */
+        STAT_INC(&ctx->tcp.net.stats, rsp_install_refused); /* over the core's bound */
         free(e);
         return;
     }
@@ -238,23 +238,25 @@ static void tlist_append(struct mtcp_context *ctx, struct mtcp_responder *R, str
 
 /* ---------------------------------------------------------------- connections */
 
-int rsp_takes(struct mtcp_context *ctx, const struct mtcp_listener *l)
+int tcp_app_takes(struct tcp_layer *tl, const struct mtcp_listener *l)
 {
+    struct mtcp_context *ctx = ctx_of_tcp(tl);
     struct mtcp_responder *R = ctx->rsp;
     return R && R->active && !R->draining && l->port == R->conf.port;
 }
 
-void rsp_adopt(struct mtcp_context *ctx, struct tcb *t, struct mtcp_listener *l)
+void tcp_app_adopt(struct tcp_layer *tl, struct tcb *t, struct mtcp_listener *l)
 {
+    struct mtcp_context *ctx = ctx_of_tcp(tl);
     struct mtcp_responder *R = ctx->rsp;
     t->rsp = 1;
     t->rsp_l = l;
     t->rsp_served = 0;
-    t->rsp_started_ns = ctx->now_ns;
+    t->rsp_started_ns = ctx->tcp.net.now_ns;
     t->rsp_req_started = 0;
     l->rsp_refs++;
     atomic_fetch_add_explicit(&R->conns, 1, memory_order_relaxed);
-    tlist_append(ctx, R, t, 1, ctx->now_ms); /* Python: header timeout from the connect */
+    tlist_append(ctx, R, t, 1, ctx->tcp.net.now_ms); /* Python: header timeout from the connect */
 }
 
 static void detach(struct mtcp_context *ctx, struct tcb *t)
@@ -270,7 +272,7 @@ static void detach(struct mtcp_context *ctx, struct tcb *t)
 static void rsp_close(struct mtcp_context *ctx, struct tcb *t, int abort)
 {
     detach(ctx, t);
-    tcp_close_tcb(ctx, t, abort);
+    tcp_close_tcb(&ctx->tcp, t, abort);
 }
 
 /* The application takes the connection, with every unread byte (accept queue).
@@ -279,18 +281,18 @@ static void handoff(struct mtcp_context *ctx, struct tcb *t, int reason)
 {
     struct mtcp_listener *l = t->rsp_l;
     if (reason)
-        ctx->stats.v[MTCP_STAT_rsp_fb_method + reason - 1]++;
+        ctx->tcp.net.stats.v[MTCP_STAT_rsp_fb_method + reason - 1]++;
     else
-        STAT_INC(&ctx->stats, rsp_misses);
+        STAT_INC(&ctx->tcp.net.stats, rsp_misses);
     detach(ctx, t);
     if (mtcp_spsc_push(&l->acceptq, &t) < 0) {
-        STAT_INC(&ctx->stats, drop_tcp_backlog_full);
-        tcp_close_tcb(ctx, t, 1);
+        STAT_INC(&ctx->tcp.net.stats, drop_tcp_backlog_full);
+        tcp_close_tcb(&ctx->tcp, t, 1);
         return;
     }
     t->acc_queued = 1;
     atomic_fetch_add_explicit(&l->accept_ready, 1, memory_order_release);
-    ctx_listener_event(ctx, l);
+    tcp_app_accept_ready(&ctx->tcp, l);
 }
 
 static size_t key_build(struct mtcp_responder *R, const uint8_t *h, const struct rsp_req *q)
@@ -377,7 +379,7 @@ static void log_push(struct mtcp_context *ctx, struct mtcp_responder *R, struct 
         uint64_t one = 1;
         ssize_t w = write(ctx->app_efd, &one, sizeof(one));
         (void)w;
-        STAT_INC(&ctx->stats, app_signals);
+        STAT_INC(&ctx->tcp.net.stats, app_signals);
     }
 }
 
@@ -390,7 +392,7 @@ static void window_opened(struct mtcp_context *ctx, struct tcb *t)
         return;
     uint32_t opened = t->rcv_nxt + mtcp_bytering_free(&t->rcv) - t->rcv_adv;
     if ((int32_t)opened >= (int32_t)(2u * t->mss) || (int32_t)opened >= (int32_t)(t->rcv.limit / 2))
-        tcp_schedule(ctx, t, TCB_P_ACK);
+        tcp_schedule(&ctx->tcp, t, TCB_P_ACK);
     else
         atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
 }
@@ -424,8 +426,8 @@ static void serve(struct mtcp_context *ctx, struct mtcp_responder *R, struct tcb
             t->rsp_req_started = 1;
             if (t->rsp_served) {
                 /* Python: a later request's clock starts at its first byte */
-                t->rsp_started_ns = ctx->now_ns;
-                tlist_append(ctx, R, t, 1, ctx->now_ms);
+                t->rsp_started_ns = ctx->tcp.net.now_ns;
+                tlist_append(ctx, R, t, 1, ctx->tcp.net.now_ms);
             }
         }
         uint32_t n = avail < RSP_MAX_HEAD ? avail : RSP_MAX_HEAD;
@@ -497,33 +499,33 @@ static void serve(struct mtcp_context *ctx, struct mtcp_responder *R, struct tcb
         /* the request's bytes are consumed */
         atomic_store_explicit(&t->rcv.head, head_idx + q.head_len, memory_order_release);
         window_opened(ctx, t);
-        uint64_t now_ns = ctx->now_ns;
+        uint64_t now_ns = ctx->tcp.net.now_ns;
         uint64_t dur = now_ns > t->rsp_started_ns ? now_ns - t->rsp_started_ns : 0;
         count_hit(R, q.is_head, status, headlen + body, dur);
         if (R->conf.log)
             log_push(ctx, R, t, h, &q, status, body, headlen + body, dur);
-        STAT_INC(&ctx->stats, rsp_hits);
+        STAT_INC(&ctx->tcp.net.stats, rsp_hits);
         t->rsp_served++;
         t->rsp_req_started = 0;
-        tcp_schedule(ctx, t, TCB_P_DATA);
+        tcp_schedule(&ctx->tcp, t, TCB_P_DATA);
         if (said_close) {
             rsp_close(ctx, t, 0); /* FIN after the response */
             return;
         }
-        tlist_append(ctx, R, t, 2, ctx->now_ms); /* keep-alive timeout from the response */
+        tlist_append(ctx, R, t, 2, ctx->tcp.net.now_ms); /* keep-alive timeout from the response */
     }
 }
 
 static void rsp_timers(struct mtcp_context *ctx, struct mtcp_responder *R)
 {
-    while (R->hdr_head && R->hdr_head->rsp_deadline_ms <= ctx->now_ms) {
+    while (R->hdr_head && R->hdr_head->rsp_deadline_ms <= ctx->tcp.net.now_ms) {
         struct tcb *t = R->hdr_head;
         if (mtcp_bytering_used(&t->rcv))
             handoff(ctx, t, RSP_FB_partial); /* the application answers 408 at once */
         else
             rsp_close(ctx, t, 0);
     }
-    while (R->ka_head && R->ka_head->rsp_deadline_ms <= ctx->now_ms) {
+    while (R->ka_head && R->ka_head->rsp_deadline_ms <= ctx->tcp.net.now_ms) {
         struct tcb *t = R->ka_head;
         if (mtcp_bytering_used(&t->rcv))
             handoff(ctx, t, RSP_FB_partial);
@@ -553,12 +555,12 @@ uint64_t rsp_round(struct mtcp_context *ctx)
         serve(ctx, R, t);
     }
     rsp_timers(ctx, R);
-    STAT_SET(&ctx->stats, rsp_conns, atomic_load_explicit(&R->conns, memory_order_relaxed));
+    STAT_SET(&ctx->tcp.net.stats, rsp_conns, atomic_load_explicit(&R->conns, memory_order_relaxed));
     uint64_t next = UINT64_MAX;
     if (R->hdr_head)
-        next = R->hdr_head->rsp_deadline_ms - ctx->now_ms;
-    if (R->ka_head && R->ka_head->rsp_deadline_ms - ctx->now_ms < next)
-        next = R->ka_head->rsp_deadline_ms - ctx->now_ms;
+        next = R->hdr_head->rsp_deadline_ms - ctx->tcp.net.now_ms;
+    if (R->ka_head && R->ka_head->rsp_deadline_ms - ctx->tcp.net.now_ms < next)
+        next = R->ka_head->rsp_deadline_ms - ctx->tcp.net.now_ms;
     return next;
 }
 
@@ -583,7 +585,7 @@ void rsp_listener_gone(struct mtcp_context *ctx, struct mtcp_listener *l)
 static void drain(struct mtcp_context *ctx, struct mtcp_responder *R)
 {
     R->draining = 1;
-    for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
+    for (struct mtcp_listener *l = ctx->tcp.listeners; l; l = l->next)
         if (l->port == R->conf.port)
             l->draining = 1; /* no new connections, as a closed listener */
     for (int which = 0; which < 2; which++) {

@@ -107,7 +107,7 @@ int mtcp_bind(mctx_t ctx, int sockid, uint32_t addr, uint16_t port)
         errno = EINVAL;
         return -1;
     }
-    if (addr != 0 && addr != ctx->ip) {
+    if (addr != 0 && addr != ctx->tcp.net.ip) {
         errno = EADDRNOTAVAIL;
         return -1;
     }
@@ -179,7 +179,7 @@ int mtcp_listen(mctx_t ctx, int sockid, int backlog)
     ctx_push_job(ctx, &j);
     if (ctx->stepped) {
         /* no thread: run the round that would have registered it, at the context's time */
-        ctx_round(ctx, ctx->now_ns);
+        ctx_round(ctx, ctx->tcp.net.now_ns);
         return 0;
     }
     ctx_kick(ctx);

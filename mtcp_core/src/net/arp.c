@@ -2,7 +2,6 @@
  * small per-core cache whose entries expire. */
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "../wire/wire.h"
 #include "net.h"
 
@@ -12,7 +11,7 @@
 
 static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
-static struct arp_entry *arp_find(struct mtcp_context *ctx, uint32_t ip)
+static struct arp_entry *arp_find(struct net_layer *ctx, uint32_t ip)
 {
     for (int i = 0; i < MTCP_ARP_ENTRIES; i++)
         if (ctx->arp[i].state != ARP_FREE && ctx->arp[i].ip == ip)
@@ -21,7 +20,7 @@ static struct arp_entry *arp_find(struct mtcp_context *ctx, uint32_t ip)
 }
 
 /* A free slot, or the one that expires first. */
-static struct arp_entry *arp_slot(struct mtcp_context *ctx)
+static struct arp_entry *arp_slot(struct net_layer *ctx)
 {
     struct arp_entry *victim = &ctx->arp[0];
     for (int i = 0; i < MTCP_ARP_ENTRIES; i++) {
@@ -33,7 +32,7 @@ static struct arp_entry *arp_slot(struct mtcp_context *ctx)
     return victim;
 }
 
-static void arp_send(struct mtcp_context *ctx, uint16_t op, const uint8_t dst_mac[6],
+static void arp_send(struct net_layer *ctx, uint16_t op, const uint8_t dst_mac[6],
                      const uint8_t tha[6], uint32_t tpa)
 {
     uint8_t *f = net_tx_alloc(ctx);
@@ -56,7 +55,7 @@ static void arp_send(struct mtcp_context *ctx, uint16_t op, const uint8_t dst_ma
         STAT_INC(&ctx->stats, arp_replies_tx);
 }
 
-static void arp_learn(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6], int create)
+static void arp_learn(struct net_layer *ctx, uint32_t ip, const uint8_t mac[6], int create)
 {
     struct arp_entry *e = arp_find(ctx, ip);
     if (!e && !create)
@@ -72,7 +71,7 @@ static void arp_learn(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6
         ctx->net_up.arp_resolved(ctx, ip, mac);
 }
 
-void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len)
+void arp_input(struct net_layer *ctx, const uint8_t *p, size_t len)
 {
     struct wire_arp a;
     mtcp_drop_t r = wire_arp_parse(p, len, &a);
@@ -96,7 +95,7 @@ void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len)
         arp_send(ctx, WIRE_ARP_REPLY, a.sha, a.sha, a.spa);
 }
 
-void arp_announce(struct mtcp_context *ctx)
+void arp_announce(struct net_layer *ctx)
 {
     /* RFC 5227 2.3: a request for our own address, broadcast. A neighbour still resolving
      * us (it asked before this stack ran, and would ask again only after its retransmit
@@ -104,7 +103,7 @@ void arp_announce(struct mtcp_context *ctx)
     arp_send(ctx, WIRE_ARP_REQUEST, bcast, (const uint8_t[6]){0}, ctx->ip);
 }
 
-int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6])
+int net_resolve(struct net_layer *ctx, uint32_t dst, uint8_t mac[6])
 {
     if (ctx->dev->has_peer_mac) {
         /* tap: everything goes to the host side, whose MAC we know. */
@@ -135,7 +134,7 @@ int net_resolve(struct mtcp_context *ctx, uint32_t dst, uint8_t mac[6])
     return -1;
 }
 
-uint64_t arp_timer(struct mtcp_context *ctx)
+uint64_t arp_timer(struct net_layer *ctx)
 {
     uint64_t next = UINT64_MAX;
     for (int i = 0; i < MTCP_ARP_ENTRIES; i++) {

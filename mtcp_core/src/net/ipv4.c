@@ -2,40 +2,38 @@
  * (RFC 792), and the round's TX batch. */
 #include <string.h>
 
-#include "../api/ctx.h"
-#include "../tcp/tcp.h"
 #include "../wire/wire.h"
 #include "../wire/bytes.h"
 #include "frag.h"
 #include "net.h"
 
-void arp_input(struct mtcp_context *ctx, const uint8_t *p, size_t len);
-static void ipv4_dispatch(struct mtcp_context *ctx, const struct wire_eth *eth,
+void arp_input(struct net_layer *ctx, const uint8_t *p, size_t len);
+static void ipv4_dispatch(struct net_layer *ctx, const struct wire_eth *eth,
                           const struct wire_ipv4 *ip, unsigned flags);
 
-uint8_t *net_tx_alloc(struct mtcp_context *ctx)
+uint8_t *net_tx_alloc(struct net_layer *ctx)
 {
-    if (ctx->tx_budget <= 0 || (ctx->stack->tx_rate_Bps && ctx->tx_tokens <= 0))
+    if (ctx->tx_budget <= 0 || (ctx->tx_rate_Bps && ctx->tx_tokens <= 0))
         return NULL; /* this round's budget, or the shaped link's bytes, are spent */
     if (ctx->ntx == MTCP_TX_BATCH)
         net_tx_flush(ctx);
     return ctx->txbuf + (size_t)ctx->ntx * MTCP_MAX_FRAME;
 }
 
-void net_tx_commit(struct mtcp_context *ctx, uint32_t len)
+void net_tx_commit(struct net_layer *ctx, uint32_t len)
 {
     ctx->txf[ctx->ntx].data = ctx->txbuf + (size_t)ctx->ntx * MTCP_MAX_FRAME;
     ctx->txf[ctx->ntx].len = len;
     ctx->txf[ctx->ntx].flags = 0;
     ctx->ntx++;
     ctx->tx_budget--;
-    if (ctx->stack->tx_rate_Bps)
+    if (ctx->tx_rate_Bps)
         ctx->tx_tokens -= (int64_t)len + MTCP_WIRE_OVERHEAD;
     STAT_INC(&ctx->stats, tx_packets);
     STAT_ADD(&ctx->stats, tx_bytes, len);
 }
 
-void net_tx_commit_tso(struct mtcp_context *ctx, uint32_t hdr_len, uint16_t l4_off,
+void net_tx_commit_tso(struct net_layer *ctx, uint32_t hdr_len, uint16_t l4_off,
                        uint16_t gso_size, const uint8_t *p0, uint32_t l0, const uint8_t *p1,
                        uint32_t l1)
 {
@@ -49,7 +47,7 @@ void net_tx_commit_tso(struct mtcp_context *ctx, uint32_t hdr_len, uint16_t l4_o
     f->gso_size = gso_size;
     f->l4_off = l4_off;
     STAT_ADD(&ctx->stats, tx_bytes, (uint64_t)l0 + l1);
-    if (ctx->stack->tx_rate_Bps && gso_size) {
+    if (ctx->tx_rate_Bps && gso_size) {
         /* the shaped link carries every wire segment with its own headers */
         uint32_t nsegs = (l0 + l1 + gso_size - 1u) / gso_size;
         ctx->tx_tokens -= (int64_t)l0 + l1 +
@@ -57,7 +55,7 @@ void net_tx_commit_tso(struct mtcp_context *ctx, uint32_t hdr_len, uint16_t l4_o
     }
 }
 
-void net_tx_flush(struct mtcp_context *ctx)
+void net_tx_flush(struct net_layer *ctx)
 {
     if (ctx->ntx == 0)
         return;
@@ -70,7 +68,7 @@ void net_tx_flush(struct mtcp_context *ctx)
     ctx->ntx = 0;
 }
 
-uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_t dst_mac[6],
+uint32_t net_ipv4_headers(struct net_layer *ctx, uint8_t *frame, const uint8_t dst_mac[6],
                           uint32_t dst, uint8_t proto, uint16_t l4_len)
 {
     size_t n = wire_eth_emit(frame, dst_mac, ctx->mac, WIRE_ETHERTYPE_IPV4);
@@ -78,7 +76,7 @@ uint32_t net_ipv4_headers(struct mtcp_context *ctx, uint8_t *frame, const uint8_
     return (uint32_t)n;
 }
 
-static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
+static void icmp_input(struct net_layer *ctx, const struct wire_eth *eth,
                        const struct wire_ipv4 *ip)
 {
     struct wire_icmp ic;
@@ -87,7 +85,7 @@ static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
         STAT_DROP(&ctx->stats, r);
         return;
     }
-    if (ic.type != WIRE_ICMP_ECHO_REQUEST || ctx->stack->shared_addr) {
+    if (ic.type != WIRE_ICMP_ECHO_REQUEST || ctx->shared_addr) {
         STAT_INC(&ctx->stats, drop_icmp_type); /* shared address: the kernel answers pings */
         return;
     }
@@ -105,7 +103,7 @@ static void icmp_input(struct mtcp_context *ctx, const struct wire_eth *eth,
     STAT_INC(&ctx->stats, icmp_echo_replies);
 }
 
-uint64_t net_frag_timer(struct mtcp_context *ctx)
+uint64_t net_frag_timer(struct net_layer *ctx)
 {
     unsigned n = frag_expire(ctx->frag, ctx->now_ms);
     STAT_ADD(&ctx->stats, drop_frag_timeout, n);
@@ -117,7 +115,7 @@ uint64_t net_frag_timer(struct mtcp_context *ctx)
 /* A fragment: into the core's reassembly table; a datagram it completes goes on as if
  * it had come whole (its checksum verified in full: the frame's offload flags were
  * about one fragment). */
-static void ipv4_fragment(struct mtcp_context *ctx, const struct wire_eth *eth, const uint8_t *p,
+static void ipv4_fragment(struct net_layer *ctx, const struct wire_eth *eth, const uint8_t *p,
                           size_t len)
 {
     const uint8_t *dg;
@@ -149,7 +147,7 @@ static void ipv4_fragment(struct mtcp_context *ctx, const struct wire_eth *eth, 
     ipv4_dispatch(ctx, eth, &ip, 0);
 }
 
-static void ipv4_input(struct mtcp_context *ctx, const struct wire_eth *eth, const uint8_t *p,
+static void ipv4_input(struct net_layer *ctx, const struct wire_eth *eth, const uint8_t *p,
                        size_t len, unsigned flags)
 {
     struct wire_ipv4 ip;
@@ -169,7 +167,7 @@ static void ipv4_input(struct mtcp_context *ctx, const struct wire_eth *eth, con
     ipv4_dispatch(ctx, eth, &ip, flags);
 }
 
-static void ipv4_dispatch(struct mtcp_context *ctx, const struct wire_eth *eth,
+static void ipv4_dispatch(struct net_layer *ctx, const struct wire_eth *eth,
                           const struct wire_ipv4 *ipp, unsigned flags)
 {
     struct wire_ipv4 ip = *ipp;
@@ -185,7 +183,7 @@ static void ipv4_dispatch(struct mtcp_context *ctx, const struct wire_eth *eth,
     }
 }
 
-void net_input(struct mtcp_context *ctx, const struct io_frame *f)
+void net_input(struct net_layer *ctx, const struct io_frame *f)
 {
     struct wire_eth eth;
     STAT_INC(&ctx->stats, rx_packets);

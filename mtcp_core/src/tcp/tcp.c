@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "../core/clock.h"
 #include "../net/net.h"
 #include "tcp.h"
@@ -30,7 +29,7 @@ static inline uint32_t flow_hash(uint32_t laddr, uint16_t lport, uint32_t raddr,
     return (uint32_t)k & (MTCP_FLOW_BUCKETS - 1);
 }
 
-struct tcb *flow_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+struct tcb *flow_lookup(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                         uint16_t rport)
 {
     struct tcb *t = ctx->flow[flow_hash(laddr, lport, raddr, rport)];
@@ -40,7 +39,7 @@ struct tcb *flow_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport
     return NULL;
 }
 
-static void flow_insert(struct mtcp_context *ctx, struct tcb *t)
+static void flow_insert(struct tcp_layer *ctx, struct tcb *t)
 {
     struct tcb **b = &ctx->flow[flow_hash(t->laddr, t->lport, t->raddr, t->rport)];
     t->hnext = *b;
@@ -49,7 +48,7 @@ static void flow_insert(struct mtcp_context *ctx, struct tcb *t)
     ctx->flow_count++;
 }
 
-static void flow_remove(struct mtcp_context *ctx, struct tcb *t)
+static void flow_remove(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!t->in_flow)
         return;
@@ -64,7 +63,7 @@ static void flow_remove(struct mtcp_context *ctx, struct tcb *t)
     }
 }
 
-struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, uint16_t port)
+struct mtcp_listener *listener_lookup(struct tcp_layer *ctx, uint32_t laddr, uint16_t port)
 {
     for (struct mtcp_listener *l = ctx->listeners; l; l = l->next)
         if (l->port == port && (l->addr == 0 || l->addr == laddr) && !l->draining)
@@ -74,9 +73,9 @@ struct mtcp_listener *listener_lookup(struct mtcp_context *ctx, uint32_t laddr, 
 
 /* ---------------------------------------------------------------- TCBs */
 
-static void timers_unlink(struct mtcp_context *ctx, struct tcb *t);
+static void timers_unlink(struct tcp_layer *ctx, struct tcb *t);
 
-static int tcb_pools_empty(const struct mtcp_context *ctx)
+static int tcb_pools_empty(const struct tcp_layer *ctx)
 {
     return ctx->tcb_pool.nfree == 0 || ctx->sndbuf_pool.nfree == 0 ||
            ctx->rcvbuf_pool.nfree == 0;
@@ -88,18 +87,18 @@ static int tcb_pools_empty(const struct mtcp_context *ctx)
  * would cap its rate of short connections (4096 per 2 s by default). A delayed duplicate
  * that would have hit the reclaimed TIME-WAIT meets a new ISN and timestamps (RFC 6191). */
 
-static void tcb_reclaim_time_wait(struct mtcp_context *ctx)
+static void tcb_reclaim_time_wait(struct tcp_layer *ctx)
 {
     for (int i = 0; i < TCB_TW_RECLAIM_TRIES && tcb_pools_empty(ctx); i++) {
         struct tcb *tw = ctx->tw_head;
         if (!tw || !tw->app_closed)
             return;
-        STAT_INC(&ctx->stats, time_wait_reclaimed);
+        STAT_INC(&ctx->net.stats, time_wait_reclaimed);
         tcp_conn_done(ctx, tw, 0);
     }
 }
 
-struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+struct tcb *tcb_alloc(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                       uint16_t rport)
 {
     if (tcb_pools_empty(ctx))
@@ -107,7 +106,7 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
     tcp_evict_idle(ctx, 1); /* near full: idle connections make room (nginx) */
     uint32_t snd_cap, rcv_cap;
     if (tcb_pools_empty(ctx) || tcp_mem_caps(ctx, &snd_cap, &rcv_cap) < 0) {
-        STAT_INC(&ctx->stats, drop_tcp_no_memory);
+        STAT_INC(&ctx->net.stats, drop_tcp_no_memory);
         return NULL;
     }
     struct tcb *t = mtcp_pool_get(&ctx->tcb_pool);
@@ -129,9 +128,9 @@ struct tcb *tcb_alloc(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, 
     t->mss = MTCP_PEER_DEFAULT_MSS;
     t->rto_ms = TCP_RTO_INIT_MS;
     t->ssthresh = UINT32_MAX;
-    t->cc_algo = (uint8_t)ctx->stack->cc_algo;
+    t->cc_algo = (uint8_t)ctx->conf.cc_algo;
     t->rack_reo_mult = 1;
-    t->last_rx_ms = ctx->now_ms;
+    t->last_rx_ms = ctx->net.now_ms;
     t->ka_idle_ms = MTCP_KEEPIDLE_MS;
     t->ka_intvl_ms = MTCP_KEEPINTVL_MS;
     t->ka_cnt = MTCP_KEEPCNT;
@@ -155,7 +154,7 @@ void tcb_limit_buffers(struct tcb *t, uint32_t rcvbuf, uint32_t sndbuf)
     t->rcv_space = t->rcv.limit < TCP_RCV_SPACE_INIT ? t->rcv.limit : TCP_RCV_SPACE_INIT;
 }
 
-void tcb_free(struct mtcp_context *ctx, struct tcb *t)
+void tcb_free(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!t->in_use)
         return;
@@ -177,7 +176,7 @@ void tcb_free(struct mtcp_context *ctx, struct tcb *t)
     mtcp_pool_put(&ctx->tcb_pool, t);
 }
 
-void tcb_unlisted(struct mtcp_context *ctx, struct tcb *t)
+void tcb_unlisted(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->zombie && !t->lists && !t->ev_pending) {
         t->zombie = 0;
@@ -187,10 +186,10 @@ void tcb_unlisted(struct mtcp_context *ctx, struct tcb *t)
 
 /* ---------------------------------------------------------------- state */
 
-void tcp_set_state(struct mtcp_context *ctx, struct tcb *t, enum tcp_state s)
+void tcp_set_state(struct tcp_layer *ctx, struct tcb *t, enum tcp_state s)
 {
-    if (ctx->trace)
-        fprintf(stderr, "mtcp[%u] %u.%u.%u.%u:%u <-> %u.%u.%u.%u:%u %s -> %s\n", ctx->core,
+    if (ctx->net.trace)
+        fprintf(stderr, "mtcp[%u] %u.%u.%u.%u:%u <-> %u.%u.%u.%u:%u %s -> %s\n", ctx->net.core,
                 t->laddr >> 24, (t->laddr >> 16) & 255, (t->laddr >> 8) & 255, t->laddr & 255,
                 t->lport, t->raddr >> 24, (t->raddr >> 16) & 255, (t->raddr >> 8) & 255,
                 t->raddr & 255, t->rport, state_names[t->state], state_names[s]);
@@ -227,14 +226,14 @@ static uint64_t siphash_2_4(const uint64_t key[2], uint64_t m0, uint64_t m1)
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
-uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+uint32_t tcp_isn(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                  uint16_t rport)
 {
-    if (ctx->stack->conf.fixed_isn)
-        return ctx->stack->conf.fixed_isn;
-    uint64_t f = siphash_2_4(ctx->stack->isn_key, (uint64_t)laddr << 32 | raddr,
+    if (ctx->conf.fixed_isn)
+        return ctx->conf.fixed_isn;
+    uint64_t f = siphash_2_4(ctx->conf.isn_key, (uint64_t)laddr << 32 | raddr,
                              (uint64_t)lport << 16 | rport);
-    uint64_t m = ctx->now_ns / 4000; /* 4 us ticks of the round's clock */
+    uint64_t m = ctx->net.now_ns / 4000; /* 4 us ticks of the round's clock */
     return (uint32_t)(m + f);
 }
 
@@ -244,9 +243,9 @@ uint32_t tcp_isn(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint3
  * an earlier connection of the same 4-tuple in TIME-WAIT accepts a new SYN by its newer
  * timestamp (RFC 6191); an offset that changed with each connection would make about half
  * of the reused 4-tuples look older and be refused. */
-uint32_t tcp_ts_offset(struct mtcp_context *ctx, uint32_t laddr, uint32_t raddr)
+uint32_t tcp_ts_offset(struct tcp_layer *ctx, uint32_t laddr, uint32_t raddr)
 {
-    uint64_t k[2] = {ctx->stack->isn_key[0] ^ 0x74736f6666736574ull, ctx->stack->isn_key[1]};
+    uint64_t k[2] = {ctx->conf.isn_key[0] ^ 0x74736f6666736574ull, ctx->conf.isn_key[1]};
     return (uint32_t)siphash_2_4(k, (uint64_t)laddr << 32 | raddr, 0);
 }
 
@@ -256,7 +255,7 @@ uint32_t tcp_ts_offset(struct mtcp_context *ctx, uint32_t laddr, uint32_t raddr)
  * one fixed delay, so appending keeps a list in expiry order and a scan stops at
  * the first entry not yet due. Doubly linked so that an entry leaves in O(1). */
 #define DEFINE_FIFO(name, head, tail, next, prev, flag)                                          \
-    static void name##_unlink(struct mtcp_context *ctx, struct tcb *t)                         \
+    static void name##_unlink(struct tcp_layer *ctx, struct tcb *t)                         \
     {                                                                                           \
         if (!t->flag)                                                                           \
             return;                                                                             \
@@ -271,7 +270,7 @@ uint32_t tcp_ts_offset(struct mtcp_context *ctx, uint32_t laddr, uint32_t raddr)
         t->next = t->prev = NULL;                                                               \
         t->flag = 0;                                                                            \
     }                                                                                           \
-    static void name##_append(struct mtcp_context *ctx, struct tcb *t)                         \
+    static void name##_append(struct tcp_layer *ctx, struct tcb *t)                         \
     {                                                                                           \
         name##_unlink(ctx, t);                                                                  \
         t->prev = ctx->tail;                                                                    \
@@ -287,7 +286,7 @@ DEFINE_FIFO(tw, tw_head, tw_tail, tw_next, tw_prev, on_tw)
 DEFINE_FIFO(da, da_head, da_tail, da_next, da_prev, on_da)
 DEFINE_FIFO(idle, idle_head, idle_tail, idle_next, idle_prev, on_idle)
 
-static void timers_unlink(struct mtcp_context *ctx, struct tcb *t)
+static void timers_unlink(struct tcp_layer *ctx, struct tcb *t)
 {
     tcp_rto_disarm(ctx, t);
     tw_unlink(ctx, t);
@@ -295,22 +294,22 @@ static void timers_unlink(struct mtcp_context *ctx, struct tcb *t)
     idle_unlink(ctx, t);
 }
 
-void tcp_delack_arm(struct mtcp_context *ctx, struct tcb *t)
+void tcp_delack_arm(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->on_da)
         return; /* the first unacknowledged segment set the deadline */
-    t->da_expire_ms = ctx->now_ms + MTCP_DELACK_MS;
+    t->da_expire_ms = ctx->net.now_ms + MTCP_DELACK_MS;
     da_append(ctx, t);
 }
 
-void tcp_delack_cancel(struct mtcp_context *ctx, struct tcb *t)
+void tcp_delack_cancel(struct tcp_layer *ctx, struct tcb *t)
 {
     da_unlink(ctx, t);
 }
 
-void tcp_idle_touch(struct mtcp_context *ctx, struct tcb *t)
+void tcp_idle_touch(struct tcp_layer *ctx, struct tcb *t)
 {
-    t->last_rx_ms = ctx->now_ms;
+    t->last_rx_ms = ctx->net.now_ms;
     t->probes = 0; /* anything from the peer answers our probes */
     if (t->state == TCP_TIME_WAIT || t->state == TCP_CLOSED)
         return;
@@ -320,7 +319,7 @@ void tcp_idle_touch(struct mtcp_context *ctx, struct tcb *t)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
+void tcp_conn_done(struct tcp_layer *ctx, struct tcb *t, int err)
 {
     timers_unlink(ctx, t);
     t->pend &= (uint8_t)~(TCB_P_DATA | TCB_P_ACK | TCB_P_FIN | TCB_P_SYN);
@@ -345,13 +344,13 @@ void tcp_conn_done(struct mtcp_context *ctx, struct tcb *t, int err)
         tcb_free(ctx, t);
         return;
     }
-    STAT_INC(&ctx->stats, conn_closed);
+    STAT_INC(&ctx->net.stats, conn_closed);
     /* The app still holds it (or will accept it): it frees it with JOB_CLOSE. */
-    ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLOUT | MTCP_EPOLLHUP | MTCP_EPOLLRDHUP |
+    tcp_app_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLOUT | MTCP_EPOLLHUP | MTCP_EPOLLRDHUP |
                               (err ? MTCP_EPOLLERR : 0));
 }
 
-void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
+void tcp_enter_time_wait(struct tcp_layer *ctx, struct tcb *t)
 {
     tcp_rto_disarm(ctx, t);
     da_unlink(ctx, t);
@@ -362,17 +361,17 @@ void tcp_enter_time_wait(struct mtcp_context *ctx, struct tcb *t)
     if (t->app_closed)
         tcp_mem_uncharge(ctx, t); /* all it sent is acknowledged, nobody reads any more */
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
-    t->tw_expire_ms = ctx->now_ms + ctx->stack->time_wait_ms;
+    t->tw_expire_ms = ctx->net.now_ms + ctx->conf.time_wait_ms;
     tw_append(ctx, t); /* a restarted 2MSL moves the entry to the tail */
     if (!t->app_closed)
-        ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP | MTCP_EPOLLHUP);
+        tcp_app_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP | MTCP_EPOLLHUP);
 }
 
 /* ---------------------------------------------------------------- timing wheel */
 
 /* One wheel entry per TCB with millisecond slots (the paper's fine-grained timer),
  * used for the RTO, the persist timer and keepalive (timer_kind). */
-void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t)
+void tcp_rto_disarm(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!t->rto_armed)
         return;
@@ -386,13 +385,13 @@ void tcp_rto_disarm(struct mtcp_context *ctx, struct tcb *t)
     ctx->wheel_count--;
 }
 
-static void wheel_arm(struct mtcp_context *ctx, struct tcb *t, uint8_t kind, uint64_t delay_ms)
+static void wheel_arm(struct tcp_layer *ctx, struct tcb *t, uint8_t kind, uint64_t delay_ms)
 {
     tcp_rto_disarm(ctx, t);
     if (delay_ms < 1)
         delay_ms = 1;
     t->timer_kind = kind;
-    t->rto_expire_ms = ctx->now_ms + delay_ms;
+    t->rto_expire_ms = ctx->net.now_ms + delay_ms;
     struct tcb **slot = &ctx->wheel[t->rto_expire_ms % MTCP_WHEEL_SLOTS];
     t->rto_prev = NULL;
     t->rto_next = *slot;
@@ -415,7 +414,7 @@ static int rexmit_timer(const struct tcb *t)
                             t->timer_kind == TCP_TIMER_REO);
 }
 
-void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
+void tcp_rto_arm(struct tcp_layer *ctx, struct tcb *t)
 {
     /* a tail loss probe comes first once per episode (RFC 8985 7.2): it turns a
      * silent tail loss into SACK information instead of a timeout; never later than
@@ -429,22 +428,22 @@ void tcp_rto_arm(struct mtcp_context *ctx, struct tcb *t)
     }
 }
 
-void tcp_reo_arm(struct mtcp_context *ctx, struct tcb *t, uint64_t delay_ms)
+void tcp_reo_arm(struct tcp_layer *ctx, struct tcb *t, uint64_t delay_ms)
 {
     /* the RTO must not come later than it would have: keep the earlier of the two */
     if (t->rto_armed && t->timer_kind == TCP_TIMER_RTO &&
-        t->rto_expire_ms <= ctx->now_ms + delay_ms)
+        t->rto_expire_ms <= ctx->net.now_ms + delay_ms)
         return;
     wheel_arm(ctx, t, TCP_TIMER_REO, delay_ms);
 }
 
-void tcp_rto_ensure(struct mtcp_context *ctx, struct tcb *t)
+void tcp_rto_ensure(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!rexmit_timer(t))
         tcp_rto_arm(ctx, t);
 }
 
-void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t)
+void tcp_idle_timer(struct tcp_layer *ctx, struct tcb *t)
 {
     if (rexmit_timer(t))
         return;
@@ -456,7 +455,7 @@ void tcp_idle_timer(struct mtcp_context *ctx, struct tcb *t)
     } else if (sync && t->keepalive) {
         if (!t->rto_armed || t->timer_kind != TCP_TIMER_KEEPALIVE) {
             uint64_t due = t->last_rx_ms + t->ka_idle_ms;
-            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due > ctx->now_ms ? due - ctx->now_ms : 1);
+            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due > ctx->net.now_ms ? due - ctx->net.now_ms : 1);
         }
     } else {
         tcp_rto_disarm(ctx, t);
@@ -491,9 +490,9 @@ void tcp_rtt_sample_us(struct tcb *t, uint32_t r)
 }
 
 /* The connection has to be given up: RST (when synchronized) and ETIMEDOUT. */
-static void give_up(struct mtcp_context *ctx, struct tcb *t)
+static void give_up(struct tcp_layer *ctx, struct tcb *t)
 {
-    STAT_INC(&ctx->stats, conn_timeouts);
+    STAT_INC(&ctx->net.stats, conn_timeouts);
     if (t->state != TCP_SYN_RECEIVED && t->state != TCP_SYN_SENT)
         tcp_send_rst_now(ctx, t);
     tcp_conn_done(ctx, t, ETIMEDOUT);
@@ -506,19 +505,19 @@ static void give_up(struct mtcp_context *ctx, struct tcb *t)
  * orphan_retries retransmissions or probes (tcp_orphan_retries); and, unlike Linux, a
  * window kept at zero for the idle timeout ends too: probes answered with a zero window
  * are no sign of an application that will ever read. */
-static int stuck_give_up(struct mtcp_context *ctx, struct tcb *t)
+static int stuck_give_up(struct tcp_layer *ctx, struct tcb *t)
 {
-    uint64_t now = ctx->now_ms;
+    uint64_t now = ctx->net.now_ms;
     if (t->timer_kind == TCP_TIMER_PERSIST) {
         if (t->rto_backoff == 0 || !t->persist_since_ms)
             t->persist_since_ms = now; /* the window closed again: a new episode */
         uint64_t stuck = now - t->persist_since_ms;
         if (t->user_timeout_ms && stuck >= t->user_timeout_ms) {
-            STAT_INC(&ctx->stats, user_timeouts);
-        } else if (t->app_closed && t->rto_backoff >= ctx->stack->orphan_retries) {
-            STAT_INC(&ctx->stats, orphan_aborts);
-        } else if (stuck >= ctx->stack->idle_timeout_ms) {
-            STAT_INC(&ctx->stats, zero_window_aborts);
+            STAT_INC(&ctx->net.stats, user_timeouts);
+        } else if (t->app_closed && t->rto_backoff >= ctx->conf.orphan_retries) {
+            STAT_INC(&ctx->net.stats, orphan_aborts);
+        } else if (stuck >= ctx->conf.idle_timeout_ms) {
+            STAT_INC(&ctx->net.stats, zero_window_aborts);
         } else {
             return 0;
         }
@@ -527,9 +526,9 @@ static int stuck_give_up(struct mtcp_context *ctx, struct tcb *t)
         if (t->rto_backoff == 0)
             t->rexmit_since_ms = now > t->rto_ms ? now - t->rto_ms : 0; /* sent at */
         if (t->user_timeout_ms && now - t->rexmit_since_ms >= t->user_timeout_ms) {
-            STAT_INC(&ctx->stats, user_timeouts);
-        } else if (t->app_closed && t->rto_backoff >= ctx->stack->orphan_retries) {
-            STAT_INC(&ctx->stats, orphan_aborts);
+            STAT_INC(&ctx->net.stats, user_timeouts);
+        } else if (t->app_closed && t->rto_backoff >= ctx->conf.orphan_retries) {
+            STAT_INC(&ctx->net.stats, orphan_aborts);
         } else {
             return 0;
         }
@@ -542,10 +541,10 @@ static int stuck_give_up(struct mtcp_context *ctx, struct tcb *t)
 
 /* The next zero-window probe, no later than the bound that ends the episode (Linux clamps
  * it to the user timeout the same way), so that the bound is kept to the millisecond. */
-static uint64_t persist_delay(const struct mtcp_context *ctx, const struct tcb *t)
+static uint64_t persist_delay(const struct tcp_layer *ctx, const struct tcb *t)
 {
-    uint64_t d = backed_off(t), now = ctx->now_ms;
-    uint64_t end = t->persist_since_ms + ctx->stack->idle_timeout_ms;
+    uint64_t d = backed_off(t), now = ctx->net.now_ms;
+    uint64_t end = t->persist_since_ms + ctx->conf.idle_timeout_ms;
     if (t->user_timeout_ms && t->persist_since_ms + t->user_timeout_ms < end)
         end = t->persist_since_ms + t->user_timeout_ms;
     if (end > now && end - now < d)
@@ -553,7 +552,7 @@ static uint64_t persist_delay(const struct mtcp_context *ctx, const struct tcb *
     return d;
 }
 
-static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
+static void timer_expired(struct tcp_layer *ctx, struct tcb *t)
 {
     if (stuck_give_up(ctx, t))
         return;
@@ -566,7 +565,7 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
             return;
         }
         tcp_send_probe(ctx, t);
-        STAT_INC(&ctx->stats, zero_window_probes);
+        STAT_INC(&ctx->net.stats, zero_window_probes);
         t->probes++;
         if (t->rto_backoff < 16)
             t->rto_backoff++;
@@ -575,8 +574,8 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
     case TCP_TIMER_KEEPALIVE: {
         /* RFC 1122 4.2.3.6 */
         uint64_t due = t->last_rx_ms + t->ka_idle_ms;
-        if (t->probes == 0 && due > ctx->now_ms) {
-            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due - ctx->now_ms);
+        if (t->probes == 0 && due > ctx->net.now_ms) {
+            wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, due - ctx->net.now_ms);
             return;
         }
         if (t->probes >= t->ka_cnt) {
@@ -584,7 +583,7 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
             return;
         }
         tcp_send_probe(ctx, t);
-        STAT_INC(&ctx->stats, keepalive_probes);
+        STAT_INC(&ctx->net.stats, keepalive_probes);
         t->probes++;
         wheel_arm(ctx, t, TCP_TIMER_KEEPALIVE, t->ka_intvl_ms);
         return;
@@ -604,29 +603,29 @@ static void timer_expired(struct mtcp_context *ctx, struct tcb *t)
         give_up(ctx, t); /* RFC 9293 3.8.3 */
         return;
     }
-    STAT_INC(&ctx->stats, rto_timeouts);
+    STAT_INC(&ctx->net.stats, rto_timeouts);
     t->rto_backoff++;
     tcp_retransmit(ctx, t);
 }
 
 /* ---------------------------------------------------------------- timers */
 
-uint64_t tcp_timers(struct mtcp_context *ctx)
+uint64_t tcp_timers(struct tcp_layer *ctx)
 {
-    uint64_t now = ctx->now_ms;
+    uint64_t now = ctx->net.now_ms;
     while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now)
         tcp_conn_done(ctx, ctx->tw_head, 0);
     while (ctx->da_head && ctx->da_head->da_expire_ms <= now) {
         struct tcb *t = ctx->da_head;
         da_unlink(ctx, t);
-        STAT_INC(&ctx->stats, delayed_acks);
+        STAT_INC(&ctx->net.stats, delayed_acks);
         tcp_schedule(ctx, t, TCB_P_ACK);
     }
-    uint64_t idle = ctx->stack->idle_timeout_ms;
+    uint64_t idle = ctx->conf.idle_timeout_ms;
     while (ctx->idle_head && ctx->idle_head->last_rx_ms + idle <= now) {
         struct tcb *t = ctx->idle_head;
         idle_unlink(ctx, t);
-        STAT_INC(&ctx->stats, idle_timeouts);
+        STAT_INC(&ctx->net.stats, idle_timeouts);
         if (t->state != TCP_SYN_SENT && t->state != TCP_SYN_RECEIVED)
             tcp_send_rst_now(ctx, t);
         tcp_conn_done(ctx, t, ETIMEDOUT);
@@ -672,18 +671,18 @@ uint64_t tcp_timers(struct mtcp_context *ctx)
 
 /* ---------------------------------------------------------------- RFC 5961 7 */
 
-void tcp_challenge_ack(struct mtcp_context *ctx, struct tcb *t)
+void tcp_challenge_ack(struct tcp_layer *ctx, struct tcb *t)
 {
-    if (ctx->now_ms - ctx->cack_window_ms >= 1000) {
-        ctx->cack_window_ms = ctx->now_ms;
+    if (ctx->net.now_ms - ctx->cack_window_ms >= 1000) {
+        ctx->cack_window_ms = ctx->net.now_ms;
         ctx->cack_count = 0;
     }
-    if (ctx->cack_count >= ctx->stack->challenge_ack_limit) {
-        STAT_INC(&ctx->stats, challenge_acks_suppressed);
+    if (ctx->cack_count >= ctx->conf.challenge_ack_limit) {
+        STAT_INC(&ctx->net.stats, challenge_acks_suppressed);
         return;
     }
     ctx->cack_count++;
-    STAT_INC(&ctx->stats, challenge_acks);
+    STAT_INC(&ctx->net.stats, challenge_acks);
     tcp_send_ack_now(ctx, t);
 }
 
@@ -694,31 +693,31 @@ void tcp_challenge_ack(struct mtcp_context *ctx, struct tcb *t)
  * counter value (64..128 s). */
 static const uint16_t cookie_mss[8] = {216, 536, 1024, 1200, 1360, 1400, 1440, 1460};
 
-static uint32_t cookie_hash(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
+static uint32_t cookie_hash(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport,
                             uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t tick)
 {
-    uint64_t k[2] = {ctx->stack->isn_key[1], ctx->stack->isn_key[0] ^ 0x636f6f6b6965ull};
+    uint64_t k[2] = {ctx->conf.isn_key[1], ctx->conf.isn_key[0] ^ 0x636f6f6b6965ull};
     return (uint32_t)siphash_2_4(k, (uint64_t)laddr << 32 | raddr,
                                  (uint64_t)client_isn << 32 | (uint64_t)lport << 16 | rport) ^
            tick * 0x9e3779b1u;
 }
 
-uint32_t tcp_cookie_make(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+uint32_t tcp_cookie_make(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
                          uint16_t rport, uint32_t client_isn, uint16_t mss)
 {
     uint32_t idx = 0;
     for (uint32_t i = 0; i < 8; i++)
         if (cookie_mss[i] <= mss)
             idx = i;
-    uint32_t tick = (uint32_t)(ctx->now_ms / COOKIE_TICK_MS) & 31u;
+    uint32_t tick = (uint32_t)(ctx->net.now_ms / COOKIE_TICK_MS) & 31u;
     uint32_t h = cookie_hash(ctx, laddr, lport, raddr, rport, client_isn, tick) & 0xffffffu;
     return tick << 27 | idx << 24 | h;
 }
 
-uint16_t tcp_cookie_check(struct mtcp_context *ctx, uint32_t laddr, uint16_t lport,
+uint16_t tcp_cookie_check(struct tcp_layer *ctx, uint32_t laddr, uint16_t lport,
                           uint32_t raddr, uint16_t rport, uint32_t client_isn, uint32_t cookie)
 {
-    uint32_t now_tick = (uint32_t)(ctx->now_ms / COOKIE_TICK_MS) & 31u;
+    uint32_t now_tick = (uint32_t)(ctx->net.now_ms / COOKIE_TICK_MS) & 31u;
     uint32_t tick = cookie >> 27;
     if (((now_tick - tick) & 31u) > 1)
         return 0;
@@ -730,8 +729,9 @@ uint16_t tcp_cookie_check(struct mtcp_context *ctx, uint32_t laddr, uint16_t lpo
 
 /* ---------------------------------------------------------------- ARP */
 
-void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6])
+void tcp_arp_resolved(struct net_layer *n, uint32_t ip, const uint8_t mac[6])
 {
+    struct tcp_layer *ctx = tcp_of_net(n);
     (void)ip;
     (void)mac;
     /* SYNs held for this next hop go out now; tcp_output looks the MAC up again. */
@@ -742,14 +742,15 @@ void tcp_arp_resolved(struct mtcp_context *ctx, uint32_t ip, const uint8_t mac[6
     }
 }
 
-void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip)
+void tcp_arp_failed(struct net_layer *n, uint32_t ip)
 {
+    struct tcp_layer *ctx = tcp_of_net(n);
     (void)ip;
     for (uint32_t i = 0; i < ctx->tcb_pool.n; i++) {
         struct tcb *t = mtcp_pool_at(&ctx->tcb_pool, i);
         if (t->in_use && t->arp_wait) {
             uint8_t mac[6];
-            if (net_resolve(ctx, t->raddr, mac) == 0)
+            if (net_resolve(&ctx->net, t->raddr, mac) == 0)
                 continue;
             t->arp_wait = 0;
             tcp_conn_done(ctx, t, EHOSTUNREACH);
@@ -757,7 +758,7 @@ void tcp_arp_failed(struct mtcp_context *ctx, uint32_t ip)
     }
 }
 
-void tcp_abort_all(struct mtcp_context *ctx)
+void tcp_abort_all(struct tcp_layer *ctx)
 {
     for (uint32_t i = 0; i < ctx->tcb_pool.n; i++) {
         struct tcb *t = mtcp_pool_at(&ctx->tcb_pool, i);
@@ -765,5 +766,5 @@ void tcp_abort_all(struct mtcp_context *ctx)
             t->state != TCP_LISTEN && t->state != TCP_SYN_SENT)
             tcp_send_rst_now(ctx, t);
     }
-    net_tx_flush(ctx);
+    net_tx_flush(&ctx->net);
 }

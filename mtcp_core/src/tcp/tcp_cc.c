@@ -3,7 +3,6 @@
  * Windows are in bytes; times in microseconds. Loss recovery itself (RACK-TLP, PRR) is
  * in tcp_sb.c: it asks this module for the window after a congestion event and lets it
  * grow the window on ACKs outside recovery. */
-#include "../api/ctx.h"
 #include "tcp.h"
 
 #define CUBIC_C 0.4      /* RFC 9438 4.1 */
@@ -79,7 +78,7 @@ void tcp_cc_init(struct tcb *t)
 
 /* RFC 9406 4.2: the slow start increment for `acked` bytes: all of it in slow start,
  * a quarter in conservative slow start; leaves slow start after CSS_ROUNDS rounds of CSS. */
-static uint32_t hystart(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
+static uint32_t hystart(struct tcp_layer *ctx, struct tcb *t, uint32_t acked)
 {
     if (t->hs_done)
         return acked;
@@ -92,7 +91,7 @@ static uint32_t hystart(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
         if (t->hs_css_rounds && ++t->hs_css_rounds > HS_CSS_ROUNDS) {
             t->ssthresh = t->cwnd; /* into congestion avoidance */
             t->hs_done = 1;
-            STAT_INC(&ctx->stats, hystart_exits);
+            STAT_INC(&ctx->net.stats, hystart_exits);
             return 0;
         }
     }
@@ -113,7 +112,7 @@ static uint32_t hystart(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
             if (t->hs_cur_min_us >= t->hs_last_min_us + th) {
                 t->hs_css_base_us = t->hs_cur_min_us; /* the RTT rose: CSS */
                 t->hs_css_rounds = 1;
-                STAT_INC(&ctx->stats, hystart_css);
+                STAT_INC(&ctx->net.stats, hystart_css);
             }
         } else if (t->hs_cur_min_us < t->hs_css_base_us) {
             t->hs_css_rounds = 0; /* a false alarm: back to slow start */
@@ -123,9 +122,9 @@ static uint32_t hystart(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
 }
 
 /* RFC 9438 4.2-4.4: one ACK of `acked` bytes in congestion avoidance. */
-static void cubic_ca(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
+static void cubic_ca(struct tcp_layer *ctx, struct tcb *t, uint32_t acked)
 {
-    uint32_t now = (uint32_t)ctx->now_us;
+    uint32_t now = (uint32_t)ctx->net.now_us;
     double mss = t->mss;
     double cwnd = t->cwnd;
     if (!t->cub_epoch_ok) {
@@ -169,7 +168,7 @@ static void cubic_ca(struct mtcp_context *ctx, struct tcb *t, uint32_t acked)
 /* ACK of `acked` new bytes outside recovery; flight: what was outstanding before it.
  * Slow start adds every acknowledged byte (RFC 3465 without its L limit, as Linux, for
  * the stretch ACKs of GRO receivers) up to ssthresh; then congestion avoidance. */
-void tcp_cc_on_ack(struct mtcp_context *ctx, struct tcb *t, uint32_t acked, uint32_t flight)
+void tcp_cc_on_ack(struct tcp_layer *ctx, struct tcb *t, uint32_t acked, uint32_t flight)
 {
     /* only while cwnd is what limits the sender (RFC 7661 4), decided when sending as
      * Linux's tcp_is_cwnd_limited: in slow start, at least half of cwnd was in flight in

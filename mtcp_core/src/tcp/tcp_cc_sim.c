@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "tcp.h"
 
 int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
@@ -18,7 +17,7 @@ int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
         errno = EINVAL;
         return -1;
     }
-    struct mtcp_context *ctx = calloc(1, sizeof(*ctx));
+    struct tcp_layer *ctx = calloc(1, sizeof(*ctx));
     struct tcb *t = calloc(1, sizeof(*t));
     if (!ctx || !t) {
         free(ctx);
@@ -31,8 +30,8 @@ int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
     t->cwnd = init_cwnd_segs * mss;
     t->ssthresh = UINT32_MAX;
     t->snd_una = t->snd_max = 1000;
-    ctx->now_us = 1000000;
-    ctx->now_ms = ctx->now_us / 1000;
+    ctx->net.now_us = 1000000;
+    ctx->net.now_ms = ctx->net.now_us / 1000;
     tcp_cc_init(t);
     t->snd_max = t->snd_una + t->cwnd;
     for (int r = 0; r < rounds; r++) {
@@ -47,8 +46,8 @@ int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
          * sender keeps cwnd in flight (it always has data) */
         uint32_t n = t->cwnd / mss ? t->cwnd / mss : 1;
         for (uint32_t j = 0; j < n; j++) {
-            ctx->now_us += rtt / n;
-            ctx->now_ms = ctx->now_us / 1000;
+            ctx->net.now_us += rtt / n;
+            ctx->net.now_ms = ctx->net.now_us / 1000;
             uint32_t flight = t->snd_max - t->snd_una;
             t->last_rtt_us = rtt;
             t->max_flight = flight; /* the sender keeps cwnd in flight: cwnd-limited */
@@ -63,10 +62,10 @@ int mtcp_cc_simulate(const char *algo, uint32_t mss, uint32_t init_cwnd_segs,
         if (ssthresh_out)
             ssthresh_out[r] = t->ssthresh;
         if (time_us_out)
-            time_us_out[r] = ctx->now_us - 1000000u;
+            time_us_out[r] = ctx->net.now_us - 1000000u;
     }
     if (hystart_exits)
-        *hystart_exits = ctx->stats.v[MTCP_STAT_hystart_exits];
+        *hystart_exits = ctx->net.stats.v[MTCP_STAT_hystart_exits];
     free(t);
     free(ctx);
     return rounds;

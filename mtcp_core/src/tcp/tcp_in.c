@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "../net/net.h"
 #include "tcp.h"
 
@@ -22,7 +21,7 @@ static uint16_t clamp_mss(const struct wire_tcp *seg)
 
 /* Options of a SYN: MSS, window scale (RFC 7323 2.2: only when both sides send
  * it), timestamps (RFC 7323 3.2), SACK-permitted (RFC 2018 2). */
-static void syn_options(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg)
+static void syn_options(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
 {
     t->mss = clamp_mss(seg);
     if (seg->opt.has_wscale) {
@@ -41,18 +40,18 @@ static void syn_options(struct mtcp_context *ctx, struct tcb *t, const struct wi
     if (seg->opt.has_ts) {
         t->ts_ok = 1;
         t->ts_recent = seg->opt.ts_val;
-        t->ts_recent_ms = ctx->now_ms;
+        t->ts_recent_ms = ctx->net.now_ms;
     } else {
         t->ts_ok = 0;
     }
-    t->sack_ok = seg->opt.sack_ok && ctx->stack->sack;
+    t->sack_ok = seg->opt.sack_ok && ctx->conf.sack;
     t->cwnd = (uint32_t)TCP_INIT_CWND_SEGS * t->mss;
     tcp_cc_init(t);
     t->quickacks = TCP_QUICKACKS; /* slow start: every ACK grows the sender's window */
 }
 
 /* State of a passive open common to the SYN and the SYN-cookie paths. */
-static struct tcb *passive_tcb(struct mtcp_context *ctx, struct mtcp_listener *l,
+static struct tcb *passive_tcb(struct tcp_layer *ctx, struct mtcp_listener *l,
                                const uint8_t mac[6], const struct wire_ipv4 *ip,
                                const struct wire_tcp *seg, uint32_t iss, uint32_t irs)
 {
@@ -77,13 +76,13 @@ static struct tcb *passive_tcb(struct mtcp_context *ctx, struct mtcp_listener *l
     return t;
 }
 
-static struct tcb *passive_open(struct mtcp_context *ctx, struct mtcp_listener *l,
+static struct tcb *passive_open(struct tcp_layer *ctx, struct mtcp_listener *l,
                                 const uint8_t mac[6], const struct wire_ipv4 *ip,
                                 const struct wire_tcp *seg)
 {
     if (atomic_load_explicit(&l->accept_ready, memory_order_acquire) >= l->backlog) {
         /* nobody accepts: drop, the peer retries (as Linux does) */
-        STAT_INC(&ctx->stats, drop_tcp_backlog_full);
+        STAT_INC(&ctx->net.stats, drop_tcp_backlog_full);
         return NULL;
     }
     if (!tcp_source_allowed(ctx, ip->src)) {
@@ -118,18 +117,18 @@ static struct tcb *passive_open(struct mtcp_context *ctx, struct mtcp_listener *
 }
 
 /* The ACK completing a handshake we answered with a SYN cookie. */
-static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l,
+static struct tcb *cookie_open(struct tcp_layer *ctx, struct mtcp_listener *l,
                                const uint8_t mac[6], const struct wire_ipv4 *ip,
                                const struct wire_tcp *seg, int *no_room)
 {
     uint16_t mss = tcp_cookie_check(ctx, ip->dst, seg->dport, ip->src, seg->sport, seg->seq - 1,
                                     seg->ack - 1);
     if (!mss) {
-        STAT_INC(&ctx->stats, syn_cookies_bad);
+        STAT_INC(&ctx->net.stats, syn_cookies_bad);
         return NULL;
     }
     if (atomic_load_explicit(&l->accept_ready, memory_order_acquire) >= l->backlog) {
-        STAT_INC(&ctx->stats, drop_tcp_backlog_full);
+        STAT_INC(&ctx->net.stats, drop_tcp_backlog_full);
         return NULL;
     }
     if (!tcp_source_allowed(ctx, ip->src))
@@ -139,7 +138,7 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
         *no_room = 1; /* a valid cookie, no TCB yet: the peer retransmits, no RST */
         return NULL;
     }
-    STAT_INC(&ctx->stats, syn_cookies_ok);
+    STAT_INC(&ctx->net.stats, syn_cookies_ok);
     t->mss = mss;
     t->rcv_wscale = 0;
     if (t->rcv.limit > 65535)
@@ -162,7 +161,7 @@ static struct tcb *cookie_open(struct mtcp_context *ctx, struct mtcp_listener *l
 /* RFC 1122 4.2.2.13 and RFC 6191: a SYN for a 4-tuple in TIME-WAIT opens a new
  * connection when it is clearly newer than the old one (a later timestamp, or a
  * sequence number beyond the old receive window). Returns 1 when it did. */
-static int time_wait_reopen(struct mtcp_context *ctx, struct tcb *t, const uint8_t mac[6],
+static int time_wait_reopen(struct tcp_layer *ctx, struct tcb *t, const uint8_t mac[6],
                             const struct wire_ipv4 *ip, const struct wire_tcp *seg)
 {
     struct mtcp_listener *l = listener_lookup(ctx, ip->dst, seg->dport);
@@ -185,23 +184,23 @@ static int time_wait_reopen(struct mtcp_context *ctx, struct tcb *t, const uint8
 }
 
 /* RFC 9293 3.10.7.3 */
-static void input_syn_sent(struct mtcp_context *ctx, struct tcb *t, const uint8_t mac[6],
+static void input_syn_sent(struct tcp_layer *ctx, struct tcb *t, const uint8_t mac[6],
                            const struct wire_ipv4 *ip, const struct wire_tcp *seg)
 {
     int has_ack = seg->flags & WIRE_TCP_ACK;
     if (has_ack && (SEQ_LEQ(seg->ack, t->iss) || SEQ_GT(seg->ack, t->snd_max))) {
         tcp_send_rst_for(ctx, mac, ip, seg);
-        STAT_INC(&ctx->stats, drop_tcp_bad_segment);
+        STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
         return;
     }
     if (seg->flags & WIRE_TCP_RST) {
-        STAT_INC(&ctx->stats, rst_rx);
+        STAT_INC(&ctx->net.stats, rst_rx);
         if (has_ack)
             tcp_conn_done(ctx, t, ECONNREFUSED);
         return;
     }
     if (!(seg->flags & WIRE_TCP_SYN)) {
-        STAT_INC(&ctx->stats, drop_tcp_bad_segment);
+        STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
         return;
     }
     t->irs = seg->seq;
@@ -221,13 +220,13 @@ static void input_syn_sent(struct mtcp_context *ctx, struct tcb *t, const uint8_
     t->snd_una = seg->ack;
     t->recover = seg->ack;
     if (t->rto_backoff == 0)
-        tcp_rtt_sample(t, (uint32_t)(ctx->now_ms - (t->rto_expire_ms - t->rto_ms)));
+        tcp_rtt_sample(t, (uint32_t)(ctx->net.now_ms - (t->rto_expire_ms - t->rto_ms)));
     t->rto_backoff = 0;
     tcp_rto_disarm(ctx, t);
     tcp_set_state(ctx, t, TCP_ESTABLISHED);
-    STAT_INC(&ctx->stats, conn_active_opens);
+    STAT_INC(&ctx->net.stats, conn_active_opens);
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_CONNECTED, memory_order_release);
-    ctx_add_event(ctx, t, MTCP_EPOLLOUT);
+    tcp_app_event(ctx, t, MTCP_EPOLLOUT);
     tcp_schedule(ctx, t, TCB_P_ACK);
     if (t->pend & (TCB_P_FIN | TCB_P_DATA))
         tcp_schedule(ctx, t, TCB_P_DATA);
@@ -251,7 +250,7 @@ static int seq_acceptable(struct tcb *t, uint32_t seq, uint32_t len)
 }
 
 /* The handshake completed on a passive open: hand the connection to accept(). */
-static int passive_established(struct mtcp_context *ctx, struct tcb *t)
+static int passive_established(struct tcp_layer *ctx, struct tcb *t)
 {
     struct mtcp_listener *l = t->listener;
     tcp_set_state(ctx, t, TCP_ESTABLISHED);
@@ -260,14 +259,14 @@ static int passive_established(struct mtcp_context *ctx, struct tcb *t)
         return 0; /* simultaneous open: the socket already holds it */
     l->pending--;
     t->listener = NULL;
-    if (rsp_takes(ctx, l)) {
+    if (tcp_app_takes(ctx, l)) {
         /* the static responder holds it until a request is not its own */
-        STAT_INC(&ctx->stats, conn_passive_opens);
-        rsp_adopt(ctx, t, l);
+        STAT_INC(&ctx->net.stats, conn_passive_opens);
+        tcp_app_adopt(ctx, t, l);
         return 0;
     }
     if (mtcp_spsc_push(&l->acceptq, &t) < 0) {
-        STAT_INC(&ctx->stats, drop_tcp_backlog_full);
+        STAT_INC(&ctx->net.stats, drop_tcp_backlog_full);
         t->app_closed = 1;
         tcp_send_rst_now(ctx, t);
         tcp_conn_done(ctx, t, 0);
@@ -275,8 +274,8 @@ static int passive_established(struct mtcp_context *ctx, struct tcb *t)
     }
     t->acc_queued = 1;
     atomic_fetch_add_explicit(&l->accept_ready, 1, memory_order_release);
-    STAT_INC(&ctx->stats, conn_passive_opens);
-    ctx_listener_event(ctx, l);
+    STAT_INC(&ctx->net.stats, conn_passive_opens);
+    tcp_app_accept_ready(ctx, l);
     return 0;
 }
 
@@ -355,7 +354,7 @@ static void sack_update(struct tcb *t, const struct wire_tcp *seg)
     }
 }
 
-void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
+void tcp_ack_advance(struct tcp_layer *ctx, struct tcb *t, uint32_t ack)
 {
     int fin_acked = t->fin_sent && SEQ_GT(ack, t->fin_seq);
     uint32_t data_end = fin_acked ? t->fin_seq : ack;
@@ -367,7 +366,7 @@ void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
         atomic_fetch_add_explicit(&t->snd.head, n, memory_order_release);
         t->snd_head_seq += n;
         if (n && !t->app_closed)
-            ctx_add_event(ctx, t, MTCP_EPOLLOUT);
+            tcp_app_event(ctx, t, MTCP_EPOLLOUT);
     }
     t->snd_una = ack;
     if (t->sml_out && SEQ_GEQ(ack, t->snd_sml))
@@ -380,7 +379,7 @@ void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
     if (t->sack_ok) {
         /* tcp_sack_ack took the RTT sample from the scoreboard */
     } else if (t->rtt_timing && SEQ_GT(ack, t->rtt_seq)) {
-        tcp_rtt_sample(t, (uint32_t)(ctx->now_ms - t->rtt_start_ms));
+        tcp_rtt_sample(t, (uint32_t)(ctx->net.now_ms - t->rtt_start_ms));
         t->rtt_timing = 0;
     }
     if (!t->sack_ok) {
@@ -404,16 +403,16 @@ void tcp_ack_advance(struct mtcp_context *ctx, struct tcb *t, uint32_t ack)
 }
 
 /* RFC 5681 3.2 / RFC 6582 3.2: enter fast recovery on the third duplicate ACK. */
-void tcp_enter_recovery(struct mtcp_context *ctx, struct tcb *t)
+void tcp_enter_recovery(struct tcp_layer *ctx, struct tcb *t)
 {
     t->ssthresh = tcp_cc_ssthresh(t);
     t->cwnd = t->ssthresh + 3u * t->mss;
     t->recover = t->snd_max;
     t->in_recovery = 1;
     t->rexmit_nxt = t->snd_una;
-    STAT_INC(&ctx->stats, recoveries);
+    STAT_INC(&ctx->net.stats, recoveries);
     if (tcp_retransmit_from(ctx, t, t->snd_una, 0) > 0)
-        STAT_INC(&ctx->stats, fast_retransmits);
+        STAT_INC(&ctx->net.stats, fast_retransmits);
 }
 
 /* Is SND.UNA lost? Three duplicate ACKs (RFC 5681), more than two segments SACKed
@@ -435,7 +434,7 @@ static int una_lost(const struct tcb *t)
 }
 
 /* The cumulative ACK moved, or a duplicate came: congestion control and recovery. */
-static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg,
+static void ack_received(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg,
                          uint32_t seglen)
 {
     if (t->sack_ok) {
@@ -462,7 +461,7 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
                 /* partial ACK: the next hole is lost too; retransmit it and deflate by
                  * what was acknowledged (RFC 6582 3.2 step 4) */
                 if (tcp_retransmit_from(ctx, t, t->snd_una, 0) > 0)
-                    STAT_INC(&ctx->stats, fast_retransmits);
+                    STAT_INC(&ctx->net.stats, fast_retransmits);
                 t->cwnd = (t->cwnd > acked ? t->cwnd - acked : 0) + t->mss;
             }
         } else {
@@ -477,13 +476,13 @@ static void ack_received(struct mtcp_context *ctx, struct tcb *t, const struct w
     if (ack != t->snd_una || t->snd_max == t->snd_una ||
         (!new_sack && (seglen || win != t->snd_wnd)))
         return;
-    STAT_INC(&ctx->stats, dup_acks_rx);
+    STAT_INC(&ctx->net.stats, dup_acks_rx);
     if (t->dupacks < 255)
         t->dupacks++;
     if (t->in_recovery) {
         t->cwnd += t->mss; /* each duplicate means a segment left the network */
         if (t->sack_ok && tcp_retransmit_from(ctx, t, t->rexmit_nxt, 1) > 0)
-            STAT_INC(&ctx->stats, sack_retransmits);
+            STAT_INC(&ctx->net.stats, sack_retransmits);
         tcp_schedule(ctx, t, TCB_P_DATA);
     } else if (una_lost(t) && (t->sack_ok || SEQ_GEQ(t->snd_una, t->recover))) {
         /* RFC 6582 4: without SACK, only when this loss is past the last recovery's
@@ -519,17 +518,17 @@ static void dsack_note(struct tcb *t, uint32_t start, uint32_t end)
  * as a sender in slow start doubles), never more than the ring. So a flow on a long path
  * gets the window its rate needs, and a slow one does not invite a sender to fill a
  * deep queue. */
-static void rcv_space_adjust(struct mtcp_context *ctx, struct tcb *t)
+static void rcv_space_adjust(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->rcv_space_ms == 0) {
-        t->rcv_space_ms = ctx->now_ms ? ctx->now_ms : 1;
+        t->rcv_space_ms = ctx->net.now_ms ? ctx->net.now_ms : 1;
         t->rcv_space_seq = t->rcv_nxt;
         return;
     }
     uint64_t rtt = t->rcv_rtt_ms ? t->rcv_rtt_ms
                    : t->srtt_us ? t->srtt_us / 1000u + 1u
                                 : TCP_RCV_RTT_DEFAULT_MS;
-    if (ctx->now_ms - t->rcv_space_ms < rtt)
+    if (ctx->net.now_ms - t->rcv_space_ms < rtt)
         return;
     uint32_t got = t->rcv_nxt - t->rcv_space_seq;
     uint64_t want = 2ull * got;
@@ -539,18 +538,18 @@ static void rcv_space_adjust(struct mtcp_context *ctx, struct tcb *t)
         want = t->rcv.limit;
     if (want > t->rcv_space) {
         t->rcv_space = (uint32_t)want;
-        STAT_INC(&ctx->stats, rcv_space_grows);
+        STAT_INC(&ctx->net.stats, rcv_space_grows);
     }
     t->rcv_space_last = got;
     t->rcv_space_seq = t->rcv_nxt;
-    t->rcv_space_ms = ctx->now_ms;
+    t->rcv_space_ms = ctx->net.now_ms;
 }
 
 /* A receiver RTT sample: the segment echoes the timestamp of an ACK we sent
  * (RFC 7323 4.3's TSecr, Linux's tcp_rcv_rtt_measure_ts). */
-static void rcv_rtt_sample(struct mtcp_context *ctx, struct tcb *t, uint32_t tsecr)
+static void rcv_rtt_sample(struct tcp_layer *ctx, struct tcb *t, uint32_t tsecr)
 {
-    uint32_t ours = (uint32_t)ctx->now_ms + t->ts_offset;
+    uint32_t ours = (uint32_t)ctx->net.now_ms + t->ts_offset;
     int32_t d = (int32_t)(ours - tsecr);
     if (tsecr == 0 || d < 0 || d > 60000)
         return;
@@ -562,14 +561,14 @@ static void rcv_rtt_sample(struct mtcp_context *ctx, struct tcb *t, uint32_t tse
 /* Accepts payload at seq (>= RCV.NXT). In-order bytes go to the app at once; later
  * ones wait in the ring past its tail (bounded by the window and TCP_OOO_RANGES)
  * until the hole before them fills. Returns how the peer must be ACKed. */
-static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const uint8_t *data,
+static int rcv_data(struct tcp_layer *ctx, struct tcb *t, uint32_t seq, const uint8_t *data,
                     uint32_t len, int *fin)
 {
     uint32_t room = mtcp_bytering_free(&t->rcv);
     if (seq != t->rcv_nxt) {
         uint32_t off = seq - t->rcv_nxt;
         if (off >= room) {
-            STAT_INC(&ctx->stats, drop_tcp_out_of_window);
+            STAT_INC(&ctx->net.stats, drop_tcp_out_of_window);
             *fin = 0;
             return ACK_EMIT;
         }
@@ -579,7 +578,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
                 dsack_note(t, seq, seq + n); /* already held out of order */
         int idx = range_add(t->ooo, &t->nooo, TCP_OOO_RANGES, seq, seq + n);
         if (idx < 0) {
-            STAT_INC(&ctx->stats, drop_tcp_ooo_full);
+            STAT_INC(&ctx->net.stats, drop_tcp_ooo_full);
             *fin = 0;
             return ACK_EMIT;
         }
@@ -588,7 +587,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
         mtcp_bytering_copy_in(&t->rcv, tail + off, data, n);
         t->ooo_last = (uint8_t)idx;
         t->quickacks = TCP_QUICKACKS;
-        STAT_INC(&ctx->stats, ooo_segments);
+        STAT_INC(&ctx->net.stats, ooo_segments);
         if (*fin && n == len) {
             t->rfin = 1; /* remember it; it counts once RCV.NXT gets there */
             t->rfin_seq = seq + len;
@@ -599,7 +598,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
     uint32_t took = mtcp_bytering_write(&t->rcv, data, len < room ? len : room);
     t->rcv_nxt += took;
     if (took < len) {
-        STAT_INC(&ctx->stats, drop_tcp_rcvbuf_full);
+        STAT_INC(&ctx->net.stats, drop_tcp_rcvbuf_full);
         *fin = 0; /* the FIN lies beyond what we kept */
     }
     int filled = 0;
@@ -614,7 +613,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
         filled = 1;
     }
     if (took || filled)
-        ctx_add_event(ctx, t, MTCP_EPOLLIN);
+        tcp_app_event(ctx, t, MTCP_EPOLLIN);
     if (took)
         rcv_space_adjust(ctx, t);
     /* RFC 5681 4.2: ACK at once when a hole fills or one remains; otherwise at least
@@ -636,7 +635,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
      * after reordering, a lone segment is ACKed with this round's output instead of
      * after the delayed-ACK timer, which a small congestion window would wait for once
      * per round trip */
-    if (!ctx->stack->delayed_ack || t->quickacks) {
+    if (!ctx->conf.delayed_ack || t->quickacks) {
         if (t->quickacks)
             t->quickacks--;
         return ACK_ROUND;
@@ -645,7 +644,7 @@ static int rcv_data(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, const
     return ACK_LATER;
 }
 
-static void fin_received(struct mtcp_context *ctx, struct tcb *t)
+static void fin_received(struct tcp_layer *ctx, struct tcb *t)
 {
     t->rfin = 0;
     switch (t->state) {
@@ -670,23 +669,24 @@ static void fin_received(struct mtcp_context *ctx, struct tcb *t)
     }
     atomic_fetch_or_explicit(&t->app_flags, TCB_AF_EOF, memory_order_release);
     if (!t->app_closed)
-        ctx_add_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP);
+        tcp_app_event(ctx, t, MTCP_EPOLLIN | MTCP_EPOLLRDHUP);
     tcp_schedule(ctx, t, TCB_P_ACK);
 }
 
 /* ---------------------------------------------------------------- input */
 
-void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
+void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
                unsigned frame_flags)
 {
+    struct tcp_layer *ctx = tcp_of_net(n);
     struct wire_tcp seg;
     int verify = !(frame_flags & (IO_FRAME_CSUM_PARTIAL | IO_FRAME_CSUM_VALID));
     mtcp_drop_t r = wire_tcp_parse(ip->payload, ip->payload_len, ip->src, ip->dst, verify, &seg);
     if (r) {
-        STAT_DROP(&ctx->stats, r);
+        STAT_DROP(&ctx->net.stats, r);
         return;
     }
-    STAT_INC(&ctx->stats, tcp_segs_rx);
+    STAT_INC(&ctx->net.stats, tcp_segs_rx);
     uint8_t ctl = seg.flags & (WIRE_TCP_SYN | WIRE_TCP_ACK | WIRE_TCP_RST);
     struct tcb *t = flow_lookup(ctx, ip->dst, seg.dport, ip->src, seg.sport);
     if (!t) {
@@ -702,11 +702,11 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         } else if (no_room) {
             return;
         } else {
-            STAT_INC(&ctx->stats, drop_tcp_no_socket);
+            STAT_INC(&ctx->net.stats, drop_tcp_no_socket);
             /* RFC 9293 3.10.7.1 answers with a RST; on an address the kernel shares, a
              * port the stack does not listen on is the kernel's (its management port,
              * its own connections): a RST would reset them. */
-            if (!ctx->stack->shared_addr || l)
+            if (!ctx->net.shared_addr || l)
                 tcp_send_rst_for(ctx, src_mac, ip, &seg);
             return;
         }
@@ -725,7 +725,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             return;
         if (seg.flags & WIRE_TCP_RST) {
             /* RFC 1337: a RST must not cut TIME-WAIT short (assassination) */
-            STAT_INC(&ctx->stats, drop_tcp_rst_time_wait);
+            STAT_INC(&ctx->net.stats, drop_tcp_rst_time_wait);
             return;
         }
     }
@@ -745,8 +745,8 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
      * earlier wrap of the sequence space: ACK it and drop it */
     if (t->ts_ok && seg.opt.has_ts && !(seg.flags & WIRE_TCP_RST) &&
         (int32_t)(seg.opt.ts_val - t->ts_recent) < 0 &&
-        ctx->now_ms - t->ts_recent_ms < PAWS_IDLE_MS) {
-        STAT_INC(&ctx->stats, drop_tcp_paws);
+        ctx->net.now_ms - t->ts_recent_ms < PAWS_IDLE_MS) {
+        STAT_INC(&ctx->net.stats, drop_tcp_paws);
         tcp_send_ack_now(ctx, t);
         return;
     }
@@ -762,13 +762,13 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
                 dsack_note(t, seq, seq + len); /* all of it arrived before (RFC 2883) */
             tcp_send_ack_now(ctx, t);
         }
-        STAT_INC(&ctx->stats, drop_tcp_out_of_window);
+        STAT_INC(&ctx->net.stats, drop_tcp_out_of_window);
         return;
     }
     tcp_idle_touch(ctx, t);
     if (t->ts_ok && seg.opt.has_ts && SEQ_LEQ(seq, t->last_ack_sent)) {
         t->ts_recent = seg.opt.ts_val; /* RFC 7323 4.3 */
-        t->ts_recent_ms = ctx->now_ms;
+        t->ts_recent_ms = ctx->net.now_ms;
     }
 
     /* second: RST (RFC 5961 3.2: exact match resets, in-window gets a challenge ACK) */
@@ -777,7 +777,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             tcp_challenge_ack(ctx, t);
             return;
         }
-        STAT_INC(&ctx->stats, rst_rx);
+        STAT_INC(&ctx->net.stats, rst_rx);
         int err = (t->state == TCP_CLOSING || t->state == TCP_LAST_ACK)
                       ? 0
                       : (t->state == TCP_SYN_RECEIVED && !t->listener ? ECONNREFUSED : ECONNRESET);
@@ -791,7 +791,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
     }
     /* fifth: the ACK field */
     if (!(seg.flags & WIRE_TCP_ACK)) {
-        STAT_INC(&ctx->stats, drop_tcp_bad_segment);
+        STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
         return;
     }
     if (t->state == TCP_SYN_RECEIVED) {
@@ -801,7 +801,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
             return;
         }
         if (t->rto_backoff == 0 && t->rto_armed)
-            tcp_rtt_sample(t, (uint32_t)(ctx->now_ms - (t->rto_expire_ms - t->rto_ms)));
+            tcp_rtt_sample(t, (uint32_t)(ctx->net.now_ms - (t->rto_expire_ms - t->rto_ms)));
         t->snd_wnd = (uint32_t)seg.win << t->snd_wscale;
         t->snd_wl1 = seq;
         t->snd_wl2 = seg.ack;
@@ -815,7 +815,7 @@ void tcp_input(struct mtcp_context *ctx, const uint8_t src_mac[6], const struct 
         if (SEQ_GT(seg.ack, t->snd_max)) {
             /* acks something not yet sent */
             tcp_send_ack_now(ctx, t);
-            STAT_INC(&ctx->stats, drop_tcp_bad_segment);
+            STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
             return;
         }
         uint32_t wnd_before = t->snd_wnd;

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#include "../api/ctx.h"
 #include "tcp.h"
 
 /* ---------------------------------------------------------------- memory */
@@ -19,17 +18,17 @@ static uint32_t pow2_floor(uint32_t v)
     return p;
 }
 
-int tcp_mem_pressure(const struct mtcp_context *ctx)
+int tcp_mem_pressure(const struct tcp_layer *ctx)
 {
-    return ctx->mem_used >= ctx->stack->mem_budget / 2;
+    return ctx->mem_used >= ctx->conf.mem_budget / 2;
 }
 
 /* Ring sizes for a new connection, as Linux's tcp_mem: full buffers below half of the
  * budget, the pressure sizes above it, none past the budget. 0, or -1 when even the
  * pressure sizes do not fit. */
-int tcp_mem_caps(struct mtcp_context *ctx, uint32_t *snd_cap, uint32_t *rcv_cap)
+int tcp_mem_caps(struct tcp_layer *ctx, uint32_t *snd_cap, uint32_t *rcv_cap)
 {
-    const struct mtcp_stack *s = ctx->stack;
+    const struct tcp_conf *s = &ctx->conf;
     uint32_t snd = s->sndbuf, rcv = s->rcvbuf;
     if (tcp_mem_pressure(ctx)) {
         if (snd > MTCP_PRESSURE_SNDBUF)
@@ -40,20 +39,20 @@ int tcp_mem_caps(struct mtcp_context *ctx, uint32_t *snd_cap, uint32_t *rcv_cap)
     if (ctx->mem_used + snd + rcv > s->mem_budget)
         return -1;
     if (snd != s->sndbuf || rcv != s->rcvbuf)
-        STAT_INC(&ctx->stats, buf_pressure_opens);
+        STAT_INC(&ctx->net.stats, buf_pressure_opens);
     *snd_cap = snd;
     *rcv_cap = rcv;
     return 0;
 }
 
-void tcp_mem_charge(struct mtcp_context *ctx, struct tcb *t)
+void tcp_mem_charge(struct tcp_layer *ctx, struct tcb *t)
 {
     t->mem_charge = t->snd.cap + t->rcv.cap;
     ctx->mem_used += t->mem_charge;
 }
 
 /* The pages a ring touched: its bytes run from index 0 up, wrapping at cap. */
-static void ring_release(struct mtcp_context *ctx, struct mtcp_bytering *r, int huge)
+static void ring_release(struct tcp_layer *ctx, struct mtcp_bytering *r, int huge)
 {
     uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint32_t touched = tail >= r->cap ? r->cap : tail;
@@ -61,12 +60,12 @@ static void ring_release(struct mtcp_context *ctx, struct mtcp_bytering *r, int 
         return; /* a small ring stays warm for the next connection (the pool is LIFO) */
     size_t len = ((size_t)touched + 4095u) & ~(size_t)4095u;
     if (madvise(r->buf, len, MADV_DONTNEED) == 0)
-        STAT_ADD(&ctx->stats, buf_released_bytes, len);
+        STAT_ADD(&ctx->net.stats, buf_released_bytes, len);
 }
 
 /* The rings stop counting against the budget (and their pages go back): at the end, or
  * once neither side can use them again (TIME-WAIT of a connection the app closed). */
-void tcp_mem_uncharge(struct mtcp_context *ctx, struct tcb *t)
+void tcp_mem_uncharge(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!t->mem_charge)
         return;
@@ -76,7 +75,7 @@ void tcp_mem_uncharge(struct mtcp_context *ctx, struct tcb *t)
     ring_release(ctx, &t->rcv, ctx->rcvbuf_pool.huge);
 }
 
-void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t)
+void tcp_mem_release(struct tcp_layer *ctx, struct tcb *t)
 {
     tcp_mem_uncharge(ctx, t);
     if (t->orphan) {
@@ -94,13 +93,13 @@ void tcp_mem_release(struct mtcp_context *ctx, struct tcb *t)
 
 /* ---------------------------------------------------------------- orphans */
 
-int tcp_orphan_add(struct mtcp_context *ctx, struct tcb *t)
+int tcp_orphan_add(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->orphan)
         return 0;
-    if (ctx->orphans >= ctx->stack->max_orphans) {
+    if (ctx->orphans >= ctx->conf.max_orphans) {
         /* Linux: "too many orphaned sockets": reset instead of lingering */
-        STAT_INC(&ctx->stats, orphan_overflows);
+        STAT_INC(&ctx->net.stats, orphan_overflows);
         tcp_send_rst_now(ctx, t);
         tcp_conn_done(ctx, t, 0);
         return -1;
@@ -110,7 +109,7 @@ int tcp_orphan_add(struct mtcp_context *ctx, struct tcb *t)
     return 0;
 }
 
-void tcp_orphan_clear(struct mtcp_context *ctx, struct tcb *t)
+void tcp_orphan_clear(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->orphan) {
         t->orphan = 0;
@@ -129,27 +128,27 @@ static int tcb_evictable(struct tcb *t)
            mtcp_bytering_used(&t->rcv) == 0;
 }
 
-static int pool_nearly_full(const struct mtcp_context *ctx)
+static int pool_nearly_full(const struct tcp_layer *ctx)
 {
     uint32_t n = ctx->tcb_pool.n;
-    uint32_t need = ctx->stack->sndbuf < MTCP_PRESSURE_SNDBUF ? ctx->stack->sndbuf
+    uint32_t need = ctx->conf.sndbuf < MTCP_PRESSURE_SNDBUF ? ctx->conf.sndbuf
                                                               : MTCP_PRESSURE_SNDBUF;
-    need += ctx->stack->rcvbuf < MTCP_PRESSURE_RCVBUF ? ctx->stack->rcvbuf : MTCP_PRESSURE_RCVBUF;
+    need += ctx->conf.rcvbuf < MTCP_PRESSURE_RCVBUF ? ctx->conf.rcvbuf : MTCP_PRESSURE_RCVBUF;
     return ctx->tcb_pool.nfree <= n / MTCP_EVICT_FREE_SHARE ||
            ctx->mem_used + (uint64_t)need * (n / MTCP_EVICT_FREE_SHARE + 1) >
-               ctx->stack->mem_budget;
+               ctx->conf.mem_budget;
 }
 
 /* Near full: reset up to `max` evictable idle connections, the longest silent first (the
  * idle FIFO is in order of the last segment received). Their TCBs return when the app
  * closes them. Returns how many. */
-int tcp_evict_idle(struct mtcp_context *ctx, int max)
+int tcp_evict_idle(struct tcp_layer *ctx, int max)
 {
-    if (!ctx->stack->evict || !pool_nearly_full(ctx))
+    if (!ctx->conf.evict || !pool_nearly_full(ctx))
         return 0;
     /* TIME-WAIT connections the app has closed go first: they cost a client nothing */
     for (int i = 0; i < max && ctx->tw_head && ctx->tw_head->app_closed; i++) {
-        STAT_INC(&ctx->stats, time_wait_reclaimed);
+        STAT_INC(&ctx->net.stats, time_wait_reclaimed);
         tcp_conn_done(ctx, ctx->tw_head, 0);
         if (!pool_nearly_full(ctx))
             return 0;
@@ -159,7 +158,7 @@ int tcp_evict_idle(struct mtcp_context *ctx, int max)
     while (t && done < max && scanned++ < MTCP_EVICT_SCAN) {
         struct tcb *next = t->idle_next;
         if (tcb_evictable(t)) {
-            STAT_INC(&ctx->stats, evictions);
+            STAT_INC(&ctx->net.stats, evictions);
             t->evicted = 1;
             ctx->evicted_pending++;
             tcp_send_rst_now(ctx, t);
@@ -178,9 +177,9 @@ static uint32_t src_slot(uint32_t addr, uint32_t mask)
     return (addr * 0x9E3779B1u) >> 7 & mask;
 }
 
-int tcp_source_init(struct mtcp_context *ctx)
+int tcp_source_init(struct tcp_layer *ctx)
 {
-    if (!ctx->stack->max_per_source)
+    if (!ctx->conf.max_per_source)
         return 0;
     uint32_t n = 64;
     while (n < 2 * ctx->tcb_pool.n)
@@ -193,7 +192,7 @@ int tcp_source_init(struct mtcp_context *ctx)
     return 0;
 }
 
-void tcp_source_destroy(struct mtcp_context *ctx)
+void tcp_source_destroy(struct tcp_layer *ctx)
 {
     free(ctx->src_addr);
     free(ctx->src_cnt);
@@ -201,7 +200,7 @@ void tcp_source_destroy(struct mtcp_context *ctx)
 }
 
 /* Linear probing; a slot is used while its count is nonzero. */
-static uint32_t *src_find(struct mtcp_context *ctx, uint32_t addr, int insert)
+static uint32_t *src_find(struct tcp_layer *ctx, uint32_t addr, int insert)
 {
     uint32_t m = ctx->src_mask;
     for (uint32_t i = src_slot(addr, m), k = 0; k <= m; i = (i + 1) & m, k++) {
@@ -217,7 +216,7 @@ static uint32_t *src_find(struct mtcp_context *ctx, uint32_t addr, int insert)
     return NULL; /* cannot happen: the table has twice the pool's slots */
 }
 
-uint32_t tcp_source_conns(struct mtcp_context *ctx, uint32_t addr)
+uint32_t tcp_source_conns(struct tcp_layer *ctx, uint32_t addr)
 {
     if (!ctx->src_cnt)
         return 0;
@@ -225,7 +224,7 @@ uint32_t tcp_source_conns(struct mtcp_context *ctx, uint32_t addr)
     return c ? *c : 0;
 }
 
-void tcp_source_count(struct mtcp_context *ctx, uint32_t addr, int delta)
+void tcp_source_count(struct tcp_layer *ctx, uint32_t addr, int delta)
 {
     if (!ctx->src_cnt)
         return;
@@ -254,11 +253,11 @@ void tcp_source_count(struct mtcp_context *ctx, uint32_t addr, int delta)
 }
 
 /* A SYN from addr may open a connection (the per-source limit). */
-int tcp_source_allowed(struct mtcp_context *ctx, uint32_t addr)
+int tcp_source_allowed(struct tcp_layer *ctx, uint32_t addr)
 {
-    uint32_t lim = ctx->stack->max_per_source;
+    uint32_t lim = ctx->conf.max_per_source;
     if (!lim || tcp_source_conns(ctx, addr) < lim)
         return 1;
-    STAT_INC(&ctx->stats, drop_tcp_source_limit);
+    STAT_INC(&ctx->net.stats, drop_tcp_source_limit);
     return 0;
 }

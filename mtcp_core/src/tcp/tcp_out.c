@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "../net/net.h"
 #include "tcp.h"
 
@@ -23,7 +22,7 @@ static void list_push(struct tcb **head, struct tcb **tail, struct tcb *t, struc
     *tail = t;
 }
 
-void tcp_schedule(struct mtcp_context *ctx, struct tcb *t, uint8_t pend)
+void tcp_schedule(struct tcp_layer *ctx, struct tcb *t, uint8_t pend)
 {
     t->pend |= pend;
     uint8_t want;
@@ -117,7 +116,7 @@ static void sack_blocks(struct tcb *t, struct wire_tcp_opts *o)
 
 /* RFC 2883: a duplicate that arrived is reported in the first block of the next ACK, the
  * SACK blocks after it (the emitter drops what does not fit). */
-static void dsack_first(struct mtcp_context *ctx, struct tcb *t, struct wire_tcp_opts *o)
+static void dsack_first(struct tcp_layer *ctx, struct tcb *t, struct wire_tcp_opts *o)
 {
     uint8_t n = o->nsack < WIRE_TCP_MAX_SACK ? o->nsack : WIRE_TCP_MAX_SACK - 1;
     memmove(&o->sack[1], &o->sack[0], (size_t)n * sizeof(o->sack[0]));
@@ -125,16 +124,16 @@ static void dsack_first(struct mtcp_context *ctx, struct tcb *t, struct wire_tcp
     o->sack[0].right = t->dsack_end;
     o->nsack = (uint8_t)(n + 1);
     t->dsack_pend = 0;
-    STAT_INC(&ctx->stats, dsacks_tx);
+    STAT_INC(&ctx->net.stats, dsacks_tx);
 }
 
-uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t)
+uint32_t tcp_tso_max(const struct tcp_layer *ctx, const struct tcb *t)
 {
     uint32_t seg_max = tcp_seg_max(t);
-    uint32_t dev_max = ctx->dev->tso_max;
+    uint32_t dev_max = ctx->net.dev->tso_max;
     /* a shaped link models a slow NIC: its token bucket lets two MTU frames through
      * at once, where a TSO frame would be a burst of up to 44 */
-    if (ctx->stack->tx_rate_Bps)
+    if (ctx->net.tx_rate_Bps)
         return 0;
     if (MTCP_TSO_MAX < dev_max)
         dev_max = MTCP_TSO_MAX;
@@ -155,10 +154,10 @@ uint32_t tcp_tso_max(const struct mtcp_context *ctx, const struct tcb *t)
  * to tcp_tso_max()) goes out as one TSO frame that the device cuts into MSS-sized
  * segments, each with a copy of this header (the kernel's tcp_gso_segment: PSH and
  * FIN on the last one only). Returns 0, or -1 when the round's TX budget is spent. */
-static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint32_t seq,
+static int tcp_emit(struct tcp_layer *ctx, struct tcb *t, uint8_t flags, uint32_t seq,
                     uint32_t len)
 {
-    uint8_t *f = net_tx_alloc(ctx);
+    uint8_t *f = net_tx_alloc(&ctx->net);
     if (!f)
         return -1;
     struct wire_tcp_opts o;
@@ -175,10 +174,10 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         }
         if (t->state == TCP_SYN_SENT || t->ts_ok) {
             o.has_ts = 1;
-            o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
+            o.ts_val = (uint32_t)ctx->net.now_ms + t->ts_offset;
             o.ts_ecr = t->ts_recent;
         }
-        o.sack_ok = t->state == TCP_SYN_SENT ? (uint8_t)ctx->stack->sack : t->sack_ok;
+        o.sack_ok = t->state == TCP_SYN_SENT ? (uint8_t)ctx->conf.sack : t->sack_ok;
         /* RFC 7323 2.2: the window in a SYN is never scaled */
         tcp_rcv_window(t, &edge);
         uint32_t w = edge - t->rcv_nxt;
@@ -186,7 +185,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
     } else {
         if (t->ts_ok) {
             o.has_ts = 1;
-            o.ts_val = (uint32_t)ctx->now_ms + t->ts_offset;
+            o.ts_val = (uint32_t)ctx->net.now_ms + t->ts_offset;
             o.ts_ecr = t->ts_recent;
         }
         if ((flags & WIRE_TCP_ACK) && t->sack_ok && t->nooo)
@@ -198,7 +197,7 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
     uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
     uint32_t ack = (flags & WIRE_TCP_ACK) ? t->rcv_nxt : 0;
     size_t hlen = wire_tcp_emit_hdr(hdr, t->lport, t->rport, seq, ack, flags, win, &o);
-    uint32_t off = net_ipv4_headers(ctx, f, t->rmac, t->raddr, WIRE_IPPROTO_TCP,
+    uint32_t off = net_ipv4_headers(&ctx->net, f, t->rmac, t->raddr, WIRE_IPPROTO_TCP,
                                     (uint16_t)(hlen + len));
     memcpy(f + off, hdr, hlen);
     uint32_t idx = atomic_load_explicit(&t->snd.head, memory_order_relaxed) +
@@ -213,20 +212,20 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
         uint32_t o = idx & (t->snd.cap - 1);
         uint32_t first = t->snd.cap - o < len ? t->snd.cap - o : len;
         uint16_t ph = (uint16_t)~wire_csum_fold(
-            wire_csum_pseudo(ctx->ip, t->raddr, WIRE_IPPROTO_TCP, (uint16_t)(hlen + len)));
+            wire_csum_pseudo(ctx->net.ip, t->raddr, WIRE_IPPROTO_TCP, (uint16_t)(hlen + len)));
         f[off + 16] = (uint8_t)(ph >> 8);
         f[off + 17] = (uint8_t)ph;
-        net_tx_commit_tso(ctx, off + (uint32_t)hlen, (uint16_t)off, (uint16_t)gso,
+        net_tx_commit_tso(&ctx->net, off + (uint32_t)hlen, (uint16_t)off, (uint16_t)gso,
                           t->snd.buf + o, first, t->snd.buf, len - first);
         uint32_t nsegs = (len + gso - 1) / gso;
-        STAT_ADD(&ctx->stats, tcp_segs_tx, nsegs);
-        STAT_INC(&ctx->stats, tx_tso_frames);
+        STAT_ADD(&ctx->net.stats, tcp_segs_tx, nsegs);
+        STAT_INC(&ctx->net.stats, tx_tso_frames);
     } else {
         if (len)
             mtcp_bytering_copy_out(&t->snd, idx, f + off + hlen, len);
-        wire_tcp_fill_csum(f + off, hlen + len, ctx->ip, t->raddr);
-        net_tx_commit(ctx, off + (uint32_t)hlen + len);
-        STAT_INC(&ctx->stats, tcp_segs_tx);
+        wire_tcp_fill_csum(f + off, hlen + len, ctx->net.ip, t->raddr);
+        net_tx_commit(&ctx->net, off + (uint32_t)hlen + len);
+        STAT_INC(&ctx->net.stats, tcp_segs_tx);
     }
     /* data or a FIN: the scoreboard logs it (RACK's transmit times) */
     if (!(flags & (WIRE_TCP_SYN | WIRE_TCP_RST)) && (len || (flags & WIRE_TCP_FIN)) &&
@@ -243,28 +242,28 @@ static int tcp_emit(struct mtcp_context *ctx, struct tcb *t, uint8_t flags, uint
     return 0;
 }
 
-void tcp_send_rst_now(struct mtcp_context *ctx, struct tcb *t)
+void tcp_send_rst_now(struct tcp_layer *ctx, struct tcb *t)
 {
     if (tcp_emit(ctx, t, WIRE_TCP_RST | WIRE_TCP_ACK, t->snd_nxt, 0) == 0) {
-        STAT_INC(&ctx->stats, rst_tx);
-        STAT_INC(&ctx->stats, tx_control_pkts);
+        STAT_INC(&ctx->net.stats, rst_tx);
+        STAT_INC(&ctx->net.stats, tx_control_pkts);
     }
 }
 
-void tcp_send_ack_now(struct mtcp_context *ctx, struct tcb *t)
+void tcp_send_ack_now(struct tcp_layer *ctx, struct tcb *t)
 {
     if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_nxt, 0) == 0)
-        STAT_INC(&ctx->stats, tx_ack_pkts);
+        STAT_INC(&ctx->net.stats, tx_ack_pkts);
 }
 
-void tcp_send_rst_for(struct mtcp_context *ctx, const uint8_t dst_mac[6], const struct wire_ipv4 *ip,
+void tcp_send_rst_for(struct tcp_layer *ctx, const uint8_t dst_mac[6], const struct wire_ipv4 *ip,
                       const struct wire_tcp *seg)
 {
     /* RFC 9293 3.10.7.1: if ACK is on, <SEQ=SEG.ACK><CTL=RST>, else
      * <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>. Never answer a RST. */
     if (seg->flags & WIRE_TCP_RST)
         return;
-    uint8_t *f = net_tx_alloc(ctx);
+    uint8_t *f = net_tx_alloc(&ctx->net);
     if (!f)
         return;
     uint32_t seq = 0, ack = 0;
@@ -276,12 +275,12 @@ void tcp_send_rst_for(struct mtcp_context *ctx, const uint8_t dst_mac[6], const 
               !!(seg->flags & WIRE_TCP_FIN);
         flags |= WIRE_TCP_ACK;
     }
-    uint32_t off = net_ipv4_headers(ctx, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, WIRE_TCP_HLEN);
+    uint32_t off = net_ipv4_headers(&ctx->net, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, WIRE_TCP_HLEN);
     size_t hlen = wire_tcp_emit_hdr(f + off, seg->dport, seg->sport, seq, ack, flags, 0, NULL);
-    wire_tcp_fill_csum(f + off, hlen, ctx->ip, ip->src);
-    net_tx_commit(ctx, off + (uint32_t)hlen);
-    STAT_INC(&ctx->stats, rst_tx);
-    STAT_INC(&ctx->stats, tx_control_pkts);
+    wire_tcp_fill_csum(f + off, hlen, ctx->net.ip, ip->src);
+    net_tx_commit(&ctx->net, off + (uint32_t)hlen);
+    STAT_INC(&ctx->net.stats, rst_tx);
+    STAT_INC(&ctx->net.stats, tx_control_pkts);
 }
 
 /* Bytes in the send ring not yet sent, counted from snd_nxt. */
@@ -300,7 +299,7 @@ static int can_send_fin(struct tcb *t)
             t->state == TCP_SYN_RECEIVED);
 }
 
-static void fin_sent(struct mtcp_context *ctx, struct tcb *t)
+static void fin_sent(struct tcp_layer *ctx, struct tcb *t)
 {
     t->fin_sent = 1;
     t->fin_seq = t->snd_nxt;
@@ -316,23 +315,23 @@ static void fin_sent(struct mtcp_context *ctx, struct tcb *t)
 }
 
 /* Control segments: SYN / SYN-ACK, RST, and a FIN that carries no data. */
-static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
+static int send_ctrl(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->pend & TCB_P_RST) {
         if (tcp_emit(ctx, t, WIRE_TCP_RST | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
             return -1;
         t->pend &= (uint8_t)~TCB_P_RST;
-        STAT_INC(&ctx->stats, rst_tx);
-        STAT_INC(&ctx->stats, tx_control_pkts);
+        STAT_INC(&ctx->net.stats, rst_tx);
+        STAT_INC(&ctx->net.stats, tx_control_pkts);
         return 0;
     }
     if (t->pend & TCB_P_SYN) {
         if (t->state == TCP_SYN_SENT) {
             uint8_t mac[6];
-            if (net_resolve(ctx, t->raddr, mac) < 0) {
+            if (net_resolve(&ctx->net, t->raddr, mac) < 0) {
                 t->arp_wait = 1; /* tcp_arp_resolved schedules us again */
                 t->pend &= (uint8_t)~TCB_P_SYN;
-                STAT_INC(&ctx->stats, drop_arp_unresolved);
+                STAT_INC(&ctx->net.stats, drop_arp_unresolved);
                 return 0;
             }
             t->arp_wait = 0;
@@ -347,7 +346,7 @@ static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
         if (SEQ_GT(t->snd_nxt, t->snd_max))
             t->snd_max = t->snd_nxt;
         tcp_rto_ensure(ctx, t);
-        STAT_INC(&ctx->stats, tx_control_pkts);
+        STAT_INC(&ctx->net.stats, tx_control_pkts);
         return 0;
     }
     if (can_send_fin(t)) {
@@ -356,7 +355,7 @@ static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
         if (tcp_emit(ctx, t, WIRE_TCP_FIN | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
             return -1;
         fin_sent(ctx, t);
-        STAT_INC(&ctx->stats, tx_control_pkts);
+        STAT_INC(&ctx->net.stats, tx_control_pkts);
     }
     return 0;
 }
@@ -364,7 +363,7 @@ static int send_ctrl(struct mtcp_context *ctx, struct tcb *t)
 /* Retransmits what the scoreboard marks lost, lowest first, as far as cwnd - pipe allows
  * (PRR sets cwnd during recovery), whole segments, several at once as one TSO frame where
  * the device segments. Returns -1 when the round's TX budget ran out. */
-static int retransmit_lost(struct mtcp_context *ctx, struct tcb *t)
+static int retransmit_lost(struct tcp_layer *ctx, struct tcb *t)
 {
     uint32_t seg_max = tcp_seg_max(t);
     uint32_t tso = tcp_tso_max(ctx, t);
@@ -399,9 +398,9 @@ static int retransmit_lost(struct mtcp_context *ctx, struct tcb *t)
         if (tcp_emit(ctx, t, flags, seq, len) < 0)
             return -1;
         uint32_t segs = len ? (len + seg_max - 1) / seg_max : 1;
-        STAT_ADD(&ctx->stats, retransmits, segs);
-        STAT_ADD(&ctx->stats, sack_retransmits, segs);
-        STAT_ADD(&ctx->stats, tx_data_pkts, segs);
+        STAT_ADD(&ctx->net.stats, retransmits, segs);
+        STAT_ADD(&ctx->net.stats, sack_retransmits, segs);
+        STAT_ADD(&ctx->net.stats, tx_data_pkts, segs);
         t->retransmits += segs;
         tcp_rto_ensure(ctx, t);
     }
@@ -410,7 +409,7 @@ static int retransmit_lost(struct mtcp_context *ctx, struct tcb *t)
 
 /* Data segments up to the window; the last one carries FIN when one is due.
  * Returns -1 when the round's budget ran out with data left. */
-static int send_data(struct mtcp_context *ctx, struct tcb *t)
+static int send_data(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->state != TCP_ESTABLISHED && t->state != TCP_CLOSE_WAIT &&
         t->state != TCP_FIN_WAIT_1 && t->state != TCP_CLOSING && t->state != TCP_LAST_ACK)
@@ -479,7 +478,7 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         uint32_t seq = t->snd_nxt;
         if (tcp_emit(ctx, t, flags, seq, len) < 0)
             return -1;
-        STAT_ADD(&ctx->stats, tx_data_pkts, (len + seg_max - 1) / seg_max);
+        STAT_ADD(&ctx->net.stats, tx_data_pkts, (len + seg_max - 1) / seg_max);
         if (len % seg_max) {
             t->snd_sml = seq + len; /* the last small segment (Minshall) */
             t->sml_out = 1;
@@ -487,7 +486,7 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         if (seq == t->snd_max && !t->rtt_timing) {
             t->rtt_timing = 1;
             t->rtt_seq = seq;
-            t->rtt_start_ms = ctx->now_ms;
+            t->rtt_start_ms = ctx->net.now_ms;
         }
         t->snd_nxt += len;
         if (SEQ_GT(t->snd_nxt, t->snd_max))
@@ -500,7 +499,7 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
         if (tcp_emit(ctx, t, WIRE_TCP_FIN | WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
             return -1;
         fin_sent(ctx, t);
-        STAT_INC(&ctx->stats, tx_control_pkts);
+        STAT_INC(&ctx->net.stats, tx_control_pkts);
     }
     /* what limited this send, for congestion control (Linux's tcp_cwnd_validate) */
     {
@@ -527,18 +526,18 @@ static int send_data(struct mtcp_context *ctx, struct tcb *t)
     return 0;
 }
 
-static int send_ack(struct mtcp_context *ctx, struct tcb *t)
+static int send_ack(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!(t->pend & TCB_P_ACK))
         return 0;
     if (tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_nxt, 0) < 0)
         return -1;
-    STAT_INC(&ctx->stats, tx_ack_pkts);
+    STAT_INC(&ctx->net.stats, tx_ack_pkts);
     return 0;
 }
 
 /* Everything pending for one TCB, in its own order (no-priority FIFO mode). */
-static int send_all(struct mtcp_context *ctx, struct tcb *t)
+static int send_all(struct tcp_layer *ctx, struct tcb *t)
 {
     if (send_ctrl(ctx, t) < 0 || send_data(ctx, t) < 0 || send_ack(ctx, t) < 0)
         return -1;
@@ -550,15 +549,15 @@ static int send_all(struct mtcp_context *ctx, struct tcb *t)
  * first (round robin). Kept at the head, a long flow whose window reopens every round would
  * take every round's budget, and a short connection's response behind it would wait until
  * that flow ran out of window. */
-static void drain(struct mtcp_context *ctx, struct tcb **head, struct tcb **tail, uint32_t *count,
-                  size_t link_off, uint8_t bit, int (*fn)(struct mtcp_context *, struct tcb *))
+static void drain(struct tcp_layer *ctx, struct tcb **head, struct tcb **tail, uint32_t *count,
+                  size_t link_off, uint8_t bit, int (*fn)(struct tcp_layer *, struct tcb *))
 {
     while (*head) {
         struct tcb *t = *head;
         struct tcb **link = (struct tcb **)((uint8_t *)t + link_off);
-        int budget = ctx->tx_budget;
+        int budget = ctx->net.tx_budget;
         if (t->in_use && fn(ctx, t) < 0) {
-            if (ctx->tx_budget < budget && *link) {
+            if (ctx->net.tx_budget < budget && *link) {
                 *head = *link;
                 *link = NULL;
                 *(struct tcb **)((uint8_t *)*tail + link_off) = t;
@@ -578,7 +577,7 @@ static void drain(struct mtcp_context *ctx, struct tcb **head, struct tcb **tail
     }
 }
 
-static int send_ack_unless_data(struct mtcp_context *ctx, struct tcb *t)
+static int send_ack_unless_data(struct tcp_layer *ctx, struct tcb *t)
 {
     /* data going out this round carries the ACK */
     if ((t->lists & TCB_L_DATA) && unsent(t) && t->snd_wnd > t->snd_nxt - t->snd_una)
@@ -586,11 +585,11 @@ static int send_ack_unless_data(struct mtcp_context *ctx, struct tcb *t)
     return send_ack(ctx, t);
 }
 
-void tcp_output_round(struct mtcp_context *ctx)
+void tcp_output_round(struct tcp_layer *ctx)
 {
-    STAT_SET(&ctx->stats, txq_control, ctx->nctrl);
-    STAT_SET(&ctx->stats, txq_ack, ctx->nack);
-    STAT_SET(&ctx->stats, txq_data, ctx->ndata);
+    STAT_SET(&ctx->net.stats, txq_control, ctx->nctrl);
+    STAT_SET(&ctx->net.stats, txq_ack, ctx->nack);
+    STAT_SET(&ctx->net.stats, txq_data, ctx->ndata);
     if (ctx->priority) {
         drain(ctx, &ctx->ctrl_head, &ctx->ctrl_tail, &ctx->nctrl, offsetof(struct tcb, ctrl_next),
               TCB_L_CTRL, send_ctrl);
@@ -609,7 +608,7 @@ void tcp_output_round(struct mtcp_context *ctx)
 
 /* ---------------------------------------------------------------- retransmit */
 
-void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
+void tcp_retransmit(struct tcp_layer *ctx, struct tcb *t)
 {
     t->rtt_timing = 0; /* Karn: no RTT sample from a retransmitted segment */
     if (t->sack_ok && t->sb_n && t->snd_max != t->snd_una && t->state >= TCP_ESTABLISHED &&
@@ -618,7 +617,7 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
         tcp_sack_rto(ctx, t);
         return;
     }
-    STAT_INC(&ctx->stats, retransmits);
+    STAT_INC(&ctx->net.stats, retransmits);
     t->retransmits++;
     switch (t->state) {
     case TCP_SYN_SENT:
@@ -656,7 +655,7 @@ void tcp_retransmit(struct mtcp_context *ctx, struct tcb *t)
     tcp_rto_arm(ctx, t);
 }
 
-int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, int below_sacked)
+int tcp_retransmit_from(struct tcp_layer *ctx, struct tcb *t, uint32_t seq, int below_sacked)
 {
     if (SEQ_LT(seq, t->snd_una))
         seq = t->snd_una;
@@ -696,7 +695,7 @@ int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, i
     }
     if (tcp_emit(ctx, t, flags, seq, len) < 0)
         return -1;
-    STAT_INC(&ctx->stats, retransmits);
+    STAT_INC(&ctx->net.stats, retransmits);
     t->retransmits++;
     t->rtt_timing = 0; /* Karn */
     t->rexmit_nxt = seq + len + ((flags & WIRE_TCP_FIN) ? 1u : 0u);
@@ -704,18 +703,18 @@ int tcp_retransmit_from(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, i
     return 1;
 }
 
-void tcp_send_probe(struct mtcp_context *ctx, struct tcb *t)
+void tcp_send_probe(struct tcp_layer *ctx, struct tcb *t)
 {
     /* an old sequence number: the peer drops it and answers with an ACK carrying its
      * window (how Linux probes for both keepalive and persist) */
     tcp_emit(ctx, t, WIRE_TCP_ACK, t->snd_una - 1, 0);
 }
 
-void tcp_send_cookie_synack(struct mtcp_context *ctx, const uint8_t dst_mac[6],
+void tcp_send_cookie_synack(struct tcp_layer *ctx, const uint8_t dst_mac[6],
                             const struct wire_ipv4 *ip, const struct wire_tcp *seg, uint32_t isn,
                             uint16_t mss)
 {
-    uint8_t *f = net_tx_alloc(ctx);
+    uint8_t *f = net_tx_alloc(&ctx->net);
     if (!f)
         return;
     /* only the MSS: a cookie cannot remember window scaling, SACK or timestamps */
@@ -726,10 +725,10 @@ void tcp_send_cookie_synack(struct mtcp_context *ctx, const uint8_t dst_mac[6],
     uint8_t hdr[WIRE_TCP_HLEN + WIRE_TCP_MAX_OPTLEN];
     size_t hlen = wire_tcp_emit_hdr(hdr, seg->dport, seg->sport, isn, seg->seq + 1,
                                     WIRE_TCP_SYN | WIRE_TCP_ACK, 65535, &o);
-    uint32_t off = net_ipv4_headers(ctx, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, (uint16_t)hlen);
+    uint32_t off = net_ipv4_headers(&ctx->net, f, dst_mac, ip->src, WIRE_IPPROTO_TCP, (uint16_t)hlen);
     memcpy(f + off, hdr, hlen);
-    wire_tcp_fill_csum(f + off, hlen, ctx->ip, ip->src);
-    net_tx_commit(ctx, off + (uint32_t)hlen);
-    STAT_INC(&ctx->stats, syn_cookies_sent);
-    STAT_INC(&ctx->stats, tx_control_pkts);
+    wire_tcp_fill_csum(f + off, hlen, ctx->net.ip, ip->src);
+    net_tx_commit(&ctx->net, off + (uint32_t)hlen);
+    STAT_INC(&ctx->net.stats, syn_cookies_sent);
+    STAT_INC(&ctx->net.stats, tx_control_pkts);
 }

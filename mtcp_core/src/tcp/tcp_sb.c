@@ -9,10 +9,9 @@
  * NewReno's duplicate-ACK recovery (tcp_in.c). */
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "tcp.h"
 
-#define NOW_US(ctx) ((uint32_t)(ctx)->now_us)
+#define NOW_US(ctx) ((uint32_t)(ctx)->net.now_us)
 #define TIME_GT(a, b) ((int32_t)((uint32_t)(a) - (uint32_t)(b)) > 0)
 #define TCP_WCDELACKT_MS 200u       /* RFC 8985 7.2: worst-case delayed-ACK time */
 
@@ -95,7 +94,7 @@ static int sb_split(struct tcb *t, uint32_t seq)
 
 /* [seq, seq + len) went out now: new data joins the log (extending the last entry when it
  * went out in the same round), a retransmission refreshes its entries' time. */
-void tcp_sb_on_send(struct mtcp_context *ctx, struct tcb *t, uint32_t seq, uint32_t len)
+void tcp_sb_on_send(struct tcp_layer *ctx, struct tcb *t, uint32_t seq, uint32_t len)
 {
     if (len == 0)
         return;
@@ -195,7 +194,7 @@ static uint32_t rack_reo_wnd_us(const struct tcb *t)
 }
 
 /* RFC 8985 6.2 steps 1-2 for one delivered entry. */
-static void rack_update(struct mtcp_context *ctx, struct tcb *t, const struct tcp_sb_seg *e)
+static void rack_update(struct tcp_layer *ctx, struct tcb *t, const struct tcp_sb_seg *e)
 {
     uint32_t now = NOW_US(ctx);
     uint32_t rtt = now - e->xmit_us;
@@ -207,7 +206,7 @@ static void rack_update(struct mtcp_context *ctx, struct tcb *t, const struct tc
         if (t->rack_min_rtt_at_ms && rtt < t->rack_min_rtt_us)
             return;
     } else {
-        uint32_t now_ms = (uint32_t)ctx->now_ms;
+        uint32_t now_ms = (uint32_t)ctx->net.now_ms;
         if (!t->rack_min_rtt_at_ms || rtt < t->rack_min_rtt_us ||
             now_ms - t->rack_min_rtt_at_ms > RACK_MIN_RTT_WIN_MS) {
             t->rack_min_rtt_us = rtt;
@@ -245,7 +244,7 @@ static void rack_reorder_check(struct tcb *t, const struct tcp_sb_seg *e)
 /* RFC 8985 6.2 step 5: marks lost what was sent before the RACK segment and is overdue.
  * Returns the microseconds until the next one becomes overdue (0: none). Sets *newly
  * to the count of entries marked. */
-static uint32_t rack_detect(struct mtcp_context *ctx, struct tcb *t, int *newly)
+static uint32_t rack_detect(struct tcp_layer *ctx, struct tcb *t, int *newly)
 {
     *newly = 0;
     if (!t->rack_ok)
@@ -266,7 +265,7 @@ static uint32_t rack_detect(struct mtcp_context *ctx, struct tcb *t, int *newly)
             e->flags = (uint8_t)((e->flags & ~TCP_SB_RETRANS) | TCP_SB_LOST);
             uint32_t segs = (e->end - e->start + t->mss - 1) / t->mss;
             t->lost_total += segs;
-            STAT_ADD(&ctx->stats, rack_marked_lost, segs);
+            STAT_ADD(&ctx->net.stats, rack_marked_lost, segs);
             (*newly)++;
         } else if ((uint32_t)remaining > timeout) {
             timeout = (uint32_t)remaining;
@@ -279,7 +278,7 @@ static uint32_t rack_detect(struct mtcp_context *ctx, struct tcb *t, int *newly)
 
 /* ---------------------------------------------------------------- recovery */
 
-static void recovery_enter(struct mtcp_context *ctx, struct tcb *t)
+static void recovery_enter(struct tcp_layer *ctx, struct tcb *t)
 {
     t->ssthresh = tcp_cc_ssthresh(t);
     t->recover = t->snd_max;
@@ -292,7 +291,7 @@ static void recovery_enter(struct mtcp_context *ctx, struct tcb *t)
     t->undo_ok = 1;
     t->undo_marker = t->snd_una;
     t->undo_retrans = 0;
-    STAT_INC(&ctx->stats, recoveries);
+    STAT_INC(&ctx->net.stats, recoveries);
 }
 
 static void recovery_exit(struct tcb *t)
@@ -339,9 +338,9 @@ static void prr_update(struct tcb *t, uint32_t delivered)
 }
 
 /* A D-SACK for [l, r) (RFC 2883): the receiver got those bytes twice. */
-static void dsack_received(struct mtcp_context *ctx, struct tcb *t, uint32_t l, uint32_t r)
+static void dsack_received(struct tcp_layer *ctx, struct tcb *t, uint32_t l, uint32_t r)
 {
-    STAT_INC(&ctx->stats, dsacks_rx);
+    STAT_INC(&ctx->net.stats, dsacks_rx);
     /* RFC 8985 6.2 step 4: widen the reordering window once per round trip */
     if (!t->rack_dsack_valid || SEQ_GEQ(t->snd_una, t->rack_dsack_round)) {
         if (t->rack_reo_mult < 255)
@@ -362,7 +361,7 @@ static void dsack_received(struct mtcp_context *ctx, struct tcb *t, uint32_t l, 
     uint32_t segs = (r - l + t->mss - 1) / t->mss;
     if (segs > t->undo_retrans)
         segs = t->undo_retrans;
-    STAT_ADD(&ctx->stats, retrans_spurious, segs);
+    STAT_ADD(&ctx->net.stats, retrans_spurious, segs);
     t->undo_retrans -= segs;
     if (t->undo_retrans == 0) {
         /* every retransmission of this episode reached a receiver that had the
@@ -376,13 +375,13 @@ static void dsack_received(struct mtcp_context *ctx, struct tcb *t, uint32_t l, 
             sb_recount(t);
         }
         t->in_loss = 0;
-        STAT_INC(&ctx->stats, undo_dsack);
+        STAT_INC(&ctx->net.stats, undo_dsack);
     }
 }
 
 /* The ACK of a SACK connection: scoreboard, RACK, TLP, PRR and congestion control.
  * Runs before the window update; the caller moved nothing yet. */
-void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp *seg)
+void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
 {
     uint32_t ack = seg->ack;
     uint32_t prior_una = t->snd_una;
@@ -502,7 +501,7 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
                 t->ssthresh = tcp_cc_ssthresh(t);
                 t->cwnd = t->ssthresh;
                 t->undo_ok = 0;
-                STAT_INC(&ctx->stats, tlp_recoveries);
+                STAT_INC(&ctx->net.stats, tlp_recoveries);
             }
         }
         if (t->in_loss && SEQ_GEQ(ack, t->recover))
@@ -512,14 +511,14 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
         else if (!t->in_recovery)
             tcp_cc_on_ack(ctx, t, acked, prior_flight);
     } else if (ack == t->snd_una && prior_flight && delivered) {
-        STAT_INC(&ctx->stats, dup_acks_rx);
+        STAT_INC(&ctx->net.stats, dup_acks_rx);
     }
 
     int newly;
     uint32_t reo_us = rack_detect(ctx, t, &newly);
     if (newly && !t->in_recovery && !t->in_loss) {
         recovery_enter(ctx, t);
-        STAT_INC(&ctx->stats, fast_retransmits);
+        STAT_INC(&ctx->net.stats, fast_retransmits);
     }
     if (t->in_recovery)
         prr_update(t, delivered);
@@ -534,14 +533,14 @@ void tcp_sack_ack(struct mtcp_context *ctx, struct tcb *t, const struct wire_tcp
 }
 
 /* RACK's reordering timer fired (RFC 8985 6.3). */
-void tcp_rack_timeout(struct mtcp_context *ctx, struct tcb *t)
+void tcp_rack_timeout(struct tcp_layer *ctx, struct tcb *t)
 {
-    STAT_INC(&ctx->stats, rack_reo_timeouts);
+    STAT_INC(&ctx->net.stats, rack_reo_timeouts);
     int newly;
     uint32_t reo_us = rack_detect(ctx, t, &newly);
     if (newly && !t->in_recovery && !t->in_loss) {
         recovery_enter(ctx, t);
-        STAT_INC(&ctx->stats, fast_retransmits);
+        STAT_INC(&ctx->net.stats, fast_retransmits);
     }
     if (t->in_recovery)
         prr_update(t, 0);
@@ -575,12 +574,12 @@ uint64_t tcp_pto_ms(const struct tcb *t)
 
 /* The probe timer fired (RFC 8985 7.3): new data if the window allows it, else the last
  * segment again; then the RTO takes over. */
-void tcp_tlp_fire(struct mtcp_context *ctx, struct tcb *t)
+void tcp_tlp_fire(struct tcp_layer *ctx, struct tcb *t)
 {
     uint32_t data_end = t->snd_head_seq + mtcp_bytering_used(&t->snd);
     uint32_t unsent = SEQ_GT(data_end, t->snd_max) ? data_end - t->snd_max : 0;
     uint32_t flight = t->snd_max - t->snd_una;
-    STAT_INC(&ctx->stats, loss_probes);
+    STAT_INC(&ctx->net.stats, loss_probes);
     t->tlp_out = 1;
     if (unsent && !t->fin_sent && t->snd_wnd > flight) {
         uint32_t n = unsent < tcp_seg_max(t) ? unsent : tcp_seg_max(t);
@@ -615,7 +614,7 @@ void tcp_tlp_fire(struct mtcp_context *ctx, struct tcb *t)
 /* A retransmission timeout on a SACK connection (RFC 6675 5.1, RFC 8985 6.3): every
  * segment not SACKed is lost; they go again from SND.UNA under a one-segment window.
  * A second timeout in a row forgets the SACKs too (the peer may have reneged). */
-void tcp_sack_rto(struct mtcp_context *ctx, struct tcb *t)
+void tcp_sack_rto(struct tcp_layer *ctx, struct tcb *t)
 {
     int first = !t->in_loss || t->rto_backoff <= 1;
     if (!t->in_loss) {

@@ -3,35 +3,34 @@
  * these; the responder (api/responder.c) closes the connections it holds with them. */
 #include <string.h>
 
-#include "../api/ctx.h"
 #include "tcp.h"
 
 /* An ephemeral port whose 4-tuple is free and whose return traffic the device
  * steers to this core (mTCP's mtcp_init_rss idea). 0 when none is left. */
-uint16_t tcp_pick_port(struct mtcp_context *ctx, uint32_t raddr, uint16_t rport)
+uint16_t tcp_pick_port(struct tcp_layer *ctx, uint32_t raddr, uint16_t rport)
 {
     const uint32_t span = MTCP_EPHEMERAL_HI - MTCP_EPHEMERAL_LO + 1;
     if (ctx->next_port < MTCP_EPHEMERAL_LO || ctx->next_port > MTCP_EPHEMERAL_HI)
-        ctx->next_port = (uint16_t)(MTCP_EPHEMERAL_LO + (ctx->stack->isn_key[0] % span));
+        ctx->next_port = (uint16_t)(MTCP_EPHEMERAL_LO + (ctx->conf.isn_key[0] % span));
     for (uint32_t i = 0; i < span; i++) {
         uint16_t p = ctx->next_port;
         ctx->next_port = p == MTCP_EPHEMERAL_HI ? MTCP_EPHEMERAL_LO : (uint16_t)(p + 1);
-        if (ctx->ncores > 1 && io_flow_core(ctx->ip, raddr, p, rport, ctx->ncores) != ctx->core)
+        if (ctx->net.ncores > 1 && io_flow_core(ctx->net.ip, raddr, p, rport, ctx->net.ncores) != ctx->net.core)
             continue;
-        if (listener_lookup(ctx, ctx->ip, p) || flow_lookup(ctx, ctx->ip, p, raddr, rport))
+        if (listener_lookup(ctx, ctx->net.ip, p) || flow_lookup(ctx, ctx->net.ip, p, raddr, rport))
             continue;
         return p;
     }
     return 0;
 }
 
-struct tcb *tcp_open_active(struct mtcp_context *ctx, uint16_t lport, uint32_t raddr,
+struct tcb *tcp_open_active(struct tcp_layer *ctx, uint16_t lport, uint32_t raddr,
                             uint16_t rport)
 {
-    struct tcb *t = tcb_alloc(ctx, ctx->ip, lport, raddr, rport);
+    struct tcb *t = tcb_alloc(ctx, ctx->net.ip, lport, raddr, rport);
     if (!t)
         return NULL;
-    t->iss = tcp_isn(ctx, ctx->ip, lport, raddr, rport);
+    t->iss = tcp_isn(ctx, ctx->net.ip, lport, raddr, rport);
     t->snd_una = t->snd_nxt = t->snd_max = t->iss;
     t->snd_head_seq = t->iss + 1;
     t->ts_offset = tcp_ts_offset(ctx, t->laddr, t->raddr);
@@ -40,13 +39,13 @@ struct tcb *tcp_open_active(struct mtcp_context *ctx, uint16_t lport, uint32_t r
     return t;
 }
 
-void tcp_connect(struct mtcp_context *ctx, struct tcb *t)
+void tcp_connect(struct tcp_layer *ctx, struct tcb *t)
 {
     tcp_set_state(ctx, t, TCP_SYN_SENT);
     tcp_schedule(ctx, t, TCB_P_SYN);
 }
 
-void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort)
+void tcp_close_tcb(struct tcp_layer *ctx, struct tcb *t, int abort)
 {
     if (!t || !t->in_use)
         return;
@@ -83,7 +82,7 @@ void tcp_close_tcb(struct mtcp_context *ctx, struct tcb *t, int abort)
     /* FIN-WAIT-*, CLOSING, LAST-ACK: already closing; freed when done */
 }
 
-void tcp_window_update(struct mtcp_context *ctx, struct tcb *t)
+void tcp_window_update(struct tcp_layer *ctx, struct tcb *t)
 {
     if (!t->in_use || t->state == TCP_CLOSED || t->state == TCP_TIME_WAIT)
         return;
@@ -97,7 +96,7 @@ void tcp_window_update(struct mtcp_context *ctx, struct tcb *t)
         atomic_store_explicit(&t->wnd_job_wanted, 1, memory_order_release);
 }
 
-void tcp_shutdown_wr(struct mtcp_context *ctx, struct tcb *t)
+void tcp_shutdown_wr(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->in_use && (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT ||
                       t->state == TCP_SYN_RECEIVED || t->state == TCP_SYN_SENT))
@@ -113,7 +112,7 @@ void tcp_set_cc(struct tcb *t, uint32_t algo)
     }
 }
 
-void tcp_timers_changed(struct mtcp_context *ctx, struct tcb *t)
+void tcp_timers_changed(struct tcp_layer *ctx, struct tcb *t)
 {
     if (t->state == TCP_ESTABLISHED || t->state == TCP_CLOSE_WAIT) {
         if (t->rto_armed && t->timer_kind == TCP_TIMER_KEEPALIVE)
