@@ -89,6 +89,46 @@ static int connection_tokens(const uint8_t *v, size_t n, struct rsp_req *out)
     return 0;
 }
 
+/* One header field: a field the key or the framing uses goes into its slot (once), the
+ * Connection tokens are read, a field on the allow-list is skipped; 0, or -RSP_FB_header
+ * for any other (the application's). */
+static int field_store(const uint8_t *buf, size_t nstart, size_t nlen, size_t vstart,
+                       size_t vend, struct rsp_req *out)
+{
+    const uint8_t *name = buf + nstart;
+    struct rsp_span sp = {(uint16_t)vstart, (uint16_t)(vend - vstart), 1};
+    struct rsp_span *slot = NULL;
+    if (name_is(name, nlen, "host"))
+        slot = &out->host;
+    else if (name_is(name, nlen, "accept-encoding"))
+        slot = &out->accept_encoding;
+    else if (name_is(name, nlen, "if-none-match"))
+        slot = &out->if_none_match;
+    else if (name_is(name, nlen, "user-agent"))
+        slot = &out->user_agent;
+    else if (name_is(name, nlen, "referer"))
+        slot = &out->referer;
+    else if (name_is(name, nlen, "connection")) {
+        if (connection_tokens(buf + vstart, vend - vstart, out) < 0)
+            return -RSP_FB_header;
+        return 0;
+    } else {
+        int ok = 0;
+        for (size_t i = 0; i < sizeof(IGNORED) / sizeof(IGNORED[0]); i++)
+            if (name_is(name, nlen, IGNORED[i])) {
+                ok = 1;
+                break;
+            }
+        if (!ok)
+            return -RSP_FB_header;
+        return 0;
+    }
+    if (slot->present)
+        return -RSP_FB_header; /* repeated: the application joins them */
+    *slot = sp;
+    return 0;
+}
+
 int rsp_parse(const uint8_t *buf, size_t len, const struct rsp_limits *lim, struct rsp_req *out)
 {
     memset(out, 0, sizeof(*out));
@@ -180,37 +220,9 @@ int rsp_parse(const uint8_t *buf, size_t len, const struct rsp_limits *lim, stru
         head_bytes += (uint32_t)(nlen + (vend - vstart) + 4);
         if (head_bytes > lim->max_header_bytes)
             return -RSP_FB_size;
-        const uint8_t *name = buf + nstart;
-        struct rsp_span sp = {(uint16_t)vstart, (uint16_t)(vend - vstart), 1};
-        struct rsp_span *slot = NULL;
-        if (name_is(name, nlen, "host"))
-            slot = &out->host;
-        else if (name_is(name, nlen, "accept-encoding"))
-            slot = &out->accept_encoding;
-        else if (name_is(name, nlen, "if-none-match"))
-            slot = &out->if_none_match;
-        else if (name_is(name, nlen, "user-agent"))
-            slot = &out->user_agent;
-        else if (name_is(name, nlen, "referer"))
-            slot = &out->referer;
-        else if (name_is(name, nlen, "connection")) {
-            if (connection_tokens(buf + vstart, vend - vstart, out) < 0)
-                return -RSP_FB_header;
-            continue;
-        } else {
-            int ok = 0;
-            for (size_t i = 0; i < sizeof(IGNORED) / sizeof(IGNORED[0]); i++)
-                if (name_is(name, nlen, IGNORED[i])) {
-                    ok = 1;
-                    break;
-                }
-            if (!ok)
-                return -RSP_FB_header;
-            continue;
-        }
-        if (slot->present)
-            return -RSP_FB_header; /* repeated: the application joins them */
-        *slot = sp;
+        int fr = field_store(buf, nstart, nlen, vstart, vend, out);
+        if (fr < 0)
+            return fr;
     }
     if (!out->host.present && out->minor == 1)
         return -RSP_FB_header; /* RFC 9112 3.2: a 400, the application's */

@@ -52,54 +52,47 @@ static void fail(char *err, size_t errlen, const char *msg)
         snprintf(err, errlen, "%s", msg);
 }
 
-struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, size_t errlen)
+/* The stack's addresses and core count from conf (0, or -1 with err filled). */
+static int stack_addresses(struct mtcp_stack *s, const struct mtcp_conf *conf, char *err,
+                           size_t errlen)
 {
     char msg[256];
-    struct mtcp_stack *s = calloc(1, sizeof(*s));
-    if (!s) {
-        errno = ENOMEM;
-        fail(err, errlen, "out of memory");
-        return NULL;
-    }
-    s->conf = *conf;
-    s->conf.backend = s->s_backend = dup_or_null(conf->backend);
-    s->conf.iface = s->s_iface = dup_or_null(conf->iface);
-    s->conf.ip = s->s_ip = dup_or_null(conf->ip);
-    s->conf.gateway = s->s_gateway = dup_or_null(conf->gateway);
-    s->conf.mac = s->s_mac = dup_or_null(conf->mac);
-    s->conf.tap_host_cidr = s->s_tap = dup_or_null(conf->tap_host_cidr);
-    s->conf.pcap_path = s->s_pcap = dup_or_null(conf->pcap_path);
-    s->conf.stats_path = s->s_stats = dup_or_null(conf->stats_path);
-
     if (!conf->backend) {
         fail(err, errlen, "backend: missing (afpacket, tap or pair)");
-        goto einval;
+        return -1;
     }
     if (parse_ip(conf->ip, &s->ip) < 0) {
         snprintf(msg, sizeof(msg), "ip: not an IPv4 address: %s", conf->ip ? conf->ip : "(none)");
         fail(err, errlen, msg);
-        goto einval;
+        return -1;
     }
     if (conf->prefix > 32) {
         fail(err, errlen, "prefix: must be 0..32");
-        goto einval;
+        return -1;
     }
     s->netmask = conf->prefix ? ~0u << (32 - conf->prefix) : 0;
     if (conf->gateway && parse_ip(conf->gateway, &s->gateway) < 0) {
         snprintf(msg, sizeof(msg), "gateway: not an IPv4 address: %s", conf->gateway);
         fail(err, errlen, msg);
-        goto einval;
+        return -1;
     }
     s->ncores = conf->ncores ? conf->ncores : 1;
     if (s->ncores > 256) {
         fail(err, errlen, "ncores: at most 256");
-        goto einval;
+        return -1;
     }
+    return 0;
+}
+
+/* Socket-buffer sizes, the memory budget and the connection pool it gives. */
+static int stack_buffers(struct mtcp_stack *s, const struct mtcp_conf *conf, char *err,
+                         size_t errlen)
+{
     s->rcvbuf = round_pow2_down(conf->rcvbuf ? conf->rcvbuf : MTCP_DEFAULT_RCVBUF);
     s->sndbuf = round_pow2_down(conf->sndbuf ? conf->sndbuf : MTCP_DEFAULT_SNDBUF);
     if (s->rcvbuf < 4096 || s->sndbuf < 4096) {
         fail(err, errlen, "rcvbuf/sndbuf: at least 4096 bytes");
-        goto einval;
+        return -1;
     }
     s->mem_budget = conf->mem_budget ? conf->mem_budget : MTCP_DEFAULT_MEM_BUDGET;
     {
@@ -116,8 +109,16 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
     }
     if (s->mem_budget < (uint64_t)s->sndbuf + s->rcvbuf) {
         fail(err, errlen, "mem_budget: smaller than one connection's sndbuf + rcvbuf");
-        goto einval;
+        return -1;
     }
+    return 0;
+}
+
+/* TCP's settings (exhaustion bounds, timers, SACK, delayed ACK, congestion control) and
+ * the ISN / SYN cookie key. */
+static int stack_tcp_settings(struct mtcp_stack *s, const struct mtcp_conf *conf, char *err,
+                              size_t errlen)
+{
     s->orphan_retries = conf->orphan_retries ? conf->orphan_retries : MTCP_DEFAULT_ORPHAN_RETRIES;
     s->max_orphans = conf->max_orphans ? conf->max_orphans : s->max_conns / 4;
     s->max_per_source = conf->max_conns_per_source;
@@ -137,7 +138,7 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         int cc = tcp_cc_from_name(conf->congestion, strlen(conf->congestion));
         if (cc < 0) {
             fail(err, errlen, "congestion: \"cubic\" or \"newreno\"");
-            goto einval;
+            return -1;
         }
         s->cc_algo = cc;
     }
@@ -152,8 +153,33 @@ struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, si
         }
     } else if (getrandom(s->isn_key, sizeof(s->isn_key), 0) != sizeof(s->isn_key)) {
         fail(err, errlen, "getrandom failed");
-        goto einval;
+        return -1;
     }
+    return 0;
+}
+
+struct mtcp_stack *mtcp_stack_create(const struct mtcp_conf *conf, char *err, size_t errlen)
+{
+    char msg[256];
+    struct mtcp_stack *s = calloc(1, sizeof(*s));
+    if (!s) {
+        errno = ENOMEM;
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->conf = *conf;
+    s->conf.backend = s->s_backend = dup_or_null(conf->backend);
+    s->conf.iface = s->s_iface = dup_or_null(conf->iface);
+    s->conf.ip = s->s_ip = dup_or_null(conf->ip);
+    s->conf.gateway = s->s_gateway = dup_or_null(conf->gateway);
+    s->conf.mac = s->s_mac = dup_or_null(conf->mac);
+    s->conf.tap_host_cidr = s->s_tap = dup_or_null(conf->tap_host_cidr);
+    s->conf.pcap_path = s->s_pcap = dup_or_null(conf->pcap_path);
+    s->conf.stats_path = s->s_stats = dup_or_null(conf->stats_path);
+
+    if (stack_addresses(s, conf, err, errlen) < 0 || stack_buffers(s, conf, err, errlen) < 0 ||
+        stack_tcp_settings(s, conf, err, errlen) < 0)
+        goto einval;
 
     struct io_config ioc = {
         .backend = s->conf.backend,

@@ -414,17 +414,9 @@ static int join_fanout(int fd, uint32_t id, uint32_t flags)
     return setopt_int(fd, SOL_PACKET, PACKET_FANOUT, v);
 }
 
-static int afp_open_all(struct io_group *g, const char **err_msg)
+/* Each core's afp_dev and its shared cursors page. */
+static int afp_alloc_devs(struct io_group *g, const char **err_msg)
 {
-    const char *iface = g->cfg.iface;
-    if (!iface || !iface[0]) {
-        *err_msg = "afpacket: no interface given (cfg.iface)";
-        return -EINVAL;
-    }
-    if (strlen(iface) >= IFNAMSIZ) {
-        *err_msg = "afpacket: interface name longer than 15 characters";
-        return -EINVAL;
-    }
     unsigned n = g->n;
     for (unsigned i = 0; i < n; i++) {
         struct afp_dev *ad = calloc(1, sizeof *ad);
@@ -442,13 +434,13 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         }
         ad->cur = cur;
     }
+    return 0;
+}
 
-    /* Interface facts, through the first socket. */
-    struct afp_dev *ad0 = g->devs[0].priv;
-    int rc = packet_socket(err_msg);
-    if (rc < 0)
-        return rc;
-    ad0->fd = rc;
+/* The interface's index, MAC and MTU, through the socket fd; it must be up. */
+static int afp_iface_facts(int fd, const char *iface, int *ifindex_out, uint8_t mac[6],
+                           unsigned *mtu_out, const char **err_msg)
+{
     int ifindex = (int)if_nametoindex(iface);
     if (ifindex == 0) {
         *err_msg = "afpacket: no such interface";
@@ -457,20 +449,19 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     memcpy(ifr.ifr_name, iface, strlen(iface));
-    if (ioctl(ad0->fd, SIOCGIFHWADDR, &ifr) < 0) {
+    if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) {
         *err_msg = "afpacket: SIOCGIFHWADDR failed";
         return io_neg_errno();
     }
-    uint8_t mac[6];
     memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
-    if (ioctl(ad0->fd, SIOCGIFMTU, &ifr) < 0) {
+    if (ioctl(fd, SIOCGIFMTU, &ifr) < 0) {
         *err_msg = "afpacket: SIOCGIFMTU failed";
         return io_neg_errno();
     }
-    unsigned mtu = (unsigned)ifr.ifr_mtu;
+    *mtu_out = (unsigned)ifr.ifr_mtu;
     /* A down interface leaves bound sockets "not running", and joining a
      * fanout group then fails with a bare EINVAL: say what is wrong instead. */
-    if (ioctl(ad0->fd, SIOCGIFFLAGS, &ifr) < 0) {
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) {
         *err_msg = "afpacket: SIOCGIFFLAGS failed";
         return io_neg_errno();
     }
@@ -478,7 +469,82 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         *err_msg = "afpacket: interface is down (ip link set IFACE up)";
         return -ENETDOWN;
     }
+    *ifindex_out = ifindex;
+    return 0;
+}
 
+/* Core i's data socket joins the fanout group (the first one creates it and installs
+ * the cBPF program that computes io_flow_core). */
+static int afp_join_fanout(struct afp_dev *ad, unsigned i, unsigned n, uint32_t *group_io,
+                           const char **err_msg)
+{
+    int rc;
+    uint32_t group = *group_io;
+    /* Join in core order: member index = core number. */
+    if (i == 0 && group == 0) {
+        /* Let the kernel pick an id no other group in this netns uses;
+         * fall back to one derived from the pid on kernels without it. */
+        rc = join_fanout(ad->fd, 0, PACKET_FANOUT_FLAG_UNIQUEID);
+        if (rc == 0) {
+            int v = 0;
+            socklen_t len = sizeof v;
+            if (getsockopt(ad->fd, SOL_PACKET, PACKET_FANOUT, &v, &len) < 0) {
+                *err_msg = "afpacket: getsockopt(PACKET_FANOUT) failed";
+                return io_neg_errno();
+            }
+            group = (uint32_t)v & 0xffffu;
+        } else {
+            group = ((uint32_t)getpid() & 0xffffu) | 1u;
+            rc = join_fanout(ad->fd, group, 0);
+        }
+    } else {
+        rc = join_fanout(ad->fd, group, 0);
+    }
+    if (rc < 0) {
+        *err_msg = rc == -EINVAL ? "afpacket: PACKET_FANOUT: group id already used with "
+                                   "other settings (choose another fanout_group)"
+                                 : "afpacket: PACKET_FANOUT failed";
+        return rc;
+    }
+    if (i == 0) {
+        struct sock_filter prog[FANOUT_PROG_LEN];
+        build_fanout_prog(prog, n);
+        struct sock_fprog fp = {.len = FANOUT_PROG_LEN, .filter = prog};
+        rc = setopt(ad->fd, SOL_PACKET, PACKET_FANOUT_DATA, &fp, sizeof fp);
+        if (rc < 0) {
+            *err_msg = "afpacket: PACKET_FANOUT_DATA (cBPF fanout program) rejected";
+            return rc;
+        }
+    }
+    *group_io = group;
+    return 0;
+}
+
+static int afp_open_all(struct io_group *g, const char **err_msg)
+{
+    const char *iface = g->cfg.iface;
+    if (!iface || !iface[0]) {
+        *err_msg = "afpacket: no interface given (cfg.iface)";
+        return -EINVAL;
+    }
+    if (strlen(iface) >= IFNAMSIZ) {
+        *err_msg = "afpacket: interface name longer than 15 characters";
+        return -EINVAL;
+    }
+    unsigned n = g->n;
+    int rc = afp_alloc_devs(g, err_msg);
+    if (rc < 0)
+        return rc;
+    /* Interface facts, through the first socket. */
+    struct afp_dev *ad0 = g->devs[0].priv;
+    if ((rc = packet_socket(err_msg)) < 0)
+        return rc;
+    ad0->fd = rc;
+    int ifindex;
+    uint8_t mac[6];
+    unsigned mtu;
+    if ((rc = afp_iface_facts(ad0->fd, iface, &ifindex, mac, &mtu, err_msg)) < 0)
+        return rc;
     bool fanout = n > 1;
     uint32_t group = g->cfg.fanout_group & 0xffffu;
     for (unsigned i = 0; i < n; i++) {
@@ -511,42 +577,8 @@ static int afp_open_all(struct io_group *g, const char **err_msg)
         dev->tso_max = ad->tso_fd >= 0 ? AFP_TSO_MAX : 0;
         if (!fanout)
             break;
-        /* Join in core order: member index = core number. */
-        if (i == 0 && group == 0) {
-            /* Let the kernel pick an id no other group in this netns uses;
-             * fall back to one derived from the pid on kernels without it. */
-            rc = join_fanout(ad->fd, 0, PACKET_FANOUT_FLAG_UNIQUEID);
-            if (rc == 0) {
-                int v = 0;
-                socklen_t len = sizeof v;
-                if (getsockopt(ad->fd, SOL_PACKET, PACKET_FANOUT, &v, &len) < 0) {
-                    *err_msg = "afpacket: getsockopt(PACKET_FANOUT) failed";
-                    return io_neg_errno();
-                }
-                group = (uint32_t)v & 0xffffu;
-            } else {
-                group = ((uint32_t)getpid() & 0xffffu) | 1u;
-                rc = join_fanout(ad->fd, group, 0);
-            }
-        } else {
-            rc = join_fanout(ad->fd, group, 0);
-        }
-        if (rc < 0) {
-            *err_msg = rc == -EINVAL ? "afpacket: PACKET_FANOUT: group id already used with "
-                                       "other settings (choose another fanout_group)"
-                                     : "afpacket: PACKET_FANOUT failed";
+        if ((rc = afp_join_fanout(ad, i, n, &group, err_msg)) < 0)
             return rc;
-        }
-        if (i == 0) {
-            struct sock_filter prog[FANOUT_PROG_LEN];
-            build_fanout_prog(prog, n);
-            struct sock_fprog fp = {.len = FANOUT_PROG_LEN, .filter = prog};
-            rc = setopt(ad->fd, SOL_PACKET, PACKET_FANOUT_DATA, &fp, sizeof fp);
-            if (rc < 0) {
-                *err_msg = "afpacket: PACKET_FANOUT_DATA (cBPF fanout program) rejected";
-                return rc;
-            }
-        }
     }
     /* Every member is in place: let traffic through. */
     if (fanout) {

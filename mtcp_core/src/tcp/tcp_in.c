@@ -675,156 +675,168 @@ static void fin_received(struct tcp_layer *ctx, struct tcb *t)
 
 /* ---------------------------------------------------------------- input */
 
-void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
-               unsigned frame_flags)
+/* A segment for no connection: a SYN for a listener opens one, an ACK may complete a SYN
+ * cookie's handshake (the TCB it returns goes on through tcp_input), anything else is
+ * answered with a RST (RFC 9293 3.10.7.1) or dropped. NULL: handled. */
+static struct tcb *input_no_flow(struct tcp_layer *ctx, const uint8_t src_mac[6],
+                                 const struct wire_ipv4 *ip, const struct wire_tcp *seg,
+                                 uint8_t ctl)
 {
-    struct tcp_layer *ctx = tcp_of_net(n);
-    struct wire_tcp seg;
-    int verify = !(frame_flags & (IO_FRAME_CSUM_PARTIAL | IO_FRAME_CSUM_VALID));
-    mtcp_drop_t r = wire_tcp_parse(ip->payload, ip->payload_len, ip->src, ip->dst, verify, &seg);
-    if (r) {
-        STAT_DROP(&ctx->net.stats, r);
-        return;
+    struct tcb *t = NULL;
+    struct mtcp_listener *l = listener_lookup(ctx, ip->dst, seg->dport);
+    if (l && ctl == WIRE_TCP_SYN) {
+        passive_open(ctx, l, src_mac, ip, seg);
+        return NULL;
     }
-    STAT_INC(&ctx->net.stats, tcp_segs_rx);
-    uint8_t ctl = seg.flags & (WIRE_TCP_SYN | WIRE_TCP_ACK | WIRE_TCP_RST);
-    struct tcb *t = flow_lookup(ctx, ip->dst, seg.dport, ip->src, seg.sport);
-    if (!t) {
-        struct mtcp_listener *l = listener_lookup(ctx, ip->dst, seg.dport);
-        if (l && ctl == WIRE_TCP_SYN) {
-            passive_open(ctx, l, src_mac, ip, &seg);
-            return;
-        }
-        int no_room = 0;
-        if (l && ctl == WIRE_TCP_ACK &&
-            (t = cookie_open(ctx, l, src_mac, ip, &seg, &no_room)) != NULL) {
-            /* fall through: the ACK completes the handshake and may carry data */
-        } else if (no_room) {
-            return;
-        } else {
-            STAT_INC(&ctx->net.stats, drop_tcp_no_socket);
-            /* RFC 9293 3.10.7.1 answers with a RST; on an address the kernel shares, a
-             * port the stack does not listen on is the kernel's (its management port,
-             * its own connections): a RST would reset them. */
-            if (!ctx->net.shared_addr || l)
-                tcp_send_rst_for(ctx, src_mac, ip, &seg);
-            return;
-        }
+    int no_room = 0;
+    if (l && ctl == WIRE_TCP_ACK &&
+        (t = cookie_open(ctx, l, src_mac, ip, seg, &no_room)) != NULL) {
+        /* fall through: the ACK completes the handshake and may carry data */
+    } else if (no_room) {
+        return NULL;
+    } else {
+        STAT_INC(&ctx->net.stats, drop_tcp_no_socket);
+        /* RFC 9293 3.10.7.1 answers with a RST; on an address the kernel shares, a
+         * port the stack does not listen on is the kernel's (its management port,
+         * its own connections): a RST would reset them. */
+        if (!ctx->net.shared_addr || l)
+            tcp_send_rst_for(ctx, src_mac, ip, seg);
+        return NULL;
     }
+    return t;
+}
+
+/* SYN-SENT, CLOSED and TIME-WAIT before the common checks; 1: handled. */
+static int input_special_state(struct tcp_layer *ctx, struct tcb *t, const uint8_t src_mac[6],
+                               const struct wire_ipv4 *ip, const struct wire_tcp *seg,
+                               uint8_t ctl)
+{
     if (t->state == TCP_SYN_SENT) {
-        input_syn_sent(ctx, t, src_mac, ip, &seg);
-        return;
+        input_syn_sent(ctx, t, src_mac, ip, seg);
+        return 1;
     }
     if (t->state == TCP_CLOSED) {
         /* kept only until the app closes its socket */
-        tcp_send_rst_for(ctx, src_mac, ip, &seg);
-        return;
+        tcp_send_rst_for(ctx, src_mac, ip, seg);
+        return 1;
     }
     if (t->state == TCP_TIME_WAIT) {
-        if (ctl == WIRE_TCP_SYN && time_wait_reopen(ctx, t, src_mac, ip, &seg))
-            return;
-        if (seg.flags & WIRE_TCP_RST) {
+        if (ctl == WIRE_TCP_SYN && time_wait_reopen(ctx, t, src_mac, ip, seg))
+            return 1;
+        if (seg->flags & WIRE_TCP_RST) {
             /* RFC 1337: a RST must not cut TIME-WAIT short (assassination) */
             STAT_INC(&ctx->net.stats, drop_tcp_rst_time_wait);
-            return;
+            return 1;
         }
     }
+    return 0;
+}
 
-    const uint8_t *data = seg.payload;
-    uint32_t len = seg.payload_len;
-    uint32_t seq = seg.seq;
-    uint32_t seglen = len + !!(seg.flags & WIRE_TCP_SYN) + !!(seg.flags & WIRE_TCP_FIN);
-
+/* RFC 9293 3.10.7.4, first to fourth: the SYN-ACK retransmission, PAWS, the sequence
+ * number check, RST and SYN (RFC 5961); 1: the segment ends here. */
+static int input_checks(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg,
+                        uint8_t ctl, uint32_t seglen)
+{
+    const uint32_t seq = seg->seq, len = seg->payload_len;
     /* a retransmitted SYN while our SYN-ACK is unanswered: send the SYN-ACK again */
     if (t->state == TCP_SYN_RECEIVED && ctl == WIRE_TCP_SYN && seq == t->irs) {
         tcp_schedule(ctx, t, TCB_P_SYN);
-        return;
+        return 1;
     }
 
     /* RFC 7323 5.3 (PAWS): a segment older than TS.Recent is a duplicate from an
      * earlier wrap of the sequence space: ACK it and drop it */
-    if (t->ts_ok && seg.opt.has_ts && !(seg.flags & WIRE_TCP_RST) &&
-        (int32_t)(seg.opt.ts_val - t->ts_recent) < 0 &&
+    if (t->ts_ok && seg->opt.has_ts && !(seg->flags & WIRE_TCP_RST) &&
+        (int32_t)(seg->opt.ts_val - t->ts_recent) < 0 &&
         ctx->net.now_ms - t->ts_recent_ms < PAWS_IDLE_MS) {
         STAT_INC(&ctx->net.stats, drop_tcp_paws);
         tcp_send_ack_now(ctx, t);
-        return;
+        return 1;
     }
 
     /* RFC 9293 3.10.7.4 first: sequence number check */
     if (!seq_acceptable(t, seq, seglen)) {
-        if (seg.flags & WIRE_TCP_SYN) {
+        if (seg->flags & WIRE_TCP_SYN) {
             tcp_challenge_ack(ctx, t); /* RFC 5961 4.2: whatever its sequence number */
-        } else if (!(seg.flags & WIRE_TCP_RST)) {
-            if (t->state == TCP_TIME_WAIT && (seg.flags & WIRE_TCP_FIN))
+        } else if (!(seg->flags & WIRE_TCP_RST)) {
+            if (t->state == TCP_TIME_WAIT && (seg->flags & WIRE_TCP_FIN))
                 tcp_enter_time_wait(ctx, t); /* retransmitted FIN: restart 2MSL */
             if (len && SEQ_LEQ(seq + len, t->rcv_nxt))
                 dsack_note(t, seq, seq + len); /* all of it arrived before (RFC 2883) */
             tcp_send_ack_now(ctx, t);
         }
         STAT_INC(&ctx->net.stats, drop_tcp_out_of_window);
-        return;
+        return 1;
     }
     tcp_idle_touch(ctx, t);
-    if (t->ts_ok && seg.opt.has_ts && SEQ_LEQ(seq, t->last_ack_sent)) {
-        t->ts_recent = seg.opt.ts_val; /* RFC 7323 4.3 */
+    if (t->ts_ok && seg->opt.has_ts && SEQ_LEQ(seq, t->last_ack_sent)) {
+        t->ts_recent = seg->opt.ts_val; /* RFC 7323 4.3 */
         t->ts_recent_ms = ctx->net.now_ms;
     }
 
     /* second: RST (RFC 5961 3.2: exact match resets, in-window gets a challenge ACK) */
-    if (seg.flags & WIRE_TCP_RST) {
+    if (seg->flags & WIRE_TCP_RST) {
         if (seq != t->rcv_nxt) {
             tcp_challenge_ack(ctx, t);
-            return;
+            return 1;
         }
         STAT_INC(&ctx->net.stats, rst_rx);
         int err = (t->state == TCP_CLOSING || t->state == TCP_LAST_ACK)
                       ? 0
                       : (t->state == TCP_SYN_RECEIVED && !t->listener ? ECONNREFUSED : ECONNRESET);
         tcp_conn_done(ctx, t, err);
-        return;
+        return 1;
     }
     /* fourth: SYN in a synchronized state (RFC 5961 4.2): challenge ACK */
-    if (seg.flags & WIRE_TCP_SYN) {
+    if (seg->flags & WIRE_TCP_SYN) {
         tcp_challenge_ack(ctx, t);
-        return;
+        return 1;
     }
+    return 0;
+}
+
+/* Fifth: the ACK field (handshake completion, ACK processing, the send window, FIN
+ * acknowledged in the closing states); 1: the segment ends here. */
+static int input_ack(struct tcp_layer *ctx, struct tcb *t, const uint8_t src_mac[6],
+                     const struct wire_ipv4 *ip, const struct wire_tcp *seg, uint32_t seglen)
+{
+    const uint32_t seq = seg->seq;
     /* fifth: the ACK field */
-    if (!(seg.flags & WIRE_TCP_ACK)) {
+    if (!(seg->flags & WIRE_TCP_ACK)) {
         STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
-        return;
+        return 1;
     }
     if (t->state == TCP_SYN_RECEIVED) {
-        if (SEQ_LT(seg.ack, t->snd_una) || SEQ_GT(seg.ack, t->snd_max) ||
-            (seg.ack == t->snd_una && t->snd_una == t->iss)) {
-            tcp_send_rst_for(ctx, src_mac, ip, &seg);
-            return;
+        if (SEQ_LT(seg->ack, t->snd_una) || SEQ_GT(seg->ack, t->snd_max) ||
+            (seg->ack == t->snd_una && t->snd_una == t->iss)) {
+            tcp_send_rst_for(ctx, src_mac, ip, seg);
+            return 1;
         }
         if (t->rto_backoff == 0 && t->rto_armed)
             tcp_rtt_sample(t, (uint32_t)(ctx->net.now_ms - (t->rto_expire_ms - t->rto_ms)));
-        t->snd_wnd = (uint32_t)seg.win << t->snd_wscale;
+        t->snd_wnd = (uint32_t)seg->win << t->snd_wscale;
         t->snd_wl1 = seq;
-        t->snd_wl2 = seg.ack;
-        if (SEQ_GT(seg.ack, t->snd_una))
-            tcp_ack_advance(ctx, t, seg.ack);
+        t->snd_wl2 = seg->ack;
+        if (SEQ_GT(seg->ack, t->snd_una))
+            tcp_ack_advance(ctx, t, seg->ack);
         if (passive_established(ctx, t) < 0)
-            return;
+            return 1;
         if (t->pend & (TCB_P_FIN | TCB_P_DATA))
             tcp_schedule(ctx, t, TCB_P_DATA);
     } else if (t->state != TCP_TIME_WAIT) {
-        if (SEQ_GT(seg.ack, t->snd_max)) {
+        if (SEQ_GT(seg->ack, t->snd_max)) {
             /* acks something not yet sent */
             tcp_send_ack_now(ctx, t);
             STAT_INC(&ctx->net.stats, drop_tcp_bad_segment);
-            return;
+            return 1;
         }
         uint32_t wnd_before = t->snd_wnd;
-        ack_received(ctx, t, &seg, seglen);
+        ack_received(ctx, t, seg, seglen);
         /* window update (RFC 9293 3.10.7.4, SND.WL1/SND.WL2 rule) */
-        if (SEQ_LT(t->snd_wl1, seq) || (t->snd_wl1 == seq && SEQ_LEQ(t->snd_wl2, seg.ack))) {
-            t->snd_wnd = (uint32_t)seg.win << t->snd_wscale;
+        if (SEQ_LT(t->snd_wl1, seq) || (t->snd_wl1 == seq && SEQ_LEQ(t->snd_wl2, seg->ack))) {
+            t->snd_wnd = (uint32_t)seg->win << t->snd_wscale;
             t->snd_wl1 = seq;
-            t->snd_wl2 = seg.ack;
+            t->snd_wl2 = seg->ack;
         }
         if (t->snd_wnd > wnd_before && wnd_before == 0)
             t->rto_backoff = 0; /* the zero window opened: the persist backoff ends */
@@ -837,13 +849,13 @@ void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_
         case TCP_CLOSING:
             if (fin_acked) {
                 tcp_enter_time_wait(ctx, t);
-                return;
+                return 1;
             }
             break;
         case TCP_LAST_ACK:
             if (fin_acked) {
                 tcp_conn_done(ctx, t, 0);
-                return;
+                return 1;
             }
             break;
         default:
@@ -853,9 +865,17 @@ void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_
             (t->snd_head_seq + mtcp_bytering_used(&t->snd) != t->snd_nxt && !t->fin_sent))
             tcp_schedule(ctx, t, TCB_P_DATA);
     }
+    return 0;
+}
 
+/* Seventh and eighth: the segment's data and FIN, then the ACK it is owed. */
+static void input_text(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
+{
+    const uint8_t *data = seg->payload;
+    uint32_t len = seg->payload_len;
+    uint32_t seq = seg->seq;
     /* seventh: segment text */
-    int fin = seg.flags & WIRE_TCP_FIN;
+    int fin = seg->flags & WIRE_TCP_FIN;
     int ack_now = ACK_LATER;
     if (len && (t->state == TCP_ESTABLISHED || t->state == TCP_FIN_WAIT_1 ||
                 t->state == TCP_FIN_WAIT_2)) {
@@ -872,8 +892,8 @@ void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_
             len -= skip;
             seq = t->rcv_nxt;
         }
-        if (t->ts_ok && seg.opt.has_ts)
-            rcv_rtt_sample(ctx, t, seg.opt.ts_ecr);
+        if (t->ts_ok && seg->opt.has_ts)
+            rcv_rtt_sample(ctx, t, seg->opt.ts_ecr);
         ack_now = rcv_data(ctx, t, seq, data, len, &fin);
     } else if (len) {
         ack_now = ACK_ROUND; /* data after the peer's FIN: just re-ACK */
@@ -889,4 +909,29 @@ void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_
         tcp_schedule(ctx, t, TCB_P_ACK);
     if (t->in_use && t->state != TCP_TIME_WAIT && t->state != TCP_CLOSED)
         tcp_idle_timer(ctx, t);
+}
+
+void tcp_input(struct net_layer *n, const uint8_t src_mac[6], const struct wire_ipv4 *ip,
+               unsigned frame_flags)
+{
+    struct tcp_layer *ctx = tcp_of_net(n);
+    struct wire_tcp seg;
+    int verify = !(frame_flags & (IO_FRAME_CSUM_PARTIAL | IO_FRAME_CSUM_VALID));
+    mtcp_drop_t r = wire_tcp_parse(ip->payload, ip->payload_len, ip->src, ip->dst, verify, &seg);
+    if (r) {
+        STAT_DROP(&ctx->net.stats, r);
+        return;
+    }
+    STAT_INC(&ctx->net.stats, tcp_segs_rx);
+    uint8_t ctl = seg.flags & (WIRE_TCP_SYN | WIRE_TCP_ACK | WIRE_TCP_RST);
+    struct tcb *t = flow_lookup(ctx, ip->dst, seg.dport, ip->src, seg.sport);
+    if (!t && !(t = input_no_flow(ctx, src_mac, ip, &seg, ctl)))
+        return;
+    if (input_special_state(ctx, t, src_mac, ip, &seg, ctl))
+        return;
+    uint32_t seglen =
+        seg.payload_len + !!(seg.flags & WIRE_TCP_SYN) + !!(seg.flags & WIRE_TCP_FIN);
+    if (input_checks(ctx, t, &seg, ctl, seglen) || input_ack(ctx, t, src_mac, ip, &seg, seglen))
+        return;
+    input_text(ctx, t, &seg);
 }

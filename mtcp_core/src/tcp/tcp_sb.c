@@ -379,25 +379,12 @@ static void dsack_received(struct tcp_layer *ctx, struct tcb *t, uint32_t l, uin
     }
 }
 
-/* The ACK of a SACK connection: scoreboard, RACK, TLP, PRR and congestion control.
- * Runs before the window update; the caller moved nothing yet. */
-void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
+/* D-SACK (RFC 2883 4): 1 when the first block reports a duplicate (then it is not a
+ * SACK block). */
+static uint8_t sack_dsack_first(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
 {
     uint32_t ack = seg->ack;
-    uint32_t prior_una = t->snd_una;
-    uint32_t prior_flight = t->snd_max - t->snd_una;
-    uint32_t delivered = 0;
-    uint32_t rtt_xmit = 0;
-    int have_rtt = 0;
-    t->last_rtt_us = 0;
-    t->lt_extra = 0;
-    if (!t->rack_fack_ok || SEQ_LT(t->rack_fack, t->snd_una)) {
-        t->rack_fack = t->snd_una; /* nothing above SND.UNA delivered yet */
-        t->rack_fack_ok = 1;
-    }
-
-    /* D-SACK (RFC 2883 4): the first block lies below the cumulative ACK or inside
-     * the second block */
+    /* the first block lies below the cumulative ACK or inside the second block */
     uint8_t first = 0;
     if (seg->opt.nsack) {
         uint32_t l0 = seg->opt.sack[0].left, r0 = seg->opt.sack[0].right;
@@ -409,20 +396,26 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
                 dsack_received(ctx, t, l0, r0);
         }
     }
+    return first;
+}
 
-    /* the cumulative part */
+/* The cumulative part of the ACK: entries below it are delivered (RACK) and dropped;
+ * the oldest never retransmitted one gives the RTT sample (as Linux). */
+static void sack_cumulative(struct tcp_layer *ctx, struct tcb *t, uint32_t ack,
+                            uint32_t *delivered, uint32_t *rtt_xmit, int *have_rtt)
+{
     if (SEQ_GT(ack, t->snd_una)) {
         for (uint8_t i = 0; i < t->sb_n && SEQ_LT(t->sb[i].start, ack); i++) {
             struct tcp_sb_seg *e = &t->sb[i];
             if (e->flags & TCP_SB_SACKED)
                 continue;
             uint32_t end = SEQ_LT(ack, e->end) ? ack : e->end;
-            delivered += end - e->start;
+            *delivered += end - e->start;
             rack_update(ctx, t, e);
             rack_reorder_check(t, e);
-            if (!(e->flags & TCP_SB_EVER) && !have_rtt) {
-                rtt_xmit = e->xmit_us; /* the oldest newly acknowledged, as Linux */
-                have_rtt = 1;
+            if (!(e->flags & TCP_SB_EVER) && !*have_rtt) {
+                *rtt_xmit = e->xmit_us; /* the oldest newly acknowledged, as Linux */
+                *have_rtt = 1;
             }
         }
         uint8_t k = 0;
@@ -436,7 +429,15 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
         }
         t->sb_n = k;
     }
+}
 
+/* The SACK blocks after the first D-SACK one: entries they cover become SACKED
+ * (delivered, RACK); the newest never retransmitted one gives the SACK RTT. */
+static void sack_blocks(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg,
+                        uint8_t first, uint32_t *delivered, uint32_t *sack_rtt_xmit,
+                        int *sack_rtt)
+{
+    uint32_t ack = seg->ack;
     /* SACK blocks, in sequence order (the receiver sends the newest first): a block
      * below one already processed in this ACK is not reordering */
     struct wire_sack_block blk[WIRE_TCP_MAX_SACK];
@@ -449,8 +450,6 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
         }
         blk[k] = seg->opt.sack[b];
     }
-    uint32_t sack_rtt_xmit = 0;
-    int sack_rtt = 0;
     for (uint8_t b = 0; b < nblk; b++) {
         uint32_t l = blk[b].left, r = blk[b].right;
         uint32_t lo = SEQ_GT(ack, t->snd_una) ? ack : t->snd_una;
@@ -464,32 +463,24 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
             struct tcp_sb_seg *e = &t->sb[i];
             if (SEQ_LT(e->start, l) || SEQ_GT(e->end, r) || (e->flags & TCP_SB_SACKED))
                 continue;
-            delivered += e->end - e->start;
+            *delivered += e->end - e->start;
             rack_update(ctx, t, e);
             rack_reorder_check(t, e);
             if (!(e->flags & TCP_SB_EVER) &&
-                (!sack_rtt || TIME_GT(e->xmit_us, sack_rtt_xmit))) {
-                sack_rtt_xmit = e->xmit_us;
-                sack_rtt = 1;
+                (!*sack_rtt || TIME_GT(e->xmit_us, *sack_rtt_xmit))) {
+                *sack_rtt_xmit = e->xmit_us;
+                *sack_rtt = 1;
             }
             e->flags = (uint8_t)((e->flags & ~(TCP_SB_LOST | TCP_SB_RETRANS)) | TCP_SB_SACKED);
         }
     }
-    /* reneging (RFC 2018 8): the peer dropped what it SACKed; forget every SACK */
-    if (t->sb_n && (t->sb[0].flags & TCP_SB_SACKED) && SEQ_GT(ack, prior_una)) {
-        for (uint8_t i = 0; i < t->sb_n; i++)
-            t->sb[i].flags &= (uint8_t)~TCP_SB_SACKED;
-    }
-    sb_recount(t);
+}
 
-    if (have_rtt || sack_rtt) {
-        uint32_t x = have_rtt ? rtt_xmit : sack_rtt_xmit;
-        uint32_t rtt = NOW_US(ctx) - x;
-        t->last_rtt_us = rtt ? rtt : 1;
-        if (have_rtt)
-            tcp_rtt_sample_us(t, t->last_rtt_us);
-    }
-
+/* SND.UNA moves to ack: the TLP episode's end (RFC 8985 7.4), the end of loss recovery,
+ * congestion control's growth; or the duplicate ACK counted. */
+static void sack_advance(struct tcp_layer *ctx, struct tcb *t, uint32_t ack,
+                         uint32_t prior_flight, uint32_t delivered)
+{
     if (SEQ_GT(ack, t->snd_una)) {
         uint32_t acked = ack - t->snd_una;
         tcp_ack_advance(ctx, t, ack);
@@ -513,6 +504,46 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
     } else if (ack == t->snd_una && prior_flight && delivered) {
         STAT_INC(&ctx->net.stats, dup_acks_rx);
     }
+}
+
+/* The ACK of a SACK connection: scoreboard, RACK, TLP, PRR and congestion control.
+ * Runs before the window update; the caller moved nothing yet. */
+void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
+{
+    uint32_t ack = seg->ack;
+    uint32_t prior_una = t->snd_una;
+    uint32_t prior_flight = t->snd_max - t->snd_una;
+    uint32_t delivered = 0;
+    uint32_t rtt_xmit = 0;
+    int have_rtt = 0;
+    t->last_rtt_us = 0;
+    t->lt_extra = 0;
+    if (!t->rack_fack_ok || SEQ_LT(t->rack_fack, t->snd_una)) {
+        t->rack_fack = t->snd_una; /* nothing above SND.UNA delivered yet */
+        t->rack_fack_ok = 1;
+    }
+
+    uint8_t first = sack_dsack_first(ctx, t, seg);
+    sack_cumulative(ctx, t, ack, &delivered, &rtt_xmit, &have_rtt);
+    uint32_t sack_rtt_xmit = 0;
+    int sack_rtt = 0;
+    sack_blocks(ctx, t, seg, first, &delivered, &sack_rtt_xmit, &sack_rtt);
+    /* reneging (RFC 2018 8): the peer dropped what it SACKed; forget every SACK */
+    if (t->sb_n && (t->sb[0].flags & TCP_SB_SACKED) && SEQ_GT(ack, prior_una)) {
+        for (uint8_t i = 0; i < t->sb_n; i++)
+            t->sb[i].flags &= (uint8_t)~TCP_SB_SACKED;
+    }
+    sb_recount(t);
+
+    if (have_rtt || sack_rtt) {
+        uint32_t x = have_rtt ? rtt_xmit : sack_rtt_xmit;
+        uint32_t rtt = NOW_US(ctx) - x;
+        t->last_rtt_us = rtt ? rtt : 1;
+        if (have_rtt)
+            tcp_rtt_sample_us(t, t->last_rtt_us);
+    }
+
+    sack_advance(ctx, t, ack, prior_flight, delivered);
 
     int newly;
     uint32_t reo_us = rack_detect(ctx, t, &newly);
