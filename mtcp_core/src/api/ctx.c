@@ -27,10 +27,8 @@ void tcp_app_event(struct tcp_layer *tl, struct tcb *t, uint32_t events)
     /* a connection the responder holds: its own event, taken in rsp_round */
     if (!t->rsp && atomic_load_explicit(&t->sockid, memory_order_acquire) < 0)
         return;
-    if (!t->ev_pending) {
-        t->ev_next = ctx->ev_head;
-        ctx->ev_head = t;
-    }
+    if (!t->ev_pending)
+        tcb_list_push_front(&ctx->ev, t, TCB_EV);
     t->ev_pending |= events;
 }
 
@@ -50,15 +48,13 @@ void tcp_app_accept_ready(struct tcp_layer *tl, struct mtcp_listener *l)
 static int flush_events(struct mtcp_context *ctx)
 {
     int pushed = 0;
-    struct tcb *keep = NULL;
-    while (ctx->ev_head) {
-        struct tcb *t = ctx->ev_head;
-        ctx->ev_head = t->ev_next;
+    struct tcb_list keep = {0};
+    struct tcb *t;
+    while ((t = tcb_list_pop_front(&ctx->ev, TCB_EV))) {
         int sid = atomic_load_explicit(&t->sockid, memory_order_acquire);
         if (t->in_use && t->rsp) {
             /* the responder's (an event after its step in this round): next round */
-            t->ev_next = keep;
-            keep = t;
+            tcb_list_push_front(&keep, t, TCB_EV);
             continue;
         }
         if (t->in_use && sid >= 0) {
@@ -66,8 +62,7 @@ static int flush_events(struct mtcp_context *ctx)
                                     t->ev_pending};
             if (mtcp_spsc_push(&ctx->evq, &ev) < 0) {
                 /* queue full: try again next round */
-                t->ev_next = keep;
-                keep = t;
+                tcb_list_push_front(&keep, t, TCB_EV);
                 continue;
             }
             pushed++;
@@ -75,7 +70,7 @@ static int flush_events(struct mtcp_context *ctx)
         t->ev_pending = 0;
         tcb_unlisted(&ctx->tcp, t);
     }
-    ctx->ev_head = keep;
+    ctx->ev = keep;
     for (struct mtcp_listener *l = ctx->tcp.listeners; l; l = l->next)
         if (l->ev_queued) {
             l->ev_queued = 0;
@@ -269,14 +264,14 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
         ctx->last_publish_ns = now_ns;
     }
 
-    int tx_pending = ctx->tcp.ctrl_head || ctx->tcp.ack_head || ctx->tcp.data_head;
+    int tx_pending = ctx->tcp.ctrl.first || ctx->tcp.ack.first || ctx->tcp.data.first;
     uint64_t tx_wait_ns = 0;
     if (shaped && tx_pending) {
         tx_wait_ns = shaper_wait_ns(ctx);
         if (tx_wait_ns)
             tx_pending = 0; /* the link is busy: wait until it takes a frame again */
     }
-    if (n > 0 || jobs > 0 || tx_pending || ctx->ev_head)
+    if (n > 0 || jobs > 0 || tx_pending || ctx->ev.first)
         return now_ns;
     if (next > 1000)
         next = 1000; /* once a second at most: the stats heartbeat; no busy spinning */

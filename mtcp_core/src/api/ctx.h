@@ -140,7 +140,7 @@ struct mtcp_context {
     uint64_t last_publish_ns;    /* when the stats block was last published */
     struct mtcp_responder *rsp;  /* static responder, once enabled (api/responder.c) */
     uint64_t busy_poll_ns;       /* poll this long after a round that did work */
-    struct tcb *ev_head;         /* the round's events (tcp_app_event), one per TCB */
+    struct tcb_list ev;          /* the round's events (tcp_app_event), one per TCB, newest first */
 
     /* ---- app thread only ---- */
     struct msock *socks;

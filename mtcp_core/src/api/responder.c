@@ -541,14 +541,12 @@ uint64_t rsp_round(struct mtcp_context *ctx)
         return UINT64_MAX;
     date_refresh(R);
     /* take the responder's connections off this round's event list */
-    struct tcb *list = ctx->ev_head;
-    ctx->ev_head = NULL;
-    while (list) {
-        struct tcb *t = list;
-        list = t->ev_next;
+    struct tcb_list list = ctx->ev;
+    ctx->ev = (struct tcb_list){0};
+    struct tcb *t;
+    while ((t = tcb_list_pop_front(&list, TCB_EV))) {
         if (!t->rsp || !t->in_use) {
-            t->ev_next = ctx->ev_head; /* the app's: flushed as events */
-            ctx->ev_head = t;
+            tcb_list_push_front(&ctx->ev, t, TCB_EV); /* the app's: flushed as events */
             continue;
         }
         t->ev_pending = 0;

@@ -7,6 +7,7 @@
 
 #include "../core/bytering.h"
 #include "../opt.h"
+#include "tcb_list.h"
 
 enum tcp_state {
     TCP_CLOSED = 0,
@@ -201,7 +202,7 @@ struct tcb {
     struct tcp_sb_seg sb[TCP_SB_MAX];
 
     /* delayed ACK FIFO */
-    struct tcb *da_next, *da_prev;
+    struct tcb_link da_link;
     uint64_t da_expire_ms;
     uint8_t on_da;
     /* D-SACK to report (RFC 2883): a duplicate that arrived, for the next ACK */
@@ -214,19 +215,19 @@ struct tcb {
     uint32_t ka_idle_ms, ka_intvl_ms;
 
     /* idle-timeout FIFO */
-    struct tcb *idle_next, *idle_prev;
+    struct tcb_link idle_link;
     uint64_t last_rx_ms;
     uint8_t on_idle;
 
     /* TIME_WAIT FIFO */
-    struct tcb *tw_next, *tw_prev;
+    struct tcb_link tw_link;
     uint64_t tw_expire_ms;
     uint8_t on_tw;
 
     /* TX lists: control, ACK, data */
-    struct tcb *ctrl_next, *ack_next, *data_next;
+    struct tcb_link ctrl_link, ack_link, data_link;
     /* round's events to hand to the app */
-    struct tcb *ev_next;
+    struct tcb_link ev_link;
     uint32_t ev_pending;
 
     /* exhaustion bounds (issue 15) */
@@ -270,5 +271,14 @@ static inline uint32_t tcb_app_flags(struct tcb *t)
 {
     return atomic_load_explicit(&t->app_flags, memory_order_acquire);
 }
+
+/* Link offsets of the TCB lists (tcb_list.h). */
+#define TCB_CTRL offsetof(struct tcb, ctrl_link)
+#define TCB_ACK offsetof(struct tcb, ack_link)
+#define TCB_DATA offsetof(struct tcb, data_link)
+#define TCB_TW offsetof(struct tcb, tw_link)
+#define TCB_DA offsetof(struct tcb, da_link)
+#define TCB_IDLE offsetof(struct tcb, idle_link)
+#define TCB_EV offsetof(struct tcb, ev_link)
 
 #endif

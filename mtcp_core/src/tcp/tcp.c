@@ -90,7 +90,7 @@ static int tcb_pools_empty(const struct tcp_layer *ctx)
 static void tcb_reclaim_time_wait(struct tcp_layer *ctx)
 {
     for (int i = 0; i < TCB_TW_RECLAIM_TRIES && tcb_pools_empty(ctx); i++) {
-        struct tcb *tw = ctx->tw_head;
+        struct tcb *tw = ctx->tw.first;
         if (!tw || !tw->app_closed)
             return;
         STAT_INC(&ctx->net.stats, time_wait_reclaimed);
@@ -254,37 +254,27 @@ uint32_t tcp_ts_offset(struct tcp_layer *ctx, uint32_t laddr, uint32_t raddr)
 /* The paper's timer lists: TIME_WAIT, delayed ACKs and the idle timeout each have
  * one fixed delay, so appending keeps a list in expiry order and a scan stops at
  * the first entry not yet due. Doubly linked so that an entry leaves in O(1). */
-#define DEFINE_FIFO(name, head, tail, next, prev, flag)                                          \
-    static void name##_unlink(struct tcp_layer *ctx, struct tcb *t)                         \
-    {                                                                                           \
-        if (!t->flag)                                                                           \
-            return;                                                                             \
-        if (t->prev)                                                                            \
-            t->prev->next = t->next;                                                            \
-        else                                                                                    \
-            ctx->head = t->next;                                                                \
-        if (t->next)                                                                            \
-            t->next->prev = t->prev;                                                            \
-        else                                                                                    \
-            ctx->tail = t->prev;                                                                \
-        t->next = t->prev = NULL;                                                               \
-        t->flag = 0;                                                                            \
-    }                                                                                           \
-    static void name##_append(struct tcp_layer *ctx, struct tcb *t)                         \
-    {                                                                                           \
-        name##_unlink(ctx, t);                                                                  \
-        t->prev = ctx->tail;                                                                    \
-        if (ctx->tail)                                                                          \
-            ctx->tail->next = t;                                                                \
-        else                                                                                    \
-            ctx->head = t;                                                                      \
-        ctx->tail = t;                                                                          \
-        t->flag = 1;                                                                            \
-    }
+static void fifo_unlink(struct tcb_list *l, struct tcb *t, size_t off, uint8_t *on)
+{
+    if (!*on)
+        return;
+    tcb_list_remove(l, t, off);
+    *on = 0;
+}
 
-DEFINE_FIFO(tw, tw_head, tw_tail, tw_next, tw_prev, on_tw)
-DEFINE_FIFO(da, da_head, da_tail, da_next, da_prev, on_da)
-DEFINE_FIFO(idle, idle_head, idle_tail, idle_next, idle_prev, on_idle)
+static void fifo_append(struct tcb_list *l, struct tcb *t, size_t off, uint8_t *on)
+{
+    fifo_unlink(l, t, off, on);
+    tcb_list_append(l, t, off);
+    *on = 1;
+}
+
+#define tw_unlink(ctx, t) fifo_unlink(&(ctx)->tw, (t), TCB_TW, &(t)->on_tw)
+#define tw_append(ctx, t) fifo_append(&(ctx)->tw, (t), TCB_TW, &(t)->on_tw)
+#define da_unlink(ctx, t) fifo_unlink(&(ctx)->da, (t), TCB_DA, &(t)->on_da)
+#define da_append(ctx, t) fifo_append(&(ctx)->da, (t), TCB_DA, &(t)->on_da)
+#define idle_unlink(ctx, t) fifo_unlink(&(ctx)->idle, (t), TCB_IDLE, &(t)->on_idle)
+#define idle_append(ctx, t) fifo_append(&(ctx)->idle, (t), TCB_IDLE, &(t)->on_idle)
 
 static void timers_unlink(struct tcp_layer *ctx, struct tcb *t)
 {
@@ -313,7 +303,7 @@ void tcp_idle_touch(struct tcp_layer *ctx, struct tcb *t)
     t->probes = 0; /* anything from the peer answers our probes */
     if (t->state == TCP_TIME_WAIT || t->state == TCP_CLOSED)
         return;
-    if (!t->on_idle || t != ctx->idle_tail)
+    if (!t->on_idle || t != ctx->idle.last)
         idle_append(ctx, t);
 }
 
@@ -613,17 +603,17 @@ static void timer_expired(struct tcp_layer *ctx, struct tcb *t)
 uint64_t tcp_timers(struct tcp_layer *ctx)
 {
     uint64_t now = ctx->net.now_ms;
-    while (ctx->tw_head && ctx->tw_head->tw_expire_ms <= now)
-        tcp_conn_done(ctx, ctx->tw_head, 0);
-    while (ctx->da_head && ctx->da_head->da_expire_ms <= now) {
-        struct tcb *t = ctx->da_head;
+    while (ctx->tw.first && ctx->tw.first->tw_expire_ms <= now)
+        tcp_conn_done(ctx, ctx->tw.first, 0);
+    while (ctx->da.first && ctx->da.first->da_expire_ms <= now) {
+        struct tcb *t = ctx->da.first;
         da_unlink(ctx, t);
         STAT_INC(&ctx->net.stats, delayed_acks);
         tcp_schedule(ctx, t, TCB_P_ACK);
     }
     uint64_t idle = ctx->conf.idle_timeout_ms;
-    while (ctx->idle_head && ctx->idle_head->last_rx_ms + idle <= now) {
-        struct tcb *t = ctx->idle_head;
+    while (ctx->idle.first && ctx->idle.first->last_rx_ms + idle <= now) {
+        struct tcb *t = ctx->idle.first;
         idle_unlink(ctx, t);
         STAT_INC(&ctx->net.stats, idle_timeouts);
         if (t->state != TCP_SYN_SENT && t->state != TCP_SYN_RECEIVED)
@@ -651,12 +641,12 @@ uint64_t tcp_timers(struct tcp_layer *ctx)
         ctx->wheel_ms = now;
     }
     uint64_t next = UINT64_MAX;
-    if (ctx->tw_head)
-        next = ctx->tw_head->tw_expire_ms - now;
-    if (ctx->da_head && ctx->da_head->da_expire_ms - now < next)
-        next = ctx->da_head->da_expire_ms - now;
-    if (ctx->idle_head && ctx->idle_head->last_rx_ms + idle - now < next)
-        next = ctx->idle_head->last_rx_ms + idle - now;
+    if (ctx->tw.first)
+        next = ctx->tw.first->tw_expire_ms - now;
+    if (ctx->da.first && ctx->da.first->da_expire_ms - now < next)
+        next = ctx->da.first->da_expire_ms - now;
+    if (ctx->idle.first && ctx->idle.first->last_rx_ms + idle - now < next)
+        next = ctx->idle.first->last_rx_ms + idle - now;
     if (ctx->wheel_count) {
         /* first non-empty slot ahead; entries there may belong to a later turn */
         for (uint64_t d = 1; d <= MTCP_WHEEL_SLOTS && d < next; d++) {

@@ -60,11 +60,10 @@ struct tcp_layer {
     struct tcb **flow;           /* MTCP_FLOW_BUCKETS chains */
     uint32_t flow_count;
     struct mtcp_listener *listeners;
-    struct tcb *ctrl_head, *ctrl_tail, *ack_head, *ack_tail, *data_head, *data_tail;
-    uint32_t nctrl, nack, ndata;
-    struct tcb *tw_head, *tw_tail;
-    struct tcb *da_head, *da_tail;     /* delayed ACKs: FIFO, one fixed delay */
-    struct tcb *idle_head, *idle_tail; /* idle timeout: FIFO, touched on every segment */
+    struct tcb_list ctrl, ack, data;   /* TX lists (tcp_out.c) */
+    struct tcb_list tw;                /* TIME_WAIT: FIFO, one fixed delay */
+    struct tcb_list da;                /* delayed ACKs: FIFO, one fixed delay */
+    struct tcb_list idle;              /* idle timeout: FIFO, touched on every segment */
     uint64_t cack_window_ms;           /* challenge ACK rate limit (RFC 5961 7) */
     uint32_t cack_count;
     struct tcb **wheel;          /* RTO timing wheel, MTCP_WHEEL_SLOTS */

@@ -147,16 +147,16 @@ int tcp_evict_idle(struct tcp_layer *ctx, int max)
     if (!ctx->conf.evict || !pool_nearly_full(ctx))
         return 0;
     /* TIME-WAIT connections the app has closed go first: they cost a client nothing */
-    for (int i = 0; i < max && ctx->tw_head && ctx->tw_head->app_closed; i++) {
+    for (int i = 0; i < max && ctx->tw.first && ctx->tw.first->app_closed; i++) {
         STAT_INC(&ctx->net.stats, time_wait_reclaimed);
-        tcp_conn_done(ctx, ctx->tw_head, 0);
+        tcp_conn_done(ctx, ctx->tw.first, 0);
         if (!pool_nearly_full(ctx))
             return 0;
     }
     int done = 0, scanned = 0;
-    struct tcb *t = ctx->idle_head;
+    struct tcb *t = ctx->idle.first;
     while (t && done < max && scanned++ < MTCP_EVICT_SCAN) {
-        struct tcb *next = t->idle_next;
+        struct tcb *next = tcb_list_next(t, TCB_IDLE);
         if (tcb_evictable(t)) {
             STAT_INC(&ctx->net.stats, evictions);
             t->evicted = 1;

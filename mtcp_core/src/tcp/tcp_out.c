@@ -8,20 +8,6 @@
 
 /* ---------------------------------------------------------------- lists */
 
-static void list_push(struct tcb **head, struct tcb **tail, struct tcb *t, struct tcb **link)
-{
-    *link = NULL;
-    if (*tail) {
-        struct tcb *last = *tail;
-        /* link field of the last element at the same offset as *link in t */
-        struct tcb **last_link = (struct tcb **)((uint8_t *)last + ((uint8_t *)link - (uint8_t *)t));
-        *last_link = t;
-    } else {
-        *head = t;
-    }
-    *tail = t;
-}
-
 void tcp_schedule(struct tcp_layer *ctx, struct tcb *t, uint8_t pend)
 {
     t->pend |= pend;
@@ -38,14 +24,11 @@ void tcp_schedule(struct tcp_layer *ctx, struct tcb *t, uint8_t pend)
         return;
     t->lists |= want;
     if (want == TCB_L_CTRL) {
-        list_push(&ctx->ctrl_head, &ctx->ctrl_tail, t, &t->ctrl_next);
-        ctx->nctrl++;
+        tcb_list_append(&ctx->ctrl, t, TCB_CTRL);
     } else if (want == TCB_L_ACK) {
-        list_push(&ctx->ack_head, &ctx->ack_tail, t, &t->ack_next);
-        ctx->nack++;
+        tcb_list_append(&ctx->ack, t, TCB_ACK);
     } else {
-        list_push(&ctx->data_head, &ctx->data_tail, t, &t->data_next);
-        ctx->ndata++;
+        tcb_list_append(&ctx->data, t, TCB_DATA);
     }
 }
 
@@ -549,27 +532,20 @@ static int send_all(struct tcp_layer *ctx, struct tcb *t)
  * first (round robin). Kept at the head, a long flow whose window reopens every round would
  * take every round's budget, and a short connection's response behind it would wait until
  * that flow ran out of window. */
-static void drain(struct tcp_layer *ctx, struct tcb **head, struct tcb **tail, uint32_t *count,
-                  size_t link_off, uint8_t bit, int (*fn)(struct tcp_layer *, struct tcb *))
+static void drain(struct tcp_layer *ctx, struct tcb_list *l, size_t off, uint8_t bit,
+                  int (*fn)(struct tcp_layer *, struct tcb *))
 {
-    while (*head) {
-        struct tcb *t = *head;
-        struct tcb **link = (struct tcb **)((uint8_t *)t + link_off);
+    struct tcb *t;
+    while ((t = l->first)) {
         int budget = ctx->net.tx_budget;
         if (t->in_use && fn(ctx, t) < 0) {
-            if (ctx->net.tx_budget < budget && *link) {
-                *head = *link;
-                *link = NULL;
-                *(struct tcb **)((uint8_t *)*tail + link_off) = t;
-                *tail = t;
+            if (ctx->net.tx_budget < budget && tcb_list_next(t, off)) {
+                tcb_list_remove(l, t, off); /* used budget: to the tail (round robin) */
+                tcb_list_append(l, t, off);
             }
             return;
         }
-        *head = *link;
-        if (!*head)
-            *tail = NULL;
-        *link = NULL;
-        (*count)--;
+        tcb_list_remove(l, t, off);
         t->lists &= (uint8_t)~bit;
         if (t->in_use && bit != TCB_L_DATA && (t->pend & TCB_P_DATA))
             tcp_schedule(ctx, t, TCB_P_DATA);
@@ -587,21 +563,21 @@ static int send_ack_unless_data(struct tcp_layer *ctx, struct tcb *t)
 
 void tcp_output_round(struct tcp_layer *ctx)
 {
-    STAT_SET(&ctx->net.stats, txq_control, ctx->nctrl);
-    STAT_SET(&ctx->net.stats, txq_ack, ctx->nack);
-    STAT_SET(&ctx->net.stats, txq_data, ctx->ndata);
+    STAT_SET(&ctx->net.stats, txq_control, ctx->ctrl.n);
+    STAT_SET(&ctx->net.stats, txq_ack, ctx->ack.n);
+    STAT_SET(&ctx->net.stats, txq_data, ctx->data.n);
     if (ctx->priority) {
-        drain(ctx, &ctx->ctrl_head, &ctx->ctrl_tail, &ctx->nctrl, offsetof(struct tcb, ctrl_next),
+        drain(ctx, &ctx->ctrl, TCB_CTRL,
               TCB_L_CTRL, send_ctrl);
-        drain(ctx, &ctx->ack_head, &ctx->ack_tail, &ctx->nack, offsetof(struct tcb, ack_next),
+        drain(ctx, &ctx->ack, TCB_ACK,
               TCB_L_ACK, send_ack_unless_data);
-        drain(ctx, &ctx->data_head, &ctx->data_tail, &ctx->ndata, offsetof(struct tcb, data_next),
+        drain(ctx, &ctx->data, TCB_DATA,
               TCB_L_DATA, send_data);
         /* ACKs that a data segment was expected to carry but did not */
-        drain(ctx, &ctx->ack_head, &ctx->ack_tail, &ctx->nack, offsetof(struct tcb, ack_next),
+        drain(ctx, &ctx->ack, TCB_ACK,
               TCB_L_ACK, send_ack);
     } else {
-        drain(ctx, &ctx->data_head, &ctx->data_tail, &ctx->ndata, offsetof(struct tcb, data_next),
+        drain(ctx, &ctx->data, TCB_DATA,
               TCB_L_DATA, send_all);
     }
 }
