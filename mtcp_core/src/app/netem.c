@@ -244,6 +244,28 @@ void mtcp_netem_close(struct mtcp_netem *nm)
     free(nm);
 }
 
+/* Each direction's rate limiter: its bounded FIFO and token bucket (0, or -ENOMEM). */
+static int netem_queues(struct mtcp_netem *nm, const struct mtcp_netem_conf *conf, char *err,
+                        size_t errlen)
+{
+    for (int d = 0; d < 2; d++) {
+        struct netem_dir *nd = &nm->dir[d];
+        nd->cap = conf->dir[d].queue_frames ? conf->dir[d].queue_frames : NETEM_DEFAULT_QUEUE;
+        nd->slots = malloc((size_t)nd->cap * MTCP_MAX_FRAME);
+        nd->lens = calloc(nd->cap, sizeof *nd->lens);
+        if (!nd->slots || !nd->lens) {
+            set_err(err, errlen, "netem: out of memory (rate limiter queue)", NULL);
+            return -ENOMEM;
+        }
+        nd->rate = rate_of(&conf->dir[d], nd->cap);
+        nd->tokens = nd->rate.burst;
+        nd->t_refill = io_mono_ns();
+        nd->delaying = conf->dir[d].faults.delay_us || conf->dir[d].faults.jitter_us;
+    }
+
+    return 0;
+}
+
 struct mtcp_netem *mtcp_netem_open(const struct mtcp_netem_conf *conf, char *err, size_t errlen)
 {
     set_err(err, errlen, "", NULL);
@@ -302,21 +324,8 @@ struct mtcp_netem *mtcp_netem_open(const struct mtcp_netem_conf *conf, char *err
             goto fail;
         }
     }
-    for (int d = 0; d < 2; d++) {
-        struct netem_dir *nd = &nm->dir[d];
-        nd->cap = conf->dir[d].queue_frames ? conf->dir[d].queue_frames : NETEM_DEFAULT_QUEUE;
-        nd->slots = malloc((size_t)nd->cap * MTCP_MAX_FRAME);
-        nd->lens = calloc(nd->cap, sizeof *nd->lens);
-        if (!nd->slots || !nd->lens) {
-            rc = -ENOMEM;
-            set_err(err, errlen, "netem: out of memory (rate limiter queue)", NULL);
-            goto fail;
-        }
-        nd->rate = rate_of(&conf->dir[d], nd->cap);
-        nd->tokens = nd->rate.burst;
-        nd->t_refill = io_mono_ns();
-        nd->delaying = conf->dir[d].faults.delay_us || conf->dir[d].faults.jitter_us;
-    }
+    if ((rc = netem_queues(nm, conf, err, errlen)) < 0)
+        goto fail;
 
     /* The ports, inside the namespace if one is named; this thread comes back. */
     int own = -1;
