@@ -21,10 +21,29 @@ import os
 import time
 from pathlib import Path
 
-from appliance.http.site import _esc, log_time
-
 FORMATS = ("combined", "json")
 PIPE_BUF = 4096
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def log_time(t: float) -> str:
+    """The combined log format's time, in UTC: 10/Oct/2000:13:55:36 +0000."""
+    g = time.gmtime(t)
+    return (
+        f"{g.tm_mday:02d}/{_MONTHS[g.tm_mon - 1]}/{g.tm_year}:"
+        f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
+    )
+
+
+def _esc(value: bytes) -> str:
+    """Quotes, backslashes and non-printable bytes as \\xHH (nginx's escaping)."""
+    out = []
+    for b in value:
+        if b < 0x20 or b >= 0x7F or b in (0x22, 0x5C):
+            out.append(f"\\x{b:02X}")
+        else:
+            out.append(chr(b))
+    return "".join(out)
 
 
 def iso_time(t: float) -> str:

@@ -27,7 +27,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 
@@ -40,6 +41,7 @@ SERVER = b"mtcp-appliance"
 SEND_TIMEOUT_S = 60.0  # a response that makes no progress this long is dropped
 LINGER_S = 5.0  # after the last response of a closing connection: time for it to leave
 NO_BODY = frozenset((204, 304))
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the interim response to Expect: 100-continue
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASONS |= {k: v.encode() for k, v in PHRASES.items()}
 
@@ -87,6 +89,83 @@ def head_parts(status: int, block: bytes, hsts: bytes | None = None) -> tuple[by
     )
 
 
+_CONNECTION_LINES = {
+    (True, False): b"Connection: close\r\n\r\n",
+    (True, True): b"Connection: close\r\n\r\n",
+    (False, True): b"Connection: keep-alive\r\n\r\n",
+    (False, False): b"\r\n",
+}
+
+
+def write_head(
+    status: int, block: bytes, hsts: bytes | None, close: bool, keep_alive_10: bool
+) -> bytes:
+    """The whole response head, for every response of a connection whichever parser took
+    its request: status line, Date, Server, HSTS, the reply's header block and the
+    Connection framing (close; keep-alive for an HTTP/1.0 client that asked; nothing for
+    HTTP/1.1's default)."""
+    pre, post = head_parts(status, block, hsts)
+    return b"".join((pre, http_now(), post, _CONNECTION_LINES[close, keep_alive_10]))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request and its response: what either parser (the simple-request one or h11)
+    read from the request head, and what the response did, for the framing, the access log
+    and the metrics record. A new one per request: nothing is reset by hand."""
+
+    started: float | None  # the first byte of the request (the connect for the first one)
+    method: bytes = b""
+    target: bytes = b""
+    version: bytes = b""  # b"1.0", b"1.1" (h11 may hand over others: 505)
+    headers: dict[bytes, bytes] = field(default_factory=dict)  # repeated fields joined
+    head_bytes: int = 0  # the fields' size as counted against max_header_bytes
+    line: bytes = b"-"  # the request line, as the access log writes it
+    simple: bool = False  # taken by the simple-request parser: h11 never sees it
+    client_close: bool = False  # the request asked for a close (or is HTTP/1.0)
+    keep10: bool = False  # HTTP/1.0 keep-alive for this response
+    said_close: bool = False  # the response head said Connection: close
+    status: int = 0  # 0: not answered yet
+    site: str = ""  # the virtual host of the response (Reply.site)
+    body_bytes: int = 0  # request body bytes received
+    sent_head: int = 0
+    sent_body: int = 0
+
+    @property
+    def method_name(self) -> str:
+        return self.method.decode("ascii", "replace") if self.method else "-"
+
+    @property
+    def is_head(self) -> bool:
+        return self.method == b"HEAD"
+
+    def read_head(
+        self, method: bytes, target: bytes, version: bytes, fields: Iterable[tuple[bytes, bytes]]
+    ) -> int:
+        """Fills the record from a parsed request head, the same for both parsers (field
+        names in any case); returns how many Host fields there were."""
+        self.method = method
+        self.target = target
+        self.version = version
+        self.line = b"%s %s HTTP/%s" % (method, target, version)
+        headers = self.headers
+        hosts = head_bytes = 0
+        for raw, value in fields:
+            name = raw.lower()
+            if name == b"host":
+                hosts += 1
+            head_bytes += len(name) + len(value) + 4
+            old = headers.get(name)
+            headers[name] = value if old is None else old + b", " + value
+        self.head_bytes = head_bytes
+        conn = headers.get(b"connection")
+        tokens = {t.strip().lower() for t in conn.split(b",")} if conn else set()
+        self.client_close = b"close" in tokens or version < b"1.1"
+        if version == b"1.0":
+            self.keep10 = b"keep-alive" in tokens and b"close" not in tokens
+        return hosts
+
+
 def http_now() -> bytes:
     """The Date header's value, formatted once per second."""
     global _date_cache
@@ -129,8 +208,6 @@ class Connection:
         # adapter knows it (the stack shrinks new connections' buffers under memory
         # pressure; a stuck client then pins a small chunk here, not stream_chunk)
         self.chunk_limit = 0
-        self._fast = False  # the current response is framed here, not by h11
-        self._said_close = False  # the current response's head said Connection: close
         self.fast_requests = 0  # requests taken by the fast path
         self._reply: Reply | None = None  # the response being sent
         self._part = 0  # index into self._reply.parts
@@ -141,23 +218,8 @@ class Connection:
         self._eof = False
         self._draining = False
         self._requests = served  # responses the static responder sent before handing it over
-        self._keep10 = False  # HTTP/1.0 keep-alive for the current response
-        self._client_close = False  # the request asked for a close (or is HTTP/1.0)
-        # the current request (for the access log and the metrics record)
-        self._head_started: float | None = now  # the first request: from the connect
-        self._method = "-"
-        self._line = b"-"
-        self._referer: bytes | None = None
-        self._agent: bytes | None = None
-        self._is_head = False
-        self._req_headers: dict[bytes, bytes] = {}
-        self._req_method = b""
-        self._target = b""
-        self._site_name = ""  # the virtual host of the current response (Reply.site)
-        self._body_bytes = 0
-        self._status = 0
-        self._sent_head = 0
-        self._sent_body = 0
+        # the current request and its response; the first one's time runs from the connect
+        self._req = Exchange(started=now)
         self._last_progress = now
         self._linger_until: float | None = None
         self.deadline = now + cfg.header_timeout_s
@@ -194,12 +256,11 @@ class Connection:
         if self.closed or self.abort or self._eof:
             return b""
         if data:
-            if self._head_started is None:
-                self._head_started = now
+            if self._req.started is None:
+                self._req.started = now
             if self._fast_allowed:
-                parsed = self._fast_parse(data)
-                if parsed is not None:
-                    out = self._guard(now, lambda: self._fast_respond(parsed, now))
+                if self._fast_parse(data):
+                    out = self._guard(now, lambda: self._fast_respond(now))
                     self._set_deadline(now)
                     return out
         else:
@@ -333,7 +394,7 @@ class Connection:
                 self._next_request(now)
             elif h.our_state is h11.MUST_CLOSE:
                 if (
-                    self._keep10
+                    self._req.keep10
                     and h.their_state in (h11.DONE, h11.MUST_CLOSE)
                     and not self._draining
                 ):
@@ -380,9 +441,9 @@ class Connection:
                 piece = self._on_body(len(event.data), now)
             elif isinstance(event, h11.EndOfMessage):
                 piece = b""
-                if self._status == 0:  # not answered early (413...)
-                    reply = self._respond(self._req_method, self._target, self._req_headers, now)
-                    piece = self._start(reply, now)
+                req = self._req
+                if req.status == 0:  # not answered early (413...)
+                    piece = self._start(self._respond(req, now), now)
             elif isinstance(event, h11.ConnectionClosed):
                 self.closed = True
                 break
@@ -393,26 +454,17 @@ class Connection:
         return b"".join(out)
 
     def _next_request(self, now: float) -> None:
-        """Between two requests: reset the per-request state."""
-        self._status = 0
-        self._keep10 = False
-        self._client_close = False
-        self._method = "-"
-        self._line = b"-"
-        self._referer = self._agent = None
-        self._is_head = False
-        self._req_headers = {}
-        self._site_name = ""
-        self._body_bytes = 0
-        self._sent_head = self._sent_body = 0
+        """Between two requests: a new record (its time runs from now when the next
+        request has started to arrive)."""
         h = self._h11c
-        self._head_started = now if h is not None and h.trailing_data[0] else None
+        self._req = Exchange(started=now if h is not None and h.trailing_data[0] else None)
 
     # ------------------------------------------------------------------ requests
 
-    def _fast_parse(self, data: bytes) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]] | None:
-        """(method, target, minor version, headers) when ``data`` is exactly one simple
-        request that arrives while nothing else is going on (see _FAST_HEAD); None: h11's."""
+    def _fast_parse(self, data: bytes) -> bool:
+        """True when ``data`` is exactly one simple request that arrives while nothing else
+        is going on (see _FAST_HEAD): its head is then in the current record. False: h11's
+        (and the record as it was)."""
         h = self._h11c
         if (
             self._draining
@@ -422,57 +474,40 @@ class Connection:
             or h is not None
             and (h.our_state is not h11.IDLE or h.their_state is not h11.IDLE or h.trailing_data[0])
         ):
-            return None
+            return False
         m = _FAST_HEAD.fullmatch(data)
         if m is None:
-            return None
+            return False
         method, target, minor, block = m.groups()
         if len(method) + len(target) + 10 > self.config.max_request_line:
-            return None  # 414: h11's path words it
-        headers: dict[bytes, bytes] = {}
-        hosts = head_bytes = 0
-        for raw, value in _FAST_FIELD.findall(block):
-            name = raw.lower()
-            if name in _SLOW_FIELDS:
-                return None
-            if name == b"host":
-                hosts += 1
-            head_bytes += len(name) + len(value) + 4
-            old = headers.get(name)
-            headers[name] = value if old is None else old + b", " + value
-        if hosts > 1 or (not hosts and minor == b"1") or head_bytes > self.config.max_header_bytes:
-            return None  # 400 (RFC 9112 section 3.2) or 431: h11's path words them
-        return method, target, minor, headers
+            return False  # 414: h11's path words it
+        req = self._req  # fresh: no request has been read since it was made
+        hosts = req.read_head(
+            method, target, b"1.0" if minor == b"0" else b"1.1", _FAST_FIELD.findall(block)
+        )
+        if (
+            hosts > 1
+            or (not hosts and minor == b"1")
+            or req.head_bytes > self.config.max_header_bytes
+            or not _SLOW_FIELDS.isdisjoint(req.headers)
+        ):
+            # 400 (RFC 9112 section 3.2), 431, or framing: h11's path; a clean record for it
+            self._req = Exchange(started=req.started)
+            return False
+        req.simple = True
+        return True
 
-    def _fast_respond(
-        self, parsed: tuple[bytes, bytes, bytes, dict[bytes, bytes]], now: float
-    ) -> bytes:
+    def _fast_respond(self, now: float) -> bytes:
         """What ``_on_request`` and the end of the request do on h11's path, for a request
         ``_fast_parse`` took."""
-        method, target, minor, headers = parsed
-        self._fast = True
         self.fast_requests += 1
         self._requests += 1
-        self._req_method = method
-        self._method = method.decode("ascii")
-        self._target = target
-        self._line = b"%s %s HTTP/1.%s" % (method, target, minor)
-        self._is_head = method == b"HEAD"
-        self._req_headers = headers
-        self._referer = headers.get(b"referer")
-        self._agent = headers.get(b"user-agent")
-        conn = headers.get(b"connection")
-        tokens = {t.strip().lower() for t in conn.split(b",")} if conn else set()
-        self._client_close = b"close" in tokens or minor == b"0"
-        if minor == b"0":
-            self._keep10 = b"keep-alive" in tokens and b"close" not in tokens
-        return self._start(self._respond(method, target, headers, now), now)
+        return self._start(self._respond(self._req, now), now)
 
-    def _respond(
-        self, method: bytes, target: bytes, headers: dict[bytes, bytes], now: float
-    ) -> Reply:
+    def _respond(self, req: Exchange, now: float) -> Reply:
         """The site's reply, or a 308 to HTTPS for a plain request when redirect_http is on
         (ACME http-01 challenges excepted: a certificate authority asks over plain HTTP)."""
+        method, target, headers = req.method, req.target, req.headers
         port = self.config.redirect_https_port
         if port is None or self.secure or target.startswith(b"/.well-known/acme-challenge/"):
             return self.site.respond(method, target, headers, now)
@@ -488,46 +523,30 @@ class Connection:
         where = host if port == 443 else b"%s:%d" % (host, port)
         return self.site.error(308, [(b"Location", b"https://" + where + target)])
 
-    def _on_request(self, req: h11.Request, now: float) -> bytes:
+    def _on_request(self, event: h11.Request, now: float) -> bytes:
         cfg = self.config
         self._requests += 1
-        self._req_method = req.method
-        self._method = req.method.decode("ascii", "replace")
-        self._target = req.target
-        self._line = b"%s %s HTTP/%s" % (req.method, req.target, req.http_version)
-        self._is_head = req.method == b"HEAD"
-        headers: dict[bytes, bytes] = {}
-        head_bytes = 0
-        for name, value in req.headers:
-            head_bytes += len(name) + len(value) + 4
-            old = headers.get(name)
-            headers[name] = value if old is None else old + b", " + value
-        self._req_headers = headers
-        self._referer = headers.get(b"referer")
-        self._agent = headers.get(b"user-agent")
-        if req.http_version not in (b"1.0", b"1.1"):
+        req = self._req
+        req.read_head(event.method, event.target, event.http_version, event.headers)
+        headers = req.headers
+        if req.version not in (b"1.0", b"1.1"):
             return self._error(505, now)  # RFC 9110 15.6.6: only HTTP/1.x is spoken here
-        if len(self._line) > cfg.max_request_line:
+        if len(req.line) > cfg.max_request_line:
             return self._error(414, now)
-        if head_bytes > cfg.max_header_bytes:
+        if req.head_bytes > cfg.max_header_bytes:
             return self._error(431, now)
         length = headers.get(b"content-length")
         if length is not None and int(length) > cfg.max_body:
             return self._error(413, now)
-        tokens = {t.strip().lower() for t in headers.get(b"connection", b"").split(b",")}
-        self._client_close = b"close" in tokens or req.http_version < b"1.1"
-        if req.http_version == b"1.0":
-            self._keep10 = b"keep-alive" in tokens and b"close" not in tokens
         if self._h11.they_are_waiting_for_100_continue:
-            informational = h11.InformationalResponse(
-                status_code=100, headers=[], reason=b"Continue"
-            )
-            return self._h11.send(informational) or b""
+            self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            return CONTINUE  # the interim head as h11 frames it (it is told, for its state)
         return b""
 
     def _on_body(self, n: int, now: float) -> bytes:
-        self._body_bytes += n
-        if self._body_bytes > self.config.max_body and self._status == 0:
+        req = self._req
+        req.body_bytes += n
+        if req.body_bytes > self.config.max_body and req.status == 0:
             return self._error(413, now)
         return b""
 
@@ -557,7 +576,7 @@ class Connection:
 
     def _error(self, status: int, now: float) -> bytes:
         """An error response that closes the connection (a broken or refused request)."""
-        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self._status:
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self._req.status:
             self.closed = True
             return b""
         return self._start(self.site.error(status, close=True), now)
@@ -565,14 +584,16 @@ class Connection:
     def _start(self, reply: Reply, now: float) -> bytes:
         """Sends a reply's head (and its body when that is in memory).
 
-        h11 is the state machine: it is told the response's framing (Content-Length,
-        Connection: close) and decides keep-alive, what may follow, when to close. The head
-        itself is written here, from the reply's precomputed header block (small files keep
-        theirs in the cache), the Date and Server fields and the same framing."""
+        Every byte on the wire is framed here (``write_head``, then the body as it is): a
+        response has a Content-Length and says Connection: close when it ends the
+        connection. For a request h11 parsed, h11 is the state machine and is told the same
+        framing (what it writes is dropped: it is the same bytes), so that it decides what may
+        follow and when to close; a simple request leaves h11 idle."""
         cfg = self.config
+        req = self._req
         status = reply.status
-        self._status = status
-        self._site_name = reply.site
+        req.status = status
+        req.site = reply.site
         close = (
             reply.close
             or self._draining
@@ -580,48 +601,35 @@ class Connection:
             or self._eof
         )
         if close:
-            self._keep10 = False
-        if not self._fast:
+            req.keep10 = False
+        if not req.simple:
             framing = [(b"content-length", b"%d" % reply.length)]
             if close:
                 framing.append((b"connection", b"close"))
             self._h11.send(h11.Response(status_code=status, headers=framing))
-        # what h11 says on the wire: close unless both sides keep the connection
-        self._said_close = said_close = close or self._client_close and not self._keep10
-        block = reply.head if reply.head is not None else serialize(reply.headers)
-        pre, post = head_parts(status, block, cfg.hsts if self.secure and cfg.hsts else None)
+        # what h11 would say on the wire: close unless both sides keep the connection
+        req.said_close = close or req.client_close and not req.keep10
         if reply.cacheable and self.site.offer is not None and cfg.redirect_https_port is None:
-            self.site.offer(self._req_method, self._target, self._req_headers, now)
-        head = b"".join(
-            (
-                pre,
-                http_now(),
-                post,
-                b"Connection: close\r\n\r\n"
-                if said_close
-                else b"Connection: keep-alive\r\n\r\n"
-                if self._keep10
-                else b"\r\n",
-            )
+            self.site.offer(req.method, req.target, req.headers, now)
+        head = write_head(
+            status,
+            reply.head if reply.head is not None else serialize(reply.headers),
+            cfg.hsts if self.secure and cfg.hsts else None,
+            req.said_close,
+            req.keep10,
         )
-        self._sent_head = len(head)
-        if self._is_head or reply.status in NO_BODY or not reply.length:
+        req.sent_head = len(head)
+        if req.is_head or status in NO_BODY or not reply.length:
             reply.release()
-            tail = b"" if self._fast else self._h11.send(h11.EndOfMessage()) or b""
+            if not req.simple:
+                self._h11.send(h11.EndOfMessage())
             self._finish(now)
-            return head + tail
+            return head
         self._reply = reply
         self._part = 0
         self._offset = 0
         parts = reply.parts
         if len(parts) == 1 and isinstance(parts[0], bytes):
-            if self._fast:  # the whole body in memory: nothing for h11 to frame
-                body = parts[0]
-                self._sent_body = len(body)
-                self._reply = None
-                reply.release()
-                self._finish(now)
-                return head + body
             return head + self._body_chunk(now)
         return head
 
@@ -630,6 +638,7 @@ class Connection:
         stream_chunk at a time); ends the response after its last part."""
         reply = self._reply
         assert reply is not None
+        req = self._req
         out: list[bytes] = []
         while self._part < len(reply.parts):
             part = reply.parts[self._part]
@@ -651,47 +660,46 @@ class Connection:
                 self._part += 1
                 self._offset = 0
             break  # one chunk of a file at a time
-        data = b"".join(out)
-        self._sent_body += len(data)
-        if self._fast:
-            chunk: bytes | None = data
-        else:
-            chunk = self._h11.send(h11.Data(data=data)) if data else b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        req.sent_body += len(data)
+        if not req.simple and data:
+            self._h11.send(h11.Data(data=data))  # Content-Length framing: the same bytes
         if self._part >= len(reply.parts):
-            if not self._fast:
-                chunk = (chunk or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+            if not req.simple:
+                self._h11.send(h11.EndOfMessage())
             reply.release()
             self._reply = None
             self._finish(now)
-        return chunk or b""
+        return data
 
     def _finish(self, now: float) -> None:
         """A response ended (or was cut short): access log and metrics record."""
-        if self._fast:
-            if self._said_close or self._draining:
+        req = self._req
+        if req.simple:
+            if req.said_close or self._draining:
                 self.closed = True
-        elif self._h11.our_state is h11.MUST_CLOSE and not self._keep10:
+        elif self._h11.our_state is h11.MUST_CLOSE and not req.keep10:
             self.closed = True  # it said Connection: close (error, drain, last request...)
-        started = self._head_started if self._head_started is not None else now
+        started = req.started if req.started is not None else now
+        headers = req.headers
         self.site.log(
-            self.peer, self._line, self._status, self._sent_body, self._referer, self._agent,
-            site=self._site_name, host=self._req_headers.get(b"host"),
+            self.peer, req.line, req.status, req.sent_body, headers.get(b"referer"),
+            headers.get(b"user-agent"), site=req.site, host=headers.get(b"host"),
         )
         if self.on_request is not None:
             record = RequestRecord(
-                method=self._method,
-                status=self._status,
-                bytes_sent=self._sent_head + self._sent_body,
+                method=req.method_name,
+                status=req.status,
+                bytes_sent=req.sent_head + req.sent_body,
                 duration_s=max(0.0, now - started),
                 core=self.core,
-                site=self._site_name,
+                site=req.site,
             )
             try:
                 self.on_request(record)
             except Exception as exc:  # noqa: BLE001 - metrics must not break serving
                 print(f"appliance.http: on_request failed: {exc!r}", file=sys.stderr)
-        if self._fast:  # h11 never saw this request: it is still idle for the next
-            self._fast = False
+        if req.simple:  # h11 never saw this request: it is still idle for the next
             self._next_request(now)
 
     # ------------------------------------------------------------------ timers
@@ -710,8 +718,8 @@ class Connection:
             h = self._h11c
             if h is not None and h.their_state is h11.SEND_BODY:
                 self.deadline = now + cfg.header_timeout_s
-            elif self._head_started is not None:
-                self.deadline = self._head_started + cfg.header_timeout_s
+            elif self._req.started is not None:
+                self.deadline = self._req.started + cfg.header_timeout_s
             elif self._requests == 0:
                 self.deadline = now + cfg.header_timeout_s
             else:

@@ -16,176 +16,50 @@ open file descriptor that the connection streams chunk by chunk.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import errno
-import mimetypes
 import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
 import jinja2
 
+from appliance.http.accesslog import AccessLog, log_time
+from appliance.http.codings import ENCODINGS, _choose_encoding
+from appliance.http.conditional import (
+    MAX_RANGES,
+    _etag_matches,
+    _if_range_ok,
+    http_date,
+    parse_http_date,
+    parse_ranges,
+)
 from appliance.http.config import SiteConfig
+from appliance.http.errorpages import PHRASES, render_error
+from appliance.http.listing import listing_entry, listing_page
+from appliance.http.paths import (
+    RULE_FILES,
+    WELL_KNOWN,
+    BadRequest,
+    Target,
+    is_hidden,
+    mime_type,
+    parse_target,
+)
 
 REVALIDATE_S = 1.0
 MAX_CACHE_ENTRIES = 4096
 MAX_CACHE_BYTES = 64 * 1024 * 1024
 MAX_TARGETS = 4096  # parsed request targets remembered (a pure function of the bytes)
-MAX_RANGES = 16  # more ranges than this in one request: the Range header is ignored (200)
-# (so are ranges that overlap or add up to more than the file: see parse_ranges)
 ALLOW = b"GET, HEAD"
 HTML = b"text/html; charset=utf-8"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-WELL_KNOWN = ".well-known"
-RULE_FILES = ("_redirects", "_headers")  # at the root: read as site rules, never served
-# (encoding token, file suffix, Content-Encoding), in order of preference at equal q
-ENCODINGS = (("br", ".br", b"br"), ("gzip", ".gz", b"gzip"))
-
-# Deterministic types for the web's usual files (the system's mime.types differs from one
-# machine to the next); everything else comes from Python's built-in table.
-_MIME = {
-    ".html": "text/html",
-    ".htm": "text/html",
-    ".css": "text/css",
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".json": "application/json",
-    ".txt": "text/plain",
-    ".md": "text/markdown",
-    ".xml": "application/xml",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".avif": "image/avif",
-    ".ico": "image/x-icon",
-    ".wasm": "application/wasm",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-    ".pdf": "application/pdf",
-    ".mp4": "video/mp4",
-    ".webm": "video/webm",
-    ".mp3": "audio/mpeg",
-    ".gz": "application/gzip",
-    ".br": "application/octet-stream",
-    ".zip": "application/zip",
-    ".tar": "application/x-tar",
-}
-_BUILTIN_MIME = mimetypes.MimeTypes(filenames=())
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def mime_type(name: str) -> bytes:
-    """The Content-Type for a file name (by its last suffix)."""
-    suffix = os.path.splitext(name)[1].lower()
-    ctype = _MIME.get(suffix)
-    if ctype is None:
-        ctype = _BUILTIN_MIME.types_map[1].get(suffix, "application/octet-stream")
-    return ctype.encode()
-
-
-def http_date(t: float) -> bytes:
-    return email.utils.formatdate(t, usegmt=True).encode()
-
-
-def parse_http_date(value: bytes) -> int | None:
-    """Seconds since the epoch of an HTTP date (IMF-fixdate, RFC 850 or asctime), or None."""
-    try:
-        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
-        return None if parsed is None else int(email.utils.mktime_tz(parsed))
-    except (ValueError, OverflowError, TypeError):
-        return None
-
-
-def log_time(t: float) -> str:
-    """The combined log format's time, in UTC: 10/Oct/2000:13:55:36 +0000."""
-    g = time.gmtime(t)
-    return (
-        f"{g.tm_mday:02d}/{_MONTHS[g.tm_mon - 1]}/{g.tm_year}:"
-        f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
-    )
-
-
-class BadRequest(Exception):
-    """The target cannot name a file: answered with 400."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A request target after percent-decoding and dot-segment removal."""
-
-    segments: tuple[str, ...]  # decoded path segments, no "", "." or ".."
-    trailing_slash: bool
-    query: bytes | None  # the raw query (without "?"), None when there was no "?"
-
-    @property
-    def path(self) -> str:
-        """The normalized path: "/" + segments (+ "/")."""
-        p = "/" + "/".join(self.segments)
-        return p + "/" if self.trailing_slash and self.segments else p
-
-
-def _percent_decode(raw: bytes) -> bytes:
-    """Decodes %XX once. Refuses malformed escapes and the bytes that would change the
-    path's structure or cannot be in a file name: "/" (%2F), "\\" (%5C), NUL and other
-    control characters."""
-    if b"%" not in raw:
-        return raw
-    pieces = raw.split(b"%")
-    out = bytearray(pieces[0])
-    for piece in pieces[1:]:
-        hexpair = piece[:2]
-        if len(hexpair) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in hexpair):
-            raise BadRequest("malformed percent-escape")
-        byte = int(hexpair, 16)
-        if byte in (0x2F, 0x5C) or byte < 0x20 or byte == 0x7F:
-            raise BadRequest("encoded separator or control character")
-        out.append(byte)
-        out += piece[2:]
-    return bytes(out)
-
-
-def parse_target(target: bytes) -> Target:
-    """origin-form (or absolute-form) target → ``Target``; raises BadRequest."""
-    if target.startswith((b"http://", b"https://")):
-        slash = target.find(b"/", target.index(b"//") + 2)
-        target = target[slash:] if slash >= 0 else b"/"
-    if not target.startswith(b"/"):
-        raise BadRequest("not an origin-form target")
-    raw, sep, query = target.partition(b"?")
-    raw = raw.partition(b"#")[0]
-    if b"\\" in raw or b"\0" in raw:
-        raise BadRequest("backslash or NUL in the path")
-    decoded = os.fsdecode(_percent_decode(raw))
-    segments: list[str] = []
-    parts = decoded.split("/")
-    for seg in parts:
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if segments:
-                segments.pop()  # RFC 3986 5.2.4: never above the root
-            continue
-        segments.append(seg)
-    last = parts[-1]
-    trailing = last in ("", ".", "..")
-    return Target(tuple(segments), trailing, query if sep else None)
-
-
-def is_hidden(segments: Iterable[str]) -> bool:
-    """Dotfiles and dot-folders are not served, except the top-level /.well-known/."""
-    for i, seg in enumerate(segments):
-        if seg.startswith(".") and not (i == 0 and seg == WELL_KNOWN):
-            return True
-    return False
 
 
 @dataclass
@@ -285,7 +159,9 @@ class Site:
         when: float | None = None,
     ) -> None:
         if self._log is not None:
-            self._log.write(peer, request_line, status, body_bytes, referer, user_agent, when)
+            self._log.write(
+                peer, request_line, status, body_bytes, referer, user_agent, when=when
+            )
 
     def flush(self) -> None:
         if self._log is not None:
@@ -563,25 +439,10 @@ class Site:
                     kind, _, st = self._resolve((*t.segments, de.name))
                     if kind == "none" or st is None:
                         continue  # not servable: dangling, outside the root, special file
-                    is_dir = kind == "dir"
-                    raw = os.fsencode(de.name)
-                    entries.append(
-                        {
-                            "name": raw.decode("utf-8", "replace") + ("/" if is_dir else ""),
-                            "href": quote_from_bytes(raw) + ("/" if is_dir else ""),
-                            "size": "-" if is_dir else str(st.st_size),
-                            "mtime": time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime)),
-                            "is_dir": is_dir,
-                        }
-                    )
+                    entries.append(listing_entry(de.name, kind == "dir", st))
         except OSError:
             return self.error(404)
-        entries.sort(key=lambda e: (not e["is_dir"], e["name"]))
-        path = os.fsencode(t.path).decode("utf-8", "replace")
-        html = self._env.get_template("listing.html").render(
-            path=path, entries=entries, parent=bool(t.segments)
-        )
-        body = html.encode()
+        body = listing_page(self._env, t, entries)
         h = [(b"Content-Type", HTML), (b"Content-Length", b"%d" % len(body))]
         return Reply(200, h, [body], len(body))
 
@@ -596,12 +457,7 @@ class Site:
             ctype = HTML
             body = self._errors.get(status)
             if body is None:
-                phrase = PHRASES.get(status) or HTTPStatus(status).phrase
-                body = (
-                    self._env.get_template("error.html")
-                    .render(status=status, phrase=phrase, description=_DESCRIPTIONS.get(status))
-                    .encode()
-                )
+                body = render_error(self._env, status)
                 self._errors[status] = body
         h = [(b"Content-Type", ctype), (b"Content-Length", b"%d" % len(body)), *(extra or [])]
         return Reply(status, h, [body], len(body), close=close)
@@ -623,23 +479,6 @@ class Site:
         entry = self._load(real, st, now, entry)
         self._store(key, entry, old_weight)
         return entry.body
-
-
-# RFC 9110's names where Python's HTTPStatus (3.11) still has the older ones
-PHRASES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable"}
-_DESCRIPTIONS = {
-    301: "The resource has moved.",
-    400: "The request could not be understood.",
-    403: "This folder has no index page and listings are off.",
-    404: "Nothing is served at this address.",
-    405: "Only GET and HEAD are served here.",
-    408: "The request took too long to arrive.",
-    413: "Request bodies are not accepted here.",
-    414: "The request line is too long.",
-    416: "The requested range is not satisfiable.",
-    431: "The request's header fields are too large.",
-    500: "The server failed to answer this request.",
-}
 
 
 def serialize(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -683,163 +522,11 @@ def _open_regular(real: str) -> int:
     return -1
 
 
-def _etag_list(value: bytes) -> list[bytes]:
-    return [v.strip() for v in value.split(b",") if v.strip()]
-
-
-def _weak(tag: bytes) -> bytes:
-    return tag[2:] if tag.startswith(b"W/") else tag
-
-
-def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 13.1.2)."""
-    tags = _etag_list(if_none_match)
-    return b"*" in tags or any(_weak(t) == etag for t in tags)
-
-
-def _if_range_ok(value: bytes, f: _File) -> bool:
-    """If-Range (RFC 9110 13.1.5): an entity tag must match strongly, a date exactly."""
-    value = value.strip()
-    if value.startswith((b'"', b"W/")):
-        return value == f.etag
-    since = parse_http_date(value)
-    return since is not None and since == f.mtime
-
-
-def parse_ranges(value: bytes, size: int) -> list[tuple[int, int]] | None:
-    """A Range header → inclusive (first, last) byte ranges in request order; [] when none
-    is satisfiable (416); None when the header is to be ignored (bad syntax, another unit,
-    too many ranges)."""
-    unit, eq, spec = value.partition(b"=")
-    if not eq or unit.strip().lower() != b"bytes":
-        return None
-    out: list[tuple[int, int]] = []
-    items = [s.strip() for s in spec.split(b",")]
-    items = [s for s in items if s]
-    if not items or len(items) > MAX_RANGES:
-        return None
-    for item in items:
-        first, dash, last = item.partition(b"-")
-        first, last = first.strip(), last.strip()
-        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
-            return None
-        if not first:
-            if not last:
-                return None
-            n = int(last)
-            if n == 0 or size == 0:
-                continue
-            out.append((max(0, size - n), size - 1))
-            continue
-        start = int(first)
-        end = int(last) if last else size - 1
-        if last and end < start:
-            return None
-        if start >= size:
-            continue
-        out.append((start, min(end, size - 1)))
-    if len(out) > 1:
-        # Ranges that overlap, or add up to more than the file, would make the answer
-        # larger than the file (the CVE-2011-3192 class): the whole file instead (200), as
-        # nginx does. Amplification stays at most 1x.
-        spans = sorted(out)
-        total = sum(e - s + 1 for s, e in spans)
-        if total > size or any(spans[i + 1][0] <= spans[i][1] for i in range(len(spans) - 1)):
-            return None
-    return out
-
-
-def _accepted(value: bytes) -> dict[bytes, float]:
-    """Accept-Encoding → {coding: q}."""
-    out: dict[bytes, float] = {}
-    for item in value.lower().split(b","):
-        coding, _, params = item.partition(b";")
-        coding = coding.strip()
-        if not coding:
-            continue
-        q = 1.0
-        for p in params.split(b";"):
-            k, _, v = p.partition(b"=")
-            if k.strip() == b"q":
-                try:
-                    q = float(v.strip())
-                except ValueError:
-                    q = 0.0
-        out[coding] = q
-    return out
-
-
-def _choose_encoding(base: _File, accept: bytes | None) -> _File:
-    """The best precompressed sibling the client accepts (q > 0), else the file itself."""
-    if not accept:
-        return base
-    acc = _accepted(accept)
-    star = acc.get(b"*")
-    best, best_q = base, 0.0
-    for token, _, _ in ENCODINGS:
-        v = base.variants.get(token)
-        if v is None:
-            continue
-        q = acc.get(token.encode())
-        if q is None and token == "gzip":
-            q = acc.get(b"x-gzip")
-        if q is None:
-            q = star if star is not None else 0.0
-        if q > best_q:
-            best, best_q = v, q
-    if best is base:
-        return base
-    # identity is always acceptable, but it outranks a listed coding only when it is listed
-    # itself with a higher q ("gzip;q=0.5, identity" keeps the file as it is)
-    identity_q = acc.get(b"identity")
-    return base if identity_q is not None and identity_q > best_q else best
-
-
-class AccessLog:
-    """Combined log format, appended; lines are buffered and written once per loop round
-    (``flush``), in one write, so workers sharing a file do not interleave lines."""
-
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._lines: list[str] = []
-
-    def write(
-        self,
-        peer: str,
-        request_line: bytes,
-        status: int,
-        body_bytes: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
-        when: float | None = None,
-    ) -> None:
-        size = str(body_bytes) if body_bytes else "-"
-        t = time.time() if when is None else when
-        self._lines.append(
-            f'{peer} - - [{log_time(t)}] "{_esc(request_line)}" {status} {size} '
-            f'"{_esc(referer) if referer else "-"}" "{_esc(user_agent) if user_agent else "-"}"\n'
-        )
-
-    def flush(self) -> None:
-        if self._lines and self._fd >= 0:
-            data = "".join(self._lines).encode()
-            self._lines.clear()
-            with contextlib.suppress(OSError):
-                os.write(self._fd, data)
-
-    def close(self) -> None:
-        self.flush()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _esc(value: bytes) -> str:
-    """Quotes, backslashes and non-printable bytes as \\xHH (nginx's escaping)."""
-    out = []
-    for b in value:
-        if b < 0x20 or b >= 0x7F or b in (0x22, 0x5C):
-            out.append(f"\\x{b:02X}")
-        else:
-            out.append(chr(b))
-    return "".join(out)
+# the public names this module had before its concerns moved out (paths.py, conditional.py,
+# codings.py, errorpages.py, accesslog.py); kept importable from here
+__all__ = [
+    "ALLOW", "ENCODINGS", "HTML", "MAX_CACHE_BYTES", "MAX_CACHE_ENTRIES", "MAX_RANGES",
+    "MAX_TARGETS", "PHRASES", "REVALIDATE_S", "RULE_FILES", "TEMPLATES", "WELL_KNOWN",
+    "AccessLog", "BadRequest", "Reply", "Site", "Target", "http_date", "is_hidden", "log_time",
+    "mime_type", "parse_http_date", "parse_ranges", "parse_target", "serialize",
+]
