@@ -89,14 +89,6 @@ def head_parts(status: int, block: bytes, hsts: bytes | None = None) -> tuple[by
     )
 
 
-_CONNECTION_LINES = {
-    (True, False): b"Connection: close\r\n\r\n",
-    (True, True): b"Connection: close\r\n\r\n",
-    (False, True): b"Connection: keep-alive\r\n\r\n",
-    (False, False): b"\r\n",
-}
-
-
 def write_head(
     status: int, block: bytes, hsts: bytes | None, close: bool, keep_alive_10: bool
 ) -> bytes:
@@ -105,14 +97,29 @@ def write_head(
     Connection framing (close; keep-alive for an HTTP/1.0 client that asked; nothing for
     HTTP/1.1's default)."""
     pre, post = head_parts(status, block, hsts)
-    return b"".join((pre, http_now(), post, _CONNECTION_LINES[close, keep_alive_10]))
+    return b"".join(
+        (
+            pre,
+            http_now(),
+            post,
+            b"Connection: close\r\n\r\n"
+            if close
+            else b"Connection: keep-alive\r\n\r\n"
+            if keep_alive_10
+            else b"\r\n",
+        )
+    )
 
 
-@dataclass(slots=True)
+@dataclass(eq=False)
 class Exchange:
     """One request and its response: what either parser (the simple-request one or h11)
     read from the request head, and what the response did, for the framing, the access log
-    and the metrics record. A new one per request: nothing is reset by hand."""
+    and the metrics record. A new one per request: nothing is reset by hand.
+
+    Its own ``__init__`` (the dataclass keeps it) sets only the start and the header dict:
+    the other fields start as the class's defaults, which is what keeps a record per request
+    cheap on the simple-request path (about 0.2 µs against 0.7 µs for the generated one)."""
 
     started: float | None  # the first byte of the request (the connect for the first one)
     method: bytes = b""
@@ -121,6 +128,7 @@ class Exchange:
     headers: dict[bytes, bytes] = field(default_factory=dict)  # repeated fields joined
     head_bytes: int = 0  # the fields' size as counted against max_header_bytes
     line: bytes = b"-"  # the request line, as the access log writes it
+    is_head: bool = False  # a HEAD request: the head of the response only
     simple: bool = False  # taken by the simple-request parser: h11 never sees it
     client_close: bool = False  # the request asked for a close (or is HTTP/1.0)
     keep10: bool = False  # HTTP/1.0 keep-alive for this response
@@ -131,13 +139,13 @@ class Exchange:
     sent_head: int = 0
     sent_body: int = 0
 
+    def __init__(self, started: float | None) -> None:
+        self.started = started
+        self.headers = {}
+
     @property
     def method_name(self) -> str:
         return self.method.decode("ascii", "replace") if self.method else "-"
-
-    @property
-    def is_head(self) -> bool:
-        return self.method == b"HEAD"
 
     def read_head(
         self, method: bytes, target: bytes, version: bytes, fields: Iterable[tuple[bytes, bytes]]
@@ -145,6 +153,7 @@ class Exchange:
         """Fills the record from a parsed request head, the same for both parsers (field
         names in any case); returns how many Host fields there were."""
         self.method = method
+        self.is_head = method == b"HEAD"
         self.target = target
         self.version = version
         self.line = b"%s %s HTTP/%s" % (method, target, version)
@@ -625,12 +634,19 @@ class Connection:
                 self._h11.send(h11.EndOfMessage())
             self._finish(now)
             return head
+        parts = reply.parts
+        if len(parts) == 1 and isinstance(parts[0], bytes):  # the whole body in memory
+            body = parts[0]
+            req.sent_body = len(body)
+            if not req.simple:
+                self._h11.send(h11.Data(data=body))  # Content-Length framing: the same bytes
+                self._h11.send(h11.EndOfMessage())
+            reply.release()
+            self._finish(now)
+            return head + body
         self._reply = reply
         self._part = 0
         self._offset = 0
-        parts = reply.parts
-        if len(parts) == 1 and isinstance(parts[0], bytes):
-            return head + self._body_chunk(now)
         return head
 
     def _body_chunk(self, now: float) -> bytes:
