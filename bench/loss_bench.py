@@ -66,6 +66,7 @@ class Result:
     retransmits: int | None = None
     drops: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    congestion: str = ""  # the sender's congestion control (TCP_CONGESTION / tcp_info)
     error: str = ""
 
     @property
@@ -130,6 +131,7 @@ class Transfer:
     t_end: float = 0.0
     got: int = 0
     digest: bytes = b""
+    congestion: str = ""  # the sender's congestion control, as the sender reports it
     errors: list[str] = field(default_factory=list)
 
     def start(self) -> None:
@@ -161,6 +163,7 @@ def mtcp_sender(ctx: mtcp_core.Context, addr: tuple[str, int], payload: bytes,
         _poll_until(ep, mtcp_core.EPOLLOUT | mtcp_core.EPOLLERR, 10, "connect")
         if err := sock.getsockopt(mtcp_core.SOL_SOCKET, mtcp_core.SO_ERROR):
             raise OSError(err, f"connect: {os.strerror(err)}")
+        tr.congestion = str(sock.tcp_info()["congestion"])
         tr.established.set()
         if not tr.go.wait(30):
             raise TimeoutError("no go")
@@ -238,10 +241,27 @@ def kernel_sink(listener: socket.socket, tr: Transfer) -> None:
 
 
 def kernel_sender(ns: netns.Namespace, addr: tuple[str, int], payload: bytes,
-                  tr: Transfer) -> None:  # fmt: skip
+                  tr: Transfer, congestion: str) -> None:  # fmt: skip
     try:
         with ns.entered():
-            sock = socket.create_connection(addr, timeout=10)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                # the kernel's default is the host's choice (bbr on some hosts, whatever
+                # tcp_congestion_control says): name it, so that the comparison is stated
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"kernel sender: TCP_CONGESTION {congestion!r}: "
+                              f"{exc.strerror} (see net.ipv4.tcp_available_congestion_control)"
+                              ) from exc  # fmt: skip
+            sock.settimeout(10)
+            try:
+                sock.connect(addr)
+            except BaseException:
+                sock.close()
+                raise
+        name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+        tr.congestion = name.split(b"\0", 1)[0].decode()
         with sock:
             tr.established.set()
             if not tr.go.wait(30):
@@ -260,7 +280,9 @@ def finish(tr: Transfer, payload_digest: bytes, path: str, link: str, rate: floa
         same = tr.digest == payload_digest
         tr.errors.append(f"{tr.got} of {tr.size} B arrived, digest ok: {same}")
     seconds = tr.t_end - tr.t_go if ok else None
-    return Result(path, link, rate, seconds, ok, tr.size, error="; ".join(tr.errors))
+    return Result(
+        path, link, rate, seconds, ok, tr.size, congestion=tr.congestion, error="; ".join(tr.errors)
+    )
 
 
 # ---------------------------------------------------------------- the three paths
@@ -414,7 +436,8 @@ def run_sender(link: Link, seed: int, payload: bytes, digest: bytes, rig: Rig,
                                   daemon=True)  # fmt: skip
         else:
             before_k = kernel_retrans(rig.send_ns)
-            tx = threading.Thread(target=kernel_sender, args=(rig.send_ns, addr, payload, tr),
+            tx = threading.Thread(target=kernel_sender,
+                                  args=(rig.send_ns, addr, payload, tr, args.kernel_congestion),
                                   daemon=True)  # fmt: skip
         tx.start()
         tr.established.wait(15)
@@ -504,7 +527,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"{args.size_mib} MiB one way; kernel, core: veth rows through {via}, long-path rows "
         f"through the link emulator ({args.rtt_ms:g} ms RTT, {args.rate_mbit:g} Mb/s); pair: "
-        f"2 stacks, {args.delay_ms:g} ms one-way delay; medians of {args.repeat}",
+        f"2 stacks, {args.delay_ms:g} ms one-way delay; medians of {args.repeat}; the kernel "
+        f"sender's congestion control: {args.kernel_congestion}",
         head,
         "-" * len(head),
     ]
@@ -538,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core-sndbuf", type=int, default=4 << 20,
                     help="the core sender's send buffer, bytes (default 4 MiB, Linux's "
                     "tcp_wmem maximum)")  # fmt: skip
+    ap.add_argument(
+        "--kernel-congestion",
+        default="cubic",
+        help="the Linux sender's congestion control (TCP_CONGESTION; default cubic, "
+        "the core's default, whatever the host's sysctl says)",
+    )
     ap.add_argument("--size-mib", type=int, default=8, help="bytes per transfer, MiB")
     ap.add_argument("--delay-ms", type=float, default=1.0, help="pair: one-way delay")
     ap.add_argument("--seed", type=int, default=1, help="fault injector seed")
@@ -597,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
                             res = run_sender(link, seed, payload, digest, rigs[path, via], args)
                         results.append(res)
                         print(f"  {path:6} {link.name:>11} {link.loss_percent:>4g}%: "
-                              f"{_fmt(res.seconds)} s, retransmits {res.retransmits}, "
+                              f"{_fmt(res.seconds)} s ({res.congestion}), "
+                              f"retransmits {res.retransmits}, "
                               f"drops {res.drops}{', ' + res.error if res.error else ''}",
                               file=sys.stderr, flush=True)  # fmt: skip
         finally:

@@ -46,6 +46,9 @@ def test_loss_bench_rows_over_the_emulator(tmp_path: Path) -> None:
         assert math.isfinite(row["core_over_kernel_time"]), row
     for res in doc["results"]:
         assert res["ok"], res
+        # both senders run CUBIC, whatever the host's default (bbr on some): the ratio
+        # compares two stacks, not two congestion controls
+        assert res["congestion"] == "cubic", res
         assert res["drops"]["data_frames"] > 0  # the transfer went through the emulator
     long_path = [r for r in doc["results"] if r["link"] == "10ms-100M"]
     assert {r["path"] for r in long_path} == {"kernel", "core"}
