@@ -70,6 +70,7 @@ enum tcp_timer_kind {
  * order, one entry per transmission burst with its time (RACK, RFC 8985) and state
  * (SACK scoreboard, RFC 6675). Entries are split where SACK blocks cut them and merged
  * when the table is full (bounded memory): TCP_SB_MAX entries (opt.h). */
+_Static_assert(TCP_SB_MAX >= 2 && TCP_SB_MAX <= 255, "tcb->sb_n counts the entries in 8 bits");
 #define TCP_SB_SACKED 0x01u  /* the peer holds it (SACK) */
 #define TCP_SB_LOST 0x02u    /* marked lost, not retransmitted since */
 #define TCP_SB_RETRANS 0x04u /* retransmitted and not known lost since (counts in pipe) */
