@@ -1,25 +1,25 @@
 """The core sender's loss detection, recovery and congestion control, mechanism by mechanism.
 
-Over the ``pair`` link with targeted drops (``PairLink.drop_next``), one connection, the
-client's frames captured: RACK (RFC 8985) marks segments lost by time, also a lost
-retransmission, where counting duplicate ACKs would wait for a probe or a timeout; the tail
-loss probe goes once per episode and waits for the worst-case delayed ACK after a lone
-segment; PRR (RFC 6937) spreads what recovery sends over the ACKs in proportion to what
-they deliver; a D-SACK (RFC 2883) undoes the reduction of a spurious timeout (RFC 3708).
-CUBIC's window (RFC 9438) and HyStart++ (RFC 9406) are checked against their RFC curves on
-the core's synthetic ACK clock (``mtcp_core.simulate_congestion``: the real code, a made-up
-clock, so the comparison does not depend on this machine's speed). Timing assertions here
-are lower bounds only (a slow machine makes things later, never earlier) or counts.
-"""
+Two stacks on one stepped clock (``mtcp_core.testing.Duo``: no threads, no sleeps, the same
+run every time) over the ``pair`` link, 1 ms each way, with targeted drops
+(``PairLink.drop_next``), one connection, the client's frames captured with their stack
+times: RACK (RFC 8985) marks segments lost by time, also a lost retransmission, where
+counting duplicate ACKs would wait for a probe or a timeout; the tail loss probe goes once
+per episode and waits for the worst-case delayed ACK after a lone segment; PRR (RFC 6937)
+spreads what recovery sends over the ACKs in proportion to what they deliver; a D-SACK
+(RFC 2883) undoes the reduction of a spurious timeout (RFC 3708). CUBIC's window (RFC 9438)
+and HyStart++ (RFC 9406) are checked against their RFC curves on the core's synthetic ACK
+clock (``mtcp_core.simulate_congestion``). Nothing here depends on this machine's speed:
+times are the stepped clock's, so they are asserted exactly."""
 
 from __future__ import annotations
 
+import errno
 import struct
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,13 +27,12 @@ from hypothesis import strategies as st
 from test_tcp_segments import stack_client
 
 import mtcp_core as m
-from mtcp_core.testing import ACK, PeerConn, Rig, Seg
+from mtcp_core.testing import ACK, MS, Duo, PeerConn, Rig, Seg
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"
 PORT = 80
 DELAY_US = 1000  # one way: a 2 ms round trip
-DEADLINE_S = 30.0
 CPORT_DATA = m.PairLink.SYN | m.PairLink.FIN | m.PairLink.RST  # data: none of these flags
 PURE_ACK = m.PairLink.SYN | m.PairLink.FIN | m.PairLink.RST | m.PairLink.ACK
 
@@ -96,200 +95,166 @@ def rel(a: int, b: int) -> int:
     return (a - b + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
-# ---------------------------------------------------------------- the link
-
-
-@dataclass
-class Net:
-    link: m.PairLink
-    cstack: m.Stack
-    sstack: m.Stack
-    client: m.Context
-    server: m.Context
-    pcap: Path
-
-    def close(self) -> None:
-        self.cstack.close()
-        self.sstack.close()
-        self.link.close()
-
-
-def make_net(tmp: Path, congestion: str = "cubic", delay_us: int = DELAY_US, **kw: object) -> Net:
-    link = m.PairLink(seed=1, delay_us=delay_us)
-    pcap = tmp / "client-%u.pcap"
-    common = {"time_wait_ms": 50, "rcvbuf": 1 << 20, "sndbuf": 1 << 20, **kw}
-    c = m.Stack("pair", f"{CLIENT}/24", pair=link, pair_side=0, pcap=str(pcap),
-                congestion=congestion, **common)  # fmt: skip
-    s = m.Stack("pair", f"{SERVER}/24", pair=link, pair_side=1, **common)
-    return Net(link, c, s, c.context(0), s.context(0), Path(str(pcap).replace("%u", "0")))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path)
-    yield n
-    n.close()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-class Reader(threading.Thread):
-    """The server: accepts one connection and reads until the peer's FIN."""
-
-    def __init__(self, ctx: m.Context) -> None:
-        super().__init__(daemon=True)
-        self.ctx = ctx
-        self.got = bytearray()
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        try:
-            ls = self.ctx.socket()
-            ls.bind(("0.0.0.0", PORT))
-            ls.listen(16)
-            ep = self.ctx.epoll()
-            ep.register(ls, m.EPOLLIN)
-            self.ready.set()
-            end = time.monotonic() + DEADLINE_S * 2
-            s = None
-            while s is None and time.monotonic() < end:
-                if ep.poll(0.05):
-                    s, _ = ls.accept()
-            assert s is not None, "no connection"
-            ep.register(s, m.EPOLLIN)
-            while time.monotonic() < end:
-                ep.poll(0.05)
-                try:
-                    d = s.recv(1 << 18)
-                except BlockingIOError:
-                    continue
-                if not d:
-                    break
-                self.got += d
-            s.close()
-            ls.close()
-        except BaseException as e:
-            self.error = e
-            self.ready.set()
-
-    def finish(self) -> bytes:
-        self.join(DEADLINE_S * 2)
-        assert not self.is_alive(), "server thread hung"
-        if self.error:
-            raise self.error
-        return bytes(self.got)
-
-
-def connect(n: Net, nodelay: bool = True) -> tuple[m.Socket, m.Epoll, Reader]:
-    r = Reader(n.server)
-    r.start()
-    assert r.ready.wait(10)
-    c = n.client.socket()
-    if nodelay:
-        c.setsockopt(m.IPPROTO_TCP, m.TCP_NODELAY, 1)
-    with pytest.raises(BlockingIOError):
-        c.connect((SERVER, PORT))
-    ep = n.client.epoll()
-    ep.register(c, m.EPOLLOUT)
-    end = time.monotonic() + DEADLINE_S
-    while not any(s is c for s, _ in ep.poll(0.05)):
-        assert time.monotonic() < end, "connect timed out"
-    return c, ep, r
-
-
-def send_all(c: m.Socket, ep: m.Epoll, data: bytes) -> None:
-    view = memoryview(data)
-    sent = 0
-    end = time.monotonic() + DEADLINE_S
-    while sent < len(data):
-        assert time.monotonic() < end, f"send stalled at {sent}"
-        try:
-            sent += c.send(view[sent : sent + 65536])
-        except BlockingIOError:
-            ep.poll(0.01)
+# ---------------------------------------------------------------- the stepped link
 
 
 def acked(c: m.Socket, base: int) -> int:
     return rel(c.tcp_info()["snd_una"], base)
 
 
-def warm_up(c: m.Socket, ep: m.Epoll, rounds: int = 5) -> None:
-    """A few small exchanges so that SRTT and the minimum RTT are known."""
-    base = c.tcp_info()["snd_una"]
-    for i in range(rounds):
-        send_all(c, ep, b"w" * 100)
-        wait_for(lambda i=i: acked(c, base) == 100 * (i + 1), "warm-up acknowledged")
-    assert c.tcp_info()["srtt_us"] > 0
-
-
 def delta(after: dict[str, int], before: dict[str, int], *keys: str) -> dict[str, int]:
     return {k: after[k] - before[k] for k in keys}
 
 
-def published(n: Net, cond: Callable[[dict[str, int]], bool], what: str) -> dict[str, int]:
-    """Counters are published once per round: wait until they show ``cond``."""
-    box: list[dict[str, int]] = []
+class CapturedDuo(Duo):
+    """``Duo`` with the client's frames captured (``pcap``: the client stack only, time
+    stamped with the stepped clock), the link of these tests: 1 ms each way, 1 MiB buffers."""
 
-    def check() -> bool:
-        box[:] = [n.client.stats()]
-        return cond(box[0])
+    def __init__(self, pcap: Path, congestion: str = "cubic", delay_us: int = DELAY_US,
+                 **kw: Any) -> None:  # fmt: skip
+        common: dict[str, Any] = {"time_wait_ms": 50, "rcvbuf": 1 << 20, "sndbuf": 1 << 20,
+                                  **kw}  # fmt: skip
+        self.link = m.PairLink(m.Faults(seed=1, delay_us=delay_us))
+        self.stacks = []
+        self.pcap = pcap
+        try:
+            self.stacks.append(m.Stack("pair", f"{CLIENT}/24", pair=self.link, pair_side=0,
+                                       pcap=str(pcap.parent / (pcap.stem + "-%u.pcap")),
+                                       congestion=congestion, secret_seed=1,
+                                       **common))  # fmt: skip
+            self.stacks.append(m.Stack("pair", f"{SERVER}/24", pair=self.link, pair_side=1,
+                                       secret_seed=2, **common))  # fmt: skip
+            self.client = self.stacks[0].stepped_context(0, 1_000 * MS)
+            self.server = self.stacks[1].stepped_context(0, 1_000 * MS)
+        except BaseException:
+            self.close()
+            raise
+        self.client_ip, self.server_ip = CLIENT, SERVER
+        self.now_ns = 1_000 * MS
 
-    wait_for(check, what, 10)
-    return box[0]
+    def frames(self) -> list[Frame]:
+        """The client's capture; complete once the client stack is closed."""
+        self.stacks[0].close()
+        return read_frames(self.pcap.parent / (self.pcap.stem + "-0.pcap"))
+
+
+class Conn:
+    """One connection over a ``CapturedDuo``: the client writes what ``send`` queued, the
+    server reads everything until the client's FIN; both apps run between the instants of
+    the shared clock, with no threads and no sleeps."""
+
+    def __init__(self, duo: CapturedDuo, nodelay: bool = True) -> None:
+        self.duo = duo
+        ls = duo.server.socket()
+        ls.bind(("0.0.0.0", PORT))
+        ls.listen(16)
+        self.c = duo.client.socket()
+        if nodelay:
+            self.c.setsockopt(m.IPPROTO_TCP, m.TCP_NODELAY, 1)
+        assert self.c.connect_ex((SERVER, PORT)) == errno.EINPROGRESS
+        acc: list[m.Socket] = []
+        duo.run_until(lambda: bool(acc.extend(ls.accept_many()) or acc), limit_ms=5000)
+        self.s = acc[0]
+        self.out = bytearray()
+        self.got = bytearray()
+        self.eof = False
+
+    def apps(self) -> None:
+        if self.out:
+            try:
+                del self.out[: self.c.send(bytes(self.out[:65536]))]
+            except BlockingIOError:
+                pass
+            else:
+                self.duo.client.step(self.duo.now_ns)  # the write goes out at this instant
+        while not self.eof:
+            try:
+                d = self.s.recv(1 << 18)
+            except BlockingIOError:
+                break
+            self.eof = not d
+            self.got += d
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+        self.apps()
+
+    def until(self, cond: Callable[[], bool], limit_ms: float = 30_000) -> None:
+        """Runs both stacks (stack time) until ``cond()``."""
+        self.duo.run_until(cond, limit_ms=limit_ms, on_round=self.apps)
+
+    def acked(self, base: int) -> int:
+        return acked(self.c, base)
+
+    def warm_up(self, rounds: int = 5) -> None:
+        """A few small exchanges so that SRTT and the minimum RTT are known."""
+        base = self.c.tcp_info()["snd_una"]
+        for i in range(rounds):
+            self.send(b"w" * 100)
+            self.until(lambda i=i: self.acked(base) == 100 * (i + 1))
+        assert self.c.tcp_info()["srtt_us"] > 0
+
+    def finish(self) -> bytes:
+        """The client closes; everything the server read, once it saw the FIN."""
+        self.c.shutdown(m.SHUT_WR)
+        self.until(lambda: self.eof)
+        return bytes(self.got)
+
+
+@pytest.fixture
+def duo(tmp_path: Path) -> Iterator[CapturedDuo]:
+    with CapturedDuo(tmp_path / "client") as d:
+        yield d
 
 
 # ---------------------------------------------------------------- TLP
 
 
-def test_tail_loss_probe_once_per_episode_after_the_worst_case_delayed_ack(net: Net) -> None:
+def test_tail_loss_probe_once_per_episode_after_the_worst_case_delayed_ack(
+    duo: CapturedDuo,
+) -> None:
     """A lone 100-byte segment is lost, and so is its probe. RFC 8985: one probe per
-    episode, sent 2 SRTT + WCDelAckT (200 ms) after the segment, because a receiver may
-    hold the ACK of a lone segment that long; the RTO repairs the second loss. Before,
-    the core probed twice, at 54 and 108 ms (Linux: once, at 206 ms)."""
-    c, ep, r = connect(net)
-    warm_up(c, ep)
-    base = c.tcp_info()["snd_una"]
-    before = net.client.stats()
-    net.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=100, max_payload=100)
-    send_all(c, ep, b"t" * 100)
-    wait_for(lambda: acked(c, base) == 100, "the lone segment repaired", 10)
-    after = published(net, lambda s: s["rto_timeouts"] > before["rto_timeouts"], "RTO counted")
-    d = delta(after, before, "loss_probes", "rto_timeouts", "retransmits")
+    episode, sent 2 SRTT + WCDelAckT (200 ms) after the segment (capped by the RTO),
+    because a receiver may hold the ACK of a lone segment that long; the RTO repairs the
+    second loss one RTO after the probe. Before, the core probed twice, at 54 and 108 ms
+    (Linux: once, at 206 ms). Exact times on the stepped clock."""
+    n = Conn(duo)
+    n.warm_up()
+    info = n.c.tcp_info()
+    base = info["snd_una"]
+    wait = min(-(-2 * info["srtt_us"] // 1000) + 200, info["rto_ms"])
+    before = duo.client.stats()
+    duo.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=100, max_payload=100)
+    n.send(b"t" * 100)
+    rto_after_probe = n.c.tcp_info()["rto_ms"]
+    n.until(lambda: n.acked(base) == 100)
+    d = delta(duo.client.stats(), before, "loss_probes", "rto_timeouts", "retransmits")
     assert d == {"loss_probes": 1, "rto_timeouts": 1, "retransmits": 2}, d
-    c.shutdown(m.SHUT_WR)
-    assert r.finish() == b"w" * 500 + b"t" * 100
-    assert net.link.counters(0)["targeted"] == 2
-    net.cstack.close()  # the capture is complete once the stack is closed
-    tx = [f for f in read_frames(net.pcap) if f.sport != PORT and f.seq == base and f.length]
+    assert n.finish() == b"w" * 500 + b"t" * 100
+    assert duo.link.counters(0)["targeted"] == 2
+    tx = [f for f in duo.frames() if f.sport != PORT and f.seq == base and f.length]
     assert len(tx) == 3, [(f.ts, f.length) for f in tx]  # the original, the probe, the RTO
-    probe_after = tx[1].ts - tx[0].ts
-    assert probe_after >= 0.200, f"probe {probe_after * 1000:.1f} ms after the lone segment"
-    assert tx[2].ts - tx[1].ts >= 0.200, "the RTO (at least 200 ms) follows the probe"
+    assert wait >= 200
+    assert round((tx[1].ts - tx[0].ts) * 1000) == wait
+    assert round((tx[2].ts - tx[1].ts) * 1000) >= max(200, rto_after_probe)
 
 
-def test_a_probe_that_repairs_a_tail_loss_reduces_the_window(net: Net) -> None:
+def test_a_probe_that_repairs_a_tail_loss_reduces_the_window(duo: CapturedDuo) -> None:
     """One lost tail segment, repaired by the probe: no RTO, and (RFC 8985 7.4.2) the
     congestion response of a loss, since no D-SACK said the original had arrived."""
-    c, ep, r = connect(net)
-    warm_up(c, ep)
-    base = c.tcp_info()["snd_una"]
-    before = net.client.stats()
-    net.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=100, max_payload=100)
-    send_all(c, ep, b"p" * 100)
-    wait_for(lambda: acked(c, base) == 100, "repaired", 10)
-    after = published(net, lambda s: s["tlp_recoveries"] > before["tlp_recoveries"], "TLP")
-    d = delta(after, before, "loss_probes", "rto_timeouts", "tlp_recoveries")
+    n = Conn(duo)
+    n.warm_up()
+    base = n.c.tcp_info()["snd_una"]
+    assert n.c.tcp_info()["ssthresh"] >= 1 << 31
+    before = duo.client.stats()
+    duo.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=100, max_payload=100)
+    n.send(b"p" * 100)
+    n.until(lambda: n.acked(base) == 100)
+    n.until(lambda: duo.client.stats()["tlp_recoveries"] > before["tlp_recoveries"], 1000)
+    d = delta(duo.client.stats(), before, "loss_probes", "rto_timeouts", "tlp_recoveries")
     assert d == {"loss_probes": 1, "rto_timeouts": 0, "tlp_recoveries": 1}, d
-    assert c.tcp_info()["ssthresh"] < 1 << 31
-    c.shutdown(m.SHUT_WR)
-    r.finish()
+    assert n.c.tcp_info()["ssthresh"] < 1 << 31
+    assert n.finish() == b"w" * 500 + b"p" * 100
 
 
 def stepped_warm_up(rig: Rig, s: m.Socket, c: PeerConn, rtt_ms: int, rounds: int = 8) -> None:
@@ -350,61 +315,66 @@ def test_probe_timer_is_two_srtt_and_fires_once_per_episode_on_the_stepped_clock
 # ---------------------------------------------------------------- RACK
 
 
-def test_rack_marks_lost_by_time_with_fewer_than_three_duplicate_acks(net: Net) -> None:
+def test_rack_marks_lost_by_time_with_fewer_than_three_duplicate_acks(duo: CapturedDuo) -> None:
     """Six segments go out; the first three and the last are lost, so only two
     duplicate ACKs come back (SACKing segments 4 and 5), fewer than three and too few
     SACKed bytes for RFC 6675's IsLost, with six segments out (no early retransmit).
     RACK marks 1-3 lost once an RTT and the reordering window have passed since they
     were sent, and 6 once the retransmissions sent after it are delivered: all without a
     probe or a timeout."""
-    c, ep, r = connect(net)
-    warm_up(c, ep)
-    base = c.tcp_info()["snd_una"]
-    before = net.client.stats()
-    net.link.drop_next(0, CPORT_DATA, 0, count=3, min_payload=1448, max_payload=1448)
-    net.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=500, max_payload=500)
+    n = Conn(duo)
+    n.warm_up()
+    base = n.c.tcp_info()["snd_una"]
+    before = duo.client.stats()
+    duo.link.drop_next(0, CPORT_DATA, 0, count=3, min_payload=1448, max_payload=1448)
+    duo.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=500, max_payload=500)
     payload = (bytes(range(256)) * 40)[: 5 * 1448 + 500]
-    send_all(c, ep, payload)
-    wait_for(lambda: acked(c, base) == len(payload), "all repaired", 10)
-    after = published(net, lambda s: s["retransmits"] >= before["retransmits"] + 4, "rexmits")
-    d = delta(after, before, "loss_probes", "rto_timeouts", "rack_marked_lost", "retransmits",
-              "dup_acks_rx")  # fmt: skip
-    assert net.link.counters(0)["targeted"] == 4
+    n.send(payload)
+    n.until(lambda: n.acked(base) == len(payload))
+    d = delta(duo.client.stats(), before, "loss_probes", "rto_timeouts", "rack_marked_lost",
+              "retransmits", "dup_acks_rx")  # fmt: skip
+    assert duo.link.counters(0)["targeted"] == 4
     assert d["loss_probes"] == 0 and d["rto_timeouts"] == 0, d
     assert d["rack_marked_lost"] == 4 and d["retransmits"] == 4, d
     assert d["dup_acks_rx"] <= 2, d
-    c.shutdown(m.SHUT_WR)
-    assert r.finish() == b"w" * 500 + payload
+    min_rtt_us = n.c.tcp_info()["min_rtt_us"]
+    assert n.finish() == b"w" * 500 + payload
+    # when, on the stepped clock (1 ms timer ticks): segment 1 again as soon as an RTT and
+    # the reordering window (min RTT / 4) have passed since it was sent; the last one
+    # round trip after the retransmissions, which are sent after it, are delivered
+    tx = [f for f in duo.frames() if f.sport != PORT and f.length and rel(f.seq, base) >= 0]
+    assert [rel(f.seq, base) for f in tx] == [i * 1448 for i in range(6)] + [0, 1448, 2896, 7240]
+    t0 = tx[0].ts
+    assert all(f.ts == t0 for f in tx[:6])
+    first_us = round((tx[6].ts - t0) * 1e6)
+    assert min_rtt_us * 5 // 4 <= first_us <= min_rtt_us * 5 // 4 + 1000, (first_us, min_rtt_us)
+    last_us = round((tx[-1].ts - t0) * 1e6)
+    assert last_us <= 3 * min_rtt_us, (last_us, min_rtt_us)
 
 
-def test_rack_detects_a_lost_retransmission_without_a_timeout(net: Net) -> None:
+def test_rack_detects_a_lost_retransmission_without_a_timeout(duo: CapturedDuo) -> None:
     """A segment and its first retransmission are both lost in the middle of a bulk
     send. Duplicate ACKs cannot tell that a retransmission was lost (before, only a probe
     or the RTO could); RACK sees segments sent after the retransmission delivered and
-    marks it lost by time, and the third copy gets through."""
-    c, ep, r = connect(net)
-    warm_up(c, ep)
-    base = c.tcp_info()["snd_una"]
-    before = net.client.stats()
-    net.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=1000, max_payload=1000)
+    marks it lost by time, and the third copy gets through: no probe, no timeout."""
+    n = Conn(duo)
+    n.warm_up()
+    base = n.c.tcp_info()["snd_una"]
+    before = duo.client.stats()
+    duo.link.drop_next(0, CPORT_DATA, 0, count=2, min_payload=1000, max_payload=1000)
     marker = b"m" * 1000
     bulk = bytes(range(256)) * 800  # 204800 bytes: 1448-byte segments and a 632-byte tail
-    send_all(c, ep, marker)
+    n.send(marker)
     # the marker leaves as a segment of its own before the bulk is written
-    wait_for(lambda: rel(c.tcp_info()["snd_nxt"], base) >= len(marker), "marker sent", 5)
-    send_all(c, ep, bulk)
-    wait_for(lambda: acked(c, base) == len(marker) + len(bulk), "all acknowledged", 20)
-    after = published(net, lambda s: s["retransmits"] >= before["retransmits"] + 2, "rexmits")
-    d = delta(after, before, "loss_probes", "rto_timeouts", "rack_marked_lost")
-    assert net.link.counters(0)["targeted"] == 2
-    # no RTO; a tail probe may come first when the marker's loss is not yet visible (about
-    # one run in three on main's receiver), but the retransmission's loss is RACK's
-    assert d["rto_timeouts"] == 0 and d["loss_probes"] <= 1, d
+    assert rel(n.c.tcp_info()["snd_nxt"], base) == len(marker)
+    n.send(bulk)
+    n.until(lambda: n.acked(base) == len(marker) + len(bulk))
+    d = delta(duo.client.stats(), before, "loss_probes", "rto_timeouts", "rack_marked_lost")
+    assert duo.link.counters(0)["targeted"] == 2
+    assert d["rto_timeouts"] == 0 and d["loss_probes"] == 0, d
     assert d["rack_marked_lost"] >= 2, d
-    c.shutdown(m.SHUT_WR)
-    assert r.finish() == b"w" * 500 + marker + bulk
-    net.cstack.close()  # the capture is complete once the stack is closed
-    copies = [f for f in read_frames(net.pcap) if f.sport != PORT and f.seq == base]
+    assert n.finish() == b"w" * 500 + marker + bulk
+    copies = [f for f in duo.frames() if f.sport != PORT and f.seq == base]
     assert [f.length for f in copies] == [1000, 1000, 1000]
 
 
@@ -420,24 +390,21 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
     # a 200 Mb/s sender on a 10 ms path: its segments, and so the ACKs, are spread out in
     # time, one ACK at a time as on a real path (an unshaped burst comes back as one batch
     # of ACKs), and the window in flight is large (a 250 KB bandwidth-delay product)
-    n = make_net(tmp_path, congestion="newreno", tx_rate_mbps=200, delay_us=5000)
-    try:
-        c, ep, r = connect(n)
-        warm_up(c, ep)
-        base = c.tcp_info()["snd_una"]
+    with CapturedDuo(tmp_path / "client", congestion="newreno", tx_rate_mbps=200,
+                     delay_us=5000) as duo:  # fmt: skip
+        n = Conn(duo)
+        n.warm_up()
+        base = n.c.tcp_info()["snd_una"]
         data = bytes(range(256)) * 4096  # 1 MiB
         # a quarter first, to open the window; then one segment of the rest is lost
-        send_all(c, ep, data[: 256 * 1024])
-        wait_for(lambda: acked(c, base) == 256 * 1024, "first quarter acknowledged")
-        n.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=1448, max_payload=1448)
-        send_all(c, ep, data[256 * 1024 :])
-        wait_for(lambda: acked(c, base) == len(data), "all acknowledged", 20)
-        c.shutdown(m.SHUT_WR)
-        assert r.finish()[500:] == data
-        assert n.link.counters(0)["targeted"] == 1
-    finally:
-        n.close()
-    frames = read_frames(n.pcap)
+        n.send(data[: 256 * 1024])
+        n.until(lambda: n.acked(base) == 256 * 1024)
+        duo.link.drop_next(0, CPORT_DATA, 0, count=1, min_payload=1448, max_payload=1448)
+        n.send(data[256 * 1024 :])
+        n.until(lambda: n.acked(base) == len(data))
+        assert n.finish()[500:] == data
+        assert duo.link.counters(0)["targeted"] == 1
+        frames = duo.frames()
     # the recovery: from the first retransmission to the ACK that covers what was out
     high = 0
     start = None
@@ -470,6 +437,10 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
     first_dup = max(dups[0] if dups else len(acks_before) - 1, 1)
     early0 = reported(acks_before[first_dup - 1])
     reported0 = reported(acks_before[-1])
+    # the first retransmission goes when the loss is detected, before a quarter of the
+    # window has been reported delivered (a sender that only keeps pipe at ssthresh would
+    # wait for half of it)
+    assert reported0 - early0 <= recover_fs // 4, (reported0 - early0, recover_fs)
     delivered = reported(acks_before[-1]) - reported0
     sent_bytes = 0
     checked = 0
@@ -482,14 +453,16 @@ def test_prr_spreads_recovery_sending_over_the_acks(tmp_path: Path) -> None:
             high = max(high, rel(f.seq, base) + f.length)
             in_burst = True
             continue
-        if in_burst:  # a burst of the sender ended: it is up to date with `delivered`
-            allowed = -(-delivered * ssthresh // recover_fs)
-            most = -(-(delivered + reported0 - early0) * ssthresh // recover_fs)
-            pipe = high - reported(last_ack)  # outstanding, neither acknowledged nor SACKed
-            assert sent_bytes <= most + 2 * 1448, (delivered, sent_bytes, most)
-            # behind the proportional share only where it brought pipe to ssthresh (PRR-SSRB)
-            assert sent_bytes >= allowed - 6 * 1448 or abs(pipe - ssthresh) <= 2 * 1448, (
-                delivered, sent_bytes, allowed, pipe, ssthresh)  # fmt: skip
+        # an ACK: the sender has answered the ACKs before it (on the stepped clock it
+        # sends at the instant an ACK arrives), with something or, rightly, nothing
+        allowed = -(-delivered * ssthresh // recover_fs)
+        most = -(-(delivered + reported0 - early0) * ssthresh // recover_fs)
+        pipe = high - reported(last_ack)  # outstanding, neither acknowledged nor SACKed
+        assert sent_bytes <= most + 2 * 1448, (delivered, sent_bytes, most)
+        # behind the proportional share only where it brought pipe to ssthresh (PRR-SSRB)
+        assert sent_bytes >= allowed - 6 * 1448 or abs(pipe - ssthresh) <= 2 * 1448, (
+            delivered, sent_bytes, allowed, pipe, ssthresh)  # fmt: skip
+        if in_burst:  # a burst of the sender ended
             checked += 1
             strict += allowed > 6 * 1448 and sent_bytes >= allowed - 6 * 1448
             in_burst = False
@@ -509,52 +482,47 @@ def test_slow_start_grows_through_a_batch_of_acks(tmp_path: Path) -> None:
     tcp_cwnd_validate), not per ACK from what is still in flight: judged per ACK, a batch
     of ACKs (the pair link returns a round's ACKs together, and the receiver ACKs every
     second segment) stopped slow start half-way through every batch. 1 MiB acknowledged
-    without a loss from IW10 grows cwnd by most of it (before: 356-533 KB, now 630-909 KB
-    in five runs each)."""
-    n = make_net(tmp_path, congestion="newreno", rcvbuf=4 << 20, sndbuf=4 << 20)
-    try:
-        c, ep, r = connect(n)
-        base = c.tcp_info()["snd_una"]
-        send_all(c, ep, bytes(range(256)) * 4096)
-        wait_for(lambda: acked(c, base) == 1 << 20, "1 MiB acknowledged")
-        info = c.tcp_info()
+    without a loss from IW10 grows cwnd by most of it (1,000,592 bytes on the stepped
+    clock; judged per ACK it stopped at 356-533 KB on the threaded link)."""
+    with CapturedDuo(tmp_path / "client", congestion="newreno", rcvbuf=4 << 20,
+                     sndbuf=4 << 20) as duo:  # fmt: skip
+        n = Conn(duo)
+        base = n.c.tcp_info()["snd_una"]
+        n.send(bytes(range(256)) * 4096)
+        n.until(lambda: n.acked(base) == 1 << 20)
+        info = n.c.tcp_info()
         assert info["ssthresh"] >= 1 << 31 and info["retransmits"] == 0, info
-        assert info["cwnd"] >= 580_000, info["cwnd"]
-        c.shutdown(m.SHUT_WR)
-        r.finish()
-    finally:
-        n.close()
+        assert info["cwnd"] >= 900_000, info["cwnd"]
+        assert n.finish()[:16] == bytes(range(16))
 
 
 # ---------------------------------------------------------------- D-SACK undo
 
 
-def test_dsack_undoes_the_reduction_of_a_spurious_timeout(net: Net) -> None:
+def test_dsack_undoes_the_reduction_of_a_spurious_timeout(duo: CapturedDuo) -> None:
     """A lone segment arrives but its ACK is lost, and so is the ACK of the probe: the
     RTO retransmits what the receiver already has, and cuts the window to one segment.
     The receiver reports the duplicate in a D-SACK block (RFC 2883); the sender sees that
     every retransmission of the episode was spurious and restores cwnd and ssthresh
     (RFC 3708)."""
-    c, ep, r = connect(net)
-    warm_up(c, ep, rounds=20)
-    info0 = c.tcp_info()
+    n = Conn(duo)
+    n.warm_up(rounds=20)
+    info0 = n.c.tcp_info()
     base = info0["snd_una"]
-    before = net.client.stats()
-    rbefore = net.server.stats()
-    net.link.drop_next(1, PURE_ACK, m.PairLink.ACK, count=2, max_payload=0)
-    send_all(c, ep, b"s" * 100)
-    wait_for(lambda: acked(c, base) == 100, "acknowledged", 10)
-    after = published(net, lambda s: s["undo_dsack"] > before["undo_dsack"], "undo counted")
-    d = delta(after, before, "rto_timeouts", "loss_probes", "dsacks_rx", "undo_dsack",
-              "retrans_spurious")  # fmt: skip
+    before = duo.client.stats()
+    rbefore = duo.server.stats()
+    duo.link.drop_next(1, PURE_ACK, m.PairLink.ACK, count=2, max_payload=0)
+    n.send(b"s" * 100)
+    n.until(lambda: n.acked(base) == 100)
+    d = delta(duo.client.stats(), before, "rto_timeouts", "loss_probes", "dsacks_rx",
+              "undo_dsack", "retrans_spurious")  # fmt: skip
     assert d["rto_timeouts"] == 1 and d["loss_probes"] == 1, d
     assert d["dsacks_rx"] >= 1 and d["undo_dsack"] == 1 and d["retrans_spurious"] >= 1, d
-    assert net.server.stats()["dsacks_tx"] - rbefore["dsacks_tx"] >= 1
-    info = c.tcp_info()
+    assert duo.server.stats()["dsacks_tx"] - rbefore["dsacks_tx"] >= 1
+    info = n.c.tcp_info()
     assert info["cwnd"] >= info0["cwnd"], (info0["cwnd"], info["cwnd"])
     assert info["ssthresh"] == info0["ssthresh"]
-    c.shutdown(m.SHUT_WR)
-    assert r.finish() == b"w" * 2000 + b"s" * 100
+    assert n.finish() == b"w" * 2000 + b"s" * 100
 
 
 # ---------------------------------------------------------------- congestion control
@@ -622,30 +590,23 @@ def test_hystart_plus_plus_leaves_slow_start_when_the_rtt_rises() -> None:
 def test_congestion_control_is_chosen_per_stack_and_per_socket(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="congestion"):
         m.Stack("pair", f"{CLIENT}/24", pair=m.PairLink(), congestion="bbr")
-    n = make_net(tmp_path, congestion="newreno")
-    try:
-        c, ep, r = connect(n)
-        info = c.tcp_info()
+    with CapturedDuo(tmp_path / "newreno", congestion="newreno") as duo:
+        n = Conn(duo)
+        info = n.c.tcp_info()
         assert info["congestion"] == "newreno"
-        c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "cubic")
-        wait_for(lambda: c.tcp_info()["congestion"] == "cubic", "switched to cubic", 5)
+        n.c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "cubic")
+        duo.settle()  # the switch is made by the stack's next round
+        assert n.c.tcp_info()["congestion"] == "cubic"
         with pytest.raises(FileNotFoundError):  # ENOENT, as Linux for an unknown name
-            c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "vegas")
+            n.c.setsockopt(m.IPPROTO_TCP, m.TCP_CONGESTION, "vegas")
         for key in ("cwnd", "ssthresh", "srtt_us", "rttvar_us", "lost_segs", "retransmits",
                     "reordering", "pipe", "min_rtt_us"):  # fmt: skip
             assert key in info
-        c.shutdown(m.SHUT_WR)
-        r.finish()
-    finally:
-        n.close()
-    d = make_net(tmp_path)
-    try:
-        c, ep, r = connect(d)
-        assert c.tcp_info()["congestion"] == "cubic"  # the default
-        c.shutdown(m.SHUT_WR)
-        r.finish()
-    finally:
-        d.close()
+        assert n.finish() == b""
+    with CapturedDuo(tmp_path / "default") as duo:
+        n = Conn(duo)
+        assert n.c.tcp_info()["congestion"] == "cubic"  # the default
+        assert n.finish() == b""
 
 
 # ---------------------------------------------------------------- the scoreboard, fuzzed
