@@ -77,7 +77,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
     access_log: Path | None = None
-    priority: bool = True
+    tx_priority: bool = True
     afpacket_rx: str = "copy"
     pcap: str | None = None
     tap_host: str | None = DEFAULT_TAP_HOST
@@ -634,7 +634,7 @@ def build(raw: Mapping[str, Any], where: Mapping[str, str], check_certs: bool = 
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         access_log=val.get("access_log"),
-        priority=not val.get("no_priority", False),
+        tx_priority=not val.get("no_priority", False),
         afpacket_rx=val.get("afpacket_rx", "copy"),
         pcap=val.get("pcap"),
         tap_host=tap_host,

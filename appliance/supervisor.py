@@ -345,7 +345,7 @@ class Supervisor:
                 tap_host=cfg.tap_host if cfg.backend == "tap" else None,
                 pcap=cfg.pcap,
                 stats_path=str(self.run_dir / "stack-%u"),
-                priority=cfg.priority,
+                tx_priority=cfg.tx_priority,
                 afpacket_rx=cfg.afpacket_rx,
                 tx_rate_mbps=cfg.tx_rate_mbps,
                 sndbuf=cfg.sndbuf,

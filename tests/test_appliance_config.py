@@ -75,7 +75,7 @@ drain_timeout = 3
     monkeypatch.setenv("MTCP_APPLIANCE_CONFIG", str(path))
     assert cli.main(["serve", "--stack", "mtcp", "--no-priority", "--cores", "2"]) == 0
     cfg = started[-1]
-    assert (cfg.stack, cfg.priority, cfg.cores, cfg.port) == ("mtcp", False, 2, 1111)
+    assert (cfg.stack, cfg.tx_priority, cfg.cores, cfg.port) == ("mtcp", False, 2, 1111)
 
 
 def test_defaults_are_the_embedded_appliance(started: list[Config]) -> None:
@@ -84,7 +84,7 @@ def test_defaults_are_the_embedded_appliance(started: list[Config]) -> None:
     assert (cfg.stack, cfg.backend, cfg.iface, cfg.ip) == ("mtcp", "tap", "mtcp0", "198.18.0.2/24")
     assert (cfg.tap_host, cfg.port, cfg.root) == ("198.18.0.1/24", 80, config.DEFAULT_ROOT)
     assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9100)
-    assert cfg.cores == len(config.available_cpus()) and cfg.priority
+    assert cfg.cores == len(config.available_cpus()) and cfg.tx_priority
     assert cfg.serve_url == "http://198.18.0.2:80/" and cfg.congestion == "cubic"
     assert cli.main(["serve", "--congestion", "newreno"]) == 0
     assert started[-1].congestion == "newreno"
@@ -108,7 +108,7 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
     }
     cfg = config.load({}, env)
     assert cfg.congestion == "newreno"
-    assert (cfg.priority, cfg.cores, cfg.gateway) == (False, 2, "198.18.0.254")
+    assert (cfg.tx_priority, cfg.cores, cfg.gateway) == (False, 2, "198.18.0.254")
     assert (cfg.access_log, cfg.pcap) == (tmp_path / "access.log", str(tmp_path / "core%u.pcap"))
     assert (cfg.backend, cfg.iface, cfg.tap_host) == ("afpacket", "veth0", None)
 

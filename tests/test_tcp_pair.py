@@ -303,6 +303,45 @@ def test_api_errors_carry_errno(net: Net) -> None:
     assert e.value.errno == errno.EINVAL
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("priority", "tx_priority="),
+        ("no_priority", "tx_priority=False"),
+        ("no_delayed_ack", "delayed_ack=False"),
+        ("no_sack", "sack=False"),
+        ("no_evict", "evict=False"),
+        ("no_hugepages", "hugepages=False"),
+    ],
+)
+def test_stack_old_option_names_say_the_new_one(old: str, new: str) -> None:
+    link = m.PairLink()
+    try:
+        with pytest.raises(TypeError, match=f"{old}= was renamed: use {new}"):
+            m.Stack("pair", "198.18.0.9/24", pair=link, **{old: True})
+        with pytest.raises(TypeError, match="unknown option bogus="):
+            m.Stack("pair", "198.18.0.9/24", pair=link, bogus=1)
+    finally:
+        link.close()
+
+
+def test_stack_options_and_keywords_combine() -> None:
+    """Keywords are StackOptions fields and win over ``options``; bad values fail when the
+    options are made, naming the field."""
+    link = m.PairLink()
+    base = m.StackOptions(sack=False, time_wait_ms=50)
+    with m.Stack("pair", "198.18.0.9/24", pair=link, options=base, delayed_ack=False) as s:
+        assert (s.options.sack, s.options.delayed_ack, s.options.time_wait_ms) == (
+            False, False, 50,
+        )
+    assert base.delayed_ack  # the caller's options are not changed
+    with m.Stack("pair", "198.18.0.9/24", pair=link) as s:
+        assert s.options == m.StackOptions()
+    with pytest.raises(ValueError, match="congestion: one of cubic, newreno, not 'bbr'"):
+        m.StackOptions(congestion="bbr")
+    link.close()
+
+
 def test_level_and_edge_triggered_epoll(net: Net) -> None:
     a = accept_one(net)
     c, _ep, s, _ep_s = a.c, a.ep, a.s, a.ep_s
@@ -355,7 +394,7 @@ def test_batched_calls_carry_many_sockets(net: Net) -> None:
 
 def test_priority_lists_are_observable_and_switchable() -> None:
     for priority in (True, False):
-        n = make_net(time_wait_ms=50, priority=priority)
+        n = make_net(time_wait_ms=50, tx_priority=priority)
         try:
             peer = Peer(n.server, mode="echo").start()
             ep = n.client.epoll()

@@ -58,7 +58,7 @@ def _shaped_capture(
     n = make_net(time_wait_ms=100)
     n.server_stack.close()
     n.server_stack = m.Stack("pair", f"{SERVER}/24", pair=n.link, pair_side=1,
-                             time_wait_ms=100, tx_rate_mbps=RATE_MBPS, priority=priority,
+                             time_wait_ms=100, tx_rate_mbps=RATE_MBPS, tx_priority=priority,
                              pcap=str(pcap))  # fmt: skip
     n.server = n.server_stack.context(0)
     peer = Peer(n.server).start()

@@ -1,0 +1,32 @@
+"""Socket, epoll and option constants, as the core defines them (``MTCP_*``)."""
+
+from __future__ import annotations
+
+from mtcp_core._native import lib
+
+EPOLLIN: int = lib.MTCP_EPOLLIN
+EPOLLOUT: int = lib.MTCP_EPOLLOUT
+EPOLLERR: int = lib.MTCP_EPOLLERR
+EPOLLHUP: int = lib.MTCP_EPOLLHUP
+EPOLLRDHUP: int = lib.MTCP_EPOLLRDHUP
+EPOLLET: int = lib.MTCP_EPOLLET
+SHUT_RD: int = lib.MTCP_SHUT_RD
+SHUT_WR: int = lib.MTCP_SHUT_WR
+SHUT_RDWR: int = lib.MTCP_SHUT_RDWR
+SOL_SOCKET: int = lib.MTCP_SOL_SOCKET
+SO_REUSEADDR: int = lib.MTCP_SO_REUSEADDR
+SO_KEEPALIVE: int = lib.MTCP_SO_KEEPALIVE
+SO_SNDBUF: int = lib.MTCP_SO_SNDBUF
+SO_RCVBUF: int = lib.MTCP_SO_RCVBUF
+SO_LINGER: int = lib.MTCP_SO_LINGER
+SO_ERROR: int = lib.MTCP_SO_ERROR
+IPPROTO_TCP: int = lib.MTCP_IPPROTO_TCP
+TCP_NODELAY: int = lib.MTCP_TCP_NODELAY
+TCP_MAXSEG: int = lib.MTCP_TCP_MAXSEG
+TCP_KEEPIDLE: int = lib.MTCP_TCP_KEEPIDLE
+TCP_KEEPINTVL: int = lib.MTCP_TCP_KEEPINTVL
+TCP_KEEPCNT: int = lib.MTCP_TCP_KEEPCNT
+TCP_USER_TIMEOUT: int = lib.MTCP_TCP_USER_TIMEOUT
+SO_EVICTABLE: int = lib.MTCP_SO_EVICTABLE
+TCP_CONGESTION: int = lib.MTCP_TCP_CONGESTION
+CONGESTION_ALGORITHMS = ("cubic", "newreno")
