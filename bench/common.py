@@ -2,8 +2,8 @@
 output, the two-namespace topology with pinned CPUs, child processes that announce themselves
 with a JSON line, and the JSON files in bench/results/.
 
-Imported as ``import common`` by the scripts next to it (each puts bench/ and tests/ on
-sys.path: ``netns`` and ``echo_app`` are shared with the tests).
+Imported as ``import common`` by the scripts next to it. What the benchmarks share with the
+tests (``netns``, ``echo_app`` ...) is the installed package ``mtcp_core.testing``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mtcp_core.testing import netns
+from mtcp_core.testing.echo_app import cpu_seconds  # noqa: F401  (re-exported)
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
-import netns  # noqa: E402
-from echo_app import cpu_seconds  # noqa: E402, F401  (re-exported: one process or thread)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 Jiffies = dict[str, tuple[int, int]]

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts tests/ on sys.path: echo_app and netns)
-import echo_app  # noqa: E402
-import netns  # noqa: E402
+import common  # noqa: E402
+
+from mtcp_core.testing import echo_app, netns  # noqa: E402
 
 PORT = 80
 IDLE_S = 2.0

@@ -44,8 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import netns  # noqa: E402
 import web_bench  # noqa: E402
+
+from mtcp_core.testing import netns  # noqa: E402
 
 PROG = "exhaust_bench"
 PORT = web_bench.PORT

@@ -49,9 +49,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts tests/ on sys.path: netns)
-import netns  # noqa: E402
+import common  # noqa: E402
 import web_bench  # noqa: E402
+
+from mtcp_core.testing import netns  # noqa: E402
 
 PROG = "loadgen_check"
 LOCK = Path("/tmp/bench.lock")

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts tests/ on sys.path: netns is shared with the tests)
-import netns  # noqa: E402
+import common  # noqa: E402
 
 import mtcp_core  # noqa: E402
+from mtcp_core.testing import netns  # noqa: E402
 
 SINK_PORT = 5001
 PAIR_SENDER, PAIR_RECEIVER = "198.18.0.1", "198.18.0.2"

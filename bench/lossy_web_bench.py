@@ -35,10 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import netns  # noqa: E402
 import web_bench  # noqa: E402
 
 import mtcp_core  # noqa: E402
+from mtcp_core.testing import netns  # noqa: E402
 
 PROG = "lossy_web_bench"
 SERVERS = ("mtcp", "nginx")

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import common
-import netns
+
+from mtcp_core.testing import netns
 
 REPO = common.REPO
 VENV_BIN = REPO / ".venv" / "bin"

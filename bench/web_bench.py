@@ -51,7 +51,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import netns  # noqa: E402
 from web_measure import (  # noqa: E402
     Idle,
     Rig,
@@ -94,6 +93,8 @@ from web_servers import (  # noqa: E402
     make_site,
     parse_counters,
 )
+
+from mtcp_core.testing import netns  # noqa: E402
 
 
 def preflight(opts: argparse.Namespace) -> str | None:

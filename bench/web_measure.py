@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
-import netns
 from web_servers import (
     BIG_FILE,
     LOAD_KEEPALIVE,
@@ -39,6 +38,8 @@ from web_servers import (
     appliance_argv,
     counter_delta,
 )
+
+from mtcp_core.testing import netns
 
 # ---------------------------------------------------------------- what is measured
 

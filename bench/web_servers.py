@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import common
-import netns
+
+from mtcp_core.testing import netns
 
 PROG = "web_bench"
 PORT = 80

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import netns
 import pytest
+
+from mtcp_core.testing import netns
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-import netns
 import pytest
 
 from appliance import caps, cli
+from mtcp_core.testing import netns
 
 ALL_CAPS = (1 << 41) - 1
 EXE = str(Path(sys.executable).parent / "mtcp-appliance")

@@ -13,11 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-import netns
 import pytest
-from test_appliance_support import Appliance, http_get, value
 
 from appliance.config import DEFAULT_ROOT, available_cpus
+from appliance.testing import Appliance, http_get, value
+from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
 

@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import netns
 import pytest
+
+from mtcp_core.testing import netns
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 TIMEOUT_S = 300

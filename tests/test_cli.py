@@ -10,12 +10,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import netns
 import pytest
 
 from appliance import cli
 from appliance.http.connection import Connection
 from appliance.http.linux import StaticServer
+from mtcp_core.testing import netns
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import netns
 import pytest
+
+from mtcp_core.testing import netns
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))

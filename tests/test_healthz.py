@@ -14,14 +14,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import netns
 import pytest
-from test_appliance_support import Appliance
 
 import mtcp_core
 from appliance import healthcheck
 from appliance.metrics import health
 from appliance.metrics.source import ApplianceView, CoreView
+from appliance.testing import Appliance
+from mtcp_core.testing import netns
 
 
 def _view(*cores: CoreView, stack: str = "mtcp", draining: bool = False) -> ApplianceView:

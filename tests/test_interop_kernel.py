@@ -22,55 +22,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import echo_app
-import netns
 import pytest
-from echo_app import wait_stats
 
 import mtcp_core
-from mtcp_core.testing import pools_back
+from mtcp_core.testing import echo_app, netns, pools_back
+from mtcp_core.testing.echo_app import wait_stats
+from mtcp_core.testing.kernel import (
+    ECHO,
+    ONCE,
+    STACK_TIME_WAIT_MS,
+    Rig,
+    make_afpacket_rig,
+)
 
 pytestmark = pytest.mark.requires_root
 
-STACK_TIME_WAIT_MS = 100
-ECHO, ONCE = 7, 8  # the responder's ports: echo (client closes first), once (core closes first)
 SIZES = [1, 100, 1448, 1449, 4096, 65536, 300_000, 1 << 20]
-
-
-@dataclass
-class Rig:
-    client: netns.Namespace  # where the kernel peer runs
-    client_ip: str
-    ip: str  # the stack's address
-    stack: mtcp_core.Stack
-    ctx: mtcp_core.Context
-    server_ns: netns.Namespace
-
-    def serve(self, **kw: Any) -> Responder:
-        return Responder(self.ctx, **kw)
-
-
-class Responder:
-    """The echo_app responder on the core in a thread (the context's app thread)."""
-
-    def __init__(self, ctx: mtcp_core.Context, **kw: Any) -> None:
-        self.thread, self.stop_event, self.result = echo_app.serve_in_thread(
-            lambda: echo_app.MtcpNet(ctx), {ECHO: "echo", ONCE: "once"}, **kw
-        )
-
-    def stop(self) -> echo_app.ServerReport:
-        return echo_app.stop_server(self.thread, self.stop_event, self.result)
-
-    def __enter__(self) -> Responder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.thread.is_alive():
-            self.stop()
 
 
 def kernel_tcp_counters(ns: netns.Namespace) -> dict[str, int]:
@@ -78,30 +47,6 @@ def kernel_tcp_counters(ns: netns.Namespace) -> dict[str, int]:
     lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()]
     tcp = [ln for ln in lines if ln and ln[0] == "Tcp:"]
     return {k: int(v) for k, v in zip(tcp[0][1:], tcp[1][1:], strict=True)}
-
-
-def make_afpacket_rig(
-    lab: netns.Lab,
-    *,
-    tx_offload: bool = True,
-    time_wait_ms: int = STACK_TIME_WAIT_MS,
-    afpacket_rx: str = "ring",
-) -> Iterator[Rig]:
-    client, server = lab.namespace("client"), lab.namespace("server")
-    link = lab.veth(client, server, address_b=False, tx_offload=tx_offload)
-    stack = server.call(
-        mtcp_core.Stack,
-        "afpacket",
-        str(link.addr_b),
-        iface=link.if_b,
-        time_wait_ms=time_wait_ms,
-        afpacket_rx=afpacket_rx,
-    )
-    try:
-        ctx = stack.context(0)  # from this thread, outside the server namespace
-        yield Rig(client, str(link.addr_a.ip), str(link.addr_b.ip), stack, ctx, server)
-    finally:
-        stack.close()
 
 
 # both receive paths: the V3 ring (zero copy, blocks) and recvmmsg (copy, per frame)

@@ -16,23 +16,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import cbuf, reason
 
 from mtcp_core._native import ffi, lib
-
-SRC, DST = 0xC6120001, 0xC6120002  # 198.18.0.1 -> 198.18.0.2
-MF = 0x2000
-
-
-def ip_header(ident: int, flags_off: int, payload_len: int, *, proto: int = 6,
-              src: int = SRC, dst: int = DST, options: bytes = b"") -> bytes:  # fmt: skip
-    ihl = 5 + len(options) // 4
-    h = struct.pack("!BBHHHBBHII", 0x40 | ihl, 0, ihl * 4 + payload_len, ident, flags_off, 64,
-                    proto, 0, src, dst) + options  # fmt: skip
-    total = sum(struct.unpack(f"!{len(h) // 2}H", h))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return h[:10] + struct.pack("!H", ~total & 0xFFFF) + h[12:]
+from mtcp_core.testing.wire import MF, SRC, cbuf, ip_header, reason
 
 
 def fragment(ident: int, payload: bytes, off: int, n: int, more: bool, **kw: Any) -> bytes:

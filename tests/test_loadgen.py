@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import echo_app
-import netns
 import pytest
 
 import mtcp_core
 from appliance import cli
+from mtcp_core.testing import echo_app, netns
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 198.18.0.2\r\nConnection: close\r\n\r\n"
 SERVER_IP, CLIENT_IP = "198.18.0.2", "198.18.0.1"

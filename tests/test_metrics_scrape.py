@@ -4,38 +4,16 @@ the traffic, and every metric the Grafana dashboard uses is in it."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
-import netns
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_appliance_support import Appliance, value
 
-import appliance.metrics.collector
+from appliance.testing import Appliance, value
+from appliance.testing.metrics import dashboard_metrics
+from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
-
-DASHBOARD = Path(appliance.metrics.collector.__file__).parent / "grafana-dashboard.json"
-# PromQL words that look like metric names but are functions, keywords or labels
-_PROMQL = {"by", "without", "on", "ignoring", "group_left", "group_right", "le", "bool"}
-
-
-def dashboard_metrics() -> set[str]:
-    """The series names the dashboard's queries read."""
-    board = json.loads(DASHBOARD.read_text())
-    names: set[str] = set()
-    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    assert exprs, "the dashboard has no queries"
-    for expr in exprs:
-        expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-        expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
-        expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
-        for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=\s*[^\w(]|\s*$)", expr):
-            if word not in _PROMQL and word.startswith(("mtcp_", "process_")):
-                names.add(word)
-    return names
 
 
 def test_scrape_parses_moves_with_traffic_and_feeds_the_dashboard(

@@ -7,19 +7,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_metrics_scrape import DASHBOARD, dashboard_metrics
 
 import mtcp_core
 from appliance.metrics.collector import GENERIC_STATS, STACK_FAMILIES, make_registry
-from appliance.metrics.http_block import DURATION_BUCKETS, HttpBlock, HttpSnapshot
-from appliance.metrics.source import ApplianceView, CoreView
+from appliance.metrics.http_block import DURATION_BUCKETS, HttpBlock
 from appliance.metrics.status import StatusPage
+from appliance.testing.metrics import DASHBOARD, ViewSource, dashboard_metrics, make_view
 
 
 @dataclass(frozen=True)
@@ -67,34 +66,7 @@ def test_http_block_is_written_by_a_forked_worker_and_read_by_the_supervisor(
     block.close()
 
 
-def _view(restarts: int = 0, up: bool = True, scale: int = 1) -> ApplianceView:
-    stack = {n: (0 if mtcp_core.stat_is_gauge(n) else 10 * scale) for n in mtcp_core.stat_names()}
-    stack.update(state_established=3, state_time_wait=5, txq_data=2, rx_batch_1=4 * scale)
-    http = HttpSnapshot(
-        core=0,
-        pid=10,
-        requests={("GET", "2xx"): 7 * scale, ("HEAD", "4xx"): 1},
-        response_bytes=1234 * scale,
-        duration_sum_s=0.5,
-        duration_buckets=(1, 2) + (0,) * (len(DURATION_BUCKETS) - 2) + (4 * scale,),
-        sites={"default": ({"2xx": 7 * scale, "4xx": 1}, 1234 * scale)},
-    )
-    cores = [
-        CoreView(0, 0, 10 if up else None, restarts, time.time(), stack, http, 1.5, 1 << 20),
-        CoreView(1, 1, 11, 0, time.time(), stack, replace(http, core=1), 0.5, 1 << 20),
-    ]
-    return ApplianceView("mtcp", "tap", "0.1.0", "http://198.18.0.2:80/", cores)
-
-
-class _Source:
-    def __init__(self, view: ApplianceView) -> None:
-        self.current = view
-
-    def view(self) -> ApplianceView:
-        return replace(self.current, taken_at=time.monotonic())
-
-
-def _scrape(source: _Source) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _scrape(source: ViewSource) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(make_registry(source)).decode()
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -104,7 +76,7 @@ def _scrape(source: _Source) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_every_stack_stat_is_exported_once_under_the_conventions() -> None:
-    samples = _scrape(_Source(_view()))
+    samples = _scrape(ViewSource(make_view()))
     names = {n for n, _ in samples}
     mapped = {s for f in STACK_FAMILIES for s in f.stats}
     assert set(mtcp_core.stat_names()) <= mapped | set(GENERIC_STATS) | {
@@ -132,7 +104,7 @@ def test_every_stack_stat_is_exported_once_under_the_conventions() -> None:
 
 
 def test_a_dead_workers_gauges_are_left_out_and_its_counters_kept() -> None:
-    samples = _scrape(_Source(_view(restarts=2, up=False)))
+    samples = _scrape(ViewSource(make_view(restarts=2, up=False)))
     assert samples[("mtcp_worker_up", (("core", "0"),))] == 0
     assert samples[("mtcp_worker_restarts_total", (("core", "0"),))] == 2
     assert ("mtcp_worker_pid", (("core", "0"),)) not in samples
@@ -143,17 +115,17 @@ def test_a_dead_workers_gauges_are_left_out_and_its_counters_kept() -> None:
 def test_the_dashboard_uses_only_exported_names() -> None:
     board = json.loads(DASHBOARD.read_text())
     assert board["title"] == "mtcp-appliance" and board["panels"]
-    names = {n for n, _ in _scrape(_Source(_view()))}
+    names = {n for n, _ in _scrape(ViewSource(make_view()))}
     missing = dashboard_metrics() - names
     assert not missing, missing
 
 
 def test_status_page_rates_and_html() -> None:
-    source = _Source(_view())
+    source = ViewSource(make_view())
     page = StatusPage(source)
     page.sample()
     time.sleep(0.05)
-    source.current = _view(scale=3)
+    source.current = make_view(scale=3)
     page.sample()
     data = page.data()
     core0 = data["cores"][0]

@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import echo_app
-import netns
 import pytest
 
 import mtcp_core
 from appliance import cli
 from mtcp_core.netem import parse_duration_us, parse_probability, parse_rate_bps
+from mtcp_core.testing import echo_app, netns
 
 UDP_PORT = 9000
 

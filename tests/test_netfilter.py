@@ -9,12 +9,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import netns
 import pytest
-from test_appliance_support import APPLIANCE, Appliance, http_get
 
 from appliance import netfilter
 from appliance.config import ConfigError, load
+from appliance.testing import APPLIANCE, Appliance, http_get
+from mtcp_core.testing import netns
 
 
 def test_ruleset_drops_the_served_port_for_the_kernel() -> None:

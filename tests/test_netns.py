@@ -7,8 +7,9 @@ import shutil
 import socket
 import subprocess
 
-import netns
 import pytest
+
+from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
 

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
 import yaml
+
+from mtcp_core.testing import netns
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "metrics" / "grafana-dashboard.json"

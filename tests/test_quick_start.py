@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import netns
 import pytest
 
 import mtcp_core
+from mtcp_core.testing import netns
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = (

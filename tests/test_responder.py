@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import h11
-import netns
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,6 +35,7 @@ from appliance.http import loop as http_loop
 from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.server import serve_mtcp
+from mtcp_core.testing import netns
 
 PORT = 80
 

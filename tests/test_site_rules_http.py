@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
-from test_appliance_support import APPLIANCE, Appliance, value
-from test_http_server import Server, start_server, stop_server
 
 from appliance.http.config import SiteConfig
 from appliance.http.vhosts import VhostConfig, VirtualSite
+from appliance.testing import APPLIANCE, Appliance, value
+from appliance.testing.httpserver import Server, start_server, stop_server
+from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
 

@@ -13,11 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import echo_app
-import netns
 import pytest
 
 import mtcp_core
+from mtcp_core.testing import echo_app, netns
 
 SERVER, CLIENT = "198.18.0.2/24", "198.18.0.1/24"
 PORT = 7

@@ -13,22 +13,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
-from test_appliance_support import Appliance
-from test_metrics_units import _Source, _view
-from test_status_page import CHROMIUM, CHROMIUM_FLAGS, DevTools, _devtools_port, _page_ws_url
 
 from appliance.metrics import charts
 from appliance.metrics.status import HISTORY_S, SERIES, StatusPage
+from appliance.testing import Appliance
+from appliance.testing.browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    DevTools,
+    devtools_port,
+    page_ws_url,
+)
+from appliance.testing.metrics import ViewSource, make_view
+from mtcp_core.testing import netns
 
 
 def test_history_keeps_fifteen_minutes_of_rates_per_core() -> None:
-    source = _Source(_view())
+    source = ViewSource(make_view())
     page = StatusPage(source, interval=1.0)
     page.sample()
     time.sleep(0.02)
-    source.current = _view(scale=3)  # every counter of the stack x3, requests 7 -> 21
+    source.current = make_view(scale=3)  # every counter of the stack x3, requests 7 -> 21
     page.sample()
     s = page.series(minutes=15)
     assert len(s["t"]) == 1 and -1 < s["t"][0] <= 0
@@ -41,22 +47,22 @@ def test_history_keeps_fifteen_minutes_of_rates_per_core() -> None:
     assert s["total"]["requests"][0] == pytest.approx(2 * core0["requests"][0], rel=0.01)
     assert all(s["available"].values())
     # a restarted worker's counters start again from zero: no negative rate
-    source.current = _view(scale=1)
+    source.current = make_view(scale=1)
     page.sample()
     assert page.series()["cores"]["0"]["requests"][-1] == 0
     # the window: older points leave the 5-minute view, the deque holds 15 minutes
     assert page.series(minutes=5, now=time.monotonic() + 6 * 60)["t"] == []
     assert len(page.series(minutes=99, now=time.monotonic() + 14 * 60)["t"]) == 2
     assert page._history.maxlen is not None and page._history.maxlen >= HISTORY_S
-    kernel = _Source(replace(_view(), stack="linux"))
+    kernel = ViewSource(replace(make_view(), stack="linux"))
     assert StatusPage(kernel).series()["available"]["drops"] is False
 
 
 def test_charts_are_inline_svg_one_per_series() -> None:
-    source = _Source(_view())
+    source = ViewSource(make_view())
     page = StatusPage(source)
     for i in range(4):
-        source.current = _view(scale=i + 1)
+        source.current = make_view(scale=i + 1)
         page.sample()
         time.sleep(0.01)
     html = page.html(refresh=2, minutes=5)
@@ -162,10 +168,10 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
         )
         shot = tmp_path / "charts.png"
         try:
-            port = _devtools_port(profile, browser)
+            port = devtools_port(profile, browser)
 
             def session() -> dict[str, Any]:
-                dt = DevTools(_page_ws_url(ns, port))
+                dt = DevTools(page_ws_url(ns, port))
                 try:
                     for domain in ("Page", "Runtime", "Log", "Network"):
                         dt.call(f"{domain}.enable")

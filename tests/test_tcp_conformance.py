@@ -28,13 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import echo_app
-import netns
 import pytest
-from echo_app import wait_stats
 
 import mtcp_core
-from mtcp_core.testing import SYN, pools_back, tcp_frame
+from mtcp_core.testing import SYN, echo_app, netns, pools_back, tcp_frame
+from mtcp_core.testing.echo_app import wait_stats
 
 pytestmark = pytest.mark.requires_root
 

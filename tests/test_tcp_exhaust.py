@@ -15,21 +15,23 @@ import time
 from typing import Any
 
 import pytest
-from pairnet import settled, wait_event, wait_for
-from test_tcp_faults import (
+
+import mtcp_core as m
+from mtcp_core.testing.pairnet import (
     CLIENT,
-    DELAY_US,
     SERVER,
-    TIME_WAIT_MS,
     Net,
     accept,
     connect,
     listen,
-    pools_back,
+    settled,
+    wait_event,
+    wait_for,
+    wait_pools_back,
 )
 
-import mtcp_core as m
-
+DELAY_US = 1000  # one-way: a 2 ms RTT, as the fault tests use
+TIME_WAIT_MS = 50
 RTO_MIN_S = 0.2  # opt.h TCP_RTO_MIN_MS
 
 
@@ -91,7 +93,7 @@ def test_orphan_stuck_at_zero_window_is_aborted_after_orphan_retries() -> None:
         st = settled(n.server, lambda st: st["orphan_aborts"] == 1, "the orphan aborted")
         assert st["orphans"] == 0 and st["user_timeouts"] == 0
         c.close()
-        pools_back(n.server, "server")
+        wait_pools_back(n.server, "server")
     finally:
         n.close()
 
@@ -114,7 +116,7 @@ def test_user_timeout_aborts_a_connection_stuck_at_zero_window() -> None:
         assert st["orphan_aborts"] == st["zero_window_aborts"] == 0
         s.close()
         c.close()
-        pools_back(n.server, "server")
+        wait_pools_back(n.server, "server")
     finally:
         n.close()
 
@@ -210,7 +212,7 @@ def test_closed_connections_buffer_pages_are_given_back() -> None:
         for c, s in pairs:
             s.abort()
             c.close()
-        st = pools_back(n.server, "server")
+        st = wait_pools_back(n.server, "server")
         assert st["buf_released_bytes"] >= conns * sndbuf
         assert st["buf_mem_used"] == 0
         left = rss() - before
@@ -259,7 +261,7 @@ def test_memory_budget_shrinks_new_connections_buffers_then_refuses() -> None:
             s.abort()
         for c in clients:
             c.close()
-        st = pools_back(n.server, "server")
+        st = wait_pools_back(n.server, "server")
         assert st["buf_mem_used"] == 0 and st["buf_mem_pressure"] == 0
     finally:
         n.close()

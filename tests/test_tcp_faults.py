@@ -26,20 +26,25 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pairnet
 import pytest
-from pairnet import settled, wait_event
 
 import mtcp_core as m
+from mtcp_core.testing import pairnet
+from mtcp_core.testing.pairnet import (
+    CLIENT,
+    DEADLINE_S,
+    SERVER,
+    accept,
+    connect,
+    listen,
+    settled,
+    wait_pools_back,
+)
 
-SERVER = "198.18.0.2"
-CLIENT = "198.18.0.1"
-PORT = 80
 SIZE = 8 << 20  # bytes each way per fault run
 SEEDS = int(os.environ.get("MTCP_FAULT_SEEDS", "20"))
 PARALLEL = max(1, int(os.environ.get("MTCP_FAULT_PARALLEL", "10")))  # runs side by side
 RUN_DEADLINE_S = 90.0  # one 8 MiB run, both ways
-DEADLINE_S = 30.0
 DELAY_US = 1000  # one-way: a 2 ms RTT, so retransmission timing is real
 TIME_WAIT_MS = 50
 CHUNK = 256 * 1024
@@ -65,9 +70,7 @@ class Net(pairnet.Net):
         for side in [x for x in SIDES if x.ctx is self.server]:
             side.join(RUN_DEADLINE_S + DEADLINE_S)
             SIDES.remove(side)
-        self.client_stack.close()
-        self.server_stack.close()
-        self.link.close()
+        super().close()
 
 
 def make_net(seed: int = 1, **stack_kw: Any) -> Net:
@@ -83,31 +86,6 @@ def net() -> Iterator[Net]:
     n = make_net()
     yield n
     n.close()
-
-
-def connect(ctx: m.Context, ep: m.Epoll, timeout: float = DEADLINE_S) -> m.Socket:
-    c = ctx.socket()
-    with pytest.raises(BlockingIOError):
-        c.connect((SERVER, PORT))
-    ep.register(c, m.EPOLLOUT | m.EPOLLIN)
-    ev = wait_event(ep, c, m.EPOLLOUT | m.EPOLLERR, timeout)
-    assert not ev & m.EPOLLERR, os.strerror(c.getsockopt(m.SOL_SOCKET, m.SO_ERROR))
-    return c
-
-
-def listen(ctx: m.Context) -> tuple[m.Socket, m.Epoll]:
-    ls = ctx.socket()
-    ls.bind(("0.0.0.0", PORT))
-    ls.listen(128)
-    ep = ctx.epoll()
-    ep.register(ls, m.EPOLLIN)
-    return ls, ep
-
-
-def accept(ls: m.Socket, ep: m.Epoll, timeout: float = DEADLINE_S) -> m.Socket:
-    wait_event(ep, ls, m.EPOLLIN, timeout)
-    s, _ = ls.accept()
-    return s
 
 
 def pump(ep: m.Epoll, sock: m.Socket, payload: bytes, deadline: float) -> bytes:
@@ -194,19 +172,7 @@ class Side(threading.Thread):
         return self.result
 
 
-def pools_back(ctx: m.Context, what: str, timeout: float = DEADLINE_S) -> dict[str, int]:
-    """Every TCB and buffer of the context is free again (TIME_WAIT over included)."""
-    return settled(
-        ctx,
-        lambda s: (
-            s["pool_tcb_free"] == s["pool_tcb_total"]
-            and s["pool_sndbuf_free"] == s["pool_sndbuf_total"]
-            and s["pool_rcvbuf_free"] == s["pool_rcvbuf_total"]
-            and s["flows"] == 0
-        ),
-        f"{what}: pools back to their initial level",
-        timeout,
-    )
+
 
 
 def check_same(got: bytes, want: bytes, what: str) -> None:
@@ -248,8 +214,8 @@ def run_under_faults(mode: str, seed: int) -> None:
         check_same(got_down, down, "server -> client")
         check_same(got_up, up, "client -> server")
 
-        cs = pools_back(n.client, "client")
-        ss = pools_back(n.server, "server")
+        cs = wait_pools_back(n.client, "client")
+        ss = wait_pools_back(n.server, "server")
         link = [n.link.counters(0), n.link.counters(1)]
         corrupted = link[0]["corrupted"] + link[1]["corrupted"]
         csum_drops = sum(st["drop_tcp_checksum"] + st["drop_ip_checksum"] for st in (cs, ss))
@@ -384,8 +350,8 @@ def test_lost_segments_mid_window_are_repaired_without_timeout(sack: bool) -> No
             assert d["fast_retransmits"] >= 3  # one on dup ACKs, two on partial ACKs
         assert d["retransmits"] <= 6, d["retransmits"]  # the lost ones, not the window
         c.close()
-        pools_back(n.client, "client")
-        pools_back(n.server, "server")
+        wait_pools_back(n.client, "client")
+        wait_pools_back(n.server, "server")
     finally:
         n.close()
 
@@ -470,7 +436,7 @@ def test_zero_window_stalls_writer_probes_with_backoff_and_resumes(loss: float) 
         check_same(bytes(got), payload, "after the stall")
         c.close()
         s.close()
-        pools_back(n.client, "client")
-        pools_back(n.server, "server")
+        wait_pools_back(n.client, "client")
+        wait_pools_back(n.server, "server")
     finally:
         n.close()

@@ -24,32 +24,36 @@ Both must be byte-exact and end within ``TRANSFER_LIMIT_S``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
-import netns
 import pytest
-from echo_app import wait_stats
 
 import mtcp_core
-from mtcp_core.testing import pools_back
+from mtcp_core.testing import netns, pools_back
+from mtcp_core.testing.echo_app import wait_stats
+from mtcp_core.testing.kernel import (
+    TRANSFER_LIMIT_S,
+    CoreRun,
+    LossRig,
+    Sample,
+    check_exact,
+    make_loss_rig,
+    nft_missing,
+    send_to_kernel,
+    wait_epoll,
+)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 
 SIZE = 8 << 20
 LOSS_PERCENT = 10
-TRANSFER_LIMIT_S = 60.0
-STACK_TIME_WAIT_MS = 100
 CORE_PORT = 5001
 INFINITE = 1 << 30  # an ssthresh above this is "not set yet"
 
@@ -57,88 +61,7 @@ INFINITE = 1 << 30  # an ssthresh above this is "not set yet"
 # ---------------------------------------------------------------- nftables
 
 
-def nft_missing() -> str | None:
-    if shutil.which("nft") is None:
-        return "needs nftables' nft for the random drop (apt-get install nftables)"
-    return None
-
-
-def bridge_drop_rules(percent: int, core_ip: str, peer_ip: str) -> str:
-    """Drops ``percent`` % of the TCP frames in each direction across the bridge."""
-    return f"""
-table bridge mtloss {{
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    ip saddr {core_ip} ip daddr {peer_ip} ip protocol tcp numgen random mod 100 < {percent} counter drop comment "to_kernel"
-    ip saddr {peer_ip} ip daddr {core_ip} ip protocol tcp numgen random mod 100 < {percent} counter drop comment "to_core"
-  }}
-}}
-"""  # noqa: E501
-
-
-def nft_drops(ns: netns.Namespace) -> dict[str, int]:
-    """Packets each commented rule of table bridge mtloss dropped."""
-    out = ns.run(["nft", "-j", "list", "table", "bridge", "mtloss"]).stdout
-    drops: dict[str, int] = {}
-    for item in json.loads(out)["nftables"]:
-        rule = item.get("rule")
-        if not rule or "comment" not in rule:
-            continue
-        for expr in rule["expr"]:
-            if "counter" in expr:
-                drops[rule["comment"]] = int(expr["counter"]["packets"])
-    return drops
-
-
 # ---------------------------------------------------------------- the rig
-
-
-@dataclass
-class LossRig:
-    peer: netns.Namespace  # the kernel's TCP
-    wire: netns.Namespace  # the bridge that drops
-    core_ns: netns.Namespace
-    stack: mtcp_core.Stack
-    ctx: mtcp_core.Context
-    peer_ip: str
-    ip: str  # the core's address
-
-    def loss_on(self, percent: int) -> None:
-        self.wire.nft(bridge_drop_rules(percent, self.ip, self.peer_ip))
-
-    def loss_off(self) -> dict[str, int]:
-        """Removes the rule; returns what it dropped per direction."""
-        drops = nft_drops(self.wire)
-        self.wire.nft("delete table bridge mtloss\n")
-        return drops
-
-
-def make_loss_rig(lab: netns.Lab) -> Iterator[LossRig]:
-    peer, wire, core_ns = lab.namespace("kpeer"), lab.namespace("wire"), lab.namespace("core")
-    # kernel end: TX checksum offload (and with it TSO) off, so that the kernel's frames
-    # cross the bridge one MSS each, with full checksums
-    a = lab.veth(peer, wire, address_b=False, tx_offload=False)
-    b = lab.veth(wire, core_ns, subnet=a.network, address_a=False, address_b=False)
-    wire.ip("link", "add", "br0", "type", "bridge")
-    for port in (a.if_b, b.if_a):
-        wire.ip("link", "set", port, "master", "br0")
-    wire.ip("link", "set", "br0", "up")
-    try:
-        wire.nft("add table bridge mtprobe\ndelete table bridge mtprobe\n")
-    except netns.NetnsError as exc:
-        pytest.skip(f"nftables cannot filter bridged frames here: {exc}")
-    stack = core_ns.call(
-        mtcp_core.Stack,
-        "afpacket",
-        f"{a.addr_b.ip}/{a.network.prefixlen}",
-        iface=b.if_b,
-        time_wait_ms=STACK_TIME_WAIT_MS,
-    )
-    try:
-        ctx = stack.context(0)
-        yield LossRig(peer, wire, core_ns, stack, ctx, str(a.addr_a.ip), str(a.addr_b.ip))
-    finally:
-        stack.close()
 
 
 @pytest.fixture
@@ -163,105 +86,6 @@ def kernel_snmp(ns: netns.Namespace) -> dict[str, int]:
 # ---------------------------------------------------------------- the core's side (app thread)
 
 
-@dataclass
-class Sample:
-    t: float
-    cwnd: int
-    ssthresh: int
-    flight: int
-    mss: int
-    retransmits: int
-    srtt_us: int
-    in_recovery: int
-
-
-@dataclass
-class CoreRun:
-    """What the core's app thread did; filled in by the thread."""
-
-    established: threading.Event = field(default_factory=threading.Event)
-    go: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    elapsed: float = 0.0
-    received: bytearray = field(default_factory=bytearray)
-    samples: list[Sample] = field(default_factory=list)
-    error: BaseException | None = None
-
-
-def _wait_event(ep: mtcp_core.Epoll, mask: int, timeout: float, what: str) -> int:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        for _, ev in ep.poll(min(left, 0.2)):
-            if ev & mask:
-                return ev
-    raise TimeoutError(f"{what}: nothing within {timeout}s")
-
-
-def sample(sock: mtcp_core.Socket, t0: float) -> tuple[Sample, dict[str, Any]]:
-    info = sock.tcp_info()
-    s = Sample(
-        time.monotonic() - t0,
-        info["cwnd"],
-        info["ssthresh"],
-        (info["snd_nxt"] - info["snd_una"]) & 0xFFFFFFFF,
-        info["mss"],
-        info["retransmits"],
-        info["srtt_us"],
-        info.get("in_recovery", 0),
-    )
-    return s, info
-
-
-def core_sender(ctx: mtcp_core.Context, addr: tuple[str, int], payload: bytes,
-                run: CoreRun) -> None:  # fmt: skip
-    """Active open to ``addr``; once ``run.go`` is set, writes ``payload``, sampling
-    cwnd/ssthresh about every millisecond; closes when all of it is acknowledged."""
-    ep = ctx.epoll()
-    sock = ctx.socket()
-    try:
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(addr)
-        ep.register(sock, mtcp_core.EPOLLOUT)
-        ev = _wait_event(ep, mtcp_core.EPOLLOUT | mtcp_core.EPOLLERR, 10, "connect")
-        err = sock.getsockopt(mtcp_core.SOL_SOCKET, mtcp_core.SO_ERROR)
-        if err or ev & mtcp_core.EPOLLERR:
-            raise OSError(err, f"connect to {addr}: {os.strerror(err)}")
-        run.established.set()
-        if not run.go.wait(10):
-            raise TimeoutError("no go")
-        t0 = time.monotonic()
-        view = memoryview(payload)
-        sent = 0
-        last = -1.0
-        interest = mtcp_core.EPOLLOUT
-        while True:
-            now = time.monotonic()
-            if now - t0 > TRANSFER_LIMIT_S:
-                raise TimeoutError(f"sent {sent} of {len(payload)} B in {TRANSFER_LIMIT_S}s")
-            if sent < len(payload):
-                with contextlib.suppress(BlockingIOError):
-                    sent += sock.send(view[sent : sent + 256 * 1024])
-            if now - last >= 0.001 and len(run.samples) < 100_000:
-                s, info = sample(sock, t0)
-                run.samples.append(s)
-                last = now
-                if sent == len(payload) and info["sndbuf_used"] == 0 and s.flight == 0:
-                    break
-            want = mtcp_core.EPOLLOUT if sent < len(payload) else 0
-            if want != interest:
-                ep.modify(sock, want)
-                interest = want
-            ep.poll(0.001)
-        run.elapsed = time.monotonic() - t0
-    except BaseException as exc:  # noqa: BLE001 - handed to the test
-        run.error = exc
-    finally:
-        sock.close()
-        ep.close()
-        run.established.set()
-        run.done.set()
-
-
 def core_receiver(ctx: mtcp_core.Context, port: int, ready: threading.Event,
                   run: CoreRun) -> None:  # fmt: skip
     """Listens on ``port``, accepts one connection, reads it to the end once ``run.go`` is
@@ -274,7 +98,7 @@ def core_receiver(ctx: mtcp_core.Context, port: int, ready: threading.Event,
         lsock.listen(16)
         ep.register(lsock, mtcp_core.EPOLLIN)
         ready.set()
-        _wait_event(ep, mtcp_core.EPOLLIN, 10, "accept")
+        wait_epoll(ep, mtcp_core.EPOLLIN, 10, "accept")
         conn, _ = lsock.accept()
         ep.register(conn, mtcp_core.EPOLLIN | mtcp_core.EPOLLRDHUP)
         run.established.set()
@@ -336,58 +160,6 @@ def reductions(samples: list[Sample]) -> list[Reduction]:
         kind = "rto" if a.cwnd <= 2 * a.mss else "fast"
         out.append(Reduction(b, a, kind))
     return out
-
-
-def send_to_kernel(
-    ctx: mtcp_core.Context,
-    listener: socket.socket,
-    addr: tuple[str, int],
-    payload: bytes,
-    *,
-    on_established: Callable[[], None] | None = None,
-) -> tuple[bytes, CoreRun]:
-    """The core connects to ``addr`` (``listener`` in the kernel), writes ``payload`` and
-    closes; returns what the kernel read up to the FIN, and the sender's record."""
-    got = bytearray()
-    sink_error: list[BaseException] = []
-    sink_done = threading.Event()
-
-    def sink() -> None:
-        try:
-            listener.settimeout(10)
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(TRANSFER_LIMIT_S)
-                while chunk := conn.recv(1 << 20):
-                    got.extend(chunk)
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            sink_error.append(exc)
-        finally:
-            sink_done.set()
-
-    run = CoreRun()
-    with listener:
-        sink_thread = threading.Thread(target=sink, daemon=True)
-        sink_thread.start()
-        app = threading.Thread(target=core_sender, args=(ctx, addr, payload, run), daemon=True)
-        app.start()
-        assert run.established.wait(15), "the core's connect did not finish"
-        assert run.error is None, run.error
-        if on_established is not None:
-            on_established()
-        run.go.set()
-        assert run.done.wait(TRANSFER_LIMIT_S + 15), "the core's sender hung"
-        assert sink_done.wait(15), "the kernel never saw the end of the stream"
-        app.join(5)
-        sink_thread.join(5)
-    assert run.error is None, repr(run.error)
-    assert sink_error == [], sink_error
-    return bytes(got), run
-
-
-def check_exact(got: bytes, payload: bytes) -> None:
-    assert len(got) == len(payload), f"{len(got)} B arrived of {len(payload)}"
-    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest(), "bytes changed"
 
 
 # ---------------------------------------------------------------- the tests

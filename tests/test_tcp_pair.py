@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pairnet import (
+
+import mtcp_core as m
+from mtcp_core.testing import FIN
+from mtcp_core.testing.pairnet import (
     CLIENT,
     DEADLINE_S,
     SERVER,
@@ -28,10 +31,7 @@ from pairnet import (
     wait_event,
     wait_for,
 )
-from pcapfile import tcp_frames
-
-import mtcp_core as m
-from mtcp_core.testing import FIN
+from mtcp_core.testing.pcapfile import tcp_frames
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from test_ip_frag import MF, ip_header
 
 from mtcp_core.testing import ACK, PSH, PeerConn, Rig, Seg
+from mtcp_core.testing.wire import MF, ip_header
 
 ECHO = 7
 

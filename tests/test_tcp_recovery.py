@@ -24,10 +24,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_tcp_segments import stack_client
 
 import mtcp_core as m
-from mtcp_core.testing import ACK, MS, Duo, PeerConn, Rig, Seg
+from mtcp_core.testing import ACK, MS, Duo, PeerConn, Rig, Seg, stack_client
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"

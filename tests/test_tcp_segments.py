@@ -18,7 +18,6 @@ import random
 from pathlib import Path
 
 import pytest
-from pcapfile import record_times, tcp_frames
 
 import mtcp_core as m
 from mtcp_core.testing import (
@@ -32,7 +31,9 @@ from mtcp_core.testing import (
     Rig,
     icmp_echo_frame,
     pools_back,
+    stack_client,
 )
+from mtcp_core.testing.pcapfile import record_times, tcp_frames
 
 ECHO, ONCE, SINK = 7, 8, 9
 CLOSED_PORT = 10
@@ -537,31 +538,6 @@ def test_a_cookie_expires_after_two_ticks(rig: Rig) -> None:
 
 
 # ---------------------------------------------------------------- retransmission timers
-
-
-def stack_client(rig: Rig, **sockopts: int) -> tuple[m.Socket, PeerConn]:
-    """The stack opens a connection to the peer (the peer listens on 80)."""
-    s = rig.ctx.socket()
-    for name, value in sockopts.items():
-        level = m.SOL_SOCKET if name.startswith("SO_") else m.IPPROTO_TCP
-        s.setsockopt(level, getattr(m, name), value)
-    assert s.connect_ex((rig.peer_ip, 80)) == errno.EINPROGRESS
-    delay_ms = rig.link.faults.delay_us / 1000
-    for _ in range(100):  # ARP there and back, the SYN there
-        if rig.inbox:
-            break
-        rig.advance(1)
-    syn = rig.inbox.pop()
-    assert syn.has(SYN) and not syn.has(ACK), syn
-    c = PeerConn(rig, rig.peer_ip, 80, syn.sport, iss=5000)  # the peer's port, then the stack's
-    c.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
-    c.ts_recent = syn.ts[0] if syn.ts else 0
-    c.timestamps = syn.ts is not None
-    c.send(SYN | ACK, seq=c.iss, mss=1460, sack_ok=True, wscale=7)
-    c.snd_nxt = (c.iss + 1) & 0xFFFFFFFF
-    rig.advance(2 * delay_ms)  # the SYN-ACK there, the ACK back
-    c.expect(flags=ACK, seq=c.rcv_nxt, ack=c.snd_nxt)
-    return s, c
 
 
 def test_retransmission_timeouts_back_off_exponentially_and_the_connection_gives_up() -> None:

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pairnet import CLIENT, SERVER, Peer, close_net, connect, make_net, transfer
-from pcapfile import tcp_frames
 
 import mtcp_core as m
+from mtcp_core.testing.pairnet import CLIENT, SERVER, Peer, close_net, connect, make_net, transfer
+from mtcp_core.testing.pcapfile import tcp_frames
 
 RATE_MBPS = 8  # 1 MB/s: slow enough that any transfer below takes a measurable time
 SYN, ACK = 0x02, 0x10

@@ -18,17 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
-from test_appliance_support import Appliance, value
-from test_status_page import (
+
+from appliance.testing import Appliance, value
+from appliance.testing.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     DevTools,
-    _devtools_port,
-    _page_ws_url,
+    devtools_port,
+    page_ws_url,
 )
-from tlsca import CA, Leaf
+from appliance.testing.tlsca import CA, Leaf
+from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
 
@@ -337,10 +338,10 @@ def test_chromium_loads_the_site_over_https(netlab: netns.Lab, tmp_path: Path, s
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            port = _devtools_port(profile, browser)
+            port = devtools_port(profile, browser)
 
             def session() -> dict[str, Any]:
-                dt = DevTools(_page_ws_url(cl.ns, port))
+                dt = DevTools(page_ws_url(cl.ns, port))
                 try:
                     for domain in ("Page", "Runtime", "Log", "Network"):
                         dt.call(f"{domain}.enable")

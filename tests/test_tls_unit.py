@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tlsca import CA, Leaf, openssl
 
 from appliance.config import ConfigError, load
 from appliance.http import tls
@@ -30,6 +29,7 @@ from appliance.http.config import SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.tls import CertError, CertPair, TlsServer, TlsSettings
 from appliance.metrics.tls_block import TlsBlock
+from appliance.testing.tlsca import CA, Leaf, openssl
 
 NAME = "site.test"
 

@@ -22,20 +22,20 @@ import socket
 import time
 from collections.abc import Iterator
 
-import netns
 import pytest
-from echo_app import wait_stats
-from test_interop_kernel import ECHO, make_afpacket_rig
-from test_tcp_kernel_loss import (
+
+from mtcp_core.testing import netns, pools_back
+from mtcp_core.testing.echo_app import wait_stats
+from mtcp_core.testing.kernel import (
+    ECHO,
     LossRig,
     bridge_drop_rules,
     check_exact,
+    make_afpacket_rig,
     make_loss_rig,
     nft_missing,
     send_to_kernel,
 )
-
-from mtcp_core.testing import pools_back
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 

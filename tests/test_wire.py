@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from mtcp_core.testing.wire import cbuf, reason
+
 try:
     from mtcp_core._native import ffi, lib  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # the cffi module is built by `pip install`
@@ -149,31 +151,10 @@ def syn_with_options(opts: bytes, payload: bytes = b"") -> bytes:
     return fix_tcp(fix_ip(frame))
 
 
-_DROP_NAMES: dict[int, str] = {
-    i: ffi.string(lib.mtcp_stats_name(i)).decode() for i in range(lib.mtcp_stats_count())
-}
-
-
-def reason(code: int) -> str:
-    """'ok', or the name of the drop_* counter a parse function returned."""
-    if code == 0:
-        return "ok"
-    name = _DROP_NAMES[code]
-    assert name.startswith("drop_"), name
-    return name
-
-
 class Parsed(NamedTuple):
     reason: str
     info: Any  # struct wire_frame_info *
     buf: Any  # keeps the frame alive: info's payload pointers point into it
-
-
-def cbuf(data: bytes) -> Any:
-    """An exactly sized C copy of data (so a sanitizer sees any over-read)."""
-    buf = ffi.new("uint8_t[]", len(data))
-    ffi.memmove(buf, data, len(data))
-    return buf
 
 
 def parse(frame: bytes, flags: int = 0) -> Parsed:

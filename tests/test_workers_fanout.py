@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import echo_app
-import netns
 import pytest
 
 import mtcp_core
+from mtcp_core.testing import echo_app, netns
 
 pytestmark = pytest.mark.requires_root
 

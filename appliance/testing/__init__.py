@@ -1,6 +1,8 @@
-"""Helpers for the appliance tests (this module holds no tests): ``Appliance`` runs
-``mtcp-appliance serve`` in a namespace of a ``netns.Lab`` and reads its output, metrics and
-log; ``http_get`` fetches from inside a namespace."""
+"""Support for the appliance tests (no tests here; installed, like ``mtcp_core.testing``):
+``Appliance`` runs ``mtcp-appliance serve`` in a namespace of a ``netns.Lab`` and reads its
+output, metrics and log; ``http_get`` fetches from inside a namespace. Submodules: ``tlsca``
+(a test CA), ``browser`` (headless Chromium), ``metrics`` (dashboard names, made-up views),
+``httpserver`` (appliance.http in a thread)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import netns
 from prometheus_client.parser import text_string_to_metric_families
+
+from mtcp_core.testing import netns
 
 # the installed console script; run away from the checkout (whose folders would shadow
 # the installed packages)

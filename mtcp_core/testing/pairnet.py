@@ -1,5 +1,5 @@
-"""Two threaded stacks joined by the in-memory ``pair`` link, for the pair, fault and
-shaping tests (a helper module, like netns.py and echo_app.py: no tests here).
+"""Two threaded stacks joined by the in-memory ``pair`` link, for the pair, fault, exhaustion
+and shaping tests (support, like ``netns`` and ``echo_app``: no tests here).
 
 No privileges needed. Each context is driven by exactly one Python thread: the test thread
 drives the client stack, a ``Peer`` thread drives the server stack. The waits poll the
@@ -9,6 +9,7 @@ scripts on a stepped context instead (mtcp_core.testing, test_tcp_segments.py).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import mtcp_core as m
+from mtcp_core.testing import pools_back
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"
@@ -34,6 +36,11 @@ class Net:
     def stats(self) -> tuple[dict[str, int], dict[str, int]]:
         return self.client.stats(), self.server.stats()
 
+    def close(self) -> None:
+        self.client_stack.close()
+        self.server_stack.close()
+        self.link.close()
+
 
 def make_net(**stack_kw: object) -> Net:
     link = m.PairLink(seed=1)
@@ -43,9 +50,7 @@ def make_net(**stack_kw: object) -> Net:
 
 
 def close_net(n: Net) -> None:
-    n.client_stack.close()
-    n.server_stack.close()
-    n.link.close()
+    n.close()
 
 
 def settled(
@@ -175,14 +180,38 @@ class Peer:
                 s.close()
 
 
-def connect(ctx: m.Context, ep: m.Epoll, port: int = 80) -> m.Socket:
+def connect(
+    ctx: m.Context, ep: m.Epoll, port: int = 80, timeout: float = DEADLINE_S
+) -> m.Socket:
+    """A client socket connected to the server's ``port``, registered for IN and OUT."""
     c = ctx.socket()
     with pytest.raises(BlockingIOError):
         c.connect((SERVER, port))
     ep.register(c, m.EPOLLOUT | m.EPOLLIN)
-    ev = wait_event(ep, c, m.EPOLLOUT | m.EPOLLERR)
-    assert not ev & m.EPOLLERR, c.getsockopt(m.SOL_SOCKET, m.SO_ERROR)
+    ev = wait_event(ep, c, m.EPOLLOUT | m.EPOLLERR, timeout)
+    assert not ev & m.EPOLLERR, os.strerror(c.getsockopt(m.SOL_SOCKET, m.SO_ERROR))
     return c
+
+
+def listen(ctx: m.Context, port: int = 80) -> tuple[m.Socket, m.Epoll]:
+    """A listener on ``port`` and an epoll with it registered for IN."""
+    ls = ctx.socket()
+    ls.bind(("0.0.0.0", port))
+    ls.listen(128)
+    ep = ctx.epoll()
+    ep.register(ls, m.EPOLLIN)
+    return ls, ep
+
+
+def accept(ls: m.Socket, ep: m.Epoll, timeout: float = DEADLINE_S) -> m.Socket:
+    wait_event(ep, ls, m.EPOLLIN, timeout)
+    s, _ = ls.accept()
+    return s
+
+
+def wait_pools_back(ctx: m.Context, what: str, timeout: float = DEADLINE_S) -> dict[str, int]:
+    """Every TCB and buffer of the context is free again (TIME_WAIT over included)."""
+    return settled(ctx, pools_back, f"{what}: pools back to their initial level", timeout)
 
 
 def transfer(ep: m.Epoll, c: m.Socket, payload: bytes, expect: int) -> bytes:
