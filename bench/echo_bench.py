@@ -2,8 +2,8 @@
 
 Two network namespaces joined by a veth (DESIGN.md, "Measuring performance"). In the same run:
 
-  (A) mtcp:   tests/echo_app.py's responder on mtcp_core (afpacket on the server's veth end,
-              which has no kernel address);
+  (A) mtcp:   mtcp_core.testing.echo_app's responder on mtcp_core (afpacket on the server's
+              veth end, which has no kernel address);
   (B) kernel: the very same responder loop on non-blocking kernel sockets (select.epoll),
               with the address on the server's veth end.
 

@@ -1,6 +1,6 @@
 """The load generator on the core (``mtcp_core.LoadGenerator``, ``mtcp-appliance load``).
 
-- pair backend (no privileges): two stacks in this process, tests/echo_app.py's HTTP
+- pair backend (no privileges): two stacks in this process, mtcp_core.testing.echo_app's HTTP
   responder on one, the generator on the other: counts, latency order, error kinds (refused,
   404, no Content-Length, garbage, timeouts), the histogram's quantiles and merging;
 - namespaces (root): the CLI on afpacket in a client namespace against kernel servers in a

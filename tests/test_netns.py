@@ -1,4 +1,4 @@
-"""The namespace helpers themselves (tests/netns.py)."""
+"""The namespace helpers themselves (mtcp_core.testing.netns)."""
 
 from __future__ import annotations
 
