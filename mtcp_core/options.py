@@ -95,30 +95,30 @@ class StackOptions:
 
     def _fill(self, conf: Any, cstr: Any) -> None:
         """Writes these options into a ``struct mtcp_conf``."""
+        for name in _SAME_IN_C:
+            setattr(conf, name, getattr(self, name))
+        for name, c_name in _FLIPPED_IN_C.items():
+            setattr(conf, c_name, 0 if getattr(self, name) else 1)
         conf.pcap_path = cstr(self.pcap)
         conf.stats_path = cstr(self.stats_path)
-        conf.trace = 1 if self.trace else 0
-        conf.max_conns = self.max_conns
-        conf.rcvbuf = self.rcvbuf
-        conf.sndbuf = self.sndbuf
-        conf.mem_budget = self.mem_budget
-        conf.hugepages = 1 if self.hugepages else 0
-        conf.no_sack = 0 if self.sack else 1
-        conf.no_delayed_ack = 0 if self.delayed_ack else 1
         conf.congestion = cstr(self.congestion)
-        conf.time_wait_ms = self.time_wait_ms
-        conf.idle_timeout_ms = self.idle_timeout_ms
-        conf.syn_backlog = self.syn_backlog
-        conf.challenge_ack_limit = self.challenge_ack_limit
-        conf.orphan_retries = self.orphan_retries
-        conf.max_orphans = self.max_orphans
-        conf.max_conns_per_source = self.max_conns_per_source
-        conf.no_evict = 0 if self.evict else 1
-        conf.frag_timeout_ms = self.frag_timeout_ms
-        conf.fixed_isn = self.fixed_isn
-        conf.secret_seed = self.secret_seed
-        conf.no_priority = 0 if self.tx_priority else 1
-        conf.tx_rate_mbps = self.tx_rate_mbps
-        conf.afpacket_rx_ring = 1 if self.afpacket_rx == "ring" else 0
+        conf.trace = 1 if self.trace else 0
+        conf.hugepages = 1 if self.hugepages else 0
         conf.shared_addr = 1 if self.shared_addr else 0
-        conf.busy_poll_us = self.busy_poll_us
+        conf.afpacket_rx_ring = 1 if self.afpacket_rx == "ring" else 0
+
+
+#: numbers that struct mtcp_conf holds under the same name
+_SAME_IN_C = (
+    "max_conns", "rcvbuf", "sndbuf", "mem_budget", "time_wait_ms", "idle_timeout_ms",
+    "syn_backlog", "challenge_ack_limit", "orphan_retries", "max_orphans",
+    "max_conns_per_source", "frag_timeout_ms", "fixed_isn", "secret_seed", "tx_rate_mbps",
+    "busy_poll_us",
+)  # fmt: skip
+#: switches that struct mtcp_conf holds with the other polarity (``no_*``)
+_FLIPPED_IN_C = {
+    "sack": "no_sack",
+    "delayed_ack": "no_delayed_ack",
+    "evict": "no_evict",
+    "tx_priority": "no_priority",
+}

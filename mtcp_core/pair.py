@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mtcp_core._native import ffi, lib
@@ -23,13 +23,8 @@ class Faults:
 
     def _c(self) -> Any:
         f = ffi.new("struct mtcp_pair_faults *")
-        f.seed = self.seed
-        f.loss = self.loss
-        f.duplicate = self.duplicate
-        f.reorder = self.reorder
-        f.corrupt = self.corrupt
-        f.delay_us = self.delay_us
-        f.jitter_us = self.jitter_us
+        for name in (fl.name for fl in fields(self)):  # the C struct's names
+            setattr(f, name, getattr(self, name))
         return f
 
 

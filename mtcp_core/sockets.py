@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mtcp_core._native import ffi, lib
@@ -125,19 +125,18 @@ class Socket:
             _raise("shutdown")
 
     def close(self) -> None:
-        if self._open and self.ctx._ptr is not None:
-            self._open = False
-            self.ctx._socks.pop(self.fd, None)
-            if lib.mtcp_close(self.ctx._ptr, self.fd) < 0:
-                _raise("close")
+        self._end(lib.mtcp_close, "close")
 
     def abort(self) -> None:
         """Close with RST (SO_LINGER 0)."""
+        self._end(lib.mtcp_abort, "abort")
+
+    def _end(self, call: Callable[[Any, int], int], what: str) -> None:
         if self._open and self.ctx._ptr is not None:
             self._open = False
             self.ctx._socks.pop(self.fd, None)
-            if lib.mtcp_abort(self.ctx._ptr, self.fd) < 0:
-                _raise("abort")
+            if call(self.ctx._ptr, self.fd) < 0:
+                _raise(what)
 
     def getsockname(self) -> tuple[str, int]:
         addr = ffi.new("uint32_t *")

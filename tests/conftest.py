@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from mtcp_core.testing import netns
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Tests import the installed project, never the folders at the repository root, where
@@ -19,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `python -m pytest` would put the root first on sys.path: take it off.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
 
+from mtcp_core.testing import kernel, netns  # noqa: E402  (the installed one, after that)
 
 if os.environ.get("LD_PRELOAD"):
     # loaded into this process already; children get it back only when they are Python
@@ -47,3 +46,13 @@ def netlab() -> Iterator[netns.Lab]:
         pytest.skip(reason)
     with netns.Lab() as lab:
         yield lab
+
+
+@pytest.fixture
+def lossrig(netlab: netns.Lab) -> Iterator[kernel.LossRig]:
+    """The core and a kernel peer across a bridge that nftables can make lossy
+    (``mtcp_core.testing.kernel.make_loss_rig``); skips without nft."""
+    reason = kernel.nft_missing()
+    if reason:
+        pytest.skip(reason)
+    yield from kernel.make_loss_rig(netlab)

@@ -693,7 +693,7 @@ def test_appliance_counts_hits_in_metrics_and_status(
 ) -> None:
     import json
 
-    from test_appliance_support import Appliance, value
+    from appliance.testing import Appliance, value
 
     root = tmp_path / "site"
     root.mkdir()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import subprocess
 import time
 import zlib
 from dataclasses import replace
@@ -18,13 +17,7 @@ import pytest
 from appliance.metrics import charts
 from appliance.metrics.status import HISTORY_S, SERIES, StatusPage
 from appliance.testing import Appliance
-from appliance.testing.browser import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
-    DevTools,
-    devtools_port,
-    page_ws_url,
-)
+from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
 from appliance.testing.metrics import ViewSource, make_view
 from mtcp_core.testing import netns
 
@@ -152,23 +145,8 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
             assert app.get("/")[0] == 200
             n += 1
             time.sleep(0.02)
-        profile = tmp_path / "chromium-profile"
-        assert CHROMIUM is not None
-        browser = ns.popen(
-            [
-                CHROMIUM,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "--window-size=1400,1000",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         shot = tmp_path / "charts.png"
-        try:
-            port = devtools_port(profile, browser)
+        with chromium(ns, tmp_path / "chromium-profile", "--window-size=1400,1000") as port:
 
             def session() -> dict[str, Any]:
                 dt = DevTools(page_ws_url(ns, port))
@@ -224,9 +202,6 @@ def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -
                     dt.close()
 
             got = ns.call(session)
-        finally:
-            browser.terminate()
-            browser.wait(10)
         print(f"screenshots: {shot}, {tmp_path / 'server-status.png'}")
         assert got["problems"] == [], got["problems"]
         assert got["charts"] == len(SERIES)

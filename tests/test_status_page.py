@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,7 @@ from typing import Any
 import pytest
 
 from appliance.testing import Appliance
-from appliance.testing.browser import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
-    DevTools,
-    devtools_port,
-    page_ws_url,
-)
+from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
 from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
@@ -45,22 +38,7 @@ def test_status_page_renders_in_headless_chromium(netlab: netns.Lab, tmp_path: P
         time.sleep(1.1)  # a rate sample with the traffic in it
         for _ in range(10):
             assert app.get("/")[0] == 200
-        profile = tmp_path / "chromium-profile"
-        assert CHROMIUM is not None
-        browser = ns.popen(
-            [
-                CHROMIUM,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "--window-size=1400,900",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            port = devtools_port(profile, browser)
+        with chromium(ns, tmp_path / "chromium-profile", "--window-size=1400,900") as port:
             shot = tmp_path / "server-status.png"
 
             def session() -> dict[str, Any]:
@@ -92,9 +70,6 @@ def test_status_page_renders_in_headless_chromium(netlab: netns.Lab, tmp_path: P
                     dt.close()
 
             got = ns.call(session)
-        finally:
-            browser.terminate()
-            browser.wait(10)
         print(f"screenshot: {shot}")
         assert got["control"], "the console-error detector saw nothing on a 404 page"
         assert got["problems"] == [], got["problems"]

@@ -29,7 +29,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -44,8 +43,6 @@ from mtcp_core.testing.kernel import (
     LossRig,
     Sample,
     check_exact,
-    make_loss_rig,
-    nft_missing,
     send_to_kernel,
     wait_epoll,
 )
@@ -62,14 +59,6 @@ INFINITE = 1 << 30  # an ssthresh above this is "not set yet"
 
 
 # ---------------------------------------------------------------- the rig
-
-
-@pytest.fixture
-def lossrig(netlab: netns.Lab) -> Iterator[LossRig]:
-    reason = nft_missing()
-    if reason:
-        pytest.skip(reason)
-    yield from make_loss_rig(netlab)
 
 
 def kernel_snmp(ns: netns.Namespace) -> dict[str, int]:

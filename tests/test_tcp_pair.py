@@ -325,6 +325,54 @@ def test_stack_old_option_names_say_the_new_one(old: str, new: str) -> None:
         link.close()
 
 
+def test_every_stack_option_reaches_the_c_conf() -> None:
+    """Each StackOptions field, set away from its default, lands in its struct mtcp_conf
+    field with the C side's polarity (``sack=False`` is ``no_sack = 1``)."""
+    from mtcp_core._native import ffi
+
+    o = m.StackOptions(
+        pcap="/p", stats_path="/s", trace=True, max_conns=1, rcvbuf=2, sndbuf=3, mem_budget=4,
+        hugepages=False, sack=False, delayed_ack=False, congestion="newreno", time_wait_ms=5,
+        idle_timeout_ms=6, syn_backlog=7, challenge_ack_limit=8, orphan_retries=9,
+        max_orphans=10, max_conns_per_source=11, evict=False, frag_timeout_ms=12, fixed_isn=13,
+        secret_seed=14, tx_priority=False, tx_rate_mbps=15, afpacket_rx="ring",
+        shared_addr=True, busy_poll_us=16,
+    )  # fmt: skip
+    keep: list[object] = []
+
+    def cstr(v: str | None) -> object:
+        if v is None:
+            return ffi.NULL
+        keep.append(ffi.new("char[]", v.encode()))
+        return keep[-1]
+
+    conf = ffi.new("struct mtcp_conf *")
+    o._fill(conf, cstr)
+    strings = {k: ffi.string(getattr(conf, k)).decode() for k in ("pcap_path", "stats_path",
+                                                                   "congestion")}  # fmt: skip
+    assert strings == {"pcap_path": "/p", "stats_path": "/s", "congestion": "newreno"}
+    numbers = {k: getattr(conf, k) for k in (
+        "trace", "max_conns", "rcvbuf", "sndbuf", "mem_budget", "hugepages", "no_sack",
+        "no_delayed_ack", "time_wait_ms", "idle_timeout_ms", "syn_backlog",
+        "challenge_ack_limit", "orphan_retries", "max_orphans", "max_conns_per_source",
+        "no_evict", "frag_timeout_ms", "fixed_isn", "secret_seed", "no_priority",
+        "tx_rate_mbps", "afpacket_rx_ring", "shared_addr", "busy_poll_us")}  # fmt: skip
+    assert numbers == {
+        "trace": 1, "max_conns": 1, "rcvbuf": 2, "sndbuf": 3, "mem_budget": 4, "hugepages": 0,
+        "no_sack": 1, "no_delayed_ack": 1, "time_wait_ms": 5, "idle_timeout_ms": 6,
+        "syn_backlog": 7, "challenge_ack_limit": 8, "orphan_retries": 9, "max_orphans": 10,
+        "max_conns_per_source": 11, "no_evict": 1, "frag_timeout_ms": 12, "fixed_isn": 13,
+        "secret_seed": 14, "no_priority": 1, "tx_rate_mbps": 15, "afpacket_rx_ring": 1,
+        "shared_addr": 1, "busy_poll_us": 16,
+    }  # fmt: skip
+    conf = ffi.new("struct mtcp_conf *")
+    m.StackOptions()._fill(conf, cstr)
+    assert (conf.no_sack, conf.no_delayed_ack, conf.no_evict, conf.no_priority) == (0, 0, 0, 0)
+    assert (conf.hugepages, conf.trace, conf.afpacket_rx_ring, conf.pcap_path) == (
+        1, 0, 0, ffi.NULL,
+    )
+
+
 def test_stack_options_and_keywords_combine() -> None:
     """Keywords are StackOptions fields and win over ``options``; bad values fail when the
     options are made, naming the field."""

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import mtcp_core as m
 from mtcp_core.testing import ACK, MS, Duo, PeerConn, Rig, Seg, stack_client
+from mtcp_core.testing.pcapfile import records, tcp_offsets
 
 SERVER = "198.18.0.2"
 CLIENT = "198.18.0.1"
@@ -53,20 +54,13 @@ class Frame:
 
 def read_frames(pcap: Path) -> list[Frame]:
     """Every TCP/IPv4 frame of a capture, in order, with its time and SACK blocks."""
-    data = pcap.read_bytes()
     out: list[Frame] = []
-    pos = 24
-    while pos + 16 <= len(data):
-        sec, usec, incl = struct.unpack_from("<III", data, pos)
-        frame = data[pos + 16 : pos + 16 + incl]
-        pos += 16 + incl
-        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+    for ts, frame in records(pcap):
+        seg = tcp_offsets(frame)
+        if seg is None:
             continue
-        ihl = (frame[14] & 0x0F) * 4
-        total = struct.unpack_from("!H", frame, 16)[0]
-        tcp = 14 + ihl
+        tcp, doff, length = seg
         sport, dport, seq, ack = struct.unpack_from("!HHII", frame, tcp)
-        doff = (frame[tcp + 12] >> 4) * 4
         sacks: list[tuple[int, int]] = []
         i = tcp + 20
         while i < tcp + doff:
@@ -81,11 +75,7 @@ def read_frames(pcap: Path) -> list[Frame]:
                 for k in range(i + 2, i + size, 8):
                     sacks.append(struct.unpack_from("!II", frame, k))
             i += max(size, 2)
-        out.append(
-            Frame(
-                sec + usec / 1e6, sport, dport, frame[tcp + 13], seq, ack, total - ihl - doff, sacks
-            )  # fmt: skip
-        )
+        out.append(Frame(ts, sport, dport, frame[tcp + 13], seq, ack, length, sacks))
     return out
 
 

@@ -21,13 +21,7 @@ from typing import Any
 import pytest
 
 from appliance.testing import Appliance, value
-from appliance.testing.browser import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
-    DevTools,
-    devtools_port,
-    page_ws_url,
-)
+from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
 from appliance.testing.tlsca import CA, Leaf
 from mtcp_core.testing import netns
 
@@ -303,7 +297,7 @@ def test_a_bad_certificate_at_start_exits_2_naming_the_file(
     ca = CA(tmp_path / "ca")
     leaf, other = ca.issue(NAME), ca.issue(OTHER)
     root = _site(tmp_path)
-    from test_appliance_support import APPLIANCE
+    from appliance.testing import APPLIANCE
 
     proc = subprocess.run(
         [APPLIANCE, "serve", "--stack", "linux", "--root", str(root), "--tls-port", "8443",
@@ -328,17 +322,9 @@ def test_chromium_loads_the_site_over_https(netlab: netns.Lab, tmp_path: Path, s
     without a system store; the CA's and the leaf's are given) and nothing else."""
     app, cl, ca, leaf, _ = _start(netlab, tmp_path, stack)
     with app:
-        assert CHROMIUM is not None
-        profile = tmp_path / "chromium-profile"
         spki = ",".join((leaf.spki_sha256(), Leaf(ca.cert, ca.key).spki_sha256()))
-        browser = cl.ns.popen(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-             "--remote-debugging-port=0", f"--ignore-certificate-errors-spki-list={spki}",
-             "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            port = devtools_port(profile, browser)
+        flag = f"--ignore-certificate-errors-spki-list={spki}"
+        with chromium(cl.ns, tmp_path / "chromium-profile", flag) as port:
 
             def session() -> dict[str, Any]:
                 dt = DevTools(page_ws_url(cl.ns, port))
@@ -361,9 +347,6 @@ def test_chromium_loads_the_site_over_https(netlab: netns.Lab, tmp_path: Path, s
                     dt.close()
 
             got = cl.ns.call(session)
-        finally:
-            browser.terminate()
-            browser.wait(10)
         assert got["problems"] == [], got["problems"]
         assert got["protocol"] == "https:" and got["title"] == "tls test"
         assert "over https" in got["text"]

@@ -20,22 +20,11 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from mtcp_core.testing import netns, pools_back
+from mtcp_core.testing import kernel, netns, pools_back
 from mtcp_core.testing.echo_app import wait_stats
-from mtcp_core.testing.kernel import (
-    ECHO,
-    LossRig,
-    bridge_drop_rules,
-    check_exact,
-    make_afpacket_rig,
-    make_loss_rig,
-    nft_missing,
-    send_to_kernel,
-)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
 
@@ -53,18 +42,18 @@ def kernel_sink(ns: netns.Namespace, ip: str) -> tuple[socket.socket, int]:
 def test_bulk_data_leaves_as_tso_frames(netlab: netns.Lab, afpacket_rx: str) -> None:
     """8 MiB to a kernel sink over a plain veth: most of it leaves in frames larger than the
     MTU (TSO), and the kernel reads every byte unchanged."""
-    for rig in make_afpacket_rig(netlab, afpacket_rx=afpacket_rx):
+    for rig in kernel.make_afpacket_rig(netlab, afpacket_rx=afpacket_rx):
         payload = os.urandom(SIZE)
         listener, port = kernel_sink(rig.client, rig.client_ip)
         before = rig.ctx.stats()
-        got, run = send_to_kernel(rig.ctx, listener, (rig.client_ip, port), payload)
+        got, run = kernel.send_to_kernel(rig.ctx, listener, (rig.client_ip, port), payload)
         after = wait_stats(rig.ctx, pools_back)
         d = {k: after[k] - before[k] for k in after}
         frames, nbytes = d["tx_packets"], d["tx_bytes"]
         print(f"\n{SIZE >> 20} MiB in {run.elapsed:.3f}s: {d['tx_tso_frames']} TSO frames, "
               f"{frames} frames, {nbytes / max(frames, 1):.0f} B per frame, "
               f"{d['tcp_segs_tx']} segments")  # fmt: skip
-        check_exact(got, payload)
+        kernel.check_exact(got, payload)
         assert d["tx_tso_frames"] > 0, "no TSO frame left the core"
         # every TSO frame is at least two segments; most of the 8 MiB went in them
         assert d["tcp_segs_tx"] >= frames + d["tx_tso_frames"]
@@ -86,16 +75,8 @@ table netdev mtsegloss {{
 """
 
 
-@pytest.fixture
-def lossrig(netlab: netns.Lab) -> Iterator[LossRig]:
-    reason = nft_missing()
-    if reason:
-        pytest.skip(reason)
-    yield from make_loss_rig(netlab)
-
-
 @pytest.mark.parametrize("lost", ["frames", "segments"])
-def test_tso_transfer_under_loss_is_byte_exact(lossrig: LossRig, lost: str) -> None:
+def test_tso_transfer_under_loss_is_byte_exact(lossrig: kernel.LossRig, lost: str) -> None:
     """8 MiB from the core to the kernel while whole TSO frames (5 % in the bridge, both
     directions) or single segments cut from them (3 % at the kernel's end) are lost: every
     byte arrives unchanged, and TSO frames kept leaving around the retransmissions."""
@@ -113,14 +94,14 @@ def test_tso_transfer_under_loss_is_byte_exact(lossrig: LossRig, lost: str) -> N
 
     def loss_on() -> None:
         if lost == "frames":
-            rig.wire.nft(bridge_drop_rules(5, rig.ip, rig.peer_ip))
+            rig.wire.nft(kernel.bridge_drop_rules(5, rig.ip, rig.peer_ip))
         else:
             rig.peer.nft(segment_drop_rules(3, peer_dev, rig.ip))
         armed.append(lost)
 
     before = rig.ctx.stats()
     try:
-        got, run = send_to_kernel(
+        got, run = kernel.send_to_kernel(
             rig.ctx, listener, (rig.peer_ip, port), payload, on_established=loss_on
         )
     finally:
@@ -134,7 +115,7 @@ def test_tso_transfer_under_loss_is_byte_exact(lossrig: LossRig, lost: str) -> N
     print(f"\n{lost} lost: {run.elapsed:.2f}s ({mb_s:.1f} MB/s); {d['tx_tso_frames']} TSO "
           f"frames; retransmits {d['retransmits']}, fast {d['fast_retransmits']}, sack "
           f"{d['sack_retransmits']}, rto {d['rto_timeouts']}")  # fmt: skip
-    check_exact(got, payload)
+    kernel.check_exact(got, payload)
     assert d["tx_tso_frames"] > 0, "no TSO frame left the core"
     assert d["retransmits"] > 0, "nothing was lost: the rule did not bite"
 
@@ -178,7 +159,7 @@ def test_no_tso_on_the_device_loses_nothing(netlab: netns.Lab, when: str) -> Non
     (counted in ``tx_tso_resegmented``) and the stack stops building them."""
     if shutil.which("ethtool") is None:
         pytest.skip("needs ethtool")
-    for rig in make_afpacket_rig(netlab, afpacket_rx="copy", tx_offload=when != "at_start"):
+    for rig in kernel.make_afpacket_rig(netlab, afpacket_rx="copy", tx_offload=when != "at_start"):
         dev = stack_iface(rig.server_ns)
         if when == "while_running":
             rig.server_ns.run(["ethtool", "-K", dev, "tx", "off"])  # TSO was on at start
@@ -186,9 +167,9 @@ def test_no_tso_on_the_device_loses_nothing(netlab: netns.Lab, when: str) -> Non
         with rig.serve():
             before = rig.ctx.stats()
             t0 = time.monotonic()
-            rig.client.call(round_trips, (rig.ip, ECHO), 1200, 1200)
+            rig.client.call(round_trips, (rig.ip, kernel.ECHO), 1200, 1200)
             t1 = time.monotonic()
-            rig.client.call(round_trips, (rig.ip, ECHO), 1 << 20, 16 << 10)
+            rig.client.call(round_trips, (rig.ip, kernel.ECHO), 1 << 20, 16 << 10)
             t2 = time.monotonic()
         after = wait_stats(rig.ctx, pools_back)
         d = {k: after[k] - before[k] for k in after}

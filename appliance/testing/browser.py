@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,3 +213,27 @@ def page_ws_url(ns: netns.Namespace, port: int) -> str:
             return str(pages[0]["webSocketDebuggerUrl"])
         time.sleep(0.05)
     raise TimeoutError("chromium has no page target")
+
+
+@contextlib.contextmanager
+def chromium(ns: netns.Namespace, profile: Path, *flags: str) -> Iterator[int]:
+    """Headless Chromium in ``ns`` on an empty page, with ``flags`` and its profile in
+    ``profile``; yields its DevTools port and ends it after the block."""
+    assert CHROMIUM is not None
+    browser = ns.popen(
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            *flags,
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield devtools_port(profile, browser)
+    finally:
+        browser.terminate()
+        browser.wait(10)
