@@ -139,17 +139,16 @@ class Socket:
                 _raise(what)
 
     def getsockname(self) -> tuple[str, int]:
-        addr = ffi.new("uint32_t *")
-        port = ffi.new("uint16_t *")
-        if lib.mtcp_getsockname(self.ctx._check(), self.fd, addr, port) < 0:
-            _raise("getsockname")
-        return _int_to_ip(addr[0]), int(port[0])
+        return self._name(lib.mtcp_getsockname, "getsockname")
 
     def getpeername(self) -> tuple[str, int]:
+        return self._name(lib.mtcp_getpeername, "getpeername")
+
+    def _name(self, call: Callable[..., int], what: str) -> tuple[str, int]:
         addr = ffi.new("uint32_t *")
         port = ffi.new("uint16_t *")
-        if lib.mtcp_getpeername(self.ctx._check(), self.fd, addr, port) < 0:
-            _raise("getpeername")
+        if call(self.ctx._check(), self.fd, addr, port) < 0:
+            _raise(what)
         return _int_to_ip(addr[0]), int(port[0])
 
     def setsockopt(
