@@ -31,6 +31,7 @@ import mtcp_core
 from appliance import cli
 from mtcp_core.netem import parse_duration_us, parse_probability, parse_rate_bps
 from mtcp_core.testing import echo_app, netns
+from mtcp_core.testing.pcapfile import records
 
 UDP_PORT = 9000
 
@@ -95,18 +96,6 @@ def test_cli_per_direction_values() -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def pcap_records(path: Path) -> list[tuple[float, bytes]]:
-    """(timestamp in seconds, frame) of every record of a capture."""
-    data = path.read_bytes()
-    out = []
-    pos = 24
-    while pos + 16 <= len(data):
-        sec, usec, incl = struct.unpack_from("<III", data, pos)
-        out.append((sec + usec / 1e6, data[pos + 16 : pos + 16 + incl]))
-        pos += 16 + incl
-    return out
 
 
 def icmp_seq(frame: bytes, icmp_type: int) -> int | None:
@@ -204,8 +193,8 @@ def test_delay_kernel_ping_rtt(netlab: netns.Lab, tmp_path: Path) -> None:
     assert c["a_to_b"]["delayed"] == c["a_to_b"]["forwarded"] == 20
     assert c["b_to_a"]["delayed"] == c["b_to_a"]["forwarded"] == 20
     path.emulator.close()  # flushes the captures
-    seen_a = {icmp_seq(f, 8): t for t, f in pcap_records(tmp_path / "cap-a.pcap")}
-    left_b = {icmp_seq(f, 8): t for t, f in pcap_records(tmp_path / "cap-b.pcap")}
+    seen_a = {icmp_seq(f, 8): t for t, f in records(tmp_path / "cap-a.pcap")}
+    left_b = {icmp_seq(f, 8): t for t, f in records(tmp_path / "cap-b.pcap")}
     held = [left_b[s] - seen_a[s] for s in seen_a if s is not None and s in left_b]
     assert len(held) == 20
     assert min(held) >= 0.020 - 1e-6  # never early
@@ -218,8 +207,8 @@ def test_jitter_spreads_delay(netlab: netns.Lab, tmp_path: Path) -> None:
                                 pcap_prefix=str(tmp_path / "cap"))  # fmt: skip
     path.client.run(["ping", "-c", "30", "-i", "0.02", "-W", "2", str(path.server_ip.ip)])
     path.emulator.close()
-    seen_a = {icmp_seq(f, 8): t for t, f in pcap_records(tmp_path / "cap-a.pcap")}
-    left_b = {icmp_seq(f, 8): t for t, f in pcap_records(tmp_path / "cap-b.pcap")}
+    seen_a = {icmp_seq(f, 8): t for t, f in records(tmp_path / "cap-a.pcap")}
+    left_b = {icmp_seq(f, 8): t for t, f in records(tmp_path / "cap-b.pcap")}
     held = [left_b[s] - seen_a[s] for s in seen_a if s is not None and s in left_b]
     assert len(held) == 30
     assert min(held) >= 0.005 - 1e-6
@@ -315,7 +304,7 @@ def test_rate_limit_token_bucket_and_tail_drop(netlab: netns.Lab, tmp_path: Path
     assert c["forwarded"] + c["queue_drops"] == c["received"]
     assert len(got) == c["forwarded"]
     assert c["rate_delayed"] > 0
-    out = pcap_records(tmp_path / "cap-b.pcap")
+    out = list(records(tmp_path / "cap-b.pcap"))
     assert len(out) == c["forwarded"] > 1000
     # from the 10th frame on: the bucket's initial burst (2 frames) is behind us
     span = out[-1][0] - out[10][0]
@@ -361,7 +350,7 @@ def test_kernel_tcp_with_offloads_is_segmented(netlab: netns.Lab, tmp_path: Path
     assert c["a_to_b"]["segmented"] > 0
     assert c["a_to_b"]["oversize"] == 0
     path.emulator.close()
-    assert max(len(f) for _, f in pcap_records(tmp_path / "cap-b.pcap")) <= 1514
+    assert max(len(f) for _, f in records(tmp_path / "cap-b.pcap")) <= 1514
 
 
 def test_kernel_to_core_echo_byte_exact_40ms_3pct(netlab: netns.Lab) -> None:

@@ -232,7 +232,7 @@ def test_a_host_rule_added_at_run_time_is_not_hidden_by_the_responder_cache(
     """One site that starts without rules; the static responder caches its file; then
     _redirects gains a rule for one Host only: that Host gets the redirect (the responder's
     key must include the Host even while the site had no rules), the others the file."""
-    from test_responder import fetch, finish, start, wait_for
+    from appliance.testing.responder import fetch, finish, start, wait_for
 
     root = _site(tmp_path)
     (root / "small.txt").write_text("small\n")

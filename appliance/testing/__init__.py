@@ -2,7 +2,8 @@
 ``Appliance`` runs ``mtcp-appliance serve`` in a namespace of a ``netns.Lab`` and reads its
 output, metrics and log; ``http_get`` fetches from inside a namespace. Submodules: ``tlsca``
 (a test CA), ``browser`` (headless Chromium), ``metrics`` (dashboard names, made-up views),
-``httpserver`` (appliance.http in a thread)."""
+``httpserver`` (appliance.http in a thread), ``responder`` (the same with the static
+responder on or off)."""
 
 from __future__ import annotations
 
