@@ -59,7 +59,7 @@ from mtcp_core.constants import (
 from mtcp_core.loadgen import LatencySummary, LoadGenerator, LoadResult
 from mtcp_core.netem import LinkEmulator, LinkShape
 from mtcp_core.options import StackOptions
-from mtcp_core.pair import Faults, PairLink
+from mtcp_core.pair import FaultRates, Faults, PairLink
 from mtcp_core.responder import ResponderLogRecord, rsp_parse
 from mtcp_core.sockets import Epoll, Socket
 from mtcp_core.stack import Context, Stack, SteppedContext
@@ -96,6 +96,7 @@ __all__ = [
     "CongestionRound",
     "Context",
     "Epoll",
+    "FaultRates",
     "Faults",
     "LatencySummary",
     "LinkEmulator",

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mtcp_core._native import ffi, lib
+from mtcp_core.pair import FaultRates
 
 __all__ = [
     "COUNTERS",
@@ -59,47 +60,28 @@ RT_PRIORITY = 10  # SCHED_FIFO priority of the forwarding thread (below the kern
 
 
 @dataclass(frozen=True)
-class LinkShape:
-    """One direction of the emulated link. Probabilities in [0, 1]; ``delay_us`` one way,
-    plus a uniform random ``jitter_us`` (which also reorders frames); ``reorder``: a frame is
-    held back and sent after the next one; ``corrupt``: one random bit flipped. ``rate_bps``
-    limits the bits of Ethernet frames per second (0: no limit) with a token bucket of
+class LinkShape(FaultRates):
+    """One direction of the emulated link: the pair link's fault injector (``FaultRates``:
+    delay, jitter, loss, duplication, reordering, corruption), and ``rate_bps``, a limit on
+    the bits of Ethernet frames per second (0: no limit) with a token bucket of
     ``burst_bytes`` (0: two frames or 1 ms at the rate) draining a FIFO of ``queue_frames``
-    frames, tail drop."""
+    frames, tail drop. Jitter also reorders frames."""
 
-    delay_us: int = 0
-    jitter_us: int = 0
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    corrupt: float = 0.0
     rate_bps: int = 0
     queue_frames: int = 1000
     burst_bytes: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("loss", "duplicate", "reorder", "corrupt"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}: a probability in [0, 1], got {v}")
-        for name in ("delay_us", "jitter_us", "burst_bytes"):
-            v = getattr(self, name)
-            if not 0 <= v <= 0xFFFFFFFF:
-                raise ValueError(f"{name}: 0..4294967295, got {v}")
+        super().__post_init__()
+        if not 0 <= self.burst_bytes <= 0xFFFFFFFF:
+            raise ValueError(f"burst_bytes: 0..4294967295, got {self.burst_bytes}")
         if not 0 <= self.rate_bps < 2**64:
             raise ValueError(f"rate_bps: >= 0, got {self.rate_bps}")
         if not 1 <= self.queue_frames <= MAX_QUEUE_FRAMES:
             raise ValueError(f"queue_frames: 1..{MAX_QUEUE_FRAMES}, got {self.queue_frames}")
 
     def _fill(self, d: Any, seed: int) -> None:
-        f = d.faults
-        f.seed = seed
-        f.loss = self.loss
-        f.duplicate = self.duplicate
-        f.reorder = self.reorder
-        f.corrupt = self.corrupt
-        f.delay_us = self.delay_us
-        f.jitter_us = self.jitter_us
+        self._fill_faults(d.faults, seed)
         d.rate_bps = self.rate_bps
         d.queue_frames = self.queue_frames
         d.burst_bytes = self.burst_bytes

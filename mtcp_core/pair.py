@@ -10,21 +10,45 @@ from mtcp_core._util import _raise
 
 
 @dataclass(frozen=True)
-class Faults:
-    """Fault injector settings of a pair link; rates are probabilities."""
+class FaultRates:
+    """What the fault injector does to frames (struct mtcp_pair_faults but its seed), for a
+    pair link and for the link emulator: probabilities in [0, 1] of losing, duplicating,
+    reordering (holding a frame back until after the next) and corrupting (one random bit
+    flipped) a frame; ``delay_us`` one way, plus a uniform random ``jitter_us``."""
 
-    seed: int = 0
+    delay_us: int = 0
+    jitter_us: int = 0
     loss: float = 0.0
     duplicate: float = 0.0
     reorder: float = 0.0
     corrupt: float = 0.0
-    delay_us: int = 0
-    jitter_us: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "duplicate", "reorder", "corrupt"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: a probability in [0, 1], got {v}")
+        for name in ("delay_us", "jitter_us"):
+            v = getattr(self, name)
+            if not 0 <= v <= 0xFFFFFFFF:
+                raise ValueError(f"{name}: 0..4294967295, got {v}")
+
+    def _fill_faults(self, f: Any, seed: int) -> None:
+        """Sets the C ``struct mtcp_pair_faults`` ``f`` (the field names are the C names)."""
+        f.seed = seed
+        for fl in fields(FaultRates):
+            setattr(f, fl.name, getattr(self, fl.name))
+
+
+@dataclass(frozen=True)
+class Faults(FaultRates):
+    """Fault injector settings of a pair link, its random stream's ``seed`` included."""
+
+    seed: int = 0
 
     def _c(self) -> Any:
         f = ffi.new("struct mtcp_pair_faults *")
-        for name in (fl.name for fl in fields(self)):  # the C struct's names
-            setattr(f, name, getattr(self, name))
+        self._fill_faults(f, self.seed)
         return f
 
 
