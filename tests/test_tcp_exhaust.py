@@ -74,13 +74,24 @@ def error_within(ep: m.Epoll, c: m.Socket, low: float, high: float, t0: float) -
     return took
 
 
+def timed_out_within(n: Net, ep: m.Epoll, s: m.Socket, low: float, high: float, t0: float,
+                     bound: str, counter: str) -> dict[str, int]:  # fmt: skip
+    """The server's connection ``s`` fails with ETIMEDOUT no sooner than ``low`` and no later
+    than ``high`` seconds after ``t0`` (``bound``: what ends it), counted once in the server's
+    ``counter``; returns the server's counters."""
+    wait_event(ep, s, m.EPOLLERR, high + 10 - (time.monotonic() - t0))
+    took = time.monotonic() - t0
+    assert low <= took <= high, f"aborted after {took:.2f}s ({bound})"
+    assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
+    return settled(n.server, lambda st: st[counter] == 1, f"{counter} counted")
+
+
 # ---------------------------------------------------------------- zero window
 
 
 def test_orphan_stuck_at_zero_window_is_aborted_after_orphan_retries() -> None:
     retries = 3
-    n = net_with(orphan_retries=retries)
-    try:
+    with net_with(orphan_retries=retries) as n:
         c, ep, s, _ = stuck_pair(n)
         t0 = time.monotonic()
         s.close()  # the app gives up: an orphan with data unsent and a zero window
@@ -94,36 +105,26 @@ def test_orphan_stuck_at_zero_window_is_aborted_after_orphan_retries() -> None:
         assert st["orphans"] == 0 and st["user_timeouts"] == 0
         c.close()
         wait_pools_back(n.server, "server")
-    finally:
-        n.close()
 
 
 def test_user_timeout_aborts_a_connection_stuck_at_zero_window() -> None:
-    n = net_with()
-    try:
+    with net_with() as n:
         c, ep, s, sep = stuck_pair(n)
         assert s.getsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT) == 0
         t0 = time.monotonic()
         s.setsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT, 1000)
         assert s.getsockopt(m.IPPROTO_TCP, m.TCP_USER_TIMEOUT) == 1000
         # the app still holds the socket: it learns ETIMEDOUT, the peer gets a RST
-        wait_event(sep, s, m.EPOLLERR, 10)
-        took = time.monotonic() - t0
-        assert took <= 4.0, f"aborted after {took:.2f}s (user timeout 1 s)"
-        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
+        st = timed_out_within(n, sep, s, 0.0, 4.0, t0, "user timeout 1 s", "user_timeouts")
         wait_event(ep, c, m.EPOLLERR | m.EPOLLHUP, 5)
-        st = settled(n.server, lambda st: st["user_timeouts"] == 1, "user timeout counted")
         assert st["orphan_aborts"] == st["zero_window_aborts"] == 0
         s.close()
         c.close()
         wait_pools_back(n.server, "server")
-    finally:
-        n.close()
 
 
 def test_user_timeout_bounds_retransmissions() -> None:
-    n = net_with()
-    try:
+    with net_with() as n:
         ls, sep = listen(n.server)
         ep = n.client.epoll()
         c = connect(n.client, ep)
@@ -134,38 +135,24 @@ def test_user_timeout_bounds_retransmissions() -> None:
         t0 = time.monotonic()
         s.send(b"x" * 1000)
         # without the user timeout, 8 retries take ~102 s
-        wait_event(sep, s, m.EPOLLERR, 15)
-        took = time.monotonic() - t0
-        assert 1.4 <= took <= 4.5, f"aborted after {took:.2f}s (user timeout 1.5 s)"
-        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
-        settled(n.server, lambda st: st["user_timeouts"] == 1, "user timeout counted")
+        timed_out_within(n, sep, s, 1.4, 4.5, t0, "user timeout 1.5 s", "user_timeouts")
         s.close()
         c.abort()
-    finally:
-        n.close()
 
 
 def test_zero_window_without_an_end_is_bounded_by_the_idle_timeout() -> None:
     # the peer answers every probe (so the idle timeout never sees silence), the app
     # holds its socket and sets no user timeout: the stack still ends it
-    n = net_with(idle_timeout_ms=1500)
-    try:
+    with net_with(idle_timeout_ms=1500) as n:
         c, ep, s, sep = stuck_pair(n)
         t0 = time.monotonic()
-        wait_event(sep, s, m.EPOLLERR, 15)
-        took = time.monotonic() - t0
-        assert took <= 6.0, f"aborted after {took:.2f}s (idle timeout 1.5 s)"
-        assert s.getsockopt(m.SOL_SOCKET, m.SO_ERROR) == errno.ETIMEDOUT
-        settled(n.server, lambda st: st["zero_window_aborts"] == 1, "counted")
+        timed_out_within(n, sep, s, 0.0, 6.0, t0, "idle timeout 1.5 s", "zero_window_aborts")
         s.close()
         c.close()
-    finally:
-        n.close()
 
 
 def test_too_many_orphans_are_reset_at_close() -> None:
-    n = net_with(max_orphans=1)
-    try:
+    with net_with(max_orphans=1) as n:
         c1, ep1, s1, _ = stuck_pair(n)
         s1.close()
         settled(n.server, lambda st: st["orphans"] == 1, "one orphan")
@@ -179,8 +166,6 @@ def test_too_many_orphans_are_reset_at_close() -> None:
         assert st["orphans"] == 1
         for x in (c1, c2b, ls):
             x.close()
-    finally:
-        n.close()
 
 
 # ---------------------------------------------------------------- memory
@@ -193,8 +178,7 @@ def rss() -> int:
 
 def test_closed_connections_buffer_pages_are_given_back() -> None:
     conns, sndbuf = 8, 4 << 20
-    n = net_with(sndbuf=sndbuf, hugepages=False)
-    try:
+    with net_with(sndbuf=sndbuf, hugepages=False) as n:
         ls, sep = listen(n.server)
         ep = n.client.epoll()
         pairs = []
@@ -218,16 +202,13 @@ def test_closed_connections_buffer_pages_are_given_back() -> None:
         left = rss() - before
         # (the rest of the growth is the interpreter's own heap)
         assert left <= conns * sndbuf * 0.25, f"RSS still {left} above (grew by {grown})"
-    finally:
-        n.close()
 
 
 def test_memory_budget_shrinks_new_connections_buffers_then_refuses() -> None:
     kib = 1024
     budget = 4 << 20
     # 1 MiB send + 64 KiB receive per connection while under half of the budget
-    n = net_with(sndbuf=1 << 20, mem_budget=budget, max_conns=256)
-    try:
+    with net_with(sndbuf=1 << 20, mem_budget=budget, max_conns=256) as n:
         ls, sep = listen(n.server)
         ep = n.client.epoll()
         st = n.server.stats()
@@ -263,17 +244,12 @@ def test_memory_budget_shrinks_new_connections_buffers_then_refuses() -> None:
             c.close()
         st = wait_pools_back(n.server, "server")
         assert st["buf_mem_used"] == 0 and st["buf_mem_pressure"] == 0
-    finally:
-        n.close()
 
 
 def test_pool_is_sized_by_the_memory_budget() -> None:
-    n = net_with(mem_budget=64 << 20)
-    try:
+    with net_with(mem_budget=64 << 20) as n:
         # 64 MiB at the pressure sizes (16 KiB each way): 2048 connections
         assert n.server.stats()["pool_tcb_total"] == 2048
-    finally:
-        n.close()
 
 
 # ---------------------------------------------------------------- eviction
@@ -302,8 +278,7 @@ def drain_server(ls: m.Socket, sep: m.Epoll, live: list[m.Socket]) -> int:
 @pytest.mark.parametrize("evict", [True, False])
 def test_eviction_frees_idle_connections_for_new_ones(evict: bool) -> None:
     pool = 32
-    n = net_with(max_conns=pool, evict=evict)
-    try:
+    with net_with(max_conns=pool, evict=evict) as n:
         ls, sep = listen(n.server)
         ls.setsockopt(m.SOL_SOCKET, m.SO_EVICTABLE, 1)
         assert ls.getsockopt(m.SOL_SOCKET, m.SO_EVICTABLE) == 1
@@ -350,14 +325,11 @@ def test_eviction_frees_idle_connections_for_new_ones(evict: bool) -> None:
         for s in live:
             s.close()
         ls.close()
-    finally:
-        n.close()
 
 
 def test_unmarked_connections_are_never_evicted() -> None:
     pool = 32
-    n = net_with(max_conns=pool)
-    try:
+    with net_with(max_conns=pool) as n:
         ls, sep = listen(n.server)  # no SO_EVICTABLE
         ep = n.client.epoll()
         live: list[m.Socket] = []
@@ -373,16 +345,13 @@ def test_unmarked_connections_are_never_evicted() -> None:
             s.close()
         ls.close()
         del ep
-    finally:
-        n.close()
 
 
 # ---------------------------------------------------------------- per source
 
 
 def test_per_source_connection_limit() -> None:
-    n = net_with(max_conns_per_source=3)
-    try:
+    with net_with(max_conns_per_source=3) as n:
         ls, sep = listen(n.server)
         ep = n.client.epoll()
         conns = [connect(n.client, ep) for _ in range(3)]
@@ -404,15 +373,12 @@ def test_per_source_connection_limit() -> None:
         assert st["drop_tcp_source_limit"] >= 1
         for x in conns + served:
             x.close()
-    finally:
-        n.close()
 
 
 def test_the_http_server_sets_user_timeout_and_evictable_on_its_listener() -> None:
     from appliance.http.mtcp import USER_TIMEOUT_MS, MtcpNet
 
-    n = net_with()
-    try:
+    with net_with() as n:
         net = MtcpNet(n.server, 80)
         net.listen()
         ls = net._lsock
@@ -429,14 +395,11 @@ def test_the_http_server_sets_user_timeout_and_evictable_on_its_listener() -> No
         s.close()
         net.close()
         c.close()
-    finally:
-        n.close()
 
 
 def test_time_wait_goes_before_idle_connections_are_evicted() -> None:
     pool = 32
-    n = net_with(max_conns=pool, time_wait_ms=60_000, max_orphans=64)
-    try:
+    with net_with(max_conns=pool, time_wait_ms=60_000, max_orphans=64) as n:
         ls, sep = listen(n.server)
         ls.setsockopt(m.SOL_SOCKET, m.SO_EVICTABLE, 1)
         ep = n.client.epoll()
@@ -466,5 +429,3 @@ def test_time_wait_goes_before_idle_connections_are_evicted() -> None:
         for s in live:
             s.close()
         ls.close()
-    finally:
-        n.close()

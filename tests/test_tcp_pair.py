@@ -26,6 +26,7 @@ from mtcp_core.testing.pairnet import (
     close_net,
     connect,
     make_net,
+    read_to_eof,
     settled,
     transfer,
     wait_event,
@@ -138,14 +139,7 @@ def test_close_from_server_side(net: Net) -> None:
     assert peer_addr == c.getsockname()
     assert s.send(b"bye") == 3
     s.close()  # server closes first
-    data = b""
-    while True:
-        wait_event(ep, c, m.EPOLLIN)
-        d = c.recv(100)
-        if not d:
-            break
-        data += d
-    assert data == b"bye"
+    assert read_to_eof(ep, c) == b"bye"
     ep.modify(c, m.EPOLLIN | m.EPOLLRDHUP)  # RDHUP is reported only when asked for, as in Linux
     ev = wait_event(ep, c, m.EPOLLRDHUP)
     assert ev & m.EPOLLRDHUP
@@ -222,25 +216,11 @@ def test_half_close_keeps_the_other_direction(net: Net) -> None:
     c.shutdown(m.SHUT_WR)
     with pytest.raises(BrokenPipeError):
         c.send(b"more")
-    got = b""
-    while True:
-        wait_event(ep_s, s, m.EPOLLIN)
-        d = s.recv(100)
-        if not d:
-            break
-        got += d
-    assert got == b"request"
+    assert read_to_eof(ep_s, s) == b"request"
     assert s.tcp_info()["state"] == "CLOSE_WAIT"
     s.send(b"response after your FIN")
     s.close()
-    data = b""
-    while True:
-        wait_event(ep, c, m.EPOLLIN)
-        d = c.recv(100)
-        if not d:
-            break
-        data += d
-    assert data == b"response after your FIN"
+    assert read_to_eof(ep, c) == b"response after your FIN"
     c.close()
 
 

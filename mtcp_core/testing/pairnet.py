@@ -41,6 +41,12 @@ class Net:
         self.server_stack.close()
         self.link.close()
 
+    def __enter__(self) -> Net:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def make_net(**stack_kw: object) -> Net:
     link = m.PairLink(seed=1)
@@ -148,22 +154,19 @@ class Peer:
 
     def _service(self, ep: m.Epoll, s: m.Socket, ev: int, pending: dict[int, bytes]) -> None:
         if ev & m.EPOLLIN:
-            while True:
-                try:
-                    data = s.recv(65536)
-                except BlockingIOError:
-                    break
-                except ConnectionResetError:
-                    self.eof.add(s.fd)
-                    ep.unregister(s)
-                    s.close()
-                    return
-                if not data:
-                    self.eof.add(s.fd)
-                    break
-                self.received[s.fd] += data
-                if self.mode == "echo":
-                    pending[s.fd] = pending.get(s.fd, b"") + data
+            received = self.received[s.fd]
+            start = len(received)
+            try:
+                ended = recv_ready(s, received)
+            except ConnectionResetError:
+                self.eof.add(s.fd)
+                ep.unregister(s)
+                s.close()
+                return
+            if ended:
+                self.eof.add(s.fd)
+            if self.mode == "echo" and len(received) > start:
+                pending[s.fd] = pending.get(s.fd, b"") + received[start:]
         out = pending.get(s.fd)
         while out:
             try:
@@ -191,6 +194,32 @@ def connect(
     ev = wait_event(ep, c, m.EPOLLOUT | m.EPOLLERR, timeout)
     assert not ev & m.EPOLLERR, os.strerror(c.getsockopt(m.SOL_SOCKET, m.SO_ERROR))
     return c
+
+
+def recv_ready(sock: m.Socket, into: bytearray) -> bool:
+    """Appends all that non-blocking ``sock`` has to read now to ``into``; True once the
+    stream has ended (the peer's FIN). A reset raises ConnectionResetError, with the bytes
+    that came before it already in ``into``."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        if not data:
+            return True
+        into += data
+
+
+def read_to_eof(ep: m.Epoll, sock: m.Socket, timeout: float = DEADLINE_S) -> bytes:
+    """What ``sock`` (registered in ``ep`` for IN) receives up to the peer's FIN."""
+    end = time.monotonic() + timeout
+    data = b""
+    while True:
+        wait_event(ep, sock, m.EPOLLIN, end - time.monotonic())
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
 
 
 def listen(ctx: m.Context, port: int = 80) -> tuple[m.Socket, m.Epoll]:
@@ -228,12 +257,5 @@ def transfer(ep: m.Epoll, c: m.Socket, payload: bytes, expect: int) -> bytes:
                 pass
         for _s, ev in ep.poll(0.05):
             if ev & m.EPOLLIN:
-                while True:
-                    try:
-                        d = c.recv(65536)
-                    except BlockingIOError:
-                        break
-                    if not d:
-                        break
-                    got += d
+                recv_ready(c, got)
     return bytes(got)
