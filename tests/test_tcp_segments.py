@@ -440,6 +440,19 @@ def test_timestamps_increase_across_connections_between_two_hosts(rig: Rig) -> N
     assert steps == [7] * 15, (tsvals, steps)
 
 
+def server_closes_first(rig: Rig, line: bytes) -> None:
+    """One connection to the ``once`` responder: ``line`` echoed, the server's FIN, ours and
+    the server's last ACK; the server's end is left in TIME-WAIT."""
+    c = rig.conn(ONCE)
+    c.handshake()
+    c.send_data(line)
+    assert c.read(len(line)) == line
+    if not c.fin_received:  # the FIN may ride on the data
+        c.take(c.wait_for(lambda s: s.has(FIN)))
+    c.send_fin()
+    c.expect(flags=ACK, ack=c.snd_nxt)
+
+
 def test_time_wait_gives_its_tcb_to_a_new_connection_when_the_pool_is_empty() -> None:
     """A server that closes first keeps a TIME-WAIT per connection. With 32 TCBs and a 60 s
     TIME-WAIT, 120 sequential connections still all succeed: when the pool is empty, the
@@ -447,15 +460,7 @@ def test_time_wait_gives_its_tcb_to_a_new_connection_when_the_pool_is_empty() ->
     with Rig(max_conns=32, time_wait_ms=60_000) as rig:
         rig.app.serve(ONCE, "once")
         for i in range(120):
-            c = rig.conn(ONCE)
-            c.handshake()
-            line = b"x%d\n" % i
-            c.send_data(line)
-            assert c.read(len(line)) == line
-            if not c.fin_received:  # the FIN may ride on the data
-                c.take(c.wait_for(lambda s: s.has(FIN)))
-            c.send_fin()
-            c.expect(flags=ACK, ack=c.snd_nxt)
+            server_closes_first(rig, b"x%d\n" % i)
             rig.advance(1)
         st = rig.stats()
         # every connection is still in TIME-WAIT or gave its TCB to a later one (the stack
@@ -1324,15 +1329,7 @@ def test_time_wait_holds_no_buffer_memory_once_the_app_closed() -> None:
     with Rig(time_wait_ms=60_000, sndbuf=1 << 20, rcvbuf=256 << 10, mem_budget=budget) as rig:
         rig.app.serve(ONCE, "once")
         for i in range(40):
-            c = rig.conn(ONCE)
-            c.handshake()
-            line = b"y%d\n" % i
-            c.send_data(line)
-            assert c.read(len(line)) == line
-            if not c.fin_received:
-                c.take(c.wait_for(lambda s: s.has(FIN)))
-            c.send_fin()
-            c.expect(flags=ACK, ack=c.snd_nxt)
+            server_closes_first(rig, b"y%d\n" % i)
             rig.advance(1)
         st = rig.stats()
         assert st["state_time_wait"] == 40  # all still there: nothing needed their TCBs
