@@ -25,6 +25,19 @@ class LatencySummary:
     max: float
 
 
+class _Count:
+    """A read-only count of ``LoadResult``: its C result's field of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> int:
+        return int(getattr(obj._raw, self.name))
+
+    def __set__(self, obj: Any, value: object) -> None:
+        raise AttributeError(f"{self.name} is read-only")
+
+
 class LoadResult:
     """What one or more ``LoadGenerator`` runs counted (``merge`` sums cores).
 
@@ -36,6 +49,10 @@ class LoadResult:
     ``connect()`` to established."""
 
     ERROR_KINDS = ("connect", "reset", "timeout", "response", "status")
+    started = _Count()
+    completed = _Count()
+    bytes_read = _Count()
+    bytes_written = _Count()
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw  # struct mtcp_load_result *
@@ -46,14 +63,6 @@ class LoadResult:
         for r in results:
             lib.mtcp_load_merge(raw, r._raw)
         return cls(raw)
-
-    @property
-    def started(self) -> int:
-        return int(self._raw.started)
-
-    @property
-    def completed(self) -> int:
-        return int(self._raw.completed)
 
     @property
     def ok(self) -> int:
@@ -74,14 +83,6 @@ class LoadResult:
         """Errors other than a bad status (wrk's "Socket errors")."""
         e = self.errors
         return e["connect"] + e["reset"] + e["timeout"] + e["response"]
-
-    @property
-    def bytes_read(self) -> int:
-        return int(self._raw.bytes_read)
-
-    @property
-    def bytes_written(self) -> int:
-        return int(self._raw.bytes_written)
 
     @property
     def elapsed(self) -> float:
