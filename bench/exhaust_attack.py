@@ -7,7 +7,8 @@ receive buffer and never read), ``slowloris`` (a request head one header line ev
 ``--interval`` seconds, never finished), ``slow_reader`` (ask for the large file, read one
 byte a second), ``syn_flood`` (``--rate`` SYNs a second from ``--spoof`` addresses, raw
 socket). Prints one JSON line when the connections are open (``ready``) and one at the end
-with its counts. Only the standard library: it runs under any python3.
+with its counts. Runs under the project's python (``sys.executable`` of exhaust_bench.py):
+its packets' checksum is ``mtcp_core.testing.netns.inet_checksum``.
 """
 
 from __future__ import annotations
@@ -26,21 +27,14 @@ import sys
 import time
 from collections import deque
 
+from mtcp_core.testing.netns import inet_checksum as checksum
+
 IP_BIND_ADDRESS_NO_PORT = 24
 READERS = ("zero_window", "slow_reader")
 
 
 def say(**kw: object) -> None:
     print(json.dumps(kw), flush=True)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
 
 
 def syn_packet(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:

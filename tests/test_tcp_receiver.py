@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from mtcp_core.testing import ACK, PSH, PeerConn, Rig, Seg
+from mtcp_core.testing.netns import inet_checksum
 from mtcp_core.testing.wire import MF, ip_header
 
 ECHO = 7
@@ -84,15 +85,6 @@ def frig() -> Iterator[Rig]:
         yield r
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def data_fragments(c: PeerConn, data: bytes, sizes: list[int], ident: int) -> list[bytes]:
     """The frames of one TCP segment carrying ``data`` at the connection's next sequence
     number, cut into IPv4 fragments of ``sizes`` bytes of the datagram's payload (the TCP
@@ -103,7 +95,7 @@ def data_fragments(c: PeerConn, data: bytes, sizes: list[int], ident: int) -> li
     tcp = bytearray(ip[20:] + data)
     tcp[16:18] = b"\0\0"
     pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp[16:18] = struct.pack("!H", csum(pseudo + bytes(tcp)))
+    tcp[16:18] = struct.pack("!H", inet_checksum(pseudo + bytes(tcp)))
     out, off = [], 0
     for n in sizes:
         n = min(n, len(tcp) - off)

@@ -116,7 +116,10 @@ def entered(name: str) -> Iterator[None]:
         os.close(own)
 
 
-def _icmp_checksum(data: bytes) -> int:
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``: the one's complement of the one's
+    complement sum of its 16-bit words (an odd length padded with a zero byte). Over a header
+    or pseudo-header plus segment with its checksum field filled in, 0 means valid."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -131,7 +134,7 @@ def icmp_echo(dst: str, timeout: float = 2.0) -> float:
     ident, seq = secrets.randbelow(0x10000), secrets.randbelow(0x10000)
     payload = secrets.token_bytes(16)
     header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    packet = struct.pack("!BBHHH", 8, 0, _icmp_checksum(header + payload), ident, seq) + payload
+    packet = struct.pack("!BBHHH", 8, 0, inet_checksum(header + payload), ident, seq) + payload
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         start = time.monotonic()
         sock.sendto(packet, (dst, 0))
