@@ -49,6 +49,7 @@ import common  # noqa: E402
 
 import mtcp_core  # noqa: E402
 from mtcp_core.testing import netns  # noqa: E402
+from mtcp_core.testing.kernel import accept_one, recv_to_end, wait_epoll  # noqa: E402
 
 SINK_PORT = 5001
 PAIR_SENDER, PAIR_RECEIVER = "198.18.0.1", "198.18.0.2"
@@ -133,23 +134,26 @@ class Transfer:
     digest: bytes = b""
     congestion: str = ""  # the sender's congestion control, as the sender reports it
     errors: list[str] = field(default_factory=list)
+    sha256: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def start(self) -> None:
         self.t_go = time.monotonic()
         self.go.set()
 
+    def take(self, chunk: bytes) -> None:
+        """The receiver's: counts and hashes one chunk of the stream."""
+        self.got += len(chunk)
+        self.sha256.update(chunk)
+
+    def received_all(self) -> None:
+        """The receiver's, at the end of the stream."""
+        self.t_end = time.monotonic()
+        self.digest = self.sha256.digest()
+
     def fail(self, who: str, exc: BaseException) -> None:
         self.errors.append(f"{who}: {exc!r}")
         self.established.set()
         self.done.set()
-
-
-def _poll_until(ep: mtcp_core.Epoll, mask: int, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        if any(ev & mask for _, ev in ep.poll(min(left, 0.2))):
-            return
-    raise TimeoutError(f"{what}: nothing within {timeout}s")
 
 
 def mtcp_sender(ctx: mtcp_core.Context, addr: tuple[str, int], payload: bytes,
@@ -160,7 +164,7 @@ def mtcp_sender(ctx: mtcp_core.Context, addr: tuple[str, int], payload: bytes,
         with contextlib.suppress(BlockingIOError):
             sock.connect(addr)
         ep.register(sock, mtcp_core.EPOLLOUT)
-        _poll_until(ep, mtcp_core.EPOLLOUT | mtcp_core.EPOLLERR, 10, "connect")
+        wait_epoll(ep, mtcp_core.EPOLLOUT | mtcp_core.EPOLLERR, 10, "connect")
         if err := sock.getsockopt(mtcp_core.SOL_SOCKET, mtcp_core.SO_ERROR):
             raise OSError(err, f"connect: {os.strerror(err)}")
         tr.congestion = str(sock.tcp_info()["congestion"])
@@ -184,56 +188,27 @@ def mtcp_sender(ctx: mtcp_core.Context, addr: tuple[str, int], payload: bytes,
 
 def mtcp_sink(ctx: mtcp_core.Context, port: int, ready: threading.Event, tr: Transfer) -> None:
     """The app thread of a receiving core: accept one connection, read it to the end."""
-    ep, lsock = ctx.epoll(), ctx.socket()
-    conn: mtcp_core.Socket | None = None
-    h = hashlib.sha256()
     try:
-        lsock.bind(("0.0.0.0", port))
-        lsock.listen(8)
-        ep.register(lsock, mtcp_core.EPOLLIN)
-        ready.set()
-        _poll_until(ep, mtcp_core.EPOLLIN, 15, "accept")
-        conn, _ = lsock.accept()
-        ep.register(conn, mtcp_core.EPOLLIN | mtcp_core.EPOLLRDHUP)
-        if not tr.go.wait(30):
-            raise TimeoutError("no go")
-        while True:
-            if time.monotonic() - tr.t_go > tr.timeout:
-                raise TimeoutError(f"got {tr.got} of {tr.size} B")
-            try:
-                chunk = conn.recv(256 * 1024)
-            except BlockingIOError:
-                ep.poll(0.05)
-                continue
-            if not chunk:
-                break
-            tr.got += len(chunk)
-            h.update(chunk)
-        tr.t_end = time.monotonic()
-        tr.digest = h.digest()
+        with accept_one(ctx, port, ready) as (conn, ep):
+            if not tr.go.wait(30):
+                raise TimeoutError("no go")
+            recv_to_end(conn, ep, tr.take, tr.t_go, tr.timeout)
+            tr.received_all()
     except BaseException as exc:  # noqa: BLE001 - reported in the result
         tr.fail("receiver", exc)
     finally:
-        ready.set()
-        if conn is not None:
-            conn.close()
-        lsock.close()
-        ep.close()
         tr.done.set()
 
 
 def kernel_sink(listener: socket.socket, tr: Transfer) -> None:
-    h = hashlib.sha256()
     try:
         listener.settimeout(15)
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(tr.timeout)
             while chunk := conn.recv(1 << 20):
-                tr.got += len(chunk)
-                h.update(chunk)
-        tr.t_end = time.monotonic()
-        tr.digest = h.digest()
+                tr.take(chunk)
+        tr.received_all()
     except BaseException as exc:  # noqa: BLE001 - reported in the result
         tr.fail("receiver", exc)
     finally:

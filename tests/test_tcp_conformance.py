@@ -33,6 +33,7 @@ import pytest
 import mtcp_core
 from mtcp_core.testing import SYN, echo_app, netns, pools_back, tcp_frame
 from mtcp_core.testing.echo_app import wait_stats
+from mtcp_core.testing.kernel import core_on_veth
 
 pytestmark = pytest.mark.requires_root
 
@@ -121,18 +122,11 @@ class Rig:
 
 
 def make_rig(lab: netns.Lab, **stack_kw: Any) -> Iterator[Rig]:
-    peer, core_ns = lab.namespace("peer"), lab.namespace("core")
-    link = lab.veth(peer, core_ns, address_b=False)
+    peer, core_ns, link, stack = core_on_veth(
+        lab, "peer", "core", peer_is_gateway=True, **{"time_wait_ms": TIME_WAIT_MS, **stack_kw}
+    )
     peer.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])  # off-link answers die quietly
     peer_ip, ip = str(link.addr_a.ip), str(link.addr_b.ip)
-    stack = core_ns.call(
-        mtcp_core.Stack,
-        "afpacket",
-        str(link.addr_b),
-        iface=link.if_b,
-        gateway=peer_ip,
-        **{"time_wait_ms": TIME_WAIT_MS, **stack_kw},
-    )
     port: RawPort | None = None
     try:
         ctx = stack.context(0)

@@ -42,9 +42,10 @@ from mtcp_core.testing.kernel import (
     CoreRun,
     LossRig,
     Sample,
+    accept_one,
     check_exact,
+    recv_to_end,
     send_to_kernel,
-    wait_epoll,
 )
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.timeout(240)]
@@ -79,40 +80,17 @@ def core_receiver(ctx: mtcp_core.Context, port: int, ready: threading.Event,
                   run: CoreRun) -> None:  # fmt: skip
     """Listens on ``port``, accepts one connection, reads it to the end once ``run.go`` is
     set, then closes (the passive close)."""
-    ep = ctx.epoll()
-    lsock = ctx.socket()
-    conn: mtcp_core.Socket | None = None
     try:
-        lsock.bind(("0.0.0.0", port))
-        lsock.listen(16)
-        ep.register(lsock, mtcp_core.EPOLLIN)
-        ready.set()
-        wait_epoll(ep, mtcp_core.EPOLLIN, 10, "accept")
-        conn, _ = lsock.accept()
-        ep.register(conn, mtcp_core.EPOLLIN | mtcp_core.EPOLLRDHUP)
-        run.established.set()
-        if not run.go.wait(10):
-            raise TimeoutError("no go")
-        t0 = time.monotonic()
-        while True:
-            if time.monotonic() - t0 > TRANSFER_LIMIT_S:
-                raise TimeoutError(f"got {len(run.received)} B in {TRANSFER_LIMIT_S}s")
-            try:
-                chunk = conn.recv(256 * 1024)
-            except BlockingIOError:
-                ep.poll(0.05)
-                continue
-            if not chunk:
-                break
-            run.received += chunk
-        run.elapsed = time.monotonic() - t0
+        with accept_one(ctx, port, ready, timeout=10) as (conn, ep):
+            run.established.set()
+            if not run.go.wait(10):
+                raise TimeoutError("no go")
+            t0 = time.monotonic()
+            recv_to_end(conn, ep, run.received.extend, t0, TRANSFER_LIMIT_S)
+            run.elapsed = time.monotonic() - t0
     except BaseException as exc:  # noqa: BLE001 - handed to the test
         run.error = exc
     finally:
-        if conn is not None:
-            conn.close()
-        lsock.close()
-        ep.close()
         ready.set()
         run.established.set()
         run.done.set()

@@ -26,6 +26,7 @@ import pytest
 
 import mtcp_core
 from mtcp_core.testing import echo_app, netns
+from mtcp_core.testing.kernel import core_on_veth
 
 pytestmark = pytest.mark.requires_root
 
@@ -94,19 +95,11 @@ def test_flows_spread_over_two_workers(
     # "explicit": the client binds source ports 20000.. (both parities); "kernel_chosen":
     # the client's kernel picks them, as any Linux client would
     source_ports = list(range(20000, 20000 + CONNECTIONS)) if ports == "explicit" else None
-    client, server = netlab.namespace("client"), netlab.namespace("server")
-    link = netlab.veth(client, server, address_b=False)
-    client_ip, ip = str(link.addr_a.ip), str(link.addr_b.ip)
-    stack = server.call(
-        mtcp_core.Stack,
-        "afpacket",
-        str(link.addr_b),
-        iface=link.if_b,
-        cores=CORES,
-        time_wait_ms=100,
-        stats_path=stats_path,
+    client, _server, link, stack = core_on_veth(
+        netlab, "client", "server", cores=CORES, time_wait_ms=100, stats_path=stats_path,
         afpacket_rx=afpacket_rx,
-    )
+    )  # fmt: skip
+    client_ip, ip = str(link.addr_a.ip), str(link.addr_b.ip)
     mp = multiprocessing.get_context("fork")
     results = mp.Queue()
     go, stop = mp.Event(), mp.Event()
@@ -219,12 +212,10 @@ def test_a_worker_killed_and_started_again_resumes_on_the_same_rings(
 ) -> None:
     """The supervisor keeps the AF_PACKET sockets (and so their rings) while a worker dies
     and restarts: the new worker must pick up where the kernel is, in both rings."""
-    client, server = netlab.namespace("client"), netlab.namespace("server")
-    link = netlab.veth(client, server, address_b=False)
-    ip = str(link.addr_b.ip)
-    stack = server.call(
-        mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b, afpacket_rx=afpacket_rx
+    client, _server, link, stack = core_on_veth(
+        netlab, "client", "server", afpacket_rx=afpacket_rx
     )
+    ip = str(link.addr_b.ip)
     mp = multiprocessing.get_context("fork")
     try:
         for generation in range(3):

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 import mtcp_core
 from mtcp_core.testing import echo_app, netns
 
@@ -56,6 +54,27 @@ class Responder:
             self.stop()
 
 
+def core_on_veth(
+    lab: netns.Lab,
+    peer_tag: str,
+    core_tag: str,
+    *,
+    tx_offload: bool = True,
+    peer_is_gateway: bool = False,
+    **stack_kw: Any,
+) -> tuple[netns.Namespace, netns.Namespace, netns.Veth, mtcp_core.Stack]:
+    """A kernel peer's namespace and the core's, joined by a veth whose core end has no
+    kernel address: the core takes it, on afpacket, with ``stack_kw`` (and the peer's
+    address as its gateway if ``peer_is_gateway``). Returns the two namespaces, the veth and
+    the stack (the caller closes it)."""
+    peer, core_ns = lab.namespace(peer_tag), lab.namespace(core_tag)
+    link = lab.veth(peer, core_ns, address_b=False, tx_offload=tx_offload)
+    if peer_is_gateway:
+        stack_kw["gateway"] = str(link.addr_a.ip)
+    stack = core_ns.call(mtcp_core.Stack, "afpacket", str(link.addr_b), iface=link.if_b, **stack_kw)
+    return peer, core_ns, link, stack
+
+
 def make_afpacket_rig(
     lab: netns.Lab,
     *,
@@ -63,16 +82,10 @@ def make_afpacket_rig(
     time_wait_ms: int = STACK_TIME_WAIT_MS,
     afpacket_rx: str = "ring",
 ) -> Iterator[Rig]:
-    client, server = lab.namespace("client"), lab.namespace("server")
-    link = lab.veth(client, server, address_b=False, tx_offload=tx_offload)
-    stack = server.call(
-        mtcp_core.Stack,
-        "afpacket",
-        str(link.addr_b),
-        iface=link.if_b,
-        time_wait_ms=time_wait_ms,
+    client, server, link, stack = core_on_veth(
+        lab, "client", "server", tx_offload=tx_offload, time_wait_ms=time_wait_ms,
         afpacket_rx=afpacket_rx,
-    )
+    )  # fmt: skip
     try:
         ctx = stack.context(0)  # from this thread, outside the server namespace
         yield Rig(client, str(link.addr_a.ip), str(link.addr_b.ip), stack, ctx, server)
@@ -149,6 +162,8 @@ def make_loss_rig(lab: netns.Lab) -> Iterator[LossRig]:
     try:
         wire.nft("add table bridge mtprobe\ndelete table bridge mtprobe\n")
     except netns.NetnsError as exc:
+        import pytest  # here only: bench/loss_bench.py imports this module without pytest
+
         pytest.skip(f"nftables cannot filter bridged frames here: {exc}")
     stack = core_ns.call(
         mtcp_core.Stack,
@@ -272,6 +287,51 @@ def send_to_kernel(
     assert run.error is None, repr(run.error)
     assert sink_error == [], sink_error
     return bytes(got), run
+
+
+@contextlib.contextmanager
+def accept_one(
+    ctx: mtcp_core.Context, port: int, ready: threading.Event, *, timeout: float = 15.0
+) -> Iterator[tuple[mtcp_core.Socket, mtcp_core.Epoll]]:
+    """For the app thread of a receiving core: listens on ``port``, sets ``ready``, accepts
+    one connection within ``timeout`` seconds and hands it out (registered for IN and RDHUP)
+    with its epoll. At the end closes them all and sets ``ready`` (also after a failure)."""
+    ep, lsock = ctx.epoll(), ctx.socket()
+    conn: mtcp_core.Socket | None = None
+    try:
+        lsock.bind(("0.0.0.0", port))
+        lsock.listen(16)
+        ep.register(lsock, mtcp_core.EPOLLIN)
+        ready.set()
+        wait_epoll(ep, mtcp_core.EPOLLIN, timeout, "accept")
+        conn, _ = lsock.accept()
+        ep.register(conn, mtcp_core.EPOLLIN | mtcp_core.EPOLLRDHUP)
+        yield conn, ep
+    finally:
+        ready.set()
+        if conn is not None:
+            conn.close()
+        lsock.close()
+        ep.close()
+
+
+def recv_to_end(conn: mtcp_core.Socket, ep: mtcp_core.Epoll, take: Callable[[bytes], object],
+                t0: float, limit: float) -> None:  # fmt: skip
+    """Reads ``conn`` (registered in ``ep``) up to the peer's FIN, each chunk to ``take``;
+    TimeoutError once ``limit`` seconds have passed since ``t0``."""
+    got = 0
+    while True:
+        if time.monotonic() - t0 > limit:
+            raise TimeoutError(f"got {got} B in {limit:g}s")
+        try:
+            chunk = conn.recv(256 * 1024)
+        except BlockingIOError:
+            ep.poll(0.05)
+            continue
+        if not chunk:
+            return
+        got += len(chunk)
+        take(chunk)
 
 
 def check_exact(got: bytes, payload: bytes) -> None:
