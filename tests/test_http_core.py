@@ -18,6 +18,8 @@ from appliance.http import site as site_mod
 from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.site import BadRequest, Site, parse_ranges, parse_target
+from appliance.testing import http1
+from appliance.testing.http1 import body, get, header, norm, status_of
 
 T0 = 1000.0
 BIG = 300_000  # over small_file_limit below: streamed
@@ -25,26 +27,21 @@ BIG = 300_000  # over small_file_limit below: streamed
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    r = tmp_path / "site"
-    r.mkdir()
-    (r / "index.html").write_bytes(b"<h1>hello</h1>\n")
-    (r / "small.txt").write_bytes(bytes(range(48, 48 + 64)))
-    (r / "big.bin").write_bytes(os.urandom(BIG))
-    (r / "docs").mkdir()
-    (r / "docs" / "b.txt").write_text("b\n")
-    (r / "docs" / "a.txt").write_text("a\n")
-    (r / "docs" / '<x>&"q.txt').write_text("x\n")
-    (r / "docs" / ".hidden").write_text("h\n")
-    (r / "docs" / "sub").mkdir()
-    (r / "app.js").write_bytes(b"console.log(1);\n" * 10)
-    (r / "app.js.gz").write_bytes(b"GZ")
-    (r / "app.js.br").write_bytes(b"BR")
-    (r / ".secret").write_text("secret\n")
-    (r / ".well-known").mkdir()
-    (r / ".well-known" / "security.txt").write_text("Contact: x\n")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "secret.txt").write_text("TOPSECRET\n")
+    r = http1.write_files(
+        tmp_path / "site",
+        {
+            "index.html": b"<h1>hello</h1>\n",
+            "small.txt": bytes(range(48, 48 + 64)),
+            "big.bin": os.urandom(BIG),
+            **http1.DOCS,
+            "app.js": b"console.log(1);\n" * 10,
+            "app.js.gz": b"GZ",
+            "app.js.br": b"BR",
+            ".secret": "secret\n",
+            ".well-known/security.txt": "Contact: x\n",
+        },
+    )
+    outside = http1.write_files(tmp_path / "outside", {"secret.txt": "TOPSECRET\n"})
     (r / "out.txt").symlink_to(outside / "secret.txt")
     (r / "in.txt").symlink_to(r / "small.txt")
     return r
@@ -56,10 +53,6 @@ def cfg(root: Path, **kw: object) -> SiteConfig:
     return SiteConfig(root=root, **kw)  # type: ignore[arg-type]
 
 
-def norm(data: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]+\r\n", b"\r\nDate: X\r\n", data)
-
-
 def etag(p: Path, suffix: bytes = b"") -> bytes:
     st = p.stat()
     return b'"%x-%x-%x%s"' % (st.st_mtime_ns // 1000, st.st_size, st.st_ino, suffix)
@@ -67,25 +60,6 @@ def etag(p: Path, suffix: bytes = b"") -> bytes:
 
 def lastmod(p: Path) -> bytes:
     return site_mod.http_date(p.stat().st_mtime)
-
-
-def get(target: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
-    lines = [f"{method} {target} HTTP/{version}", "Host: x", *headers, "", ""]
-    return "\r\n".join(lines).encode()
-
-
-def status_of(out: bytes) -> int:
-    return int(out.split(b" ", 2)[1])
-
-
-def header(out: bytes, name: str) -> str | None:
-    head = out.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    m = re.search(rf"\r\n{re.escape(name)}: ([^\r]*)", head, re.I)
-    return m.group(1) if m else None
-
-
-def body(out: bytes) -> bytes:
-    return out.split(b"\r\n\r\n", 1)[1]
 
 
 def one(root: Path, request: bytes, **kw: object) -> bytes:
@@ -160,14 +134,7 @@ def test_index_file_listing_and_redirect(root: Path) -> None:
     out = one(root, get("/docs?x=1&y"))
     assert status_of(out) == 301 and header(out, "Location") == "/docs/?x=1&y"
     listing = body(one(root, get("/docs/"))).decode()
-    names = re.findall(r'<a href="([^"]*)">([^<]*)</a>', listing)
-    assert names == [
-        ("../", "../"),
-        ("sub/", "sub/"),
-        ("%3Cx%3E%26%22q.txt", "&lt;x&gt;&amp;&#34;q.txt"),
-        ("a.txt", "a.txt"),
-        ("b.txt", "b.txt"),
-    ]
+    assert http1.listing_links(listing) == http1.DOCS_LINKS
     assert ".hidden" not in listing
     assert status_of(one(root, get("/docs/"), listing=False)) == 403
     (root / "docs" / "start.htm").write_text("start\n")

@@ -14,6 +14,7 @@ import pytest
 from appliance.http.config import SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.site import parse_ranges
+from appliance.testing.http1 import body, get, status_of
 
 T0 = 1000.0
 SIZE = 100_000  # streamed (over small_file_limit)
@@ -36,18 +37,6 @@ def serve(root: Path, request: bytes, fast: bool) -> bytes:
     return out
 
 
-def status_of(out: bytes) -> int:
-    return int(out.split(b" ", 2)[1])
-
-
-def body(out: bytes) -> bytes:
-    return out.split(b"\r\n\r\n", 1)[1]
-
-
-def req(target: str, *headers: str, version: str = "1.1") -> bytes:
-    return "\r\n".join([f"GET {target} HTTP/{version}", "Host: x", *headers, "", ""]).encode()
-
-
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("name", ["big.bin", "small.txt"])
 def test_overlapping_or_too_many_ranges_get_the_whole_file(
@@ -60,11 +49,11 @@ def test_overlapping_or_too_many_ranges_get_the_whole_file(
         "bytes=0-10,11-20,-" + str(len(data)),  # the suffix covers the others again
         "bytes=" + ",".join(f"{i}-{i}" for i in range(17)),  # more than 16
     ):
-        out = serve(root, req("/" + name, f"Range: {rng}"), fast)
+        out = serve(root, get("/" + name, f"Range: {rng}"), fast)
         assert status_of(out) == 200, rng
         assert body(out) == data  # once: amplification at most 1x
     # disjoint ranges that add up to less than the file stay a 206
-    out = serve(root, req("/" + name, "Range: bytes=0-1,10-12"), fast)
+    out = serve(root, get("/" + name, "Range: bytes=0-1,10-12"), fast)
     assert status_of(out) == 206
     assert len(body(out)) < len(data) + 400
 
@@ -81,17 +70,17 @@ def test_parse_ranges_refuses_amplification() -> None:
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("version", ["2.0", "1.2", "0.9", "3.0"])
 def test_other_http_versions_get_505(root: Path, fast: bool, version: str) -> None:
-    out = serve(root, req("/small.txt", version=version), fast)
+    out = serve(root, get("/small.txt", version=version), fast)
     assert status_of(out) == 505
     assert b"Connection: close" in out.split(b"\r\n\r\n", 1)[0]
     for version in ("1.0", "1.1"):
-        assert status_of(serve(root, req("/small.txt", version=version), fast)) == 200
+        assert status_of(serve(root, get("/small.txt", version=version), fast)) == 200
 
 
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("fold", [" b", "\tb", "  "])
 def test_obs_fold_gets_400(root: Path, fast: bool, fold: str) -> None:
-    out = serve(root, req("/small.txt", "X-A: a", fold, "Accept: */*"), fast)
+    out = serve(root, get("/small.txt", "X-A: a", fold, "Accept: */*"), fast)
     assert status_of(out) == 400
     # a fold arriving in its own segment is refused as well
     c = Connection(SiteConfig(root=root), T0, fast=fast)
@@ -102,7 +91,7 @@ def test_obs_fold_gets_400(root: Path, fast: bool, fold: str) -> None:
         out += c.pull(T0)
     assert status_of(out) == 400
     # spaces and tabs inside a field value are no fold
-    assert status_of(serve(root, req("/small.txt", "X-A: a \t b"), fast)) == 200
+    assert status_of(serve(root, get("/small.txt", "X-A: a \t b"), fast)) == 200
 
 
 def test_fold_after_the_head_is_body_not_fold(root: Path) -> None:
@@ -127,7 +116,7 @@ def test_file_chunks_follow_the_sockets_send_buffer(root: Path, fast: bool) -> N
     data = (root / "big.bin").read_bytes()
     c = Connection(SiteConfig(root=root, small_file_limit=1024, stream_chunk=65536), T0, fast=fast)
     c.chunk_limit = 16384
-    first = c.receive(req("/big.bin"), T0)
+    first = c.receive(get("/big.bin"), T0)
     head, _, body = first.partition(b"\r\n\r\n")
     assert b" 200 " in head and len(body) in (0, 16384)  # the fast path sends the head alone
     pieces = [len(body)]
@@ -136,5 +125,5 @@ def test_file_chunks_follow_the_sockets_send_buffer(root: Path, fast: bool) -> N
         pieces.append(len(piece))
         body += piece
     assert body == data and max(pieces) == 16384
-    unlimited = serve(root, req("/big.bin"), fast)
+    unlimited = serve(root, get("/big.bin"), fast)
     assert len(unlimited.partition(b"\r\n\r\n")[2]) == SIZE

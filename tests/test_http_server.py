@@ -29,9 +29,12 @@ import pytest
 from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.server import serve_linux
 from appliance.http.site import http_date
+from appliance.testing import http1
+from appliance.testing.http1 import body, get, header, norm, status_of
 from appliance.testing.httpserver import (
     Server,
     read_responses,
+    running_server,
     start_server,
     stop_server,
 )
@@ -68,10 +71,7 @@ def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (r / "data.json").write_text("{}\n")
     (r / "blob.xyz").write_bytes(b"\0\1")
     (r / "404.html").write_bytes(b"<h1>custom not found</h1>\n")
-    (r / "docs").mkdir()
-    for name in ("b.txt", "a.txt", '<x>&"q.txt', ".hidden"):
-        (r / "docs" / name).write_text(name + "\n")
-    (r / "docs" / "sub").mkdir()
+    http1.write_files(r, http1.DOCS)
     (r / "both").mkdir()
     (r / "both" / "index.html").write_text("index\n")
     (r / "both" / "default.htm").write_text("default\n")
@@ -116,12 +116,8 @@ def srv(stack: str, site_root: Path, ca: CA) -> Iterator[Server]:
         header_timeout_s=HEADER_TIMEOUT_S,
         access_log=site_root.parent / f"access-{stack}.log",
     )
-    with netns.Lab() as lab:
-        server, mstack = start_server(lab, stack, config, ca)
-        try:
-            yield server
-        finally:
-            stop_server(server, mstack)
+    with running_server(stack, config, ca) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +137,8 @@ def alt(stack: str, site_root: Path, ca: CA) -> Iterator[Server]:
         lingering_time_s=ALT_LINGER_TIME_S,
         lingering_timeout_s=ALT_LINGER_TIMEOUT_S,
     )
-    with netns.Lab() as lab:
-        server, mstack = start_server(lab, stack, config, ca)
-        try:
-            yield server
-        finally:
-            stop_server(server, mstack)
+    with running_server(stack, config, ca) as server:
+        yield server
 
 
 # ---------------------------------------------------------------- raw HTTP helpers
@@ -160,10 +152,6 @@ def closed_by_server(sock: socket.socket, timeout: float = 3.0) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-def norm(data: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]+\r\n", b"\r\nDate: X\r\n", data)
 
 
 def response(status: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
@@ -190,24 +178,6 @@ def file_headers(p: Path, ctype: str, *, cache: bool = True) -> list[tuple[str, 
         ("Accept-Ranges", "bytes"),
     ]
     return h + [("Cache-Control", "public, max-age=60")] if cache else h
-
-
-def get(path: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
-    return "\r\n".join([f"{method} {path} HTTP/{version}", "Host: t", *headers, "", ""]).encode()
-
-
-def status_of(resp: bytes) -> int:
-    return int(resp.split(b" ", 2)[1])
-
-
-def header(resp: bytes, name: str) -> str | None:
-    head = resp.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    m = re.search(rf"\r\n{re.escape(name)}: ([^\r]*)", head, re.I)
-    return m.group(1) if m else None
-
-
-def body(resp: bytes) -> bytes:
-    return resp.split(b"\r\n\r\n", 1)[1]
 
 
 # ---------------------------------------------------------------- GET, HEAD, methods
@@ -252,14 +222,7 @@ def test_index_files_listing_and_redirect(srv: Server, alt: Server) -> None:
     status, headers, _ = srv.request("GET", "/docs?x=1&y=%20")
     assert (status, headers["location"]) == (301, "/docs/?x=1&y=%20")
     listing = srv.curl("/docs", "-L").decode()  # curl follows the redirect
-    names = re.findall(r'<a href="([^"]*)">([^<]*)</a>', listing)
-    assert names == [
-        ("../", "../"),
-        ("sub/", "sub/"),
-        ("%3Cx%3E%26%22q.txt", "&lt;x&gt;&amp;&#34;q.txt"),
-        ("a.txt", "a.txt"),
-        ("b.txt", "b.txt"),
-    ]
+    assert http1.listing_links(listing) == http1.DOCS_LINKS
     assert ".hidden" not in listing and "<title>Index of /docs/</title>" in listing
     assert alt.request("GET", "/docs/")[0] == 403  # listing off
 

@@ -34,6 +34,7 @@ from appliance.http import loop as http_loop
 from appliance.http.config import RequestRecord, SiteConfig
 from appliance.http.connection import Connection
 from appliance.http.server import serve_mtcp
+from appliance.testing.http1 import get, norm, write_files
 from appliance.testing.responder import Srv, fetch, finish, read_all, start, wait_for
 from mtcp_core.testing import netns
 
@@ -198,25 +199,18 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    r = tmp_path / "site"
-    r.mkdir()
-    (r / "index.html").write_bytes(b"<h1>hello</h1>\n")
-    (r / "small.txt").write_bytes(bytes(range(48, 48 + 64)))
-    (r / "k4.bin").write_bytes(os.urandom(4096))
-    js = b"console.log('x');\n" * 40
-    (r / "app.js").write_bytes(js)
-    (r / "app.js.gz").write_bytes(b"gz" * 10)
-    (r / "big.bin").write_bytes(os.urandom(300 * 1024))  # above small_file_limit
-    (r / "dir").mkdir()
-    return r
-
-
-def get(path: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
-    return "\r\n".join([f"{method} {path} HTTP/{version}", "Host: t", *headers, "", ""]).encode()
-
-
-def norm(data: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]+\r\n", b"\r\nDate: X\r\n", data)
+    return write_files(
+        tmp_path / "site",
+        {
+            "index.html": b"<h1>hello</h1>\n",
+            "small.txt": bytes(range(48, 48 + 64)),
+            "k4.bin": os.urandom(4096),
+            "app.js": b"console.log('x');\n" * 40,
+            "app.js.gz": b"gz" * 10,
+            "big.bin": os.urandom(300 * 1024),  # above small_file_limit
+            "dir": None,
+        },
+    )
 
 
 @pytest.fixture

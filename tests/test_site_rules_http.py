@@ -18,7 +18,7 @@ import pytest
 from appliance.http.config import SiteConfig
 from appliance.http.vhosts import VhostConfig, VirtualSite
 from appliance.testing import APPLIANCE, Appliance, value
-from appliance.testing.httpserver import Server, start_server, stop_server
+from appliance.testing.httpserver import Server, running_server
 from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
@@ -60,12 +60,8 @@ def srv(request: pytest.FixtureRequest, sites: dict[str, Path]) -> Iterator[Serv
         ),
         "main",
     ).compile()
-    with netns.Lab() as lab:
-        server, mstack = start_server(lab, str(request.param), vh)  # type: ignore[arg-type]
-        try:
-            yield server
-        finally:
-            stop_server(server, mstack)
+    with running_server(str(request.param), vh) as server:  # type: ignore[arg-type]
+        yield server
 
 
 def test_redirects_rewrites_spa_and_headers_over_http(srv: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import socket
@@ -9,7 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,18 @@ def stop_server(srv: Server, mstack: Any) -> None:
         mstack.close()
     assert not alive, "serve did not return within 5 s of stop"
     assert srv.errors == []
+
+
+@contextlib.contextmanager
+def running_server(stack: str, config: SiteConfig, ca: CA | None = None) -> Iterator[Server]:
+    """``start_server`` in a ``netns.Lab`` of its own; on exit the server is stopped (and
+    ``stop_server`` checks that it returned without errors) and the Lab removed."""
+    with netns.Lab() as lab:
+        server, mstack = start_server(lab, stack, config, ca)
+        try:
+            yield server
+        finally:
+            stop_server(server, mstack)
 
 
 def read_responses(sock: socket.socket, methods: list[str], timeout: float = 10.0) -> list[bytes]:
