@@ -17,7 +17,7 @@ import pytest
 from appliance.metrics import charts
 from appliance.metrics.status import HISTORY_S, SERIES, StatusPage
 from appliance.testing import Appliance
-from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
+from appliance.testing.browser import CHROMIUM, NO_CHROMIUM, DevTools, chromium, page_ws_url
 from appliance.testing.metrics import ViewSource, make_view
 from mtcp_core.testing import netns
 
@@ -132,10 +132,7 @@ def pixels_near(rows: list[bytes], color: str, tol: int = 60) -> int:
 
 
 @pytest.mark.requires_root
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian package chromium; scripts/lib.sh installs it)",
-)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_charts_render_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -> None:
     ns = netlab.namespace("chart")
     with Appliance(ns, tmp_path / "appliance.log", ["--cores", "2"]) as app:

@@ -20,16 +20,13 @@ from typing import Any
 import pytest
 
 from appliance.testing import Appliance
-from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
+from appliance.testing.browser import CHROMIUM, NO_CHROMIUM, DevTools, chromium, page_ws_url
 from mtcp_core.testing import netns
 
 pytestmark = pytest.mark.requires_root
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian package chromium; scripts/lib.sh installs it)",
-)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_status_page_renders_in_headless_chromium(netlab: netns.Lab, tmp_path: Path) -> None:
     ns = netlab.namespace("status")
     with Appliance(ns, tmp_path / "appliance.log", ["--cores", "2"]) as app:

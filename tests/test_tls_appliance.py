@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from appliance.testing import Appliance, value
-from appliance.testing.browser import CHROMIUM, DevTools, chromium, page_ws_url
+from appliance.testing.browser import CHROMIUM, NO_CHROMIUM, DevTools, chromium, page_ws_url
 from appliance.testing.tlsca import CA, Leaf
 from mtcp_core.testing import netns
 
@@ -96,6 +96,16 @@ class Client:
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
 
+    def plain_head(self, port: int, target: str, host: str) -> str:
+        """The response head (curl -D) of a plain-HTTP GET of ``target`` on ``port`` with
+        ``Host: host``; redirects are not followed."""
+        r = subprocess.run(
+            ["ip", "netns", "exec", self.ns.name, "curl", "-sS", "-D", "-", "-o", "/dev/null",
+             "-H", f"Host: {host}", f"http://{self.ip}:{port}{target}"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        return r.stdout
+
     def s_client(self, *args: str, name: str = NAME) -> str:
         argv = ["openssl", "s_client", "-connect", f"{self.ip}:{TLS_PORT}", "-servername", name]
         argv += ["-CAfile", str(self.ca.cert), *args]
@@ -137,24 +147,16 @@ def test_https_on_both_stacks(netlab: netns.Lab, tmp_path: Path, stack: str) -> 
         assert big.read_bytes() == (tmp_path / "site" / "big.bin").read_bytes()
         # plain HTTP: 308 to the same path on HTTPS, no HSTS there
         plain_port = 8080 if stack == "linux" else 80
-        r = subprocess.run(
-            ["ip", "netns", "exec", cl.ns.name, "curl", "-sS", "-D", "-", "-o", "/dev/null",
-             "-H", f"Host: {NAME}:{plain_port}", f"http://{cl.ip}:{plain_port}/a/b?c=d"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )  # fmt: skip
-        assert r.stdout.startswith("HTTP/1.1 308 Permanent Redirect\n"), r.stdout
-        assert f"\nLocation: https://{NAME}:{TLS_PORT}/a/b?c=d\n" in r.stdout
-        assert "Strict-Transport-Security" not in r.stdout
+        head = cl.plain_head(plain_port, "/a/b?c=d", f"{NAME}:{plain_port}")
+        assert head.startswith("HTTP/1.1 308 Permanent Redirect\n"), head
+        assert f"\nLocation: https://{NAME}:{TLS_PORT}/a/b?c=d\n" in head
+        assert "Strict-Transport-Security" not in head
         # a file already served over HTTPS (so in the site's cache) is redirected too: the
         # static responder (mtcp), which answers cached files on the plain port inside the
         # stack, must not answer it with a 200
         for _ in range(3):
-            r = subprocess.run(
-                ["ip", "netns", "exec", cl.ns.name, "curl", "-sS", "-D", "-", "-o", "/dev/null",
-                 "-H", f"Host: {NAME}", f"http://{cl.ip}:{plain_port}/small.txt"],
-                capture_output=True, text=True, timeout=20, check=False,
-            )  # fmt: skip
-            assert r.stdout.startswith("HTTP/1.1 308 Permanent Redirect\n"), r.stdout
+            head = cl.plain_head(plain_port, "/small.txt", NAME)
+            assert head.startswith("HTTP/1.1 308 Permanent Redirect\n"), head
         # Python's ssl client: TLS 1.3 and 1.2, ALPN http/1.1, keep-alive
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             with cl.connect(ctx=cl.ctx(maximum_version=version)) as s:
@@ -311,10 +313,7 @@ def test_a_bad_certificate_at_start_exits_2_naming_the_file(
     )
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian package chromium; scripts/lib.sh installs it)",
-)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 @pytest.mark.parametrize("stack", ["mtcp", "linux"])
 def test_chromium_loads_the_site_over_https(netlab: netns.Lab, tmp_path: Path, stack: str) -> None:
     """The page loads in headless Chromium with no certificate error: the browser trusts

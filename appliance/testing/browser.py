@@ -100,6 +100,8 @@ class WebSocket:
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# the browser tests' skip reason: @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+NO_CHROMIUM = "chromium is not installed (Debian package chromium; scripts/lib.sh installs it)"
 
 
 CHROMIUM_FLAGS = (
