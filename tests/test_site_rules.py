@@ -128,54 +128,43 @@ def test_header_blocks_combine_detach_and_substitute() -> None:
     assert (b"X-Frame-Options", b"SAMEORIGIN") not in merged
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "reason"),
-    [
-        ("/ok /x\nnope /x 301\n", 2, "must start with /"),
-        ("/a\n", 1, "has no target"),
-        ("/a /b 999\n", 1, "status 999 is not supported"),
-        ("/a /b abc\n", 1, "must be a status code"),
-        ("/a /b 301 Country=au\n", 1, "conditions by country"),
-        ("/a /b 301 extra\n", 1, "unexpected 'extra'"),
-        ("/a/*/b/* /c 301\n", 1, "only one splat"),
-        ("/a/:x/:x /c 301\n", 1, "appears twice"),
-        ("/a/:1x /c 301\n", 1, "bad placeholder"),
-        ("/a/:splat /c 301\n", 1, ":splat is the value of *"),
-        ("/a /c/:nope 301\n", 1, "uses :nope"),
-        ("/a/* https://x.example/:splat 200\n", 1, "proxying"),
-        ("/a ftp://x.example/ 301\n", 1, "only http:// and https://"),
-        ("/a?x=1 /b 301\n", 1, "no query"),
-        ("# c\n\n/a x=:v /b/:w 301\n", 3, "uses :w"),
-    ],
-)
-def test_redirect_errors_name_the_line(text: str, line: int, reason: str) -> None:
-    with pytest.raises(RuleError) as exc:
-        parse_redirects(text, "/srv/_redirects")
-    assert exc.value.line == line, exc.value
-    assert reason in str(exc.value)
-    assert str(exc.value).startswith(f"/srv/_redirects:{line}: ")
+RULE_ERRORS = [  # (file, text, line, reason)
+    ("_redirects", "/ok /x\nnope /x 301\n", 2, "must start with /"),
+    ("_redirects", "/a\n", 1, "has no target"),
+    ("_redirects", "/a /b 999\n", 1, "status 999 is not supported"),
+    ("_redirects", "/a /b abc\n", 1, "must be a status code"),
+    ("_redirects", "/a /b 301 Country=au\n", 1, "conditions by country"),
+    ("_redirects", "/a /b 301 extra\n", 1, "unexpected 'extra'"),
+    ("_redirects", "/a/*/b/* /c 301\n", 1, "only one splat"),
+    ("_redirects", "/a/:x/:x /c 301\n", 1, "appears twice"),
+    ("_redirects", "/a/:1x /c 301\n", 1, "bad placeholder"),
+    ("_redirects", "/a/:splat /c 301\n", 1, ":splat is the value of *"),
+    ("_redirects", "/a /c/:nope 301\n", 1, "uses :nope"),
+    ("_redirects", "/a/* https://x.example/:splat 200\n", 1, "proxying"),
+    ("_redirects", "/a ftp://x.example/ 301\n", 1, "only http:// and https://"),
+    ("_redirects", "/a?x=1 /b 301\n", 1, "no query"),
+    ("_redirects", "# c\n\n/a x=:v /b/:w 301\n", 3, "uses :w"),
+    ("_headers", "  X-A: b\n", 1, "before any path"),
+    ("_headers", "/a\n  X-A b\n", 2, "expected Name: value"),
+    ("_headers", "/a\n  X A: b\n", 2, "not a valid header name"),
+    ("_headers", "/a\n  Content-Length: 5\n", 2, "set by the server"),
+    ("_headers", "/a\n  X-A:\n", 2, "empty value"),
+    ("_headers", "/a\n  X-A: caf\u00e9\u2603\n", 2, "not ISO-8859-1"),
+    ("_headers", "/a b\n", 1, "one word"),
+    ("_headers", "\n/a\n  X-A: ok\nb/\n", 4, "must start with /"),
+    ("_headers", "/a/:x\n  X-A: :y\n", 2, "uses :y"),
+    ("_headers", "/a\n  ! Bad Name\n", 2, "not a valid header name"),
+]
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "reason"),
-    [
-        ("  X-A: b\n", 1, "before any path"),
-        ("/a\n  X-A b\n", 2, "expected Name: value"),
-        ("/a\n  X A: b\n", 2, "not a valid header name"),
-        ("/a\n  Content-Length: 5\n", 2, "set by the server"),
-        ("/a\n  X-A:\n", 2, "empty value"),
-        ("/a\n  X-A: caf\u00e9\u2603\n", 2, "not ISO-8859-1"),
-        ("/a b\n", 1, "one word"),
-        ("\n/a\n  X-A: ok\nb/\n", 4, "must start with /"),
-        ("/a/:x\n  X-A: :y\n", 2, "uses :y"),
-        ("/a\n  ! Bad Name\n", 2, "not a valid header name"),
-    ],
-)
-def test_header_errors_name_the_line(text: str, line: int, reason: str) -> None:
+@pytest.mark.parametrize(("name", "text", "line", "reason"), RULE_ERRORS)
+def test_rule_errors_name_the_line(name: str, text: str, line: int, reason: str) -> None:
+    parse = {"_redirects": parse_redirects, "_headers": parse_headers}[name]
     with pytest.raises(RuleError) as exc:
-        parse_headers(text, "_headers")
+        parse(text, f"/srv/{name}")
     assert exc.value.line == line, exc.value
     assert reason in str(exc.value)
+    assert str(exc.value).startswith(f"/srv/{name}:{line}: ")
 
 
 @settings(max_examples=300, deadline=None)
