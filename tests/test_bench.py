@@ -5,15 +5,13 @@ Also wrk's output and the appliance's counters as the harness reads them (no roo
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mtcp_core.testing import netns
+from appliance.testing import run_quick
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -109,22 +107,8 @@ def test_only_keeps_the_named_workloads_and_kinds() -> None:
 
 @pytest.mark.requires_root
 def test_quick_mode_every_row_has_figures_and_no_errors(tmp_path: Path) -> None:
-    argv = [sys.executable, str(BENCH / "web_bench.py"), "--quick", "--out", str(tmp_path)]
-    # under scripts/test-asan the appliance children need the sanitizer runtimes preloaded
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=netns.child_env(argv)
-    )
-    try:
-        out, err = proc.communicate(timeout=QUICK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the harness stops its servers and removes its namespaces
-        out, err = proc.communicate(timeout=60)
-        pytest.fail(f"the quick run took over {QUICK_TIMEOUT_S}s: {out[-2000:]}{err[-2000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    (path,) = tmp_path.glob("web-quick-*.json")
-    assert path.with_suffix(".md").read_text().startswith("# web_bench")
+    path, doc = run_quick(BENCH / "web_bench.py", "web", tmp_path, QUICK_TIMEOUT_S)
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    doc = json.loads(path.read_text())
     rows = doc["rows"]
     seen = {(r["server"], r["kind"]) for r in rows}
     for server in web_bench.SERVERS:

@@ -7,36 +7,23 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mtcp_core.testing import netns
+from appliance.testing import run_harness
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 TIMEOUT_S = 300
 
 
-def run(argv: list[str]) -> str:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=netns.child_env(argv))  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the harness removes its namespaces
-        out, err = proc.communicate(timeout=60)
-        pytest.fail(f"over {TIMEOUT_S}s: {out[-2000:]}{err[-2000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    return out
-
-
 @pytest.mark.requires_root
 def test_loss_bench_rows_over_the_emulator(tmp_path: Path) -> None:
-    out = run([sys.executable, str(BENCH / "loss_bench.py"), "--size-mib", "1", "--rates", "1",
-               "--rtt-rates", "1", "--rtt-ms", "10", "--paths", "kernel,core", "--timeout", "120",
-               "--out", str(tmp_path)])  # fmt: skip
+    argv = [sys.executable, str(BENCH / "loss_bench.py"), "--size-mib", "1", "--rates", "1",
+            "--rtt-rates", "1", "--rtt-ms", "10", "--paths", "kernel,core", "--timeout", "120",
+            "--out", str(tmp_path)]  # fmt: skip
+    out = run_harness(argv, TIMEOUT_S)
     assert "core/kernel" in out
     (path,) = tmp_path.glob("loss-*.json")
     doc = json.loads(path.read_text())
@@ -59,8 +46,9 @@ def test_loss_bench_rows_over_the_emulator(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("nginx") is None,
                     reason="needs wrk and nginx (make bench-setup)")  # fmt: skip
 def test_lossy_web_bench_gives_both_servers_figures(tmp_path: Path) -> None:
-    out = run([sys.executable, str(BENCH / "lossy_web_bench.py"), "--duration", "2",
-               "--rtt-ms", "10", "--out", str(tmp_path)])  # fmt: skip
+    argv = [sys.executable, str(BENCH / "lossy_web_bench.py"), "--duration", "2",
+            "--rtt-ms", "10", "--out", str(tmp_path)]  # fmt: skip
+    out = run_harness(argv, TIMEOUT_S)
     assert "wrk p99, mtcp / nginx" in out
     (path,) = tmp_path.glob("lossy-web-*.json")
     doc = json.loads(path.read_text())

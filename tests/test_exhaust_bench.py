@@ -6,17 +6,15 @@ attacker's SYN packets, and its report of a connection it could not open (no roo
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mtcp_core.testing import netns
+from appliance.testing import run_quick
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -46,20 +44,7 @@ def _finite(v: object) -> bool:
 
 @pytest.mark.requires_root
 def test_quick_mode_every_row_has_numbers(tmp_path: Path) -> None:
-    argv = [sys.executable, str(BENCH / "exhaust_bench.py"), "--quick", "--out", str(tmp_path)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=netns.child_env(argv)
-    )
-    try:
-        out, err = proc.communicate(timeout=QUICK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the harness stops its servers and removes its namespaces
-        out, err = proc.communicate(timeout=60)
-        pytest.fail(f"the quick run took over {QUICK_TIMEOUT_S}s: {out[-2000:]}{err[-2000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    (path,) = tmp_path.glob("exhaust-quick-*.json")
-    assert path.with_suffix(".md").read_text().startswith("# exhaust_bench")
-    doc = json.loads(path.read_text())
+    _, doc = run_quick(BENCH / "exhaust_bench.py", "exhaust", tmp_path, QUICK_TIMEOUT_S)
     rows = doc["rows"]
     names = [sc.name for sc in exhaust_bench.scenarios(quick=True)]
     for server in exhaust_bench.SERVERS:

@@ -1,13 +1,16 @@
 """Support for the appliance tests (no tests here; installed, like ``mtcp_core.testing``):
 ``Appliance`` runs ``mtcp-appliance serve`` in a namespace of a ``netns.Lab`` and reads its
-output, metrics and log; ``http_get`` fetches from inside a namespace. Submodules: ``tlsca``
-(a test CA), ``browser`` (headless Chromium), ``metrics`` (dashboard names, made-up views),
-``httpserver`` (appliance.http in a thread), ``responder`` (the same with the static
-responder on or off)."""
+output, metrics and log; ``http_get`` fetches from inside a namespace; ``run_harness`` runs
+a benchmark script to its end, ``run_quick`` its quick mode, and reads its results.
+Submodules: ``tlsca`` (a test CA), ``browser`` (headless Chromium), ``metrics`` (dashboard
+names, made-up views), ``httpserver`` (appliance.http in a thread), ``responder`` (the same
+with the static responder on or off), ``http1`` (raw HTTP/1.1 messages, a test site's
+files)."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import select
 import signal
@@ -60,6 +63,36 @@ def http_get(
             conn.close()
 
     return ns.call(get)
+
+
+def run_harness(argv: list[str], timeout_s: float) -> str:
+    """Runs a benchmark script (which makes its own namespaces and servers) to its end and
+    returns its stdout. Past ``timeout_s`` it gets SIGTERM (a harness stops its servers and
+    removes its namespaces on it) and the test fails; a non-zero exit fails it too, either
+    with the end of the script's output."""
+    # under scripts/test-asan the appliance children need the sanitizer runtimes preloaded
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=netns.child_env(argv)
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        msg = f"{argv[1]} took over {timeout_s:g}s: {out[-2000:]}{err[-2000:]}"
+        raise AssertionError(msg) from None
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return out
+
+
+def run_quick(script: Path, name: str, out: Path, timeout_s: float) -> tuple[Path, Any]:
+    """``script --quick --out OUT`` (``run_harness``): the one results file it wrote,
+    ``OUT/NAME-quick-*.json``, and its document; its Markdown report (``.md`` beside it)
+    must start with the heading "# <script's name>"."""
+    run_harness([sys.executable, str(script), "--quick", "--out", str(out)], timeout_s)
+    (path,) = out.glob(f"{name}-quick-*.json")
+    assert path.with_suffix(".md").read_text().startswith(f"# {script.stem}")
+    return path, json.loads(path.read_text())
 
 
 class Appliance:
