@@ -55,9 +55,15 @@ def probe(host: str, port: int) -> bool:
 
 
 def timed_start(
-    argv: list[str], host: str, port: int, ns: netns.Namespace | None
+    argv: list[str],
+    host: str,
+    port: int,
+    ns: netns.Namespace | None,
+    client: netns.Namespace | None = None,
 ) -> tuple[float, float]:
-    """(seconds to the "serving" line, seconds to the first 200); stops the process."""
+    """(seconds to the "serving" line, seconds to the first 200); stops the process.
+    ``argv`` runs in ``ns`` (None: here); the probe runs in ``client``, by default in ``ns``."""
+    prober = client or ns
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTCP_APPLIANCE_")}
     full = ["ip", "netns", "exec", ns.name, *argv] if ns is not None else argv
     t0 = time.monotonic()
@@ -73,7 +79,7 @@ def timed_start(
                 r, _, _ = select.select([proc.stdout], [], [], 0)
                 if r and b"serving" in proc.stdout.readline():
                     serving = time.monotonic() - t0
-            ok = ns.call(probe, host, port) if ns is not None else probe(host, port)
+            ok = prober.call(probe, host, port) if prober is not None else probe(host, port)
             if ok:
                 first = time.monotonic() - t0
                 break
@@ -86,12 +92,7 @@ def timed_start(
             line = proc.stdout.readline()
             serving = time.monotonic() - t0 if b"serving" in line else float("nan")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        common.stop_process(proc, 20.0)
     return serving, first
 
 
@@ -136,56 +137,24 @@ def main() -> int:
         for i in range(args.runs):
             with netns.Lab() as lab:
                 port, mport = 18180 + i, 19180 + i
-                metrics = ["--metrics", f"127.0.0.1:{mport}"]
+                common_opts = ["--cores", "2", "--metrics", f"127.0.0.1:{mport}"]
+                linux = ["--stack", "linux", "--port", str(port), *common_opts]
                 if row == "scripts/run":
-                    argv = [
-                        str(REPO / "scripts" / "run"),
-                        "--stack",
-                        "linux",
-                        "--port",
-                        str(port),
-                        "--cores",
-                        "2",
-                        *metrics,
-                    ]
+                    argv = [str(REPO / "scripts" / "run"), *linux]
                     s, f = timed_start(argv, "127.0.0.1", port, None)
                 elif row == "linux":
-                    argv = [
-                        APPLIANCE,
-                        "serve",
-                        "--stack",
-                        "linux",
-                        "--port",
-                        str(port),
-                        "--cores",
-                        "2",
-                        *metrics,
-                    ]
+                    argv = [APPLIANCE, "serve", *linux]
                     s, f = timed_start(argv, "127.0.0.1", port, None)
                 elif row == "mtcp tap":
                     ns = lab.namespace("st")
                     ns.ip("link", "set", "lo", "up")
-                    argv = [APPLIANCE, "serve", "--cores", "2", *metrics]
+                    argv = [APPLIANCE, "serve", *common_opts]
                     s, f = timed_start(argv, "198.18.0.2", 80, ns)
                 elif row == "mtcp afpacket":
                     cl, sv, link = common.client_server_pair(lab, "st")
-                    argv = [
-                        APPLIANCE,
-                        "serve",
-                        "--backend",
-                        "afpacket",
-                        "--iface",
-                        link.if_b,
-                        "--ip",
-                        str(link.addr_b),
-                        "--port",
-                        "80",
-                        "--cores",
-                        "2",
-                        *metrics,
-                    ]
-                    env_argv = ["ip", "netns", "exec", sv.name, *argv]
-                    s, f = _afpacket(env_argv, str(link.addr_b.ip), cl)
+                    argv = [APPLIANCE, "serve", "--backend", "afpacket", "--iface", link.if_b]
+                    argv += ["--ip", str(link.addr_b), "--port", "80", *common_opts]
+                    s, f = timed_start(argv, str(link.addr_b.ip), 80, sv, cl)
                 else:
                     raise SystemExit(f"unknown row {row!r}; rows: {', '.join(TARGETS)}")
             firsts.append(f)
@@ -218,34 +187,6 @@ def main() -> int:
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def _afpacket(argv: list[str], ip: str, cl: netns.Namespace) -> tuple[float, float]:
-    """The afpacket row: the server in ``sv`` (argv enters it), probed from ``cl``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MTCP_APPLIANCE_")}
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
-    try:
-        while time.monotonic() - t0 < TIMEOUT_S:
-            if cl.call(probe, ip, 80):
-                first = time.monotonic() - t0
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"{argv} exited with {proc.returncode}")
-            time.sleep(0.02)
-        else:
-            raise RuntimeError(f"{argv}: no page within {TIMEOUT_S:g}s")
-        line = proc.stdout.readline()
-        serving = time.monotonic() - t0 if b"serving" in line else float("nan")
-        return min(serving, first), first
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":
