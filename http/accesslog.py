@@ -56,13 +56,21 @@ def _text(value: bytes | None) -> str | None:
 
 
 class AccessLog:
-    """One access log (a worker's; ``path`` "-" is this process's stdout)."""
+    """One access log (a worker's; ``path`` "-" is this process's stdout). A record without
+    a site (an error answered before a site was chosen) gets ``default_site``."""
 
-    def __init__(self, path: Path | str, fmt: str = "combined", with_site: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        fmt: str = "combined",
+        with_site: bool = False,
+        default_site: str = "",
+    ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.fmt = fmt
         self.with_site = with_site
+        self.default_site = default_site
         if str(path) == "-":
             self._fd = os.dup(1)
             os.set_inheritable(self._fd, False)
@@ -83,6 +91,7 @@ class AccessLog:
         when: float | None = None,
     ) -> None:
         now = time.time() if when is None else when  # when: a static responder hit's time
+        site = site or self.default_site
         if self.fmt == "json":
             parts = request_line.split(b" ")
             method, uri, proto = (
@@ -142,3 +151,20 @@ class AccessLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class AccessLogOwner:
+    """What answers requests with an access log of its own (``Site``, ``Sites``):
+    ``Connection`` and the static responder write to ``access_log`` (None: no log), the
+    loop calls ``flush`` once a round and ``close`` at the end."""
+
+    access_log: AccessLog | None = None
+
+    def flush(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    def close(self) -> None:
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None

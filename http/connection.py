@@ -697,11 +697,13 @@ class Connection:
         elif self._h11.our_state is h11.MUST_CLOSE and not req.keep10:
             self.closed = True  # it said Connection: close (error, drain, last request...)
         started = req.started if req.started is not None else now
-        headers = req.headers
-        self.site.log(
-            self.peer, req.line, req.status, req.sent_body, headers.get(b"referer"),
-            headers.get(b"user-agent"), site=req.site, host=headers.get(b"host"),
-        )
+        log = self.site.access_log
+        if log is not None:
+            headers = req.headers
+            log.write(
+                self.peer, req.line, req.status, req.sent_body, headers.get(b"referer"),
+                headers.get(b"user-agent"), req.site, headers.get(b"host"),
+            )
         if self.on_request is not None:
             record = RequestRecord(
                 method=req.method_name,

@@ -200,11 +200,12 @@ class Responder:
         """The hits' metrics and access-log records since the last call."""
         if not self.records:
             return
+        log = self.site.access_log if self.log else None
         for rec in self.ctx.responder_read_log():
-            if self.log:
-                self.site.log(
+            if log is not None:
+                log.write(
                     rec.peer, rec.request_line, rec.status, rec.body_bytes, rec.referer,
-                    rec.user_agent, site=self.site_name, host=rec.host, when=rec.time,
+                    rec.user_agent, self.site_name, rec.host, rec.time,
                 )  # fmt: skip
             if self.on_request is not None and not self.hit_slots:
                 method = LOG_METHODS.get(rec.request_line.split(b" ", 1)[0], "OTHER")

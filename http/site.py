@@ -28,7 +28,7 @@ from urllib.parse import quote_from_bytes
 
 import jinja2
 
-from appliance.http.accesslog import AccessLog, log_time
+from appliance.http.accesslog import AccessLog, AccessLogOwner, log_time
 from appliance.http.codings import ENCODINGS, _choose_encoding
 from appliance.http.conditional import (
     MAX_RANGES,
@@ -114,7 +114,7 @@ class _Request:
     headers: dict[bytes, bytes]
 
 
-class Site:
+class Site(AccessLogOwner):
     """The file service of one ``SiteConfig`` (one per worker; not thread-safe)."""
 
     def __init__(self, config: SiteConfig) -> None:
@@ -134,43 +134,13 @@ class Site:
             lstrip_blocks=True,
         )
         self._cache_control = config.cache_control.encode() if config.cache_control else None
-        self._log: AccessLog | None = (
-            AccessLog(config.access_log) if config.access_log is not None else None
-        )
+        self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
         # Called by the connection when a request got a cached file (``Reply.cacheable``):
         # (method, target, headers, now). The static responder (responder.py) sets it.
         self.offer: Callable[[bytes, bytes, dict[bytes, bytes], float], None] | None = None
         # True when a response depends on the Host field (virtual hosts): the static
         # responder's key then includes it.
         self.varies_by_host = False
-
-    # ------------------------------------------------------------------ access log
-
-    def log(
-        self,
-        peer: str,
-        request_line: bytes,
-        status: int,
-        body_bytes: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
-        site: str = "",
-        host: bytes | None = None,
-        when: float | None = None,
-    ) -> None:
-        if self._log is not None:
-            self._log.write(
-                peer, request_line, status, body_bytes, referer, user_agent, when=when
-            )
-
-    def flush(self) -> None:
-        if self._log is not None:
-            self._log.flush()
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     # ------------------------------------------------------------------ requests
 

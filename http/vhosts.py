@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.http import rules as rules_mod
-from appliance.http.accesslog import AccessLog
+from appliance.http.accesslog import AccessLog, AccessLogOwner
 from appliance.http.config import SiteConfig
 from appliance.http.site import BadRequest, Reply, Site, Target, is_hidden, parse_target, serialize
 
@@ -342,7 +342,7 @@ def _spa_eligible(t: Target) -> bool:
     return not t.segments or "." not in t.segments[-1]
 
 
-class Sites:
+class Sites(AccessLogOwner):
     """The server's view of every virtual site: what ``loop.run`` and ``Connection`` call."""
 
     def __init__(self, vhosts: VhostConfig) -> None:
@@ -362,13 +362,16 @@ class Sites:
         self._only = self.default if len(self.services) == 1 else None
         # the Host value as received -> (site, normalized host): one lookup per request
         self._by_raw: dict[bytes | None, tuple[SiteService, str | None]] = {}
-        self._log: AccessLog | None = None
+        # a record without a site (an error before one was chosen) is the default site's
+        self.access_log = None
         if vhosts.access_log is not None:
-            self._log = AccessLog(
-                vhosts.access_log, vhosts.log_format, with_site=len(vhosts.sites) > 1
+            self.access_log = AccessLog(
+                vhosts.access_log,
+                vhosts.log_format,
+                with_site=len(vhosts.sites) > 1,
+                default_site=self.default.name,
             )
         self._checked = float("-inf")  # the caller's clock: the first request sets it
-        self.access_log = vhosts.access_log
         # the static responder (responder.py): its hook, and whether a response depends on
         # the Host field (its key then includes it). Always: a site's rules may gain a
         # host-specific rule (https://host/... in _redirects) when its rule files change,
@@ -423,39 +426,8 @@ class Sites:
         """An error without a request to choose the site by: the default site's."""
         return self.default.error(status, extra, close)
 
-    def log(
-        self,
-        peer: str,
-        request_line: bytes,
-        status: int,
-        body_bytes: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
-        site: str = "",
-        host: bytes | None = None,
-        when: float | None = None,
-    ) -> None:
-        if self._log is not None:
-            self._log.write(
-                peer,
-                request_line,
-                status,
-                body_bytes,
-                referer,
-                user_agent,
-                site or self.default.name,
-                host,
-                when,
-            )
-
-    def flush(self) -> None:
-        if self._log is not None:
-            self._log.flush()
-
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        super().close()
         for svc in self.services.values():
             svc.close()
 
