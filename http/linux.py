@@ -1,7 +1,8 @@
 """The ``--stack linux`` adapter: the shared loop (``loop.run``) on the kernel's sockets.
 
 Non-blocking sockets on one ``select.epoll``, in one thread; the loop's batch operations
-become one system call per socket (the kernel has no batch calls). ``SO_REUSEPORT`` lets
+become one system call per socket (the kernel has no batch calls: ``mtcp_core.kernelnet``,
+shared with the echo responder of the tests). ``SO_REUSEPORT`` lets
 one such loop per worker process share a port. ``StaticServer`` wraps it for callers that
 want the socketserver shape (bind now, ``serve_forever`` later).
 """
@@ -12,12 +13,11 @@ import contextlib
 import select
 import socket
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.http.config import SiteConfig
+from mtcp_core.kernelnet import KernelSockets
 
-RECV_SIZE = 65536
 BACKLOG = 4096
 USER_TIMEOUT_MS = 30_000  # TCP_USER_TIMEOUT of every connection
 
@@ -42,7 +42,7 @@ def listening_socket(host: str, port: int, reuse_port: bool = True) -> socket.so
     return sock
 
 
-class KernelNet:
+class KernelNet(KernelSockets):
     """``loop.Net`` over kernel sockets; keys are file descriptors."""
 
     def __init__(
@@ -59,7 +59,7 @@ class KernelNet:
         self.port = port
         self.tls_port = tls_port
         self.reuse_port = reuse_port
-        self.ep = select.epoll()
+        super().__init__()
         self._lsock = sock
         self._tsock = tls_sock
 
@@ -77,12 +77,6 @@ class KernelNet:
         self._tsock.setblocking(False)
         self.ep.register(self._tsock.fileno(), select.EPOLLIN)
         return self._tsock.fileno()
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        try:
-            return self.ep.poll(timeout)
-        except InterruptedError:
-            return []
 
     def accept_many(
         self, max_sockets: int, listener: int = -1
@@ -106,51 +100,8 @@ class KernelNet:
             out.append((conn, conn.fileno(), str(addr[0])))
         return out
 
-    def register(self, handle: socket.socket, events: int) -> None:
-        self.ep.register(handle.fileno(), events)
-
-    def modify(self, handle: socket.socket, events: int) -> None:
-        self.ep.modify(handle.fileno(), events)
-
     def shutdown_write(self, handle: socket.socket) -> None:
         handle.shutdown(socket.SHUT_WR)
-
-    def recv_many(self, handles: Sequence[socket.socket]) -> list[bytes | OSError]:
-        out: list[bytes | OSError] = []
-        for h in handles:
-            try:
-                out.append(h.recv(RECV_SIZE))
-            except OSError as exc:
-                out.append(exc)
-        return out
-
-    def send_many(
-        self,
-        items: Sequence[tuple[socket.socket, bytes | memoryview]],
-        close: list[bool] | None = None,
-    ) -> list[int | OSError]:
-        out: list[int | OSError] = []
-        for i, (h, data) in enumerate(items):
-            try:
-                sent = h.send(data)
-            except OSError as exc:
-                out.append(exc)
-                if close is not None:
-                    close[i] = False
-                continue
-            out.append(sent)
-            if close is not None and close[i]:
-                if sent == len(data):
-                    self.close_many([h])
-                else:
-                    close[i] = False
-        return out
-
-    def close_many(self, handles: Sequence[socket.socket]) -> None:
-        for h in handles:
-            with contextlib.suppress(OSError):
-                self.ep.unregister(h.fileno())
-            h.close()
 
     def close_listener(self) -> None:
         for lsock in (self._lsock, self._tsock):

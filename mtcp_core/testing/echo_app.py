@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from mtcp_core.kernelnet import KernelSockets
+
 Mode = Literal["echo", "once", "http"]
 
 EPOLLIN = 0x001
@@ -51,7 +53,6 @@ HTTP_RESPONSE = (
     + HTTP_BODY
 )
 MAX_REQUEST = 16 * 1024
-RECV_SIZE = 64 * 1024
 
 
 class StopFlag(Protocol):
@@ -132,14 +133,13 @@ class MtcpNet:
         self.ep.close()
 
 
-class KernelNet:
-    """``Net`` over the kernel's sockets: the same loop, one system call per socket."""
+class KernelNet(KernelSockets):
+    """``Net`` over the kernel's sockets: the same loop, one system call per socket (the
+    batch calls are ``mtcp_core.kernelnet``'s, shared with the HTTP server's adapter)."""
 
     def __init__(self, host: str = "0.0.0.0") -> None:
-        import select
-
+        super().__init__()
         self.host = host
-        self.ep = select.epoll()
         self._listeners: list[socket.socket] = []
 
     def listen(self, port: int, backlog: int) -> socket.socket:
@@ -150,18 +150,6 @@ class KernelNet:
         sock.setblocking(False)
         self._listeners.append(sock)
         return sock
-
-    def register(self, handle: socket.socket, events: int) -> None:
-        self.ep.register(handle.fileno(), events)
-
-    def modify(self, handle: socket.socket, events: int) -> None:
-        self.ep.modify(handle.fileno(), events)
-
-    def poll(self, timeout: float) -> list[tuple[Any, int]]:
-        try:
-            return self.ep.poll(timeout)  # (fd, events): serve maps fds back to sockets
-        except InterruptedError:
-            return []
 
     def accept_many(self, listener: socket.socket) -> list[socket.socket]:
         out = []
@@ -175,30 +163,6 @@ class KernelNet:
             conn.setblocking(False)
             out.append(conn)
         return out
-
-    def recv_many(self, handles: Sequence[socket.socket]) -> list[bytes | OSError]:
-        out: list[bytes | OSError] = []
-        for h in handles:
-            try:
-                out.append(h.recv(RECV_SIZE))
-            except OSError as exc:
-                out.append(exc)
-        return out
-
-    def send_many(self, items: Sequence[tuple[socket.socket, bytes]]) -> list[int | OSError]:
-        out: list[int | OSError] = []
-        for h, data in items:
-            try:
-                out.append(h.send(data))
-            except OSError as exc:
-                out.append(exc)
-        return out
-
-    def close_many(self, handles: Sequence[socket.socket]) -> None:
-        for h in handles:
-            with contextlib.suppress(OSError):
-                self.ep.unregister(h.fileno())
-            h.close()
 
     def peer(self, handle: socket.socket) -> tuple[str, int]:
         return handle.getpeername()  # type: ignore[no-any-return]
