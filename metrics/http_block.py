@@ -1,27 +1,22 @@
 """Per-worker HTTP counters in shared memory.
 
-Each worker owns one small block: request counts by method and status class, a request
-duration histogram, the sum of durations and the response bytes. The supervisor creates
-the blocks (one file per core, mapped ``MAP_SHARED`` before it forks), the worker's
-``on_request`` callback adds to its own block (one writer per block: plain 64-bit stores,
-no message per request), and the metrics collector reads every block when it is scraped.
-A block outlives its worker, so the counters keep growing across a worker's restarts.
+Each worker owns one small block (a ``shm_block.SharedBlock``: created by the supervisor
+before it forks, one writer, read at each scrape): request counts by method and status
+class, a request duration histogram, the sum of durations and the response bytes, and the
+same per site. The worker's ``on_request`` callback adds to it.
 
-Layout: little-endian ``uint64`` slots; see ``_SLOTS`` below. Readers check ``MAGIC`` and
-``VERSION``.
+Layout: little-endian ``uint64`` slots; see ``_SLOTS`` below.
 """
 
 from __future__ import annotations
 
 import bisect
 import ctypes
-import mmap
-import os
-import struct
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from appliance.metrics.shm_block import HDR_CORE, HDR_PID, HEADER_SLOTS, SharedBlock
 
 MAGIC = 0x4B4C42505454484D  # "MHTTPBLK" little endian
 VERSION = 3
@@ -47,8 +42,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
-_HDR_MAGIC, _HDR_VERSION, _HDR_CORE, _HDR_PID = range(4)
-_REQ = 4
+_REQ = HEADER_SLOTS
 _BYTES = _REQ + len(METHODS) * len(STATUS_CLASSES)
 _DUR_SUM_NS = _BYTES + 1
 _DUR_BUCKETS = _DUR_SUM_NS + 1
@@ -60,7 +54,6 @@ _HITS = _SITE_BASE + MAX_SITES * _SITE_STRIDE
 # duration sum (ns), the duration buckets.
 _HIT_SLOTS = 6 + len(DURATION_BUCKETS) + 1
 _SLOTS = _HITS + _HIT_SLOTS
-SIZE = _SLOTS * 8
 
 _METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
 
@@ -107,21 +100,16 @@ def class_slot(status: int) -> int:
     return min(max(status // 100, 1), 5) - 1
 
 
-class HttpBlock:
+class HttpBlock(SharedBlock):
     """One core's block: ``create`` it in the supervisor, ``record`` in the worker,
     ``read`` anywhere that mapped it."""
 
+    MAGIC = MAGIC
+    VERSION = VERSION
+    SLOTS = _SLOTS
+
     def __init__(self, path: Path, core: int) -> None:
-        self.path = path
-        self.core = core
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, SIZE)
-            self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        self._slots: Any = (ctypes.c_uint64 * _SLOTS).from_buffer(self._map)
-        self._lock = threading.Lock()
+        super().__init__(path, core)
         self.sites: tuple[str, ...] = ()
         self._site_index: dict[str, int] = {}
 
@@ -131,21 +119,6 @@ class HttpBlock:
             raise ValueError(f"at most {MAX_SITES} sites")
         self.sites = tuple(names)
         self._site_index = {n: i for i, n in enumerate(names)}
-
-    @classmethod
-    def create(cls, path: Path, core: int) -> HttpBlock:
-        """A new, zeroed block for ``core`` at ``path``."""
-        block = cls(path, core)
-        ctypes.memset(block._slots, 0, SIZE)
-        block._slots[_HDR_VERSION] = VERSION
-        block._slots[_HDR_CORE] = core
-        block._slots[_HDR_MAGIC] = MAGIC
-        return block
-
-    def claim(self, pid: int) -> None:
-        """Marks the block as written by ``pid`` (the worker, after fork)."""
-        self._slots[_HDR_PID] = pid
-        self._lock = threading.Lock()  # a lock inherited across fork may be held
 
     def record(self, rec: RequestLike) -> None:
         """Counts one finished request (the worker's ``on_request`` callback)."""
@@ -169,8 +142,8 @@ class HttpBlock:
 
     def read(self) -> HttpSnapshot | None:
         """The block's values, or None when it is not (yet) a valid block."""
-        raw = struct.unpack_from(f"<{_SLOTS}Q", self._map, 0)
-        if raw[_HDR_MAGIC] != MAGIC or raw[_HDR_VERSION] != VERSION:
+        raw = self._raw()
+        if raw is None:
             return None
         ncls = len(STATUS_CLASSES)
         requests = {
@@ -197,8 +170,8 @@ class HttpBlock:
             by_class["3xx"] += hits[1] + hits[3]
             sites[self.sites[0]] = (by_class, nbytes + hits[4])
         return HttpSnapshot(
-            core=raw[_HDR_CORE],
-            pid=raw[_HDR_PID],
+            core=raw[HDR_CORE],
+            pid=raw[HDR_PID],
             requests=requests,
             response_bytes=raw[_BYTES] + hits[4],
             duration_sum_s=(raw[_DUR_SUM_NS] + hits[5]) / 1e9,
@@ -208,7 +181,3 @@ class HttpBlock:
             ),
             sites=sites,
         )
-
-    def close(self) -> None:
-        del self._slots
-        self._map.close()

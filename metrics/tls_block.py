@@ -1,9 +1,9 @@
 """Per-worker TLS counters in shared memory, and their Prometheus families.
 
-Like ``http_block``: the supervisor creates one block per core (a file mapped
-``MAP_SHARED`` before it forks), the worker's ``TlsServer`` adds to its own block (one
-writer, plain 64-bit stores), and ``TlsCollector`` reads every block at each scrape, with
-the certificates' expiry times that the supervisor read from the files:
+Like ``http_block``, a ``shm_block.SharedBlock`` per core: the supervisor creates it before
+it forks, the worker's ``TlsServer`` adds to its own block, and ``TlsCollector`` reads every
+block at each scrape, with the certificates' expiry times that the supervisor read from the
+files:
 
 - ``mtcp_tls_handshakes_total{core, version, result}``: handshakes by negotiated version
   (``TLSv1.3``, ``TLSv1.2``; ``-`` when none was negotiated) and result (``ok``; ``error``:
@@ -17,30 +17,24 @@ the certificates' expiry times that the supervisor read from the files:
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import struct
-import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from appliance.metrics.shm_block import HDR_CORE, HEADER_SLOTS, SharedBlock
 
 MAGIC = 0x4B4C42534C544D4D  # "MMTLSBLK" little endian
 VERSION = 1
 TLS_VERSIONS: tuple[str, ...] = ("TLSv1.2", "TLSv1.3", "-")
 RESULTS: tuple[str, ...] = ("ok", "error", "eof", "timeout")
 
-_HDR_MAGIC, _HDR_VERSION, _HDR_CORE, _HDR_PID = range(4)
-_HS = 4
+_HS = HEADER_SLOTS
 _RESUMED = _HS + len(TLS_VERSIONS) * len(RESULTS)
 _RELOAD_OK = _RESUMED + len(TLS_VERSIONS)
 _RELOAD_FAILED = _RELOAD_OK + 1
 _SLOTS = _RELOAD_FAILED + 1
-SIZE = _SLOTS * 8
 
 
 def _version_slot(version: str) -> int:
@@ -50,33 +44,12 @@ def _version_slot(version: str) -> int:
         return len(TLS_VERSIONS) - 1
 
 
-class TlsBlock:
+class TlsBlock(SharedBlock):
     """One core's block (see the module's docstring); ``TlsStats`` for ``TlsServer``."""
 
-    def __init__(self, path: Path, core: int) -> None:
-        self.path = path
-        self.core = core
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, SIZE)
-            self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        self._slots: Any = (ctypes.c_uint64 * _SLOTS).from_buffer(self._map)
-        self._lock = threading.Lock()
-
-    @classmethod
-    def create(cls, path: Path, core: int) -> TlsBlock:
-        block = cls(path, core)
-        ctypes.memset(block._slots, 0, SIZE)
-        block._slots[_HDR_VERSION] = VERSION
-        block._slots[_HDR_CORE] = core
-        block._slots[_HDR_MAGIC] = MAGIC
-        return block
-
-    def claim(self, pid: int) -> None:
-        self._slots[_HDR_PID] = pid
-        self._lock = threading.Lock()
+    MAGIC = MAGIC
+    VERSION = VERSION
+    SLOTS = _SLOTS
 
     def handshake(self, version: str, result: str, resumed: bool) -> None:
         v = _version_slot(version)
@@ -91,12 +64,12 @@ class TlsBlock:
             self._slots[_RELOAD_OK if ok else _RELOAD_FAILED] += 1
 
     def read(self) -> dict[str, Any] | None:
-        raw = struct.unpack_from(f"<{_SLOTS}Q", self._map, 0)
-        if raw[_HDR_MAGIC] != MAGIC or raw[_HDR_VERSION] != VERSION:
+        raw = self._raw()
+        if raw is None:
             return None
         nres = len(RESULTS)
         return {
-            "core": raw[_HDR_CORE],
+            "core": raw[HDR_CORE],
             "handshakes": {
                 (v, r): raw[_HS + vi * nres + ri]
                 for vi, v in enumerate(TLS_VERSIONS)
@@ -105,10 +78,6 @@ class TlsBlock:
             "resumptions": {v: raw[_RESUMED + vi] for vi, v in enumerate(TLS_VERSIONS)},
             "reloads": {"ok": raw[_RELOAD_OK], "failed": raw[_RELOAD_FAILED]},
         }
-
-    def close(self) -> None:
-        del self._slots
-        self._map.close()
 
 
 class TlsCollector(Collector):
