@@ -32,6 +32,15 @@ from mtcp_core.netem import (
 
 T = TypeVar("T")
 
+# The fault injector's probabilities: each an option (--loss 2%) and the LinkShape field of
+# the same name.
+FAULTS: dict[str, str] = {
+    "loss": "random loss, e.g. 2%%",
+    "duplicate": "frames sent twice",
+    "reorder": "frames held back and sent after the next one",
+    "corrupt": "frames with one random bit flipped",
+}
+
 
 def _both(parse: Callable[[str], T]) -> Callable[[str], tuple[T, T]]:
     """An argparse type: "X" for both directions or "X/Y" (a -> b, b -> a)."""
@@ -79,14 +88,9 @@ def add_parser(commands: Any, **kw: Any) -> argparse.ArgumentParser:
                    help="one-way delay: 20ms, 500us (a bare number is ms); default 0")  # fmt: skip
     p.add_argument("--jitter", type=_both(parse_duration_us), default=(0, 0), metavar="TIME",
                    help="extra uniform random delay 0..TIME (reorders frames too)")  # fmt: skip
-    p.add_argument("--loss", type=_both(parse_probability), default=(0.0, 0.0), metavar="PCT",
-                   help="random loss, e.g. 2%%")  # fmt: skip
-    p.add_argument("--duplicate", type=_both(parse_probability), default=(0.0, 0.0),
-                   metavar="PCT", help="frames sent twice")  # fmt: skip
-    p.add_argument("--reorder", type=_both(parse_probability), default=(0.0, 0.0),
-                   metavar="PCT", help="frames held back and sent after the next one")  # fmt: skip
-    p.add_argument("--corrupt", type=_both(parse_probability), default=(0.0, 0.0),
-                   metavar="PCT", help="frames with one random bit flipped")  # fmt: skip
+    for name, what in FAULTS.items():
+        p.add_argument(f"--{name}", type=_both(parse_probability), default=(0.0, 0.0),
+                       metavar="PCT", help=what)  # fmt: skip
     p.add_argument("--rate", type=_both(parse_rate_bps), default=(0, 0), metavar="RATE",
                    help="rate limit: 100mbit, 1gbit, 12.5mbps (bytes/s); default none")  # fmt: skip
     p.add_argument("--queue", type=_both(_queue), default=(1000, 1000), metavar="FRAMES",
@@ -118,10 +122,7 @@ def shapes(args: argparse.Namespace) -> tuple[LinkShape, LinkShape]:
             LinkShape(
                 delay_us=args.delay[i],
                 jitter_us=args.jitter[i],
-                loss=args.loss[i],
-                duplicate=args.duplicate[i],
-                reorder=args.reorder[i],
-                corrupt=args.corrupt[i],
+                **{name: getattr(args, name)[i] for name in FAULTS},
                 rate_bps=args.rate[i],
                 queue_frames=args.queue[i],
                 burst_bytes=args.burst[i],
@@ -134,7 +135,7 @@ def describe(shape: LinkShape) -> str:
     parts = [f"delay {shape.delay_us / 1000:g}ms"]
     if shape.jitter_us:
         parts.append(f"jitter {shape.jitter_us / 1000:g}ms")
-    for name in ("loss", "duplicate", "reorder", "corrupt"):
+    for name in FAULTS:
         if v := getattr(shape, name):
             parts.append(f"{name} {v * 100:g}%")
     if shape.rate_bps:
