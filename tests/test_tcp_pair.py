@@ -394,6 +394,8 @@ def accept_one(net: Net) -> Accepted:
 
 
 def test_batched_calls_carry_many_sockets(net: Net) -> None:
+    """20 sockets written, read and closed with one crossing each (send_many, recv_many,
+    close_many), the app thread blocking in epoll while the mTCP thread answers."""
     peer = Peer(net.server, mode="echo").start()
     ep = net.client.epoll()
     socks = [connect(net.client, ep) for _ in range(20)]
@@ -444,6 +446,9 @@ def test_send_many_with_close_puts_the_fin_on_the_last_data_segment(tmp_path: Pa
     data = [f for f in frames if f[0] == 80 and f[1] == port and f[3] > 0]
     assert len(data) == 1 and data[0][2] & FIN, data
     assert not any(f[2] & FIN for f in frames if f[0] == 80 and f[1] == port and f[3] == 0)
+
+
+# ---------------------------------------------------------------- options (no stack runs)
 
 
 @pytest.mark.parametrize(
