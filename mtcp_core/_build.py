@@ -4,8 +4,11 @@ setup.py hands this file to cffi (``cffi_modules``) and also reads it for the li
 project's C sources, which it compiles with the strict flags (see setup.py). Nothing here
 is imported at run time.
 
-- The C declarations Python sees are the cdef-clean public headers in mtcp_core/include/:
-  mtcp_public.h and, once it exists, mtcp_wire_cdef.h.
+- The C declarations Python sees are the cdef-clean headers in mtcp_core/include/:
+  mtcp_public.h, mtcp_wire_cdef.h and mtcp_frag_cdef.h. They are the only copy: the C
+  side includes them too (mtcp.h, wire/wire.h, net/frag.h add the guards and includes).
+  The opt.h tunables Python reads are handed over as ``#define NAME ...``, so cffi takes
+  the value the C was compiled with (a ``-DNAME=value`` override included).
 - Every mtcp_core/src/**/*.c is compiled with ``-std=c11 -Wall -Wextra -Werror``; cffi's
   generated module is compiled with the same flags minus the strict ones.
 - Environment: MTCP_SANITIZE=1 adds ASan+UBSan (compile and link), MTCP_DEBUG=1 gives
@@ -24,6 +27,7 @@ PKG = Path(__file__).resolve().parent
 INCLUDE = PKG / "include"
 SRC = PKG / "src"
 CDEF_HEADERS = ("mtcp_public.h", "mtcp_wire_cdef.h", "mtcp_frag_cdef.h")
+CDEF_TUNABLES = ("MTCP_FRAG_SLOTS", "MTCP_FRAG_TIMEOUT_MS")
 C_PRELUDE = '#include "mtcp.h"\n#include "wire/wire.h"\n#include "net/frag.h"\n'
 
 # Only for the project's own C: cffi's generated code is not written for -Werror.
@@ -42,8 +46,9 @@ def _env_on(name: str) -> bool:
 
 
 def cdef_source() -> str:
-    """The public headers cffi parses, concatenated."""
-    parts = [(INCLUDE / name).read_text() for name in CDEF_HEADERS if (INCLUDE / name).exists()]
+    """The public headers cffi parses, concatenated, and the tunables from opt.h."""
+    parts = [(INCLUDE / name).read_text() for name in CDEF_HEADERS]
+    parts += [f"#define {name} ..." for name in CDEF_TUNABLES]
     return "\n".join(parts)
 
 

@@ -1,12 +1,6 @@
-/* IPv4 reassembly (RFC 791 3.2 "Fragmentation and Reassembly", RFC 815's hole list;
- * RFC 1122 3.3.2: a host MUST reassemble). One table per core, bounded: at most
- * `slots` datagrams at once, each in a buffer of its own (taken on first use and
- * kept), dropped whole when its timer runs out (timeout_ms from its first fragment),
- * when a fragment overlaps what arrived with other bytes (RFC 5722's rule for IPv6,
- * which Linux applies to IPv4 too), or when its fragments contradict each other. An
- * exact duplicate of received bytes is dropped alone.
- *
- * Not thread-safe: the core's own mTCP thread uses its table. */
+/* IPv4 reassembly: one bounded table per core. The declarations, with what they
+ * promise, are in include/mtcp_frag_cdef.h, which cffi's cdef reads too; this header
+ * gives them an include guard and what they use. */
 #ifndef MTCP_NET_FRAG_H
 #define MTCP_NET_FRAG_H
 
@@ -15,24 +9,6 @@
 
 #include "../core/stats.h"
 #include "../opt.h"
-
-
-struct frag_table;
-
-struct frag_table *frag_table_new(unsigned slots, uint32_t timeout_ms);
-void frag_table_free(struct frag_table *ft);
-/* One IPv4 fragment: p/len the datagram as received (header first; link padding past
- * the total length is ignored). Returns 0 or a drop reason (drop_ip_* for a bad header,
- * drop_frag_* for the reassembly's own). With 0, *out is NULL while the datagram is
- * incomplete, or the whole datagram (first fragment's header with total length, flags
- * and checksum rewritten; valid until the next call on this table) and *out_len its
- * length. */
-int frag_input(struct frag_table *ft, const uint8_t *p, size_t len, uint64_t now_ms,
-               const uint8_t **out, size_t *out_len);
-/* Drops every datagram whose timer ran out by now_ms; returns how many. */
-unsigned frag_expire(struct frag_table *ft, uint64_t now_ms);
-/* Datagrams in reassembly, and the earliest deadline among them (UINT64_MAX: none). */
-unsigned frag_pending(const struct frag_table *ft);
-uint64_t frag_next_deadline(const struct frag_table *ft);
+#include "../../include/mtcp_frag_cdef.h"
 
 #endif
