@@ -26,30 +26,32 @@ struct tcb_list {
 
 #define TCB_LINK(t, off) ((struct tcb_link *)(void *)((char *)(t) + (off)))
 
-static inline void tcb_list_append(struct tcb_list *l, struct tcb *t, size_t off)
+/* Links t between prev and next, neighbours on l (NULL: t becomes that end). */
+static inline void tcb_list_link(struct tcb_list *l, struct tcb *t, size_t off,
+                                 struct tcb *prev, struct tcb *next)
 {
     struct tcb_link *k = TCB_LINK(t, off);
-    k->next = NULL;
-    k->prev = l->last;
-    if (l->last)
-        TCB_LINK(l->last, off)->next = t;
+    k->prev = prev;
+    k->next = next;
+    if (prev)
+        TCB_LINK(prev, off)->next = t;
     else
         l->first = t;
-    l->last = t;
+    if (next)
+        TCB_LINK(next, off)->prev = t;
+    else
+        l->last = t;
     l->n++;
+}
+
+static inline void tcb_list_append(struct tcb_list *l, struct tcb *t, size_t off)
+{
+    tcb_list_link(l, t, off, l->last, NULL);
 }
 
 static inline void tcb_list_push_front(struct tcb_list *l, struct tcb *t, size_t off)
 {
-    struct tcb_link *k = TCB_LINK(t, off);
-    k->prev = NULL;
-    k->next = l->first;
-    if (l->first)
-        TCB_LINK(l->first, off)->prev = t;
-    else
-        l->last = t;
-    l->first = t;
-    l->n++;
+    tcb_list_link(l, t, off, NULL, l->first);
 }
 
 /* t must be on l. */

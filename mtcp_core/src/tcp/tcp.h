@@ -203,6 +203,22 @@ uint64_t tcp_pto_ms(const struct tcb *t);
 void tcp_tlp_fire(struct tcp_layer *ctx, struct tcb *t);
 void tcp_sack_rto(struct tcp_layer *ctx, struct tcb *t);
 
+/* The cumulative ACK reached ack: scoreboard entries wholly below it go, one that
+ * straddles it keeps its unacknowledged part (per ACK: inline, one pass). */
+static inline void tcp_sb_drop_acked(struct tcb *t, uint32_t ack)
+{
+    uint8_t k = 0;
+    for (uint8_t i = 0; i < t->sb_n; i++) {
+        if (SEQ_LEQ(t->sb[i].end, ack))
+            continue;
+        t->sb[k] = t->sb[i];
+        if (SEQ_LT(t->sb[k].start, ack))
+            t->sb[k].start = ack;
+        k++;
+    }
+    t->sb_n = k;
+}
+
 /* congestion control (tcp_cc.c) */
 const char *tcp_cc_name(int algo);
 int tcp_cc_from_name(const char *name, size_t len);

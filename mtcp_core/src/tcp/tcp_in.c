@@ -384,16 +384,7 @@ void tcp_ack_advance(struct tcp_layer *ctx, struct tcb *t, uint32_t ack)
     }
     if (!t->sack_ok) {
         /* without SACK the scoreboard only drops what is acknowledged */
-        uint8_t k = 0;
-        for (uint8_t i = 0; i < t->sb_n; i++) {
-            if (SEQ_LEQ(t->sb[i].end, ack))
-                continue;
-            t->sb[k] = t->sb[i];
-            if (SEQ_LT(t->sb[k].start, ack))
-                t->sb[k].start = ack;
-            k++;
-        }
-        t->sb_n = k;
+        tcp_sb_drop_acked(t, ack);
     }
     t->rto_backoff = 0;
     if (t->snd_una == t->snd_max)

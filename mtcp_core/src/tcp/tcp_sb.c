@@ -418,16 +418,7 @@ static void sack_cumulative(struct tcp_layer *ctx, struct tcb *t, uint32_t ack,
                 *have_rtt = 1;
             }
         }
-        uint8_t k = 0;
-        for (uint8_t i = 0; i < t->sb_n; i++) {
-            if (SEQ_LEQ(t->sb[i].end, ack))
-                continue;
-            t->sb[k] = t->sb[i];
-            if (SEQ_LT(t->sb[k].start, ack))
-                t->sb[k].start = ack;
-            k++;
-        }
-        t->sb_n = k;
+        tcp_sb_drop_acked(t, ack);
     }
 }
 
@@ -506,6 +497,25 @@ static void sack_advance(struct tcp_layer *ctx, struct tcb *t, uint32_t ack,
     }
 }
 
+/* RACK's loss detection and what follows from it, after an ACK (delivered: the bytes it
+ * delivered) or the reordering timer (0): newly lost data starts fast recovery unless one
+ * runs already, PRR paces recovery's sending, lost data is scheduled for retransmission.
+ * Returns RACK's reordering wait in microseconds (0: none). */
+static inline uint32_t rack_react(struct tcp_layer *ctx, struct tcb *t, uint32_t delivered)
+{
+    int newly;
+    uint32_t reo_us = rack_detect(ctx, t, &newly);
+    if (newly && !t->in_recovery && !t->in_loss) {
+        recovery_enter(ctx, t);
+        STAT_INC(&ctx->net.stats, fast_retransmits);
+    }
+    if (t->in_recovery)
+        prr_update(t, delivered);
+    if (t->lost_bytes)
+        tcp_schedule(ctx, t, TCB_P_DATA);
+    return reo_us;
+}
+
 /* The ACK of a SACK connection: scoreboard, RACK, TLP, PRR and congestion control.
  * Runs before the window update; the caller moved nothing yet. */
 void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *seg)
@@ -545,16 +555,7 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
 
     sack_advance(ctx, t, ack, prior_flight, delivered);
 
-    int newly;
-    uint32_t reo_us = rack_detect(ctx, t, &newly);
-    if (newly && !t->in_recovery && !t->in_loss) {
-        recovery_enter(ctx, t);
-        STAT_INC(&ctx->net.stats, fast_retransmits);
-    }
-    if (t->in_recovery)
-        prr_update(t, delivered);
-    if (t->lost_bytes)
-        tcp_schedule(ctx, t, TCB_P_DATA);
+    uint32_t reo_us = rack_react(ctx, t, delivered);
     /* the timer tcp_ack_advance restarted was chosen before this ACK ended recovery or a
      * probe episode: choose again (a PTO where one is allowed now) */
     if (SEQ_GT(t->snd_una, prior_una) && t->snd_una != t->snd_max)
@@ -567,16 +568,7 @@ void tcp_sack_ack(struct tcp_layer *ctx, struct tcb *t, const struct wire_tcp *s
 void tcp_rack_timeout(struct tcp_layer *ctx, struct tcb *t)
 {
     STAT_INC(&ctx->net.stats, rack_reo_timeouts);
-    int newly;
-    uint32_t reo_us = rack_detect(ctx, t, &newly);
-    if (newly && !t->in_recovery && !t->in_loss) {
-        recovery_enter(ctx, t);
-        STAT_INC(&ctx->net.stats, fast_retransmits);
-    }
-    if (t->in_recovery)
-        prr_update(t, 0);
-    if (t->lost_bytes)
-        tcp_schedule(ctx, t, TCB_P_DATA);
+    uint32_t reo_us = rack_react(ctx, t, 0);
     tcp_rto_arm(ctx, t);
     if (reo_us)
         tcp_reo_arm(ctx, t, (reo_us + 999u) / 1000u);
