@@ -26,6 +26,24 @@ static struct msock *sock_get(struct mtcp_context *ctx, int id)
     return &ctx->socks[id];
 }
 
+/* The socket if it is one of this type, else NULL with errno EBADF (no such socket)
+ * or EINVAL (another type). */
+static struct msock *sock_get_as(struct mtcp_context *ctx, int id, uint8_t type)
+{
+    struct msock *s = sock_get(ctx, id);
+    if (s && s->type != type) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return s;
+}
+
+/* The TCB behind the socket now (NULL: none yet, or a listener). */
+static inline struct tcb *sock_tcb(struct msock *s)
+{
+    return atomic_load_explicit(&s->tcb, memory_order_acquire);
+}
+
 static void sock_release(struct mtcp_context *ctx, int id)
 {
     struct msock *s = &ctx->socks[id];
@@ -260,17 +278,13 @@ static int accept_one(struct mtcp_context *ctx, struct msock *ls)
 
 int mtcp_accept(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
 {
-    struct msock *ls = sock_get(ctx, sockid);
+    struct msock *ls = sock_get_as(ctx, sockid, MSOCK_LISTENER);
     if (!ls)
         return -1;
-    if (ls->type != MSOCK_LISTENER) {
-        errno = EINVAL;
-        return -1;
-    }
     int id = accept_one(ctx, ls);
     ctx_kick(ctx);
     if (id >= 0) {
-        struct tcb *t = atomic_load(&ctx->socks[id].tcb);
+        struct tcb *t = sock_tcb(&ctx->socks[id]);
         if (addr)
             *addr = t->raddr;
         if (port)
@@ -281,13 +295,9 @@ int mtcp_accept(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
 
 int mtcp_accept_batch(mctx_t ctx, int sockid, int *out, int max)
 {
-    struct msock *ls = sock_get(ctx, sockid);
+    struct msock *ls = sock_get_as(ctx, sockid, MSOCK_LISTENER);
     if (!ls)
         return -1;
-    if (ls->type != MSOCK_LISTENER) {
-        errno = EINVAL;
-        return -1;
-    }
     int n = 0;
     while (n < max) {
         int id = accept_one(ctx, ls);
@@ -303,13 +313,9 @@ int mtcp_accept_batch(mctx_t ctx, int sockid, int *out, int max)
 
 int mtcp_connect(mctx_t ctx, int sockid, uint32_t addr, uint16_t port)
 {
-    struct msock *s = sock_get(ctx, sockid);
+    struct msock *s = sock_get_as(ctx, sockid, MSOCK_STREAM);
     if (!s)
         return -1;
-    if (s->type != MSOCK_STREAM) {
-        errno = EINVAL;
-        return -1;
-    }
     if (s->connecting) {
         errno = atomic_load(&s->tcb) && (tcb_app_flags(atomic_load(&s->tcb)) & TCB_AF_CONNECTED)
                     ? EISCONN
@@ -339,7 +345,7 @@ static struct tcb *stream_tcb(struct mtcp_context *ctx, int sockid)
         errno = s->type == MSOCK_LISTENER ? EINVAL : EBADF;
         return NULL;
     }
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
     if (!t) {
         int err = atomic_load(&s->conn_err);
         errno = err ? err : (s->connecting ? EAGAIN : ENOTCONN);
@@ -479,7 +485,7 @@ static int close_one(struct mtcp_context *ctx, int sockid, int abort)
         sock_release(ctx, sockid);
         return 0;
     }
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
     if (t) {
         atomic_store_explicit(&t->sockid, -1, memory_order_release);
         struct mtcp_job j = {.type = (abort || s->linger0) ? JOB_ABORT : JOB_CLOSE, .tcb = t};
@@ -571,23 +577,20 @@ int mtcp_shutdown(mctx_t ctx, int sockid, int how)
     return 0;
 }
 
-int mtcp_getsockname(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
+/* The socket's own address (peer 0) or its peer's (1, connected sockets only), as
+ * Linux's inet_getname. */
+static int sock_name(struct mtcp_context *ctx, int sockid, int peer, uint32_t *addr,
+                     uint16_t *port)
 {
     struct msock *s = sock_get(ctx, sockid);
     if (!s)
         return -1;
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
-    *addr = t ? t->laddr : s->laddr;
-    *port = t ? t->lport : s->lport;
-    return 0;
-}
-
-int mtcp_getpeername(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
-{
-    struct msock *s = sock_get(ctx, sockid);
-    if (!s)
-        return -1;
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
+    if (!peer) {
+        *addr = t ? t->laddr : s->laddr;
+        *port = t ? t->lport : s->lport;
+        return 0;
+    }
     if (!t || !(tcb_app_flags(t) & TCB_AF_CONNECTED)) {
         errno = ENOTCONN;
         return -1;
@@ -595,6 +598,16 @@ int mtcp_getpeername(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
     *addr = t->raddr;
     *port = t->rport;
     return 0;
+}
+
+int mtcp_getsockname(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
+{
+    return sock_name(ctx, sockid, 0, addr, port);
+}
+
+int mtcp_getpeername(mctx_t ctx, int sockid, uint32_t *addr, uint16_t *port)
+{
+    return sock_name(ctx, sockid, 1, addr, port);
 }
 
 static int opt_int(const void *v, unsigned len, int *out)
@@ -610,7 +623,7 @@ static int opt_int(const void *v, unsigned len, int *out)
 /* Applies an option to the socket's TCB now, or at connect/accept when it has none. */
 static int tcb_opt(struct mtcp_context *ctx, struct msock *s, uint32_t opt, uint32_t value)
 {
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
     if (t) {
         push_opt(ctx, t, opt, value);
         ctx_kick(ctx);
@@ -727,7 +740,7 @@ int mtcp_getsockopt(mctx_t ctx, int sockid, int level, int optname, void *optval
         errno = EINVAL;
         return -1;
     }
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
     int v;
     if (level == MTCP_SOL_SOCKET && optname == MTCP_SO_ERROR) {
         v = atomic_load(&s->conn_err);
@@ -769,7 +782,7 @@ int mtcp_get_tcp_info(mctx_t ctx, int sockid, struct mtcp_tcp_info *o)
     struct msock *s = sock_get(ctx, sockid);
     if (!s)
         return -1;
-    struct tcb *t = atomic_load_explicit(&s->tcb, memory_order_acquire);
+    struct tcb *t = sock_tcb(s);
     memset(o, 0, sizeof(*o));
     if (!t) {
         o->state = s->type == MSOCK_LISTENER ? MTCP_TCP_LISTEN : MTCP_TCP_CLOSED;
