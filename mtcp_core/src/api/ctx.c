@@ -276,7 +276,7 @@ uint64_t ctx_round(struct mtcp_context *ctx, uint64_t now_ns)
     if (next > 1000)
         next = 1000; /* once a second at most: the stats heartbeat; no busy spinning */
     uint64_t deadline = now_ns + next * MTCP_NS_PER_MS;
-    uint64_t due = ctx->tcp.net.dev->ops->next_due_ns ? ctx->tcp.net.dev->ops->next_due_ns(ctx->tcp.net.dev) : 0;
+    uint64_t due = io_next_due_ns(ctx->tcp.net.dev);
     if (due && due < deadline)
         deadline = due > now_ns ? due : now_ns;
     if (tx_wait_ns && now_ns + tx_wait_ns < deadline)

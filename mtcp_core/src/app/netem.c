@@ -228,18 +228,14 @@ void mtcp_netem_close(struct mtcp_netem *nm)
             io_dev_stop(&nm->port[i].devs[0]);
         io_group_close(&nm->port[i]);
         io_group_close(&nm->link[i]);
-        if (nm->promisc_fd[i] >= 0)
-            close(nm->promisc_fd[i]);
+        io_close_fd(nm->promisc_fd[i]);
         free(nm->dir[i].slots);
         free(nm->dir[i].lens);
     }
     io_pair_destroy(nm->pair);
-    if (nm->ep >= 0)
-        close(nm->ep);
-    if (nm->tfd >= 0)
-        close(nm->tfd);
-    if (nm->stop_fd >= 0)
-        close(nm->stop_fd);
+    io_close_fd(nm->ep);
+    io_close_fd(nm->tfd);
+    io_close_fd(nm->stop_fd);
     pthread_mutex_destroy(&nm->lock);
     free(nm);
 }
@@ -259,7 +255,7 @@ static int netem_queues(struct mtcp_netem *nm, const struct mtcp_netem_conf *con
         }
         nd->rate = rate_of(&conf->dir[d], nd->cap);
         nd->tokens = nd->rate.burst;
-        nd->t_refill = io_mono_ns();
+        nd->t_refill = mtcp_now_ns();
         nd->delaying = conf->dir[d].faults.delay_us || conf->dir[d].faults.jitter_us;
     }
 
@@ -709,7 +705,7 @@ int mtcp_netem_run(struct mtcp_netem *nm)
     __atomic_store_n(&nm->rt_active, restore ? 1 : 0, __ATOMIC_RELEASE);
     uint64_t armed = 0;
     while (!__atomic_load_n(&nm->stop, __ATOMIC_ACQUIRE)) {
-        uint64_t now = io_mono_ns();
+        uint64_t now = mtcp_now_ns();
         apply_pending(nm, now);
         bool busy = false;
         for (int di = 0; di < 2; di++) {
@@ -727,14 +723,14 @@ int mtcp_netem_run(struct mtcp_netem *nm)
         uint64_t due = 0;
         for (int di = 0; di < 2; di++) {
             struct io_dev *outl = &nm->link[1 - di].devs[0];
-            uint64_t t = outl->ops->next_due_ns(outl);
+            uint64_t t = io_next_due_ns(outl);
             uint64_t r = rate_next_ns(&nm->dir[di]);
             if (t && (!due || t < due))
                 due = t;
             if (r && (!due || r < due))
                 due = r;
         }
-        now = io_mono_ns();
+        now = mtcp_now_ns();
         if (due && due <= now)
             continue;
         if (due != armed) {

@@ -177,6 +177,24 @@ static int setopt_int(int fd, int level, int name, int v)
     return setopt(fd, level, name, &v, sizeof v);
 }
 
+/* A setting the socket cannot work without: on failure, its error and *err_msg = msg. */
+static int setopt_need(int fd, int level, int name, const void *v, socklen_t len,
+                       const char **err_msg, const char *msg)
+{
+    int rc = setopt(fd, level, name, v, len);
+    if (rc < 0)
+        *err_msg = msg;
+    return rc;
+}
+
+/* Optional: without them a socket still works, only slower or noisier (through the
+ * qdisc; its own outgoing frames looped back to it). */
+static void setopt_fast_path(int fd)
+{
+    (void)setopt_int(fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+    (void)setopt_int(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+}
+
 /* The fanout program: io_flow_core() over the IPv4 header. Offsets are taken
  * from the network header (SKF_NET_OFF): in the fanout path the kernel runs
  * the program on an skb whose data already starts at the IP header (the
@@ -303,10 +321,11 @@ static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
         .tp_frame_nr = (ad->rx_block_size / AFP_RX_FRAME_SIZE) * ad->rx_block_nr,
         .tp_retire_blk_tov = AFP_RETIRE_TOV_MS,
     };
-    rc = ad->rx_copy ? 0 : setopt(ad->fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx);
-    if (rc < 0) {
-        *err_msg = "afpacket: PACKET_RX_RING failed (out of memory? lower ring_frames)";
-        return rc;
+    if (!ad->rx_copy) {
+        rc = setopt_need(ad->fd, SOL_PACKET, PACKET_RX_RING, &rx, sizeof rx, err_msg,
+                         "afpacket: PACKET_RX_RING failed (out of memory? lower ring_frames)");
+        if (rc < 0)
+            return rc;
     }
     struct tpacket_req3 tx = {
         .tp_block_size = ad->tx_block_size,
@@ -314,14 +333,11 @@ static int open_data_socket(struct afp_dev *ad, int ifindex, bool hold_traffic,
         .tp_frame_size = ad->tx_frame_size,
         .tp_frame_nr = ad->tx_frame_nr,
     };
-    rc = setopt(ad->fd, SOL_PACKET, PACKET_TX_RING, &tx, sizeof tx);
-    if (rc < 0) {
-        *err_msg = "afpacket: PACKET_TX_RING (TPACKET_V3) failed (kernel older than 4.11?)";
+    rc = setopt_need(ad->fd, SOL_PACKET, PACKET_TX_RING, &tx, sizeof tx, err_msg,
+                     "afpacket: PACKET_TX_RING (TPACKET_V3) failed (kernel older than 4.11?)");
+    if (rc < 0)
         return rc;
-    }
-    /* Optional: without them it still works, only slower or noisier. */
-    (void)setopt_int(ad->fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
-    (void)setopt_int(ad->fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+    setopt_fast_path(ad->fd);
     /* A malformed slot is skipped instead of stalling the TX ring forever. */
     (void)setopt_int(ad->fd, SOL_PACKET, PACKET_LOSS, 1);
     /* Room for a full TX ring in flight: send() with MSG_DONTWAIT stops at
@@ -359,13 +375,11 @@ static int open_arp_socket(struct afp_dev *ad, int ifindex, const char **err_msg
         .tp_frame_size = AFP_ARP_FRAME_SIZE,
         .tp_frame_nr = ad->arp_frame_nr,
     };
-    rc = setopt(ad->arp_fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req);
-    if (rc < 0) {
-        *err_msg = "afpacket: PACKET_RX_RING (ARP socket) failed";
+    rc = setopt_need(ad->arp_fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req, err_msg,
+                     "afpacket: PACKET_RX_RING (ARP socket) failed");
+    if (rc < 0)
         return rc;
-    }
-    (void)setopt_int(ad->arp_fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1);
-    (void)setopt_int(ad->arp_fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+    setopt_fast_path(ad->arp_fd);
     rc = bind_to(ad->arp_fd, ifindex, ETH_P_ARP);
     if (rc < 0) {
         *err_msg = "afpacket: bind of the ARP socket failed";
@@ -1047,12 +1061,6 @@ static int afp_poll_fd(struct io_dev *dev)
     return ad->ep >= 0 ? ad->ep : ad->fd;
 }
 
-static uint64_t afp_next_due_ns(struct io_dev *dev)
-{
-    (void)dev;
-    return 0;
-}
-
 static void afp_close(struct io_dev *dev)
 {
     struct afp_dev *ad = dev->priv;
@@ -1062,14 +1070,10 @@ static void afp_close(struct io_dev *dev)
         munmap(ad->map, ad->map_len);
     if (ad->arp_map)
         munmap(ad->arp_map, ad->arp_map_len);
-    if (ad->ep >= 0)
-        close(ad->ep);
-    if (ad->fd >= 0)
-        close(ad->fd);
-    if (ad->arp_fd >= 0)
-        close(ad->arp_fd);
-    if (ad->tso_fd >= 0)
-        close(ad->tso_fd);
+    io_close_fd(ad->ep);
+    io_close_fd(ad->fd);
+    io_close_fd(ad->arp_fd);
+    io_close_fd(ad->tso_fd);
     if (ad->cur)
         munmap(ad->cur, sizeof(struct afp_cursors));
     free(ad->rx_bufs);
@@ -1104,6 +1108,5 @@ const struct io_ops io_afpacket_ops = {
     .rx_done = afp_rx_done,
     .tx_burst = afp_tx_burst,
     .poll_fd = afp_poll_fd,
-    .next_due_ns = afp_next_due_ns,
     .close = afp_close,
 };

@@ -123,7 +123,8 @@ struct io_ops {
     int (*tx_burst)(struct io_dev *dev, const struct io_frame *frames, int n);
     /* A file descriptor that polls readable when rx_burst has something (or may have). */
     int (*poll_fd)(struct io_dev *dev);
-    /* Monotonic ns when a delayed frame becomes due (pair with delay), 0 if none. */
+    /* Monotonic ns when a delayed frame becomes due (pair with delay), 0 if none.
+     * NULL for a device that never delays a frame: call io_next_due_ns(). */
     uint64_t (*next_due_ns)(struct io_dev *dev);
     void (*close)(struct io_dev *dev);
 };
@@ -170,6 +171,12 @@ void io_dev_stop(struct io_dev *dev);
 int io_rx_burst(struct io_dev *dev, struct io_frame *frames, int max);
 void io_rx_done(struct io_dev *dev);
 int io_tx_burst(struct io_dev *dev, const struct io_frame *frames, int n);
+
+/* When dev's next delayed frame becomes due (monotonic ns), 0 if none. */
+static inline uint64_t io_next_due_ns(struct io_dev *dev)
+{
+    return dev->ops->next_due_ns ? dev->ops->next_due_ns(dev) : 0;
+}
 
 /* The flow->core function the afpacket fanout program computes and the stack
  * can compute too (symmetric in source/destination): addresses and ports in

@@ -5,20 +5,22 @@
 #include <errno.h>
 #include <stdint.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "../core/clock.h"
 #include "io.h"
-
-static inline uint64_t io_mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* The device's time: the round's on a stepped context, else the monotonic clock. */
 static inline uint64_t io_dev_now_ns(const struct io_dev *dev)
 {
-    return dev->manual_clock ? dev->now_ns : io_mono_ns();
+    return dev->manual_clock ? dev->now_ns : mtcp_now_ns();
+}
+
+/* Closes fd if it is open (>= 0; -1 stands for none). */
+static inline void io_close_fd(int fd)
+{
+    if (fd >= 0)
+        close(fd);
 }
 
 /* errno as a negative return value; never 0 even if errno was not set. */

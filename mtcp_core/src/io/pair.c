@@ -233,8 +233,7 @@ void io_pair_destroy(struct io_pair *p)
         return;
     for (int s = 0; s < 2; s++) {
         free(p->dir[s].pool);
-        if (p->dir[s].efd >= 0)
-            close(p->dir[s].efd);
+        io_close_fd(p->dir[s].efd);
         pthread_mutex_destroy(&p->dir[s].lock);
     }
     free(p);

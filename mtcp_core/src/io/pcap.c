@@ -61,7 +61,7 @@ static void pcap_flush(struct io_pcap *p)
     if (p->used > 0)
         (void)write_all(p->fd, p->buf, p->used);
     p->used = 0;
-    p->last_flush_ns = io_mono_ns();
+    p->last_flush_ns = mtcp_now_ns();
 }
 
 /* "%u" -> core number (every occurrence); other characters are kept as they are. */
@@ -157,7 +157,7 @@ void io_pcap_write(struct io_pcap *p, const uint8_t *data, uint32_t len, uint64_
 
 void io_pcap_poll(struct io_pcap *p)
 {
-    if (p && p->used > 0 && io_mono_ns() - p->last_flush_ns >= PCAP_FLUSH_NS)
+    if (p && p->used > 0 && mtcp_now_ns() - p->last_flush_ns >= PCAP_FLUSH_NS)
         pcap_flush(p);
 }
 

@@ -291,19 +291,12 @@ static int tap_poll_fd(struct io_dev *dev)
     return td->fd;
 }
 
-static uint64_t tap_next_due_ns(struct io_dev *dev)
-{
-    (void)dev;
-    return 0;
-}
-
 static void tap_close(struct io_dev *dev)
 {
     struct tap_dev *td = dev->priv;
     if (!td)
         return;
-    if (td->fd >= 0)
-        close(td->fd);
+    io_close_fd(td->fd);
     free(td->bufs);
     free(td);
     dev->priv = NULL;
@@ -317,6 +310,5 @@ const struct io_ops io_tap_ops = {
     .rx_done = tap_rx_done,
     .tx_burst = tap_tx_burst,
     .poll_fd = tap_poll_fd,
-    .next_due_ns = tap_next_due_ns,
     .close = tap_close,
 };
