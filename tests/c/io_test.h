@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "io/io.h"
+#include "wire/bytes.h" /* rd16/rd32/wr16/wr32: big-endian fields */
 
 static int t_passed, t_failed;
 
@@ -63,6 +65,28 @@ static inline int t_sh(const char *fmt, ...)
     return rc;
 }
 
+/* The network namespace the test started in (t_start_as_root keeps it). */
+static int t_orig_ns = -1;
+
+/* The namespace tests need root: 1 as root (the starting namespace kept, for
+ * t_leave_netns), else the summary line of a skipped run and 0. */
+static inline int t_start_as_root(void)
+{
+    if (geteuid() != 0) {
+        printf("0 passed, 0 failed (skipped: needs root)\n");
+        return 0;
+    }
+    t_orig_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    return 1;
+}
+
+/* Back to the namespace the test started in. */
+static inline void t_leave_netns(void)
+{
+    if (t_orig_ns >= 0)
+        setns(t_orig_ns, CLONE_NEWNET);
+}
+
 /* Enter a named network namespace (created with `ip netns add`). */
 static inline int t_enter_netns(const char *name)
 {
@@ -94,28 +118,26 @@ static inline uint32_t t_csum_add(uint32_t sum, const uint8_t *p, size_t n)
     return sum;
 }
 
-static inline void t_put16(uint8_t *p, uint16_t v)
+/* As nobody (uid/gid 65534, in a child): io_group_open(cfg) must fail with -err1 or
+ * -err2 and a message that names the capability it lacks. */
+static inline void t_check_unprivileged_open(const struct io_config *cfg, int err1, int err2,
+                                             const char *cap)
 {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void t_put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static inline uint16_t t_get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline uint32_t t_get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setgid(65534) < 0 || setuid(65534) < 0)
+            _exit(2);
+        struct io_group g;
+        const char *msg = NULL;
+        int rc = io_group_open(&g, cfg, &msg);
+        int ok = (rc == -err1 || rc == -err2) && msg && strstr(msg, cap);
+        if (!ok)
+            fprintf(stderr, "unprivileged: %d %s\n", rc, msg ? msg : "");
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "unprivileged open says %s", cap);
 }
 
 /* Ethernet + IPv4 (ihl_words >= 5, options zero-filled) + UDP or TCP header +
@@ -127,45 +149,45 @@ static inline uint32_t t_build_ip(uint8_t *buf, const uint8_t dst[6], const uint
 {
     memcpy(buf, dst, 6);
     memcpy(buf + 6, src, 6);
-    t_put16(buf + 12, 0x0800);
+    wr16(buf + 12, 0x0800);
     uint8_t *ip = buf + 14;
     uint32_t ihl = ihl_words * 4;
     uint32_t l4len = (proto == 6 ? 20u : 8u) + plen;
     memset(ip, 0, ihl);
     ip[0] = (uint8_t)(0x40 | ihl_words);
-    t_put16(ip + 2, (uint16_t)(ihl + l4len));
-    t_put16(ip + 6, 0x4000); /* DF */
+    wr16(ip + 2, (uint16_t)(ihl + l4len));
+    wr16(ip + 6, 0x4000); /* DF */
     ip[8] = 64;
     ip[9] = proto;
-    t_put32(ip + 12, saddr);
-    t_put32(ip + 16, daddr);
+    wr32(ip + 12, saddr);
+    wr32(ip + 16, daddr);
     if (ihl > 20)
         ip[20] = 1; /* NOP options */
     for (uint32_t i = 21; i < ihl; i++)
         ip[i] = 1;
-    t_put16(ip + 10, t_csum_fold(t_csum_add(0, ip, ihl)));
+    wr16(ip + 10, t_csum_fold(t_csum_add(0, ip, ihl)));
     uint8_t *l4 = ip + ihl;
     memset(l4, 0, proto == 6 ? 20 : 8);
-    t_put16(l4, sport);
-    t_put16(l4 + 2, dport);
+    wr16(l4, sport);
+    wr16(l4 + 2, dport);
     if (proto == 6) {
         l4[12] = 5 << 4;
         l4[13] = 0x10; /* ACK */
-        t_put16(l4 + 14, 1024);
+        wr16(l4 + 14, 1024);
         memcpy(l4 + 20, payload, plen);
     } else {
-        t_put16(l4 + 4, (uint16_t)l4len);
+        wr16(l4 + 4, (uint16_t)l4len);
         memcpy(l4 + 8, payload, plen);
     }
     uint8_t pseudo[12];
     memcpy(pseudo, ip + 12, 8);
     pseudo[8] = 0;
     pseudo[9] = proto;
-    t_put16(pseudo + 10, (uint16_t)l4len);
+    wr16(pseudo + 10, (uint16_t)l4len);
     uint16_t c = t_csum_fold(t_csum_add(t_csum_add(0, pseudo, 12), l4, l4len));
     if (proto == 17 && c == 0)
         c = 0xffff;
-    t_put16(l4 + (proto == 6 ? 16 : 6), c);
+    wr16(l4 + (proto == 6 ? 16 : 6), c);
     return 14 + ihl + l4len;
 }
 
@@ -174,7 +196,7 @@ static inline int t_l4_csum_ok(const uint8_t *f, uint32_t len)
 {
     const uint8_t *ip = f + 14;
     uint32_t ihl = (ip[0] & 0xfu) * 4;
-    uint32_t tot = t_get16(ip + 2);
+    uint32_t tot = rd16(ip + 2);
     if (len < 14 + tot || tot < ihl)
         return 0;
     uint32_t l4len = tot - ihl;
@@ -182,7 +204,7 @@ static inline int t_l4_csum_ok(const uint8_t *f, uint32_t len)
     memcpy(pseudo, ip + 12, 8);
     pseudo[8] = 0;
     pseudo[9] = ip[9];
-    t_put16(pseudo + 10, (uint16_t)l4len);
+    wr16(pseudo + 10, (uint16_t)l4len);
     return t_csum_fold(t_csum_add(t_csum_add(0, pseudo, 12), ip + ihl, l4len)) == 0;
 }
 
@@ -193,17 +215,17 @@ static inline uint32_t t_build_arp(uint8_t *buf, uint16_t op, const uint8_t eth_
 {
     memcpy(buf, eth_dst, 6);
     memcpy(buf + 6, sha, 6);
-    t_put16(buf + 12, 0x0806);
+    wr16(buf + 12, 0x0806);
     uint8_t *a = buf + 14;
-    t_put16(a, 1);
-    t_put16(a + 2, 0x0800);
+    wr16(a, 1);
+    wr16(a + 2, 0x0800);
     a[4] = 6;
     a[5] = 4;
-    t_put16(a + 6, op);
+    wr16(a + 6, op);
     memcpy(a + 8, sha, 6);
-    t_put32(a + 14, spa);
+    wr32(a + 14, spa);
     memcpy(a + 18, tha, 6);
-    t_put32(a + 24, tpa);
+    wr32(a + 24, tpa);
     return 42;
 }
 

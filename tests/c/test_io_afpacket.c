@@ -23,12 +23,9 @@
 #define IP_B 0xc6120001u /* 198.18.0.1: the peer's kernel */
 #define NCORES 2
 
-static int orig_ns = -1;
-
 static void cleanup(void)
 {
-    if (orig_ns >= 0)
-        setns(orig_ns, CLONE_NEWNET);
+    t_leave_netns();
     t_sh("ip netns del " NS_A " 2>/dev/null; ip netns del " NS_B " 2>/dev/null");
 }
 
@@ -124,11 +121,11 @@ static unsigned expect_core(const uint8_t *f, unsigned n)
     const uint8_t *ip = f + 14;
     unsigned ihl = (ip[0] & 0xfu) * 4;
     uint16_t sport = 0, dport = 0;
-    if ((ip[9] == 6 || ip[9] == 17) && (t_get16(ip + 6) & 0x3fff) == 0) {
-        sport = t_get16(ip + ihl);
-        dport = t_get16(ip + ihl + 2);
+    if ((ip[9] == 6 || ip[9] == 17) && (rd16(ip + 6) & 0x3fff) == 0) {
+        sport = rd16(ip + ihl);
+        dport = rd16(ip + ihl + 2);
     }
-    return io_flow_core(t_get32(ip + 12), t_get32(ip + 16), sport, dport, n);
+    return io_flow_core(rd32(ip + 12), rd32(ip + 16), sport, dport, n);
 }
 
 struct rx_stats {
@@ -148,7 +145,7 @@ static void account(struct rx_stats *s, unsigned core, const struct io_frame *fr
         return;
     if (memcmp(f + 6, own_mac, 6) == 0)
         s->own++;
-    uint16_t type = t_get16(f + 12);
+    uint16_t type = rd16(f + 12);
     if (type == 0x0806) {
         s->arp++;
         s->arp_per_core[core]++;
@@ -169,8 +166,8 @@ static void account(struct rx_stats *s, unsigned core, const struct io_frame *fr
     const uint8_t *ip = f + 14;
     unsigned ihl = (ip[0] & 0xfu) * 4;
     unsigned l4 = ip[9] == 6 ? 20 : 8;
-    if (fr->len >= 14 + ihl + l4 + 8 && t_get32(f + 14 + ihl + l4) == MARK) {
-        uint32_t idx = t_get32(f + 14 + ihl + l4 + 4);
+    if (fr->len >= 14 + ihl + l4 + 8 && rd32(f + 14 + ihl + l4) == MARK) {
+        uint32_t idx = rd32(f + 14 + ihl + l4 + 4);
         s->marked++;
         if (idx < 4096)
             s->marked_seen[idx]++;
@@ -234,8 +231,8 @@ static void test_fanout_crafted(struct io_group *g, struct peer *p)
         uint32_t saddr = 0xc6120000u | (rnd() & 0x1ffffu); /* 198.18.0.0/15 */
         uint16_t sport = (uint16_t)(1024 + rnd() % 64000);
         uint16_t dport = (rnd() & 1) ? 80 : (uint16_t)(1024 + rnd() % 64000);
-        t_put32(payload, MARK);
-        t_put32(payload + 4, i);
+        wr32(payload, MARK);
+        wr32(payload + 4, i);
         memset(payload + 8, 0, 8);
         uint32_t len = t_build_ip(f, g->devs[0].mac, p->mac, proto, saddr, IP_A, sport, dport,
                                   ihl, payload, sizeof payload);
@@ -310,8 +307,8 @@ static void test_kernel_udp(struct io_group *g)
         struct sockaddr_in dst = {.sin_family = AF_INET,
                                   .sin_port = htons((uint16_t)(80 + (i % 3) * 1000)),
                                   .sin_addr.s_addr = htonl(IP_A)};
-        t_put32(payload, MARK);
-        t_put32(payload + 4, i);
+        wr32(payload, MARK);
+        wr32(payload + 4, i);
         memset(payload + 8, (int)i, sizeof payload - 8);
         if (bind(s, (struct sockaddr *)&src, sizeof src) < 0 ||
             sendto(s, payload, sizeof payload, 0, (struct sockaddr *)&dst, sizeof dst) < 0)
@@ -342,8 +339,8 @@ static void test_tx(struct io_group *g, struct peer *p)
     for (unsigned c = 0; c < NCORES; c++) {
         for (unsigned i = 0; i < per_core; i++) {
             uint8_t payload[16];
-            t_put32(payload, MARK);
-            t_put32(payload + 4, c * 1000 + i);
+            wr32(payload, MARK);
+            wr32(payload + 4, c * 1000 + i);
             memset(payload + 8, 0, 8);
             fr[i].len = t_build_ip(bufs[c][i], p->mac, g->devs[c].mac, 17, IP_A, IP_B,
                                    (uint16_t)(40000 + c * 1000 + i), 9000, 5, payload,
@@ -368,15 +365,15 @@ static void test_tx(struct io_group *g, struct peer *p)
     while (t_now_ns() < deadline && (udp_got < accepted || sniffed < accepted + 1)) {
         ssize_t r;
         while ((r = recv(p->udp, buf, sizeof buf, 0)) > 0)
-            if (r == 16 && t_get32(buf) == MARK)
+            if (r == 16 && rd32(buf) == MARK)
                 udp_got++;
         while ((r = recv(p->sniff, buf, sizeof buf, 0)) > 0) {
-            if (r >= 42 && t_get16(buf + 12) == 0x0806 && t_get16(buf + 20) == 1 &&
+            if (r >= 42 && rd16(buf + 12) == 0x0806 && rd16(buf + 20) == 1 &&
                 memcmp(buf + 6, g->devs[1].mac, 6) == 0) {
                 sniffed_arp++;
                 sniffed++;
-            } else if (r >= 14 + 28 + 8 && t_get16(buf + 12) == 0x0800 &&
-                       t_get32(buf + 14 + 28) == MARK && t_l4_csum_ok(buf, (uint32_t)r)) {
+            } else if (r >= 14 + 28 + 8 && rd16(buf + 12) == 0x0800 &&
+                       rd32(buf + 14 + 28) == MARK && t_l4_csum_ok(buf, (uint32_t)r)) {
                 sniffed++;
             }
         }
@@ -421,8 +418,8 @@ static void test_ring_wrap(struct peer *p)
     static struct rx_stats s;
     memset(&s, 0, sizeof s);
     for (unsigned i = 0; i < N; i++) {
-        t_put32(payload, MARK);
-        t_put32(payload + 4, i);
+        wr32(payload, MARK);
+        wr32(payload + 4, i);
         memset(payload + 8, (int)i, sizeof payload - 8);
         uint32_t len = t_build_ip(f, g.devs[0].mac, p->mac, 17, IP_B, IP_A, 5000, 6000, 5,
                                   payload, sizeof payload);
@@ -485,7 +482,7 @@ static void test_fork(struct peer *p)
         while (t_now_ns() < deadline && got < want[1]) {
             int n = io_rx_burst(one.devs, fr, 64);
             for (int i = 0; i < n; i++) {
-                if (t_get16(fr[i].data + 12) != 0x0800)
+                if (rd16(fr[i].data + 12) != 0x0800)
                     continue;
                 got++;
                 wrong += expect_core(fr[i].data, NCORES) != 1;
@@ -502,8 +499,8 @@ static void test_fork(struct peer *p)
     CHECK(io_dev_start(&g.devs[0]) == 0, "parent start");
     uint8_t f[128], payload[8];
     for (unsigned i = 0; i < N; i++) {
-        t_put32(payload, MARK);
-        t_put32(payload + 4, i);
+        wr32(payload, MARK);
+        wr32(payload + 4, i);
         uint32_t len = t_build_ip(f, g.devs[0].mac, p->mac, 6, saddr[i], IP_A, sport[i], 443, 5,
                                   payload, sizeof payload);
         peer_send(p, f, len);
@@ -514,7 +511,7 @@ static void test_fork(struct peer *p)
     while (t_now_ns() < deadline && got < want[0]) {
         int n = io_rx_burst(&g.devs[0], fr, 64);
         for (int i = 0; i < n; i++) {
-            if (t_get16(fr[i].data + 12) != 0x0800)
+            if (rd16(fr[i].data + 12) != 0x0800)
                 continue;
             got++;
             wrong += expect_core(fr[i].data, NCORES) != 0;
@@ -562,30 +559,13 @@ static void test_errors(void)
     CHECK(rc == -ENETDOWN && msg && strstr(msg, "down"), "down iface: %d %s", rc, msg ? msg : "");
     t_sh("ip link set " IF_A " up");
     /* Without privileges: the message names the capability. */
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (setgid(65534) < 0 || setuid(65534) < 0)
-            _exit(2);
-        cfg.iface = IF_A;
-        msg = NULL;
-        rc = io_group_open(&g, &cfg, &msg);
-        int ok = rc == -EPERM && msg && strstr(msg, "CAP_NET_RAW");
-        if (!ok)
-            fprintf(stderr, "unprivileged: %d %s\n", rc, msg ? msg : "");
-        _exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "unprivileged open says CAP_NET_RAW");
+    t_check_unprivileged_open(&cfg, EPERM, EPERM, "CAP_NET_RAW");
 }
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("0 passed, 0 failed (skipped: needs root)\n");
+    if (!t_start_as_root())
         return 0;
-    }
-    orig_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
     if (setup() < 0 || t_enter_netns(NS_A) < 0) {
         fprintf(stderr, "cannot create the namespaces/veth\n");
         cleanup();

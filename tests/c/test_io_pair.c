@@ -28,11 +28,11 @@ static uint32_t make_frame(uint8_t *buf, uint32_t seq, uint32_t len)
 {
     memset(buf, 0xff, 6);
     memcpy(buf + 6, "\x02\x00\x00\x00\x00\x01", 6);
-    t_put16(buf + 12, 0x88b5); /* local experimental ethertype */
-    t_put32(buf + 14, seq);
+    wr16(buf + 12, 0x88b5); /* local experimental ethertype */
+    wr32(buf + 14, seq);
     for (uint32_t i = 18; i < len - 4; i++)
         buf[i] = (uint8_t)(seq * 7 + i);
-    t_put32(buf + len - 4, fnv(buf, len - 4));
+    wr32(buf + len - 4, fnv(buf, len - 4));
     return len;
 }
 
@@ -44,9 +44,9 @@ static uint32_t frame_len_for(uint32_t seq)
 /* -1 if corrupted, else the sequence number. */
 static int64_t frame_seq(const uint8_t *p, uint32_t len)
 {
-    if (len < 22 || t_get32(p + len - 4) != fnv(p, len - 4))
+    if (len < 22 || rd32(p + len - 4) != fnv(p, len - 4))
         return -1;
-    return t_get32(p + 14);
+    return rd32(p + 14);
 }
 
 /* ---- group helpers ---- */

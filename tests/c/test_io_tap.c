@@ -18,12 +18,9 @@
 #define STACK_IP 0xc6120102u /* 198.18.1.2 */
 #define NQ 2
 
-static int orig_ns = -1;
-
 static void cleanup(void)
 {
-    if (orig_ns >= 0)
-        setns(orig_ns, CLONE_NEWNET);
+    t_leave_netns();
     t_sh("ip netns del " NS_T " 2>/dev/null");
 }
 
@@ -68,8 +65,8 @@ static int wait_frame(struct io_group *g, match_fn match, const void *arg, uint8
 static int is_arp_request_for_stack(const uint8_t *f, uint32_t len, const void *arg)
 {
     (void)arg;
-    return len >= 42 && t_get16(f + 12) == 0x0806 && t_get16(f + 20) == 1 &&
-           t_get32(f + 38) == STACK_IP;
+    return len >= 42 && rd16(f + 12) == 0x0806 && rd16(f + 20) == 1 &&
+           rd32(f + 38) == STACK_IP;
 }
 
 struct l4match {
@@ -80,11 +77,11 @@ struct l4match {
 static int is_l4_to_stack(const uint8_t *f, uint32_t len, const void *arg)
 {
     const struct l4match *m = arg;
-    if (len < 14 + 20 + 8 || t_get16(f + 12) != 0x0800)
+    if (len < 14 + 20 + 8 || rd16(f + 12) != 0x0800)
         return 0;
     const uint8_t *ip = f + 14;
     unsigned ihl = (ip[0] & 0xfu) * 4;
-    return ip[9] == m->proto && t_get32(ip + 16) == STACK_IP && t_get16(ip + ihl) == m->sport;
+    return ip[9] == m->proto && rd32(ip + 16) == STACK_IP && rd16(ip + ihl) == m->sport;
 }
 
 static void test_tap(void)
@@ -228,32 +225,16 @@ static void test_tap_errors(void)
     rc = io_group_open(&g, &cfg, &msg);
     CHECK(rc == -EINVAL && msg && strstr(msg, "tap_host_cidr"), "bad cidr: %d %s", rc,
           msg ? msg : "");
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (setgid(65534) < 0 || setuid(65534) < 0)
-            _exit(2);
-        cfg.tap_host_cidr = NULL;
-        cfg.iface = "iot-tap1";
-        msg = NULL;
-        rc = io_group_open(&g, &cfg, &msg);
-        /* EACCES when /dev/net/tun is not world-accessible, else EPERM at TUNSETIFF. */
-        int ok = (rc == -EPERM || rc == -EACCES) && msg && strstr(msg, "CAP_NET_ADMIN");
-        if (!ok)
-            fprintf(stderr, "unprivileged: %d %s\n", rc, msg ? msg : "");
-        _exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "unprivileged open says CAP_NET_ADMIN");
+    cfg.tap_host_cidr = NULL;
+    cfg.iface = "iot-tap1";
+    /* EACCES when /dev/net/tun is not world-accessible, else EPERM at TUNSETIFF. */
+    t_check_unprivileged_open(&cfg, EPERM, EACCES, "CAP_NET_ADMIN");
 }
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("0 passed, 0 failed (skipped: needs root)\n");
+    if (!t_start_as_root())
         return 0;
-    }
-    orig_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
     cleanup();
     if (t_sh("ip netns add " NS_T " && ip -n " NS_T " link set lo up") != 0 ||
         t_enter_netns(NS_T) < 0) {
