@@ -7,20 +7,17 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "core/hash.h"
 #include "io_test.h"
 
 #define NFR 2048 /* frames per determinism run */
 
 /* ---- frames that identify themselves ---- */
 
+/* a frame's fingerprint: the low 32 bits of its FNV-1a hash */
 static uint32_t fnv(const uint8_t *p, size_t n)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 16777619u;
-    }
-    return h;
+    return (uint32_t)mtcp_fnv1a(p, n);
 }
 
 /* [dst 6][src 6][type 2][seq 4][pattern ...][fnv 4] */

@@ -21,6 +21,7 @@
 
 #include "../core/bytering.h"
 #include "../core/clock.h"
+#include "../core/hash.h"
 #include "../tcp/tcp.h"
 #include "ctx.h"
 #include "rsp.h"
@@ -93,16 +94,6 @@ static const char MONTHS[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 static const char TR_CLOSE[] = "Connection: close\r\n\r\n";
 static const char TR_KEEP[] = "Connection: keep-alive\r\n\r\n";
 static const char TR_NONE[] = "\r\n";
-
-static uint64_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 /* ---------------------------------------------------------------- Date slot */
 
@@ -445,7 +436,7 @@ static void serve(struct mtcp_context *ctx, struct mtcp_responder *R, struct tcb
             return;
         }
         size_t keylen = key_build(R, h, &q);
-        uint64_t hash = fnv1a(R->key, keylen);
+        uint64_t hash = mtcp_fnv1a(R->key, keylen);
         struct rsp_entry *e = *table_slot(R, hash, R->key, (uint32_t)keylen);
         if (!e) {
             if (R->draining)
@@ -754,7 +745,7 @@ int mtcp_rsp_install(mctx_t ctx, const char *const *parts, const size_t *lens)
             memcpy(e->data + off, parts[i], lens[i]);
         off += lens[i];
     }
-    e->hash = fnv1a(e->data, e->len[P_KEY]);
+    e->hash = mtcp_fnv1a(e->data, e->len[P_KEY]);
     struct mtcp_job j = {.type = JOB_RSP_INSTALL, .obj = e};
     ctx_push_job(ctx, &j);
     ctx_kick(ctx);
@@ -775,7 +766,7 @@ int mtcp_rsp_remove(mctx_t ctx, const char *key, size_t keylen)
     }
     e->len[P_KEY] = (uint32_t)keylen;
     memcpy(e->data, key, keylen);
-    e->hash = fnv1a(e->data, keylen);
+    e->hash = mtcp_fnv1a(e->data, keylen);
     struct mtcp_job j = {.type = JOB_RSP_REMOVE, .obj = e};
     ctx_push_job(ctx, &j);
     ctx_kick(ctx);
