@@ -157,6 +157,15 @@ uint64_t mtcp_load_quantile(const uint64_t *hist, uint64_t max_ns, double q)
     return max_ns;
 }
 
+/* Widens [*lo, *hi] to take in [min, max]; first: the range is empty so far. */
+static void merge_range(uint64_t *lo, uint64_t *hi, uint64_t min, uint64_t max, int first)
+{
+    if (first || min < *lo)
+        *lo = min;
+    if (max > *hi)
+        *hi = max;
+}
+
 void mtcp_load_merge(struct mtcp_load_result *into, const struct mtcp_load_result *from)
 {
     if (!into || !from)
@@ -176,19 +185,13 @@ void mtcp_load_merge(struct mtcp_load_result *into, const struct mtcp_load_resul
     /* cores run side by side: the run lasted as long as the longest one */
     if (from->elapsed_ns > into->elapsed_ns)
         into->elapsed_ns = from->elapsed_ns;
-    if (from->completed) {
-        if (!completed_before || from->lat_min_ns < into->lat_min_ns)
-            into->lat_min_ns = from->lat_min_ns;
-        if (from->lat_max_ns > into->lat_max_ns)
-            into->lat_max_ns = from->lat_max_ns;
-    }
+    if (from->completed)
+        merge_range(&into->lat_min_ns, &into->lat_max_ns, from->lat_min_ns, from->lat_max_ns,
+                    completed_before == 0);
     into->lat_sum_ns += from->lat_sum_ns;
-    if (from->conn_count) {
-        if (!conns_before || from->conn_min_ns < into->conn_min_ns)
-            into->conn_min_ns = from->conn_min_ns;
-        if (from->conn_max_ns > into->conn_max_ns)
-            into->conn_max_ns = from->conn_max_ns;
-    }
+    if (from->conn_count)
+        merge_range(&into->conn_min_ns, &into->conn_max_ns, from->conn_min_ns, from->conn_max_ns,
+                    conns_before == 0);
     into->conn_sum_ns += from->conn_sum_ns;
     into->conn_count += from->conn_count;
     for (unsigned i = 0; i < MTCP_LOAD_HIST_BUCKETS; i++) {
@@ -286,6 +289,21 @@ static int loadgen_parse_head(struct loadgen_conn *c, uint32_t len)
     return 0;
 }
 
+/* Takes n body bytes that follow skip bytes of this read: 1 when they complete the body,
+ * *used then the read's bytes up to its end; 0 when more is to come. */
+static inline int loadgen_take_body(struct loadgen_conn *c, size_t skip, size_t n, size_t *used)
+{
+    if (c->until_eof)
+        return 0;
+    if (n >= c->body_left) {
+        *used = skip + (size_t)c->body_left;
+        c->body_left = 0;
+        return 1;
+    }
+    c->body_left -= n;
+    return 0;
+}
+
 /* Takes received bytes of the response. 1: the response is complete, after *used of the
  * n bytes (the rest is the next response's); 0: all taken, more to come; -1: a bad
  * response. */
@@ -314,26 +332,9 @@ static int loadgen_take(struct loadgen_conn *c, const char *data, size_t n, size
             return -1;
         /* the bytes after the header section, in this read, are body */
         size_t head = (size_t)(end - old);
-        size_t body = n - head;
-        if (c->until_eof)
-            return 0;
-        if (body >= c->body_left) {
-            *used = head + (size_t)c->body_left;
-            c->body_left = 0;
-            return 1;
-        }
-        c->body_left -= body;
-        return 0;
+        return loadgen_take_body(c, head, n - head, used);
     }
-    if (c->until_eof)
-        return 0;
-    if (n >= c->body_left) {
-        *used = (size_t)c->body_left;
-        c->body_left = 0;
-        return 1;
-    }
-    c->body_left -= n;
-    return 0;
+    return loadgen_take_body(c, 0, n, used);
 }
 
 /* ---------------------------------------------------------------- connections */
