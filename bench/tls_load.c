@@ -145,10 +145,19 @@ static long response_length(const struct conn *c) {
     return headlen;
 }
 
+/* An SSL call that returned r did not finish: 0 once the connection waits for what the
+ * call wants (readable or writable), -1 when the call failed (or the peer closed). */
+static int ssl_wait(struct conn *c, int r) {
+    int err = SSL_get_error(c->ssl, r);
+    if (err == SSL_ERROR_WANT_READ) return watch(c, EPOLLIN, EPOLL_CTL_MOD) < 0 ? -1 : 0;
+    if (err == SSL_ERROR_WANT_WRITE) return watch(c, EPOLLOUT, EPOLL_CTL_MOD) < 0 ? -1 : 0;
+    return -1;
+}
+
 /* Moves a connection on; 1: its response is complete, 0: waiting, -1: failed. */
 static int conn_step(struct conn *c) {
     for (;;) {
-        int r, err;
+        int r;
         switch (c->state) {
         case CONNECTING: {
             int soerr = 0;
@@ -163,20 +172,14 @@ static int conn_step(struct conn *c) {
                 c->state = WRITING;
                 continue;
             }
-            err = SSL_get_error(c->ssl, r);
-            if (err == SSL_ERROR_WANT_READ) return watch(c, EPOLLIN, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            if (err == SSL_ERROR_WANT_WRITE) return watch(c, EPOLLOUT, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            return -1;
+            return ssl_wait(c, r);
         case WRITING:
             r = SSL_write(c->ssl, request, (int)request_len);
             if (r == (int)request_len) {
                 c->state = READING;
                 continue;
             }
-            err = SSL_get_error(c->ssl, r);
-            if (err == SSL_ERROR_WANT_READ) return watch(c, EPOLLIN, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            if (err == SSL_ERROR_WANT_WRITE) return watch(c, EPOLLOUT, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            return -1;
+            return ssl_wait(c, r);
         case READING: {
             char buf[16384];
             r = SSL_read(c->ssl, buf, sizeof(buf));
@@ -192,10 +195,7 @@ static int conn_step(struct conn *c) {
                 if (c->need >= 0 && (long)c->got >= c->need) return 1;
                 continue;
             }
-            err = SSL_get_error(c->ssl, r);
-            if (err == SSL_ERROR_WANT_READ) return watch(c, EPOLLIN, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            if (err == SSL_ERROR_WANT_WRITE) return watch(c, EPOLLOUT, EPOLL_CTL_MOD) < 0 ? -1 : 0;
-            return -1; /* closed before the end of the response */
+            return ssl_wait(c, r); /* closed before the end of the response */
         }
         default:
             return -1;
